@@ -1,0 +1,32 @@
+# PostgreSQL HA manager: one image for the two database nodes and the arbiter.
+# The base image may be the official debian:bookworm-slim or, on machines
+# without a container registry, one imported from a debootstrap rootfs
+# (see testsuite/faults/dockerenv.py). Its apt sources are used as they are.
+FROM debian:bookworm-slim
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    LANG=C.UTF-8 \
+    PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# Debian's postgresql-common would create a "main" cluster on install; the
+# node manages its own data directory, so skip that.
+RUN mkdir -p /etc/postgresql-common/createcluster.d \
+ && echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/pgha.conf \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends \
+        postgresql-15 python3 python3-psycopg2 iproute2 iptables procps \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
+ && mkdir -p /var/lib/pgha /var/lib/pgha-arbiter \
+ && chown postgres:postgres /var/lib/pgha
+
+WORKDIR /app
+# The app: node.py arbiter.py logger.py *_settings.py tests.py pgha/ docker/
+# (.dockerignore keeps tests, benchmarks and VCS data out of the context).
+COPY . /app/
+RUN chmod 0755 /app/docker/entrypoint.sh
+
+ENTRYPOINT ["/app/docker/entrypoint.sh"]
+CMD ["node"]

@@ -1,0 +1,21 @@
+# Node settings for the compose service pgsql-1 (overrides node_settings.py).
+name = "pgsql-1"
+host = "pgsql-1"
+pg_port = 5432
+peer_port = 5433
+peer_bind = "0.0.0.0"
+listen_addresses = "*"
+slot_name = "rep177"
+arbiter_host = "arbiter"
+arbiter_port = 5430
+pgdata = "/var/lib/pgha/data"
+socket_dir = "/var/lib/pgha/run"
+pg_os_user = "postgres"
+admin_user = "kronos"
+admin_password = "kronos-secret"
+replication_user = "repuser"
+replication_password = "repuser-secret"
+database = "testdb"
+hba_networks = ["127.0.0.1/32", "172.28.0.0/24"]
+log_level = "INFO"
+log_file = None
