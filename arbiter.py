@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""The arbiter: decides which node is primary and keeps that decision on disk.
+
+    python arbiter.py [--settings FILE]
+"""
+import argparse
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import logger  # noqa: E402
+from pgha import settings as settings_mod  # noqa: E402
+from pgha.arbiter_server import Arbiter, ArbiterServer, StateFileError  # noqa: E402
+
+DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arbiter_settings.py")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="PostgreSQL HA arbiter")
+    parser.add_argument("--settings", metavar="FILE", help="settings overriding arbiter_settings.py")
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_mod.load(DEFAULTS, settings_mod.ARBITER_SPECS, args.settings,
+                                     settings_mod.ARBITER_CHECKS)
+    except settings_mod.SettingsError as exc:
+        print(f"arbiter: {exc}", file=sys.stderr)
+        return 2
+    log = logger.setup("arbiter", settings.log_level, settings.log_file)
+    try:
+        arbiter = Arbiter(settings)
+        server = ArbiterServer(arbiter, settings.listen_host, settings.listen_port,
+                               idle_timeout=max(10.0, 20 * settings.heartbeat_interval))
+    except StateFileError as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", settings.listen_host, settings.listen_port, exc.strerror)
+        return 1
+
+    def stop(signum, _frame):
+        log.info("stopping on %s", signal.Signals(signum).name)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("listening on %s:%s for nodes %s", settings.listen_host, settings.listen_port,
+             ", ".join(settings.nodes))
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

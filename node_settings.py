@@ -1,0 +1,36 @@
+"""Settings of one database host's node daemon (node.py).
+
+Edit this file, or pass --settings FILE with only the values that differ
+(several nodes on one machine each get their own file). Defaults point at
+loopback; on real hosts set `host`, `arbiter_host` and `hba_networks`.
+"""
+# This node
+name = "pgsql-1"                # unique name; the arbiter knows it by this
+host = "127.0.0.1"              # address the other node and clients use to reach this host
+pg_port = 5432                  # PostgreSQL port
+peer_port = 5433                # node-to-node lease link (TCP)
+peer_bind = "127.0.0.1"         # address the lease link listens on ("0.0.0.0" for all)
+listen_addresses = "127.0.0.1"  # PostgreSQL listen_addresses
+slot_name = "rep177"            # replication slot this node streams through when it is the standby
+
+# The arbiter
+arbiter_host = "127.0.0.1"
+arbiter_port = 5430
+
+# PostgreSQL
+pgdata = "/var/lib/postgresql/pgha/data"   # created by initdb/pg_basebackup when empty
+socket_dir = None               # unix socket folder; default: "run" beside pgdata
+state_dir = None                # node's own state (last epoch acted on); default: "state" beside pgdata
+pg_bindir = None                # default: pg_config --bindir, else newest /usr/lib/postgresql/*/bin
+pg_os_user = "postgres"         # PostgreSQL runs as this OS user when node.py runs as root
+admin_user = "kronos"           # superuser the node and clients use
+admin_password = "kronos"
+replication_user = "repuser"
+replication_password = "repuser"
+database = "testdb"
+hba_networks = ["127.0.0.1/32"] # networks allowed to connect (clients, the other node)
+pg_parameters = {}              # extra postgresql.conf parameters, e.g. {"shared_buffers": "256MB"}
+
+# Logging
+log_level = "INFO"
+log_file = None

@@ -1,0 +1,179 @@
+"""Loading and checking settings.
+
+Settings are plain Python files of assignments, like the original
+node_settings.py. The top-level settings module holds the defaults; a file
+given with --settings overrides any subset of them. Every value is checked
+at start so that a typo stops the program with one line naming the setting,
+never a traceback half-way through a failover.
+"""
+import ipaddress
+import runpy
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+
+class SettingsError(Exception):
+    """A setting is missing or wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    kind: type | tuple
+    check: object = None        # callable(value) -> error text or None
+    optional: bool = False      # None is allowed
+    secret: bool = False        # never echo the value (passwords)
+
+
+def positive(value):
+    return None if value > 0 else "must be greater than 0"
+
+
+def port(value):
+    return None if 0 < value < 65536 else "must be a TCP port (1-65535)"
+
+
+def non_empty(value):
+    return None if value.strip() else "must not be empty"
+
+
+def identifier(value):
+    ok = value and all(c.isalnum() or c in "_-." for c in value)
+    return None if ok else "may hold only letters, digits, '_', '-' and '.'"
+
+
+def slot_identifier(value):
+    ok = value and all(c.islower() or c.isdigit() or c == "_" for c in value)
+    return None if ok else "may hold only lower-case letters, digits and '_' (a replication slot name)"
+
+
+def networks(value):
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except (TypeError, ValueError):
+            return f"holds {item!r}, which is not a network in CIDR form (e.g. 10.0.0.0/24)"
+    return None if value else "must name at least one network"
+
+
+def log_level(value):
+    ok = value.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
+    return None if ok else "must be DEBUG, INFO, WARNING or ERROR"
+
+
+NUMBER = (int, float)
+
+
+def load(defaults_path, specs, override_path=None, extra_checks=()):
+    """Read defaults, apply an override file, check every value.
+
+    Returns a SimpleNamespace of exactly the names in specs.
+    """
+    values = _read(defaults_path, specs, allow_missing=False)
+    if override_path:
+        values.update(_read(override_path, specs, allow_missing=True))
+    for name, spec in specs.items():
+        _check(name, values.get(name), spec)
+    settings = SimpleNamespace(**values)
+    for rule in extra_checks:
+        problem = rule(settings)
+        if problem:
+            raise SettingsError(problem)
+    return settings
+
+
+def _read(path, specs, allow_missing):
+    try:
+        namespace = runpy.run_path(str(path))
+    except FileNotFoundError:
+        raise SettingsError(f"settings file {path} does not exist") from None
+    except SyntaxError as exc:
+        raise SettingsError(f"settings file {path}, line {exc.lineno}: {exc.msg}") from None
+    except Exception as exc:  # a settings file is user code: report, don't trace
+        raise SettingsError(f"settings file {path} failed to load: {exc}") from None
+    values = {}
+    for name, value in namespace.items():
+        if name.startswith("_") or callable(value) or type(value).__name__ == "module":
+            continue
+        if name not in specs:
+            raise SettingsError(f"settings file {path}: unknown setting {name!r}")
+        values[name] = value
+    if not allow_missing:
+        missing = sorted(set(specs) - set(values))
+        if missing:
+            raise SettingsError(f"settings file {path}: missing setting {missing[0]!r}")
+    return values
+
+
+def _check(name, value, spec):
+    if value is None:
+        if spec.optional:
+            return
+        raise SettingsError(f"setting {name!r} is required")
+    kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        wanted = " or ".join(k.__name__ for k in kinds)
+        shown = "a hidden value" if spec.secret else repr(value)
+        raise SettingsError(f"setting {name!r} must be {wanted}, got {shown}")
+    if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+        raise SettingsError(f"setting {name!r} must be a list of strings")
+    problem = spec.check(value) if spec.check else None
+    if problem:
+        shown = "" if spec.secret else f" (got {value!r})"
+        raise SettingsError(f"setting {name!r} {problem}{shown}")
+
+
+NODE_SPECS = {
+    "name": Spec(str, identifier),
+    "host": Spec(str, non_empty),
+    "pg_port": Spec(int, port),
+    "peer_port": Spec(int, port),
+    "peer_bind": Spec(str, non_empty),
+    "listen_addresses": Spec(str, non_empty),
+    "slot_name": Spec(str, slot_identifier),
+    "arbiter_host": Spec(str, non_empty),
+    "arbiter_port": Spec(int, port),
+    "pgdata": Spec(str, non_empty),
+    "socket_dir": Spec(str, non_empty, optional=True),
+    "state_dir": Spec(str, non_empty, optional=True),
+    "pg_bindir": Spec(str, non_empty, optional=True),
+    "pg_os_user": Spec(str, non_empty),
+    "admin_user": Spec(str, identifier),
+    "admin_password": Spec(str, non_empty, secret=True),
+    "replication_user": Spec(str, identifier),
+    "replication_password": Spec(str, non_empty, secret=True),
+    "database": Spec(str, identifier),
+    "hba_networks": Spec(list, networks),
+    "pg_parameters": Spec(dict),
+    "log_level": Spec(str, log_level),
+    "log_file": Spec(str, non_empty, optional=True),
+}
+
+ARBITER_SPECS = {
+    "listen_host": Spec(str, non_empty),
+    "listen_port": Spec(int, port),
+    "nodes": Spec(list),
+    "initial_primary": Spec(str, identifier),
+    "state_file": Spec(str, non_empty),
+    "heartbeat_interval": Spec(NUMBER, positive),
+    "lease_time": Spec(NUMBER, positive),
+    "failover_margin": Spec(NUMBER, positive),
+    "strict_sync": Spec(bool),
+    "sync_stall_timeout": Spec(NUMBER, positive),
+    "standby_reply_timeout": Spec(NUMBER, positive),
+    "log_level": Spec(str, log_level),
+    "log_file": Spec(str, non_empty, optional=True),
+}
+
+
+def _two_distinct_nodes(settings):
+    nodes = settings.nodes
+    if len(nodes) != 2 or len(set(nodes)) != 2 or any(identifier(n) for n in nodes):
+        return f"setting 'nodes' must name exactly two different nodes, got {nodes!r}"
+    if settings.initial_primary not in nodes:
+        return f"setting 'initial_primary' ({settings.initial_primary!r}) must be one of 'nodes' {nodes!r}"
+    if settings.heartbeat_interval * 2 > settings.lease_time:
+        return "setting 'lease_time' must be at least two heartbeat intervals"
+    return None
+
+
+ARBITER_CHECKS = (_two_distinct_nodes,)
