@@ -1,0 +1,293 @@
+"""The fault suite: each failure the HA model must survive, on the compose cluster.
+
+Every scenario runs the workload writer (pgha.workload.Writer, through the
+multi-host DSN with target_session_attrs=read-write) and the split-brain probe
+(testsuite/faults/probe.py: direct writes to each node every 100 ms; see its
+docstring for the overlap rule) from before the fault until the cluster is
+healed and healthy again, and then asserts (Run.assert_safe):
+
+* lost = 0        every acknowledged write is on the final primary;
+* unexpected = 0  no row appears whose COMMIT was never sent;
+* no split brain  no older-timeline primary acknowledged a write sent after a
+                  newer-timeline primary had acknowledged one, and every probe
+                  write acknowledged by any node survives on the final primary;
+* exactly one writable primary at the end, the other node a streaming
+  synchronous standby through its replication slot on the same timeline, and
+  the arbiter naming that primary with the standby promotable.
+
+Scenario-specific expectations (failover or not, who is primary afterwards,
+how long writes stopped) are asserted in each test. Results go to
+out/faults/results.jsonl and out/faults/<scenario>.txt; on a failure the
+docker-compose logs go to out/faults/<test>.log.
+
+Run:  pytest -v testsuite/faults/test_faults.py     (root, docker available)
+"""
+import time
+
+import pytest
+
+from testsuite.faults import dockerenv as de
+from testsuite.faults.scenario import Run, wait_for, wait_new_primary
+
+pytestmark = pytest.mark.faults
+
+# Generous upper bounds: shared 2-core machines. Defaults: heartbeat 0.5 s,
+# lease 3 s, promotion after lease + 1 s margin.
+FAILOVER_BOUND = 30.0        # fault -> writes acknowledged by the new primary
+STALL_BOUND = 20.0           # standby lost -> writes flowing again on the primary
+NO_FAILOVER_GAP = 8.0        # longest write gap allowed where no failover should happen
+OBSERVE = 10.0               # lease + margin + slack: long enough that a wrong failover would show
+
+
+def other(node):
+    return next(n for n in de.NODES if n != node)
+
+
+def assert_old_primary_fenced(cluster, node):
+    """The old primary must not be a writable PostgreSQL: stopped, or in recovery.
+    Asked from inside its container (it may be cut off from the host)."""
+    cmd = ("psql", f"host=127.0.0.1 port={de.PG_PORT} dbname={de.DATABASE} user={de.ADMIN_USER} "
+           f"password={de.ADMIN_PASSWORD} connect_timeout=2", "-Atc", "SELECT pg_is_in_recovery()")
+    proc = cluster.exec(node, *cmd, check=False, timeout=30)
+    assert proc.returncode != 0 or proc.stdout.strip() == "t", (
+        f"old primary {node} still runs a writable PostgreSQL: {proc.stdout.strip()!r}")
+
+
+def test_image_plumbing(healthy_cluster):
+    """The image holds PostgreSQL 15, psycopg2 and the network tools the suite uses."""
+    c = healthy_cluster
+    for node in de.NODES:
+        out = c.exec(node, "sh", "-c",
+                     "ls /usr/lib/postgresql/15/bin/postgres /usr/lib/postgresql/15/bin/pg_rewind "
+                     "/usr/lib/postgresql/15/bin/pg_basebackup && python3 -c 'import psycopg2' && "
+                     "iptables -V && ip -V && pkill -V && id -un postgres").stdout
+        assert "pg_rewind" in out and "postgres" in out
+        users = c.exec(node, "ps", "-eo", "user:20,comm").stdout
+        assert any(line.split()[:2] == ["postgres", "postgres"] for line in users.splitlines()), users
+
+
+def test_01_primary_postgres_killed(healthy_cluster):
+    """SIGKILL the primary's PostgreSQL: writable again within the failover bound
+    (a quick local restart or a failover), nothing lost, pair healthy again."""
+    c = healthy_cluster
+    with Run(c, "01-primary-postgres-kill") as run:
+        run.settle()
+        t = run.mark_fault()
+        c.kill_postgres(run.primary)
+        run.wait_acks(20, timeout=FAILOVER_BOUND + 30, since=t)
+        run.heal_and_wait()
+    run.assert_safe()
+    assert run.result.recovered_after is not None and run.result.recovered_after < FAILOVER_BOUND, run.result.summary()
+
+
+def test_02_primary_container_killed(healthy_cluster):
+    """docker kill the primary (daemon and PostgreSQL gone): the standby is promoted;
+    the old primary, started again, rejoins as standby."""
+    c = healthy_cluster
+    with Run(c, "02-primary-container-kill") as run:
+        run.settle()
+        t = run.mark_fault()
+        c.kill(run.primary)
+        assert wait_new_primary(c, run.primary, timeout=FAILOVER_BOUND + 30) == run.standby
+        run.wait_acks(20, timeout=FAILOVER_BOUND, since=t, node=run.standby)
+        assert run.heal_and_wait() == run.standby
+    run.assert_safe()
+    assert run.result.recovered_after < FAILOVER_BOUND, run.result.summary()
+    assert c.node(run.primary)["in_recovery"], "old primary did not come back as a standby"
+
+
+def test_03_primary_frozen_past_leases(healthy_cluster):
+    """docker pause the primary past its leases (~8 s, until the standby is promoted),
+    then resume it: it must fence itself before it can acknowledge anything."""
+    c = healthy_cluster
+    with Run(c, "03-primary-freeze") as run:
+        run.settle()
+        t = run.mark_fault()
+        frozen_at = time.monotonic()
+        c.pause(run.primary)
+        # Keep it frozen at least 8 s and until the standby has been promoted and took writes.
+        assert wait_new_primary(c, run.primary, timeout=FAILOVER_BOUND + 30) == run.standby
+        run.wait_acks(5, timeout=FAILOVER_BOUND, since=t, node=run.standby)
+        time.sleep(max(0.0, 8.0 - (time.monotonic() - frozen_at)))
+        resumed = run.now()
+        c.unpause(run.primary)
+        time.sleep(3.0)        # the resumed node's chance to (wrongly) acknowledge something
+        late = [a for a in run.probe.acks if a.node == run.primary and a.acked > resumed]
+        old_tli = {a.tli for a in run.probe.acks if a.node == run.primary and a.acked < t}
+        late_old = [a for a in late if a.tli in old_tli]
+        assert not late_old, f"resumed old primary acknowledged writes on its old timeline: {late_old[:5]}"
+        run.heal_and_wait()
+    run.assert_safe()
+    assert run.result.primary_after == run.standby
+    assert run.result.recovered_after < FAILOVER_BOUND, run.result.summary()
+
+
+def test_04_primary_cut_from_arbiter(healthy_cluster):
+    """iptables between primary and arbiter (both ways): the standby still grants
+    the primary its lease, so there is no failover and writes go on."""
+    c = healthy_cluster
+    with Run(c, "04-primary-arbiter-cut") as run:
+        run.settle()
+        epoch = c.status()["epoch"]
+        t = run.mark_fault()
+        c.block(run.primary, "arbiter")
+        time.sleep(OBSERVE)
+        acks = run.acks_since(t)
+        assert acks and {de.label_of(a.node) for a in acks} == {run.primary}, "writes did not go on on the primary"
+        status = c.status()
+        assert status["primary"] == run.primary and status["epoch"] == epoch, f"failover happened: {status}"
+        assert c.writable_nodes() == [run.primary]
+        run.heal_and_wait()
+    run.assert_safe()
+    assert run.result.primary_after == run.primary
+    assert run.result.unavailability < NO_FAILOVER_GAP, run.result.summary()
+
+
+def test_05_primary_isolated(healthy_cluster):
+    """docker network disconnect the primary (no arbiter, no standby): the standby is
+    promoted, the old primary fences itself, and after healing rejoins as standby."""
+    c = healthy_cluster
+    with Run(c, "05-primary-isolated") as run:
+        run.settle()
+        t = run.mark_fault()
+        c.disconnect(run.primary)
+        assert wait_new_primary(c, run.primary, timeout=FAILOVER_BOUND + 30) == run.standby
+        assert_old_primary_fenced(c, run.primary)
+        run.wait_acks(20, timeout=FAILOVER_BOUND, since=t, node=run.standby)
+        assert_old_primary_fenced(c, run.primary)
+        assert run.heal_and_wait() == run.standby
+    run.assert_safe()
+    assert run.result.recovered_after < FAILOVER_BOUND, run.result.summary()
+    assert c.node(run.primary)["in_recovery"]
+
+
+def test_06_replication_link_cut(healthy_cluster):
+    """iptables between primary and standby only; both still reach the arbiter.
+    Writes resume on the primary within the stall bound, no failover, and the
+    standby is not promotable until it has caught up again."""
+    c = healthy_cluster
+    with Run(c, "06-replication-cut") as run:
+        run.settle()
+        epoch = c.status()["epoch"]
+        t = run.mark_fault()
+        c.block(run.primary, run.standby)
+        run.wait_acks(20, timeout=STALL_BOUND + 30, since=t, node=run.primary)
+        status = wait_for(lambda: (s := c.status()) and s.get("promotable") is False and s,
+                          timeout=30, what="standby marked not promotable")
+        assert status["primary"] == run.primary and status["epoch"] >= epoch
+        time.sleep(OBSERVE)
+        status = c.status()
+        assert status["primary"] == run.primary and status["promotable"] is False, status
+        assert c.writable_nodes() == [run.primary]
+        run.heal_and_wait()      # healthy includes: sync again and promotable again
+    run.assert_safe()
+    assert run.result.primary_after == run.primary
+    assert run.result.recovered_after is None or run.result.recovered_after < STALL_BOUND, run.result.summary()
+
+
+def test_07_standby_killed_and_restarted(healthy_cluster):
+    """docker kill the standby: writes resume on the primary; the restarted standby
+    catches up and is synchronous (and promotable) again."""
+    c = healthy_cluster
+    with Run(c, "07-standby-kill") as run:
+        run.settle()
+        t = run.mark_fault()
+        c.kill(run.standby)
+        run.wait_acks(20, timeout=STALL_BOUND + 30, since=t, node=run.primary)
+        wait_for(lambda: (s := c.status()) and s.get("promotable") is False, timeout=30,
+                 what="dead standby marked not promotable")
+        assert c.status()["primary"] == run.primary
+        time.sleep(2)
+        assert run.heal_and_wait() == run.primary
+    run.assert_safe()
+    assert run.result.recovered_after is None or run.result.recovered_after < STALL_BOUND, run.result.summary()
+
+
+def test_08_arbiter_killed_and_restarted(healthy_cluster):
+    """docker kill the arbiter: no failover, writes go on; restarted, it keeps its state."""
+    c = healthy_cluster
+    with Run(c, "08-arbiter-kill") as run:
+        run.settle()
+        before = c.status()
+        t = run.mark_fault()
+        c.kill("arbiter")
+        time.sleep(OBSERVE)
+        acks = run.acks_since(t + OBSERVE - 3)
+        assert acks and {de.label_of(a.node) for a in acks} == {run.primary}, "writes stopped without the arbiter"
+        assert c.writable_nodes() == [run.primary]
+        c.start("arbiter")
+        after = wait_for(c.status, timeout=30, what="arbiter answering again")
+        assert (after["epoch"], after["primary"]) == (before["epoch"], before["primary"]), (before, after)
+        assert run.heal_and_wait() == run.primary
+    run.assert_safe()
+    assert run.result.unavailability < NO_FAILOVER_GAP, run.result.summary()
+
+
+def test_09_arbiter_restarted_right_after_failover(healthy_cluster):
+    """Fail over (kill the primary's container), then restart the arbiter at once:
+    the new epoch and primary survive the restart."""
+    c = healthy_cluster
+    with Run(c, "09-arbiter-restart-after-failover") as run:
+        run.settle()
+        epoch = c.status()["epoch"]
+        t = run.mark_fault()
+        c.kill(run.primary)
+        assert wait_new_primary(c, run.primary, timeout=FAILOVER_BOUND + 30) == run.standby
+        decided = c.status()
+        assert decided["epoch"] > epoch
+        c.kill("arbiter")
+        c.start("arbiter")
+        after = wait_for(c.status, timeout=30, what="arbiter answering again")
+        assert (after["epoch"], after["primary"]) == (decided["epoch"], run.standby), (decided, after)
+        run.wait_acks(20, timeout=FAILOVER_BOUND, since=t, node=run.standby)
+        assert run.heal_and_wait() == run.standby
+    run.assert_safe()
+
+
+def test_10_double_fault(healthy_cluster):
+    """Standby killed (writes continue without it), then the primary killed: the
+    standby, back but behind, must not be promoted; when the primary returns no
+    acknowledged write is lost."""
+    c = healthy_cluster
+    with Run(c, "10-double-fault") as run:
+        run.settle()
+        t = run.mark_fault()
+        c.kill(run.standby)
+        run.wait_acks(30, timeout=STALL_BOUND + 30, since=t, node=run.primary)
+        wait_for(lambda: (s := c.status()) and s.get("promotable") is False, timeout=30,
+                 what="dead standby marked not promotable")
+        epoch = c.status()["epoch"]
+        c.kill(run.primary)
+        c.start(run.standby)          # back, but it misses the last writes
+        time.sleep(OBSERVE)
+        status = c.status()
+        assert status["primary"] == run.primary and status["epoch"] == epoch, f"behind standby promoted: {status}"
+        assert c.writable_nodes() == [], "a node is writable while the only up-to-date one is dead"
+        c.start(run.primary)
+        assert run.heal_and_wait() == run.primary
+    run.assert_safe()
+
+
+def test_11_repeated_failovers(healthy_cluster):
+    """Five failovers back and forth (docker kill the primary, start it again as
+    standby): each promotion on a new, higher timeline; slots and sync right each time."""
+    c = healthy_cluster
+    with Run(c, "11-repeated-failovers") as run:
+        run.settle()
+        primary, standby = run.primary, run.standby
+        tli = c.node(primary)["tli"]
+        history = [(primary, tli)]
+        for round_ in range(5):
+            t = run.now() if round_ else run.mark_fault()
+            c.kill(primary)
+            assert wait_new_primary(c, primary, timeout=FAILOVER_BOUND + 30) == standby
+            run.wait_acks(10, timeout=FAILOVER_BOUND, since=t, node=standby)
+            assert run.heal_and_wait() == standby
+            info = c.node(standby)
+            assert info["tli"] > tli, f"round {round_}: timeline {info['tli']} not above {tli}"
+            assert info["slots"].get(de.SLOT[primary]) is True, f"round {round_}: slots {info['slots']}"
+            assert c.node(primary)["tli"] == info["tli"]
+            primary, standby, tli = standby, primary, info["tli"]
+            history.append((primary, tli))
+        print("failover history:", history)
+    run.assert_safe()
