@@ -19,7 +19,7 @@ _COLOURS = {
     logging.CRITICAL: "\033[1;31m",
 }
 _RESET = "\033[0m"
-_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-8s %(name)s: %(message)s"
+_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-8s {program} %(name)s: %(message)s"
 _DATEFMT = "%Y-%m-%d %H:%M:%S"
 
 
@@ -39,22 +39,24 @@ class _Logger(logging.Logger):
 logging.setLoggerClass(_Logger)
 
 
-def setup(name, level="INFO", log_file=None, stream=None):
-    """Configure the root handlers once and return the program's logger."""
+def setup(program, level="INFO", log_file=None, stream=None):
+    """Configure the root handlers once; every line names the program
+    (e.g. "pgsql-1") and the module's logger ("node", "postgres")."""
     stream = stream or sys.stderr
+    line_format = _FORMAT.format(program=program.replace("%", "%%"))
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     console = logging.StreamHandler(stream)
     formatter_class = _ColourFormatter if stream.isatty() else logging.Formatter
-    console.setFormatter(formatter_class(_FORMAT, _DATEFMT))
+    console.setFormatter(formatter_class(line_format, _DATEFMT))
     root.addHandler(console)
     if log_file:
         file_handler = logging.FileHandler(log_file)
-        file_handler.setFormatter(logging.Formatter(_FORMAT, _DATEFMT))
+        file_handler.setFormatter(logging.Formatter(line_format, _DATEFMT))
         root.addHandler(file_handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    return get(name)
+    return get("main")
 
 
 def get(name):

@@ -93,6 +93,8 @@ def _observe_primary(state, memory, nodes, node, report, now, timings):
         blocker = failover_blocker(state, memory, standby, now, timings, primary_relinquished=True)
         if blocker is None:
             return _failover(state, memory, standby, now, f"{node} stopped PostgreSQL and handed over")
+        # A switchover that cannot complete is dropped, so the primary restarts.
+        memory = replace(memory, switchover_to=None)
         return state, memory, (("warning", f"{node} stopped PostgreSQL but {standby} cannot take over "
                                            f"({blocker}); {node} may start it again as primary"),)
     if report.get("pg") == "running" and report.get("role") == "primary":
@@ -115,6 +117,7 @@ def instruction_for(state, memory, nodes, node, now, timings):
         return {
             "type": "instruction", "epoch": state.epoch, "role": "primary",
             "standby": standby, "standby_slot": standby_address.get("slot"),
+            "standby_address": standby_address or None,
             "sync_standby": desired_sync_standby(state, memory, standby, now, timings),
             "relinquish": memory.switchover_to == standby and state.promotable,
             **_timing_fields(timings),

@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""The node daemon: runs on each database host beside PostgreSQL.
+
+    python node.py [--settings FILE]
+"""
+import argparse
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import logger  # noqa: E402
+from pgha import settings as settings_mod  # noqa: E402
+
+DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_settings.py")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="PostgreSQL HA node daemon")
+    parser.add_argument("--settings", metavar="FILE", help="settings overriding node_settings.py")
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_mod.load(DEFAULTS, settings_mod.NODE_SPECS, args.settings)
+    except settings_mod.SettingsError as exc:
+        print(f"node: {exc}", file=sys.stderr)
+        return 2
+    log = logger.setup(settings.name, settings.log_level, settings.log_file)
+    try:
+        import psycopg2  # noqa: F401  (checked here for one clear line, not a traceback)
+    except ImportError:
+        log.error("the Python package psycopg2 is missing: pip install -r requirements.txt")
+        return 1
+    from pgha.ha import Node
+    from pgha.postgres import Postgres, PostgresError
+    try:
+        node = Node(settings, Postgres(settings))
+    except PostgresError as exc:
+        log.error("%s", exc)
+        return 1
+
+    def stop(signum, _frame):
+        log.info("stopping on %s", signal.Signals(signum).name)
+        node.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        node.run()
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

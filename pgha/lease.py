@@ -1,0 +1,168 @@
+"""Leases: the primary's two, and the standby's side of the node-to-node one.
+
+A primary may run only while it holds an unexpired lease, from the arbiter
+or from the standby (ha-model.md, invariant 2). Lease time runs on the
+holder's monotonic clock from the moment it *sent* the request that was
+granted, so a lease can only look shorter to its holder than to its
+grantor, never longer.
+"""
+import socketserver
+import threading
+import time
+
+import logger
+from pgha import protocol
+
+log = logger.get("lease")
+
+
+class Leases:
+    """The primary's view: when each lease runs out (monotonic seconds)."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self._until = {"arbiter": 0.0, "standby": 0.0}
+        self._lock = threading.Lock()
+
+    def renew(self, source, sent_at, duration):
+        with self._lock:
+            self._until[source] = max(self._until[source], sent_at + duration)
+
+    def expire_all(self):
+        with self._lock:
+            self._until = dict.fromkeys(self._until, 0.0)
+
+    def remaining(self, source):
+        return max(0.0, self._until[source] - self.clock())
+
+    def held(self):
+        now = self.clock()
+        return any(until > now for until in self._until.values())
+
+
+class Grants:
+    """The standby's side: grants the primary a lease while it can hear it.
+
+    Before reporting "no grant outstanding" to the arbiter the standby stops
+    granting (pause), and resumes only when the arbiter's reply keeps it a
+    standby. So once the arbiter has seen "no grant", the old primary can
+    never get a new lease from this standby behind the arbiter's back.
+    """
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._until = 0.0
+        self._paused = False
+        self._allowed = None     # (primary name, epoch) we may grant to, from the arbiter
+
+    def follow(self, primary, epoch):
+        """The arbiter says: stay standby of `primary` at `epoch`; grants may resume."""
+        with self._lock:
+            self._allowed = (primary, epoch)
+            self._paused = False
+
+    def stop(self):
+        """We are no longer anyone's standby: grant nothing."""
+        with self._lock:
+            self._allowed = None
+            self._paused = True
+
+    def request(self, node, epoch, duration):
+        with self._lock:
+            if self._paused:
+                return False, "grants paused until the arbiter confirms the primary"
+            if self._allowed != (node, epoch):
+                return False, f"not a standby of {node} at epoch {epoch}"
+            self._until = max(self._until, self.clock() + duration)
+            return True, None
+
+    def remaining_for_report(self):
+        """Seconds of grant outstanding; at zero, pause grants before saying so."""
+        with self._lock:
+            remaining = max(0.0, self._until - self.clock())
+            if remaining == 0.0:
+                self._paused = True
+            return remaining
+
+
+class _PeerHandler(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.connection.settimeout(10.0)
+        while True:
+            try:
+                message = protocol.read_frame(self.rfile)
+                if message is None:
+                    return
+                protocol.validate_request(message)
+                if message["type"] != "lease":
+                    raise protocol.ProtocolError(f"the lease link does not serve {message['type']!r}")
+                granted, reason = self.server.grants.request(message["node"], message["epoch"],
+                                                             self.server.duration())
+                reply = {"type": "grant", "granted": granted, "reason": reason}
+            except protocol.ProtocolError as exc:
+                log.warning("lease link: closing connection from %s: %s", self.client_address[0], exc)
+                self._send({"type": "error", "error": str(exc)})
+                return
+            except OSError:
+                return
+            if not self._send(reply):
+                return
+
+    def _send(self, message):
+        try:
+            self.wfile.write(protocol.encode(message))
+            return True
+        except OSError:
+            return False
+
+
+class PeerServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, host, port, grants, duration):
+        self.grants = grants
+        self.duration = duration    # callable: the cluster's lease time, from the arbiter
+        super().__init__((host, port), _PeerHandler)
+
+
+class LeaseRenewer(threading.Thread):
+    """On the primary: asks the standby for a lease every heartbeat."""
+
+    def __init__(self, name, leases, target, interval):
+        super().__init__(daemon=True, name="lease-renewer")
+        self.node_name = name
+        self.leases = leases
+        self.target = target        # callable -> (host, port, epoch, duration) or None
+        self.interval = interval    # callable -> seconds
+        self._stop = threading.Event()
+        self._conn = None
+        self._address = None
+
+    def run(self):
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self._renew_once()
+            self._stop.wait(max(0.0, self.interval() - (time.monotonic() - started)))
+
+    def _renew_once(self):
+        target = self.target()
+        if target is None:
+            return
+        host, port, epoch, duration = target
+        if self._address != (host, port):
+            if self._conn:
+                self._conn.close()
+            self._conn = protocol.Connection(host, port, timeout=min(1.0, duration / 3))
+            self._address = (host, port)
+        sent_at = time.monotonic()
+        try:
+            reply = self._conn.request({"type": "lease", "node": self.node_name, "epoch": epoch})
+        except (OSError, protocol.ProtocolError):
+            return
+        if reply.get("type") == "grant" and reply.get("granted"):
+            self.leases.renew("standby", sent_at, duration)
+
+    def stop(self):
+        self._stop.set()

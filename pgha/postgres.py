@@ -1,0 +1,456 @@
+"""Control of the local PostgreSQL: binaries, configuration, start/stop,
+promotion, cloning and rewinding, and the status the node reports.
+
+Everything PostgreSQL-specific lives here so the HA loop (ha.py) reads as a
+sequence of decisions. Commands run as the configured OS user when the node
+runs as root, because PostgreSQL refuses to run as root.
+"""
+import glob
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import psycopg2
+
+import logger
+
+log = logger.get("postgres")
+
+CONF_FILE = "pgha.conf"
+INCLUDE_LINE = f"include_if_exists = '{CONF_FILE}'\t# pgha: managed settings, keep last"
+HBA_BEGIN, HBA_END = "# pgha: begin (managed by node.py)", "# pgha: end"
+# Settings node.py owns: removed from postgresql.auto.conf so ALTER SYSTEM
+# (e.g. the seed's synchronous_standby_names='*') cannot override them.
+MANAGED_KEYS = ("synchronous_standby_names", "primary_conninfo", "primary_slot_name", "port",
+                "listen_addresses", "unix_socket_directories", "recovery_target_timeline")
+RECOVERY_STATES = ("in archive recovery", "shut down in recovery")
+
+STATUS_SQL = """
+SELECT pg_is_in_recovery(),
+       CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0',
+       pg_last_wal_receive_lsn() - '0/0',
+       current_setting('synchronous_standby_names'),
+       (SELECT status FROM pg_stat_wal_receiver),
+       (SELECT coalesce(max(extract(epoch FROM clock_timestamp() - query_start)), 0)
+          FROM pg_stat_activity WHERE wait_event = 'SyncRep'),
+       CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver)
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END
+"""
+REPLICATION_SQL = """
+SELECT application_name, state, sync_state, coalesce(flush_lsn - '0/0', 0),
+       coalesce(extract(epoch FROM clock_timestamp() - reply_time), 1e9)
+  FROM pg_stat_replication
+"""
+
+ENSURE_SLOT_SQL = ("SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS "
+                   "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)")
+
+
+class PostgresError(Exception):
+    """A PostgreSQL operation failed; the message says which and why."""
+
+
+def find_bindir(configured=None):
+    """The folder holding pg_ctl: the setting, else pg_config, else the newest Debian install."""
+    candidates = []
+    if configured:
+        candidates.append(configured)
+    else:
+        pg_config = shutil.which("pg_config")
+        if pg_config:
+            try:
+                candidates.append(subprocess.run([pg_config, "--bindir"], capture_output=True, text=True,
+                                                 timeout=10).stdout.strip())
+            except (OSError, subprocess.SubprocessError):
+                pass
+        versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"),
+                          key=lambda p: int(re.sub(r"\D", "", p.split("/")[-2]) or 0), reverse=True)
+        candidates.extend(versions)
+    for folder in candidates:
+        if folder and os.access(os.path.join(folder, "pg_ctl"), os.X_OK):
+            return folder
+    where = f"pg_bindir={configured!r}" if configured else "pg_config --bindir or /usr/lib/postgresql/*/bin"
+    raise PostgresError(f"PostgreSQL binaries (pg_ctl) not found in {where}; "
+                        "install them (apt-get install postgresql) or set pg_bindir")
+
+
+def quote_conf(value):
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def conninfo(**parts):
+    """A libpq connection string; values quoted so spaces and quotes survive."""
+    def q(v):
+        return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return " ".join(f"{k}={q(v)}" for k, v in parts.items() if v is not None)
+
+
+class Postgres:
+    def __init__(self, settings):
+        self.s = settings
+        self.bindir = find_bindir(settings.pg_bindir)
+        self.pgdata = os.path.abspath(settings.pgdata)
+        base = os.path.dirname(self.pgdata)
+        self.socket_dir = settings.socket_dir or os.path.join(base, "run")
+        self.state_dir = settings.state_dir or os.path.join(base, "state")
+        self.logfile = os.path.join(self.state_dir, "postgresql.log")
+        self._as_root = os.geteuid() == 0
+        if self._as_root:
+            try:
+                self._user = pwd.getpwnam(settings.pg_os_user)
+            except KeyError:
+                raise PostgresError(f"OS user {settings.pg_os_user!r} (setting 'pg_os_user') does not exist; "
+                                    "PostgreSQL cannot run as root") from None
+        self._conn = None
+
+    # -- files and folders ---------------------------------------------------
+
+    def prepare_folders(self):
+        for folder in (os.path.dirname(self.pgdata), self.socket_dir, self.state_dir):
+            os.makedirs(folder, mode=0o700 if folder != self.socket_dir else 0o755, exist_ok=True)
+            if self._as_root:
+                os.chown(folder, self._user.pw_uid, self._user.pw_gid)
+
+    def data_is_empty(self):
+        return not os.path.isdir(self.pgdata) or not os.listdir(self.pgdata)
+
+    def control_data(self, pgdata=None):
+        out = self._run(["pg_controldata", "-D", pgdata or self.pgdata], check=True, quiet=True).stdout
+        pairs = (line.split(":", 1) for line in out.splitlines() if ":" in line)
+        return {key.strip(): value.strip() for key, value in pairs}
+
+    def was_standby(self):
+        """True when the data directory last ran (or stopped) in recovery."""
+        if os.path.exists(os.path.join(self.pgdata, "standby.signal")):
+            return True
+        return self.control_data().get("Database cluster state") in RECOVERY_STATES
+
+    def write_config(self, role, primary_address=None, sync_standby=None):
+        """(Re)write the managed settings for role "primary" or "standby".
+
+        A standby with no primary_address only replays the WAL it has (used
+        to promote a stopped standby onto a new timeline).
+        """
+        standby = role == "standby"
+        params = {
+            "listen_addresses": self.s.listen_addresses, "port": self.s.pg_port,
+            "unix_socket_directories": self.socket_dir, "cluster_name": self.s.name,
+            "wal_level": "replica", "max_wal_senders": 10, "max_replication_slots": 10,
+            "wal_log_hints": "on", "hot_standby": "on", "synchronous_commit": "on",
+            "wal_sender_timeout": "5s", "wal_receiver_timeout": "5s",
+            "wal_receiver_status_interval": "1s", "wal_retrieve_retry_interval": "1s",
+            "recovery_target_timeline": "latest",
+            "synchronous_standby_names": f'"{sync_standby}"' if sync_standby and not standby else "",
+            "primary_conninfo": self._primary_conninfo(primary_address) if primary_address else "",
+            "primary_slot_name": self.s.slot_name if standby else "",
+            **self.s.pg_parameters,
+        }
+        body = "".join(f"{k} = {quote_conf(v)}\n" for k, v in params.items())
+        self._write(os.path.join(self.pgdata, CONF_FILE),
+                    "# Managed by pgha node.py and rewritten at every start: edit node_settings.py.\n" + body)
+        self._ensure_include()
+        self._strip_auto_conf()
+        self._write_hba()
+        signal_file = os.path.join(self.pgdata, "standby.signal")
+        if standby and not os.path.exists(signal_file):
+            self._write(signal_file, "")
+        elif not standby and os.path.exists(signal_file):
+            os.unlink(signal_file)
+
+    def _primary_conninfo(self, address):
+        return conninfo(host=address["host"], port=address["pg_port"], user=self.s.replication_user,
+                        password=self.s.replication_password, application_name=self.s.name,
+                        connect_timeout=2, keepalives=1, keepalives_idle=2, keepalives_interval=1,
+                        keepalives_count=3)
+
+    def _ensure_include(self):
+        path = os.path.join(self.pgdata, "postgresql.conf")
+        with open(path) as f:
+            lines = [line for line in f.read().splitlines() if not line.startswith("include_if_exists = 'pgha.conf'")]
+        self._write(path, "\n".join(lines + [INCLUDE_LINE]) + "\n")
+
+    def _strip_auto_conf(self):
+        path = os.path.join(self.pgdata, "postgresql.auto.conf")
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            lines = f.read().splitlines()
+        kept = [line for line in lines if line.split("=", 1)[0].strip() not in MANAGED_KEYS]
+        if kept != lines:
+            self._write(path, "\n".join(kept) + "\n")
+
+    def _write_hba(self):
+        path = os.path.join(self.pgdata, "pg_hba.conf")
+        with open(path) as f:
+            text = f.read()
+        text = re.sub(re.escape(HBA_BEGIN) + r".*?" + re.escape(HBA_END) + r"\n?", "", text, flags=re.S)
+        rules = ["local all all scram-sha-256", "local replication all scram-sha-256"]
+        for network in ["127.0.0.1/32", "::1/128"] + list(self.s.hba_networks):
+            rules += [f"host all all {network} scram-sha-256",
+                      f"host replication {self.s.replication_user} {network} scram-sha-256"]
+        block = "\n".join([HBA_BEGIN] + rules + [HBA_END]) + "\n"
+        self._write(path, block + text)
+
+    def _write(self, path, content):
+        tmp = path + ".pgha-tmp"
+        with open(tmp, "w") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        if self._as_root:
+            os.chown(tmp, self._user.pw_uid, self._user.pw_gid)
+        os.replace(tmp, path)
+
+    # -- running ---------------------------------------------------------------
+
+    def postmaster_pid(self):
+        try:
+            with open(os.path.join(self.pgdata, "postmaster.pid")) as f:
+                pid = int(f.readline())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def start(self, timeout=60):
+        self.close()
+        result = self._run(["pg_ctl", "start", "-w", "-t", str(timeout), "-D", self.pgdata,
+                            "-l", self.logfile], timeout=timeout + 10)
+        if result.returncode != 0:
+            raise PostgresError(f"pg_ctl start failed: {self._tail_log()}")
+
+    def stop(self, mode="fast", timeout=60):
+        """Stop PostgreSQL; in the end kill it, so a fence always holds."""
+        self.close()
+        pid = self.postmaster_pid()
+        if pid is None:
+            return
+        result = self._run(["pg_ctl", "stop", "-w", "-t", str(timeout), "-m", mode, "-D", self.pgdata],
+                           timeout=timeout + 10)
+        if result.returncode != 0 and self.postmaster_pid():
+            log.warning("pg_ctl stop -m %s failed; killing postmaster %d", mode, pid)
+            self.kill()
+
+    def fence(self, timeout=5.0):
+        """Stop PostgreSQL now, without a subprocess: SIGQUIT is what
+        pg_ctl -m immediate sends; SIGKILL if it is not gone in time."""
+        self.close()
+        pid = self.postmaster_pid()
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGQUIT)
+        except OSError:
+            return
+        if not wait_until(lambda: self.postmaster_pid() is None, timeout, 0.02):
+            self.kill()
+
+    def kill(self):
+        pid = self.postmaster_pid()
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def promote(self, timeout=60):
+        self.close()
+        result = self._run(["pg_ctl", "promote", "-w", "-t", str(timeout), "-D", self.pgdata],
+                           timeout=timeout + 10)
+        if result.returncode != 0:
+            raise PostgresError(f"pg_ctl promote failed: {result.stderr.strip() or result.stdout.strip()}")
+
+    def reload(self):
+        self.execute("SELECT pg_reload_conf()")
+
+    # -- creating data directories --------------------------------------------
+
+    def initdb(self):
+        """Create a new cluster in a temporary folder, then move it into place."""
+        tmp = self.pgdata + ".initdb"
+        self._remove_tree(tmp)
+        pwfile = os.path.join(self.state_dir, ".initdb-pw")
+        self._write(pwfile, self.s.admin_password + "\n")
+        try:
+            result = self._run(["initdb", "-D", tmp, "-U", self.s.admin_user, f"--pwfile={pwfile}",
+                                "--auth=scram-sha-256", "-E", "UTF8", "--locale=C"], timeout=300)
+        finally:
+            os.unlink(pwfile)
+        if result.returncode != 0:
+            raise PostgresError(f"initdb failed: {result.stderr.strip()[-500:]}")
+        self._swap_in(tmp)
+
+    def create_roles(self):
+        """The replication user and the application database, as in the seed."""
+        self.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s) THEN "
+                     "EXECUTE format('CREATE ROLE %%I LOGIN REPLICATION', %s); END IF; END $$",
+                     (self.s.replication_user, self.s.replication_user))
+        self.execute(f'ALTER ROLE "{self.s.replication_user}" PASSWORD %s', (self.s.replication_password,))
+        if not self.query("SELECT 1 FROM pg_database WHERE datname = %s", (self.s.database,)):
+            self.execute(f'CREATE DATABASE "{self.s.database}" OWNER "{self.s.admin_user}"')
+
+    def basebackup(self, address):
+        """Clone the primary into a temporary folder; swap it in only when complete."""
+        tmp = self.pgdata + ".basebackup"
+        self._remove_tree(tmp)
+        result = self._run(["pg_basebackup", "-h", address["host"], "-p", str(address["pg_port"]),
+                            "-U", self.s.replication_user, "-D", tmp, "-X", "stream", "-c", "fast",
+                            "-S", self.s.slot_name, "--no-password"],
+                           env={"PGPASSWORD": self.s.replication_password, "PGCONNECT_TIMEOUT": "5"},
+                           timeout=3600)
+        if result.returncode != 0:
+            self._remove_tree(tmp)
+            raise PostgresError(f"pg_basebackup from {address['host']}:{address['pg_port']} failed: "
+                                f"{result.stderr.strip()[-500:]}")
+        self._swap_in(tmp)
+
+    def rewind(self, address):
+        source = conninfo(host=address["host"], port=address["pg_port"], user=self.s.admin_user,
+                          dbname="postgres", connect_timeout=5)
+        result = self._run(["pg_rewind", "-D", self.pgdata, f"--source-server={source}"],
+                           env={"PGPASSWORD": self.s.admin_password}, timeout=3600)
+        if result.returncode != 0:
+            raise PostgresError(f"pg_rewind failed: {result.stderr.strip()[-500:]}")
+
+    def _swap_in(self, new_dir):
+        """Replace pgdata by new_dir; the old data is kept aside until the swap is done."""
+        old = self.pgdata + ".old"
+        self._remove_tree(old)
+        if os.path.exists(self.pgdata):
+            os.rename(self.pgdata, old)
+        os.rename(new_dir, self.pgdata)
+        self._fsync_dir(os.path.dirname(self.pgdata))
+        self._remove_tree(old)
+
+    @staticmethod
+    def _fsync_dir(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _remove_tree(path):
+        if os.path.lexists(path):
+            shutil.rmtree(path)
+
+    # -- SQL -------------------------------------------------------------------
+
+    def _connect(self):
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg2.connect(
+                host=self.socket_dir, port=self.s.pg_port, user=self.s.admin_user,
+                password=self.s.admin_password, dbname="postgres", connect_timeout=2,
+                application_name="pgha-node", options="-c statement_timeout=5000")
+            self._conn.autocommit = True
+        return self._conn
+
+    def query(self, sql, params=None):
+        try:
+            with self._connect().cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        except psycopg2.Error as exc:
+            self.close()
+            raise PostgresError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from None
+
+    def execute(self, sql, params=None):
+        self.query(sql, params)
+
+    def close(self):
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg2.Error:
+                pass
+        self._conn = None
+
+    def status(self):
+        """What the node reports: {"pg": "running"|"starting"|"stopped", ...}."""
+        if self.postmaster_pid() is None:
+            return {"pg": "stopped"}
+        try:
+            (in_recovery, lsn, receive_lsn, sync_names, receiver, syncrep_wait, timeline), = \
+                self.query(STATUS_SQL)
+            replication = [] if in_recovery else [
+                {"name": name, "state": state, "sync_state": sync_state, "flush_lsn": int(flush),
+                 "reply_age": round(float(age), 3)}
+                for name, state, sync_state, flush, age in self.query(REPLICATION_SQL)]
+        except PostgresError as exc:
+            return {"pg": "starting", "error": str(exc)}
+        return {
+            "pg": "running", "role": "standby" if in_recovery else "primary",
+            "lsn": int(lsn or 0), "receive_lsn": int(receive_lsn or 0), "timeline": timeline,
+            "sync_standby": sync_names.strip('"') or None, "receiver": receiver,
+            "syncrep_wait": round(float(syncrep_wait), 3), "replication": replication,
+        }
+
+    def ensure_remote_slot(self, address, slot):
+        """Create our replication slot on the primary before streaming from it."""
+        try:
+            conn = psycopg2.connect(host=address["host"], port=address["pg_port"], user=self.s.admin_user,
+                                    password=self.s.admin_password, dbname="postgres", connect_timeout=3,
+                                    application_name="pgha-node")
+        except psycopg2.Error as exc:
+            raise PostgresError(f"cannot connect to primary {address['host']}:{address['pg_port']}: "
+                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from None
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(ENSURE_SLOT_SQL, (slot, slot))
+        except psycopg2.Error as exc:
+            raise PostgresError(f"cannot create slot {slot} on the primary: {str(exc).strip()}") from None
+        finally:
+            conn.close()
+
+    def ensure_slot(self, slot):
+        self.execute(ENSURE_SLOT_SQL, (slot, slot))
+
+    def drop_inactive_slots(self, keep=()):
+        for (slot,) in self.query("SELECT slot_name FROM pg_replication_slots WHERE NOT active"):
+            if slot not in keep:
+                self.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _run(self, args, check=False, quiet=False, env=None, timeout=120):
+        cmd = [os.path.join(self.bindir, args[0])] + args[1:]
+        full_env = {**os.environ, "LC_ALL": "C", **(env or {})}
+        kwargs = {}
+        if self._as_root:
+            full_env.update(HOME=self._user.pw_dir, USER=self._user.pw_name)
+            kwargs = dict(user=self._user.pw_uid, group=self._user.pw_gid, extra_groups=[])
+        if not quiet:
+            log.debug("running %s", " ".join(args[:2]))
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout,
+                                    cwd="/", **kwargs)
+        except subprocess.TimeoutExpired:
+            raise PostgresError(f"{args[0]} did not finish within {timeout}s") from None
+        except OSError as exc:
+            raise PostgresError(f"cannot run {cmd[0]}: {exc.strerror}") from None
+        if check and result.returncode != 0:
+            raise PostgresError(f"{args[0]} failed: {result.stderr.strip()[-300:]}")
+        return result
+
+    def _tail_log(self, lines=5):
+        try:
+            with open(self.logfile) as f:
+                return " | ".join(line.strip() for line in f.readlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def wait_until(predicate, timeout, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
