@@ -155,7 +155,7 @@ class Node:
         if status["role"] == "standby":
             self._remember_epoch(epoch)
             log.failover("promoting this node to primary at epoch %d", epoch)
-            self.pg.write_config("primary", sync_standby=instruction.get("sync_standby"))
+            self.pg.write_config("primary", sync_standby=instruction.get("sync_standby"), promoting=True)
             self.pg.promote()
             self.acting_primary = True
             self.slot_ensured = None
@@ -200,7 +200,7 @@ class Node:
             log.failover("starting the former standby and promoting it (epoch %d)", epoch)
             self.pg.write_config("standby")
             self.pg.start()
-            self.pg.write_config("primary", sync_standby=instruction.get("sync_standby"))
+            self.pg.write_config("primary", sync_standby=instruction.get("sync_standby"), promoting=True)
             self.pg.promote()
         else:
             self.pg.write_config("primary", sync_standby=instruction.get("sync_standby"))

@@ -129,11 +129,13 @@ class Postgres:
             return True
         return self.control_data().get("Database cluster state") in RECOVERY_STATES
 
-    def write_config(self, role, primary_address=None, sync_standby=None):
+    def write_config(self, role, primary_address=None, sync_standby=None, promoting=False):
         """(Re)write the managed settings for role "primary" or "standby".
 
         A standby with no primary_address only replays the WAL it has (used
-        to promote a stopped standby onto a new timeline).
+        to promote a stopped standby onto a new timeline). When promoting a
+        running standby, standby.signal stays: PostgreSQL removes it itself
+        and fails if it is already gone.
         """
         standby = role == "standby"
         params = {
@@ -158,7 +160,7 @@ class Postgres:
         signal_file = os.path.join(self.pgdata, "standby.signal")
         if standby and not os.path.exists(signal_file):
             self._write(signal_file, "")
-        elif not standby and os.path.exists(signal_file):
+        elif not standby and not promoting and os.path.exists(signal_file):
             os.unlink(signal_file)
 
     def _primary_conninfo(self, address):

@@ -1,0 +1,96 @@
+"""Fixtures for the integration suite: a real local cluster per test.
+
+Each test gets a fresh cluster (arbiter, two node daemons, two PostgreSQL
+servers) in its own folder under /var/tmp, run as the postgres OS user when
+the suite runs as root. On failure the tail of every daemon's log is shown.
+"""
+import itertools
+import os
+import time
+
+import pytest
+
+from pgha import workload
+from pgha.localcluster import LocalCluster
+
+BASE = os.environ.get("PGHA_TEST_DIR", "/var/tmp/pgha-test")
+_ports = itertools.count(7430, 40)
+
+
+@pytest.fixture
+def local_cluster(request):
+    name = request.node.name.replace("/", "_")[:60]
+    cluster = LocalCluster(os.path.join(BASE, name), base_port=next(_ports))
+    cluster.prepare(fresh=True)
+    cluster.start()
+    try:
+        cluster.wait_healthy(timeout=120)
+        yield cluster
+    finally:
+        cluster.stop()
+        if getattr(request.node, "rep_call_failed", False):
+            _show_logs(cluster)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when in ("setup", "call") and report.failed:
+        item.rep_call_failed = True
+
+
+def _show_logs(cluster, lines=40):
+    for name in ("arbiter", "pgsql-1", "pgsql-2"):
+        path = os.path.join(cluster.dir, f"{name}.log")
+        try:
+            with open(path) as f:
+                tail = f.readlines()[-lines:]
+        except OSError:
+            continue
+        print(f"\n----- {path} (last {len(tail)} lines) -----\n" + "".join(tail))
+
+
+class WriteRun:
+    """A writer through the multi-host DSN around a fault; check() judges it."""
+
+    def __init__(self, cluster, writers=2, interval=0.05):
+        self.writer = workload.Writer(cluster.dsn, writers=writers, interval=interval, commit_timeout=15)
+        self.fault_at = None
+
+    def __enter__(self):
+        self.writer.start()
+        return self
+
+    def mark_fault(self):
+        self.fault_at = self.writer.elapsed()
+
+    def wait_for_acks(self, count, timeout):
+        """Wait until `count` more writes are acknowledged; True if they were."""
+        target = self.writer.counts[workload.ACK] + count
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.writer.counts[workload.ACK] >= target:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def __exit__(self, *exc):
+        self.writer.stop()
+
+    def check(self):
+        report = workload.check(self.writer.attempts, self.writer.read_back(timeout=90), self.fault_at)
+        assert report.acknowledged > 0, "no write was ever acknowledged"
+        assert report.lost == [], f"acknowledged rows lost: {report.lost[:10]}"
+        assert report.unexpected == [], f"rows present that were never committed: {report.unexpected[:10]}"
+        return report
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
