@@ -289,12 +289,17 @@ def first_line(exc):
     return text.splitlines()[0]
 
 
-def prepare(dsn, connect_timeout=2.0):
-    """Create the table if missing and allocate a run number. Raises psycopg2.Error."""
+def prepare(dsn, connect_timeout=2.0, timeout=10.0):
+    """Create the table if missing and allocate a run number. Raises psycopg2.Error.
+
+    A statement timeout keeps a cluster that cannot commit from hanging the
+    start; cancelling a DDL's synchronous-replication wait fakes no write.
+    """
     conn = connect(dsn, connect_timeout)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
+            cur.execute("SELECT set_config('statement_timeout', %s, false)", (f"{timeout * 1000:.0f}",))
             cur.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ("
                         "id bigint PRIMARY KEY, writer int NOT NULL, "
                         "attempted_at timestamptz NOT NULL DEFAULT now(), payload text)")
@@ -315,6 +320,7 @@ def read_back(dsn, run, timeout=60.0, connect_timeout=2.0):
             conn = connect(dsn, connect_timeout)
             try:
                 with conn.cursor() as cur:
+                    cur.execute("SET statement_timeout = '60s'")   # a read: cancelling is harmless
                     cur.execute(f"SELECT id FROM {TABLE} WHERE id BETWEEN %s AND %s", (low, high))
                     return {row[0] for row in cur}
             finally:
@@ -391,7 +397,7 @@ class Writer:
 
     def prepare(self):
         if self.run is None:
-            self.run = prepare(self.dsn, self.connect_timeout)
+            self.run = prepare(self.dsn, self.connect_timeout, self.commit_timeout)
         return self.run
 
     def start(self):
