@@ -29,13 +29,9 @@ class FaultError(Exception):
 
 def inject(target, fault):
     """Fire one fault by name; returns the node it hit."""
-    actions = {"kill-primary": target.kill_primary,
-               "kill-primary-host": target.kill_primary_host,
-               "stop-standby": target.stop_standby,
-               "switchover": target.switchover}
-    if fault not in actions:
+    if fault not in FAULTS:
         raise FaultError(f"unknown fault {fault!r} (choose from {', '.join(FAULTS)})")
-    return actions[fault]()
+    return getattr(target, fault.replace("-", "_"))()
 
 
 class FaultThread(threading.Thread):
