@@ -272,12 +272,11 @@ class Cluster:
     # -- faults
 
     def kill_postgres(self, service):
-        """SIGKILL every PostgreSQL process of the node (the postmaster first)."""
-        pidfile = self.exec(service, "sh", "-c", "head -1 /var/lib/pgha/data/postmaster.pid 2>/dev/null",
-                            check=False).stdout.strip()
-        if pidfile.isdigit():
-            self.exec(service, "kill", "-9", pidfile, check=False)
-        self.exec(service, "pkill", "-9", "-x", "postgres", check=False)
+        """SIGKILL the node's PostgreSQL: the postmaster (pid from postmaster.pid)
+        and all its processes, in one exec so a quick restart is not hit too."""
+        self.exec(service, "sh", "-c",
+                  "pid=$(head -1 /var/lib/pgha/data/postmaster.pid 2>/dev/null); "
+                  "[ -n \"$pid\" ] && kill -9 \"$pid\" 2>/dev/null; pkill -9 -x postgres; true")
 
     def kill(self, service):
         run(["docker", "kill", self.container(service)], timeout=60)
