@@ -44,6 +44,7 @@ class Node:
         self.slot_ensured = None
         self._said = {}
         self._stop = threading.Event()
+        self._wake = threading.Event()  # run the next heartbeat now, not at the next tick
 
     # -- life cycle ------------------------------------------------------------
 
@@ -62,11 +63,15 @@ class Node:
         try:
             while not self._stop.is_set():
                 started = self.clock()
+                acting_before = self.acting_primary, self.pg.postmaster_pid()
                 try:
                     self.step()
                 except PostgresError as exc:
                     log.error("%s", exc)
-                self._stop.wait(max(0.05, self.heartbeat_interval - (self.clock() - started)))
+                if (self.acting_primary, self.pg.postmaster_pid()) != acting_before:
+                    continue    # a role or process change: report it at once
+                self._wake.wait(max(0.05, self.heartbeat_interval - (self.clock() - started)))
+                self._wake.clear()
         finally:
             renewer.stop()
             peer.shutdown()
@@ -75,6 +80,7 @@ class Node:
 
     def stop(self):
         self._stop.set()
+        self._wake.set()
 
     def shutdown_postgres(self):
         # A primary nobody renews leases for must not outlive its node daemon.
@@ -314,11 +320,14 @@ class Node:
 
     def _watchdog(self):
         while not self._stop.is_set():
-            if self.acting_primary and not self.leases.held():
-                self.acting_primary = False
-                log.failover("no lease from the arbiter or the standby: fencing PostgreSQL")
-                self.pg.fence()
-            self._stop.wait(0.05)
+            if self.acting_primary:
+                if not self.leases.held():
+                    self.acting_primary = False
+                    log.failover("no lease from the arbiter or the standby: fencing PostgreSQL")
+                    self.pg.fence()
+                elif self.pg.postmaster_pid() is None:
+                    self._wake.set()    # PostgreSQL died: don't wait for the next tick
+            self._stop.wait(0.1)
 
     def _say(self, topic, level, text):
         """Log a line only when it differs from the last one on the same topic."""

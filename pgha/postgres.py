@@ -106,6 +106,7 @@ class Postgres:
                 raise PostgresError(f"OS user {settings.pg_os_user!r} (setting 'pg_os_user') does not exist; "
                                     "PostgreSQL cannot run as root") from None
         self._conn = None
+        self._pid = None
 
     # -- files and folders ---------------------------------------------------
 
@@ -211,13 +212,22 @@ class Postgres:
     # -- running ---------------------------------------------------------------
 
     def postmaster_pid(self):
-        try:
-            with open(os.path.join(self.pgdata, "postmaster.pid")) as f:
-                pid = int(f.readline())
-            os.kill(pid, 0)
-            return pid
-        except (OSError, ValueError):
-            return None
+        """The running postmaster's pid, or None. Called often (watchdog), so
+        the pid file is read again only when the remembered pid is gone."""
+        for fresh in (False, True):
+            if fresh or self._pid is None:
+                try:
+                    with open(os.path.join(self.pgdata, "postmaster.pid")) as f:
+                        self._pid = int(f.readline())
+                except (OSError, ValueError):
+                    self._pid = None
+                    return None
+            try:
+                os.kill(self._pid, 0)
+                return self._pid
+            except OSError:
+                self._pid = None
+        return None
 
     def start(self, timeout=60):
         self.close()
