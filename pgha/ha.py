@@ -57,6 +57,13 @@ class Node:
                          name="peer-server").start()
         renewer = LeaseRenewer(self.s.name, self.leases, self._renew_target, lambda: self.heartbeat_interval)
         renewer.start()
+        if self.pg.status().get("role") == "primary":
+            # PostgreSQL outlived a previous node daemon: it gets one lease
+            # period to be confirmed by the arbiter, then it is fenced.
+            self.acting_primary = True
+            self.leases.renew("arbiter", self.clock(), self.lease_time)
+            log.warning("PostgreSQL is already running as primary: fencing it unless the arbiter "
+                        "confirms this node within %.1fs", self.lease_time)
         threading.Thread(target=self._watchdog, daemon=True, name="watchdog").start()
         log.info("node %s started (last epoch acted on: %d); asking the arbiter at %s:%s before "
                  "starting PostgreSQL", self.s.name, self.acted_epoch, self.s.arbiter_host, self.s.arbiter_port)
@@ -114,6 +121,7 @@ class Node:
             self.grants.stop()
             self._act_primary(reply, status, report.get("relinquished", False))
         elif role == "standby":
+            self.relinquished = False   # handed over: the arbiter has a new primary
             self.grants.follow(reply["primary"], reply["epoch"])
             self._act_standby(reply, status)
 
