@@ -1,0 +1,550 @@
+"""The arbiter's decision rules (pgha/decision.py), table-driven.
+
+Two nodes, "a" (the primary unless a test says otherwise) and "b". Timings are
+the defaults: heartbeat 0.5 s, lease 3 s, margin 1 s (so a silent primary may
+be replaced after 4 s), sync stall 1.5 s, standby reply timeout 2 s.
+"""
+import random
+from dataclasses import replace
+
+import pytest
+
+from pgha.decision import (ClusterState, Memory, Timings, on_heartbeat, other,
+                           request_switchover)
+
+NODES = ("a", "b")
+T = Timings()
+STRICT = Timings(strict_sync=True)
+LEASE_PLUS_MARGIN = T.lease_time + T.failover_margin   # 4.0
+NOW = 100.0
+
+
+# -- building blocks ----------------------------------------------------------
+
+def address(name):
+    return {"host": f"{name}.example", "pg_port": 5432, "peer_port": 5433, "slot": f"slot_{name}"}
+
+
+def row(state="streaming", sync_state="sync", flush_lsn=1000, reply_age=0.1, name="b"):
+    return {"name": name, "state": state, "sync_state": sync_state, "flush_lsn": flush_lsn,
+            "reply_age": reply_age}
+
+
+def primary_report(pg="running", role="primary", lsn=1000, sync_standby="b", syncrep_wait=0.0,
+                   replication="default", relinquished=False, name="a"):
+    if replication == "default":
+        replication = [row()]
+    report = {"pg": pg, "address": address(name), "relinquished": relinquished, "grant_remaining": 0.0}
+    if pg == "running":
+        report.update(role=role, lsn=lsn, sync_standby=sync_standby, syncrep_wait=syncrep_wait,
+                      replication=replication if role == "primary" else [])
+    return report
+
+
+def standby_report(pg="running", role="standby", grant_remaining=0.0, relinquished=False, name="b"):
+    report = {"pg": pg, "address": address(name), "relinquished": relinquished,
+              "grant_remaining": grant_remaining}
+    if pg == "running":
+        report.update(role=role, lsn=900, sync_standby=None, syncrep_wait=0.0, replication=[])
+    return report
+
+
+def steady_memory(primary_seen_at=NOW, standby_seen_at=NOW, primary="a", **fields):
+    """Both nodes have reported: the primary a healthy sync standby, the standby no grant."""
+    standby = other(NODES, primary)
+    return Memory(last_seen={primary: primary_seen_at, standby: standby_seen_at},
+                  reports={primary: primary_report(name=primary, replication=[row(name=standby)],
+                                                   sync_standby=standby),
+                           standby: standby_report(name=standby)},
+                  primary_seen_at=primary_seen_at, **fields)
+
+
+def failover_events(outcome):
+    return [text for level, text in outcome.events if level == "failover"]
+
+
+def assert_no_failover(before, outcome):
+    assert outcome.state.epoch == before.epoch
+    assert outcome.state.primary == before.primary
+    assert failover_events(outcome) == []
+
+
+def assert_failover(before, outcome, new_primary):
+    assert outcome.state == ClusterState(epoch=before.epoch + 1, primary=new_primary, promotable=False)
+    [event] = failover_events(outcome)
+    assert f"epoch {before.epoch + 1}" in event and new_primary in event
+
+
+# -- standby heartbeats: the failover rule (invariants 1 and 2) ------------------
+
+FAILOVER_TABLE = [
+    # id, promotable, seconds the primary has been silent, standby report, node epoch, promote?
+    ("promotable-silent-past-lease-no-grant", True, 4.5, standby_report(), 3, True),
+    ("exactly-lease-plus-margin", True, LEASE_PLUS_MARGIN, standby_report(), 3, True),
+    ("long-silence", True, 600.0, standby_report(), 3, True),
+    ("node-epoch-older-is-fine", True, 4.5, standby_report(), 1, True),
+    ("not-promotable", False, 600.0, standby_report(), 3, False),
+    ("primary-silent-less-than-lease", True, 2.0, standby_report(), 3, False),
+    ("primary-silent-past-lease-within-margin", True, 3.9, standby_report(), 3, False),
+    ("primary-just-heard", True, 0.0, standby_report(), 3, False),
+    ("standby-still-grants-a-lease", True, 600.0, standby_report(grant_remaining=0.4), 3, False),
+    ("standby-grant-tiny", True, 600.0, standby_report(grant_remaining=0.001), 3, False),
+    ("standby-pg-stopped", True, 600.0, standby_report(pg="stopped"), 3, False),
+    ("standby-pg-starting", True, 600.0, standby_report(pg="starting"), 3, False),
+    ("standby-runs-as-primary", True, 600.0, standby_report(role="primary"), 3, False),
+    ("node-epoch-newer-than-arbiter", True, 600.0, standby_report(), 4, False),
+]
+
+
+@pytest.mark.parametrize("promotable, silent, report, node_epoch, promote",
+                         [case[1:] for case in FAILOVER_TABLE], ids=[case[0] for case in FAILOVER_TABLE])
+def test_standby_heartbeat_failover_rule(promotable, silent, report, node_epoch, promote):
+    state = ClusterState(epoch=3, primary="a", promotable=promotable)
+    memory = steady_memory(primary_seen_at=NOW - silent, standby_seen_at=NOW - 0.5)
+    outcome = on_heartbeat(state, memory, NODES, "b", node_epoch, report, NOW, T)
+
+    if promote:
+        assert_failover(state, outcome, "b")
+        i = outcome.instruction
+        assert (i["role"], i["epoch"], i["standby"], i["relinquish"]) == ("primary", 4, "a", False)
+        assert i["sync_standby"] is None          # nothing known about the old primary yet
+        assert i["standby_address"] == address("a")
+        assert outcome.memory.primary_seen_at == NOW   # the new primary's lease starts now
+    else:
+        assert outcome.state == state
+        assert failover_events(outcome) == []
+        if node_epoch > state.epoch:
+            assert outcome.instruction["role"] == "wait"
+            assert "state lost" in outcome.instruction["reason"]
+            assert [level for level, _ in outcome.events] == ["error"]
+        else:
+            i = outcome.instruction
+            assert (i["role"], i["epoch"], i["primary"]) == ("standby", 3, "a")
+            assert i["primary_address"] == address("a")
+    # The heartbeat is remembered either way.
+    assert outcome.memory.last_seen["b"] == NOW and outcome.memory.reports["b"] == report
+
+
+def test_standby_instruction_carries_timings():
+    outcome = on_heartbeat(ClusterState(1, "a"), steady_memory(), NODES, "b", 1, standby_report(), NOW, T)
+    assert outcome.instruction["lease_time"] == T.lease_time
+    assert outcome.instruction["heartbeat_interval"] == T.heartbeat_interval
+
+
+def test_standby_waits_until_the_primary_has_reported():
+    memory = Memory.at_start(NOW)
+    outcome = on_heartbeat(ClusterState(1, "a"), memory, NODES, "b", 1, standby_report(), NOW, T)
+    assert outcome.instruction["role"] == "wait"
+    assert outcome.instruction["epoch"] == 1
+    assert "a" in outcome.instruction["reason"]
+
+
+# -- arbiter restart ---------------------------------------------------------------
+
+@pytest.mark.parametrize("after, promote", [(0.0, False), (1.0, False), (3.0, False), (3.99, False),
+                                            (4.0, True), (10.0, True)],
+                         ids=lambda v: str(v))
+def test_restarted_arbiter_waits_a_full_lease_plus_margin(after, promote):
+    start = 500.0
+    state = ClusterState(epoch=7, primary="a", promotable=True)   # as read from disk
+    memory = Memory.at_start(start)
+    outcome = on_heartbeat(state, memory, NODES, "b", 7, standby_report(), start + after, T)
+    if promote:
+        assert_failover(state, outcome, "b")
+    else:
+        assert_no_failover(state, outcome)
+
+
+def test_restarted_arbiter_renews_the_primary_that_reports():
+    state = ClusterState(epoch=7, primary="a", promotable=True)
+    memory = Memory.at_start(500.0)
+    memory = on_heartbeat(state, memory, NODES, "a", 7, primary_report(), 503.0, T).memory
+    outcome = on_heartbeat(state, memory, NODES, "b", 7, standby_report(), 506.0, T)
+    assert_no_failover(state, outcome)          # 3 s since the primary, not 4
+    outcome = on_heartbeat(state, outcome.memory, NODES, "b", 7, standby_report(), 507.0, T)
+    assert_failover(state, outcome, "b")
+
+
+# -- primary heartbeats: keeping and dropping sync (invariant 5) --------------------
+
+SYNC_TABLE = [
+    # id, timings, promotable before, primary report, promotable after, sync_standby, warning?
+    ("healthy-sync", T, True, primary_report(), True, "b", False),
+    ("wait-below-stall", T, True, primary_report(syncrep_wait=1.4), True, "b", False),
+    ("reply-age-at-limit", T, True, primary_report(replication=[row(reply_age=2.0)]), True, "b", False),
+    ("catchup", T, True, primary_report(replication=[row(state="catchup")]), False, None, True),
+    ("row-absent", T, True, primary_report(replication=[]), False, None, True),
+    ("row-of-another-name", T, True, primary_report(replication=[row(name="zz")]), False, None, True),
+    ("reply-stale", T, True, primary_report(replication=[row(reply_age=2.5)]), False, None, True),
+    ("wait-above-stall", T, True, primary_report(syncrep_wait=1.6), False, None, True),
+    ("wait-at-stall", T, True, primary_report(syncrep_wait=1.5), False, None, True),
+    ("strict-row-absent", STRICT, True, primary_report(replication=[]), True, "b", False),
+    ("strict-stalled", STRICT, True, primary_report(syncrep_wait=30.0), True, "b", False),
+    ("strict-reply-stale", STRICT, True, primary_report(replication=[row(reply_age=9)]), True, "b", False),
+    ("primary-pg-stopped", T, True, primary_report(pg="stopped"), True, "b", False),
+    ("primary-pg-starting", T, True, primary_report(pg="starting"), True, "b", False),
+    ("primary-still-in-recovery", T, True, primary_report(role="standby"), True, "b", False),
+    # Not promotable: sync is asked for whenever the standby streams.
+    ("np-healthy-sync", T, False, primary_report(), False, "b", False),
+    ("np-streaming-async", T, False, primary_report(sync_standby=None,
+                                                     replication=[row(sync_state="async")]), False, "b", False),
+    ("np-catchup", T, False, primary_report(replication=[row(state="catchup")]), False, None, False),
+    ("np-row-absent", T, False, primary_report(replication=[]), False, None, False),
+    ("np-reply-stale", T, False, primary_report(replication=[row(reply_age=5)]), False, None, False),
+    ("np-strict-row-absent", STRICT, False, primary_report(replication=[]), False, "b", False),
+    ("np-primary-pg-stopped", T, False, primary_report(pg="stopped"), False, None, False),
+]
+
+
+@pytest.mark.parametrize("timings, promotable, report, promotable_after, sync_standby, warning",
+                         [case[1:] for case in SYNC_TABLE], ids=[case[0] for case in SYNC_TABLE])
+def test_primary_heartbeat_sync_rules(timings, promotable, report, promotable_after, sync_standby, warning):
+    state = ClusterState(epoch=2, primary="a", promotable=promotable)
+    memory = steady_memory(primary_seen_at=NOW - 0.5)
+    outcome = on_heartbeat(state, memory, NODES, "a", 2, report, NOW, timings)
+
+    assert outcome.state == replace(state, promotable=promotable_after)
+    i = outcome.instruction
+    assert (i["role"], i["epoch"], i["standby"], i["relinquish"]) == ("primary", 2, "b", False)
+    assert i["sync_standby"] == sync_standby
+    assert i["standby_address"] == address("b") and i["standby_slot"] == "slot_b"
+    warnings = [text for level, text in outcome.events if level == "warning"]
+    assert bool(warnings) == warning
+    if warning:
+        assert "not promotable" in warnings[0]
+    assert outcome.memory.primary_seen_at == NOW      # the primary's lease is renewed
+    assert failover_events(outcome) == []
+
+
+def test_sync_is_never_dropped_while_promotable():
+    """Over every row of the table: sync_standby None implies the (new, durable) state is not promotable."""
+    for _, timings, promotable, report, *_ in SYNC_TABLE:
+        state = ClusterState(epoch=2, primary="a", promotable=promotable)
+        outcome = on_heartbeat(state, steady_memory(), NODES, "a", 2, report, NOW, timings)
+        if outcome.instruction["sync_standby"] is None:
+            assert not outcome.state.promotable and not timings.strict_sync
+
+
+def test_stall_message_names_the_wait():
+    state = ClusterState(epoch=2, primary="a", promotable=True)
+    outcome = on_heartbeat(state, steady_memory(), NODES, "a", 2, primary_report(syncrep_wait=2.0), NOW, T)
+    [(level, text)] = outcome.events
+    assert level == "warning" and "waited 2.0s" in text
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: _manage_sync keeps promotable=True when the primary reports that synchronous replication is "
+    "off (report sync_standby None, i.e. synchronous_standby_names no longer names the standby). It only "
+    "checks that the standby streams and that commits do not stall, so commits the primary acknowledges "
+    "without the standby are lost if it then fails over (ha-model invariant 1: 'nothing since has let the "
+    "primary commit without it')."))
+@pytest.mark.parametrize("report", [
+    primary_report(sync_standby=None, replication=[row(sync_state="async")]),
+    primary_report(sync_standby="zz", replication=[row(sync_state="async")]),
+], ids=["names-cleared", "names-another-node"])
+def test_primary_reporting_sync_off_revokes_promotable(report):
+    state = ClusterState(epoch=2, primary="a", promotable=True)
+    outcome = on_heartbeat(state, steady_memory(), NODES, "a", 2, report, NOW, T)
+    assert not outcome.state.promotable
+
+
+# -- becoming promotable: sync seen on, then caught up (two reports) -----------------
+
+def run_primary(state, memory, reports, start=NOW, timings=T, step=0.5):
+    """Feed primary heartbeats; return the outcomes."""
+    outcomes = []
+    for n, report in enumerate(reports):
+        outcome = on_heartbeat(state, memory, NODES, "a", state.epoch, report, start + n * step, timings)
+        outcomes.append(outcome)
+        state, memory = outcome.state, outcome.memory
+    return outcomes
+
+
+def sync_report(lsn, flush, **kw):
+    return primary_report(lsn=lsn, replication=[row(flush_lsn=flush, **kw.pop("row", {}))], **kw)
+
+
+@pytest.mark.parametrize("timings", [T, STRICT], ids=["normal", "strict"])
+def test_promotable_after_sync_seen_and_flush_reaches_recorded_lsn(timings):
+    state = ClusterState(epoch=2, primary="a", promotable=False)
+    outs = run_primary(state, Memory(), [sync_report(1000, 900), sync_report(1200, 999),
+                                         sync_report(1300, 1000), sync_report(1400, 1400)], timings=timings)
+    assert [o.state.promotable for o in outs] == [False, False, True, True]
+    assert outs[0].memory.sync_since_lsn == 1000     # the primary LSN when sync was first seen
+    assert outs[1].memory.sync_since_lsn == 1000     # not moved by later reports
+    assert outs[2].memory.sync_since_lsn is None
+    assert [lvl for lvl, _ in outs[2].events] == ["info"] and "promotable" in outs[2].events[0][1]
+    assert all(o.instruction["sync_standby"] == "b" for o in outs)
+
+
+def test_one_report_is_never_enough():
+    state = ClusterState(epoch=2, primary="a", promotable=False)
+    [out] = run_primary(state, Memory(), [sync_report(1000, 1000)])
+    assert not out.state.promotable and out.memory.sync_since_lsn == 1000
+
+
+INTERRUPTIONS = {
+    "async": dict(row={"sync_state": "async"}),
+    "names-not-set": dict(sync_standby=None),
+    "catchup": dict(row={"state": "catchup"}),
+    "reply-stale": dict(row={"reply_age": 3.0}),
+    "stalled": dict(syncrep_wait=2.0),
+}
+
+
+@pytest.mark.parametrize("interruption", INTERRUPTIONS.values(), ids=INTERRUPTIONS.keys())
+def test_interrupted_sync_restarts_the_handshake(interruption):
+    state = ClusterState(epoch=2, primary="a", promotable=False)
+    outs = run_primary(state, Memory(), [
+        sync_report(1000, 1000),                 # sync seen on at LSN 1000
+        sync_report(1100, 1050, **interruption),  # not sync and healthy: forget it
+        sync_report(1200, 1100),                 # flush >= 1000, but the hand-shake starts again at 1200
+        sync_report(1300, 1199),
+        sync_report(1400, 1200),
+    ])
+    assert [o.state.promotable for o in outs] == [False, False, False, False, True]
+    assert [o.memory.sync_since_lsn for o in outs] == [1000, None, 1200, 1200, None]
+
+
+def test_sync_on_for_another_standby_name_does_not_count():
+    state = ClusterState(epoch=2, primary="a", promotable=False)
+    outs = run_primary(state, Memory(), [sync_report(1000, 1000, sync_standby="zz")] * 3)
+    assert not any(o.state.promotable for o in outs)
+
+
+def test_after_a_drop_sync_is_held_off_for_a_lease():
+    state = ClusterState(epoch=2, primary="a", promotable=True)
+    dropped = on_heartbeat(state, steady_memory(), NODES, "a", 2, primary_report(syncrep_wait=2.0), NOW, T)
+    assert not dropped.state.promotable and dropped.memory.sync_dropped_at == NOW
+    healthy = primary_report(sync_standby=None, replication=[row(sync_state="async")])
+    for later, wanted in [(1.0, None), (T.lease_time - 0.01, None), (T.lease_time, "b"), (10.0, "b")]:
+        outcome = on_heartbeat(dropped.state, dropped.memory, NODES, "a", 2, healthy, NOW + later, T)
+        assert outcome.instruction["sync_standby"] == wanted, later
+
+
+# -- the primary hands over (relinquish) ---------------------------------------------
+
+RELINQUISH_TABLE = [
+    # id, promotable, seconds since the standby reported, standby report, hand over?
+    ("promotable-standby-healthy", True, 0.5, standby_report(), True),
+    ("standby-still-granting-is-fine", True, 0.5, standby_report(grant_remaining=2.0), True),
+    ("standby-seen-at-lease-limit", True, T.lease_time, standby_report(), True),
+    ("not-promotable", False, 0.5, standby_report(), False),
+    ("standby-report-stale", True, T.lease_time + 0.1, standby_report(), False),
+    ("standby-pg-stopped", True, 0.5, standby_report(pg="stopped"), False),
+    ("standby-pg-starting", True, 0.5, standby_report(pg="starting"), False),
+    ("standby-runs-as-primary", True, 0.5, standby_report(role="primary"), False),
+    ("standby-never-reported", True, None, None, False),
+]
+
+
+@pytest.mark.parametrize("promotable, standby_age, report, handover",
+                         [case[1:] for case in RELINQUISH_TABLE], ids=[case[0] for case in RELINQUISH_TABLE])
+def test_relinquish_fails_over_at_once_only_to_a_healthy_promotable_standby(promotable, standby_age, report,
+                                                                              handover):
+    state = ClusterState(epoch=5, primary="a", promotable=promotable)
+    memory = steady_memory(primary_seen_at=NOW - 0.5, switchover_to="b")
+    if report is None:
+        memory = replace(memory, reports={"a": memory.reports["a"]}, last_seen={"a": NOW - 0.5})
+    else:
+        memory = replace(memory, reports={**memory.reports, "b": report},
+                         last_seen={**memory.last_seen, "b": NOW - standby_age})
+    outcome = on_heartbeat(state, memory, NODES, "a", 5, primary_report(pg="stopped", relinquished=True), NOW, T)
+
+    assert outcome.memory.switchover_to is None
+    if handover:
+        assert_failover(state, outcome, "b")
+        i = outcome.instruction
+        assert (i["role"], i["epoch"], i["primary"], i["primary_address"]) == ("standby", 6, "b", address("b"))
+    else:
+        assert outcome.state == state
+        assert failover_events(outcome) == []
+        [(level, text)] = outcome.events
+        assert level == "warning" and "cannot take over" in text
+        i = outcome.instruction
+        assert (i["role"], i["epoch"], i["relinquish"]) == ("primary", 5, False)   # start again
+
+
+# -- switchover requests -------------------------------------------------------------
+
+@pytest.mark.parametrize("promotable, target, error", [
+    (False, None, "not promotable"),
+    (False, "b", "not promotable"),
+    (True, "zz", "unknown node"),
+    (True, "a", "already the primary"),
+], ids=["not-promotable-default", "not-promotable-named", "unknown-node", "already-primary"])
+def test_switchover_refused(promotable, target, error):
+    memory = steady_memory()
+    new_memory, problem = request_switchover(ClusterState(3, "a", promotable), memory, NODES, target)
+    assert error in problem
+    assert new_memory == memory
+    primary = on_heartbeat(ClusterState(3, "a", promotable), new_memory, NODES, "a", 3, primary_report(), NOW, T)
+    assert primary.instruction["relinquish"] is False
+
+
+@pytest.mark.parametrize("target", [None, "b"], ids=["default-target", "named-target"])
+def test_switchover_accepted_leads_to_relinquish_and_handover(target):
+    state = ClusterState(3, "a", promotable=True)
+    memory, problem = request_switchover(state, steady_memory(), NODES, target)
+    assert problem is None and memory.switchover_to == "b"
+
+    standby = on_heartbeat(state, memory, NODES, "b", 3, standby_report(), NOW + 0.1, T)
+    assert standby.instruction["role"] == "standby" and "relinquish" not in standby.instruction
+    primary = on_heartbeat(state, standby.memory, NODES, "a", 3, primary_report(), NOW + 0.2, T)
+    assert primary.instruction["relinquish"] is True
+    assert primary.state == state                                  # nothing changes yet
+
+    done = on_heartbeat(primary.state, primary.memory, NODES, "a", 3,
+                        primary_report(pg="stopped", relinquished=True), NOW + 0.7, T)
+    assert_failover(state, done, "b")
+    assert done.memory.switchover_to is None
+
+
+def test_switchover_relinquish_withdrawn_when_promotable_drops():
+    state = ClusterState(3, "a", promotable=True)
+    memory, _ = request_switchover(state, steady_memory(), NODES, "b")
+    outcome = on_heartbeat(state, memory, NODES, "a", 3, primary_report(replication=[]), NOW, T)
+    assert not outcome.state.promotable
+    assert outcome.instruction["relinquish"] is False
+
+
+# -- a node whose epoch is newer than the arbiter's -------------------------------------
+
+@pytest.mark.parametrize("node, report", [("a", primary_report()), ("b", standby_report())],
+                         ids=["primary", "standby"])
+def test_node_epoch_newer_than_arbiter_refuses_to_decide(node, report):
+    state = ClusterState(epoch=2, primary="a", promotable=True)
+    memory = steady_memory(primary_seen_at=NOW - 50)
+    outcome = on_heartbeat(state, memory, NODES, node, 3, report, NOW, T)
+    assert outcome.state == state
+    assert outcome.instruction == {"type": "instruction", "epoch": 2, "role": "wait",
+                                   "reason": outcome.instruction["reason"]}
+    [(level, text)] = outcome.events
+    assert level == "error" and "epoch 3" in text and "state file" in text
+    # Not a lease renewal: a primary claiming an unknown epoch is not heard.
+    assert outcome.memory.primary_seen_at == NOW - 50
+
+
+# -- randomised walk: invariants over thousands of steps ---------------------------------
+
+def _random_report(rng, node, state, lsn, chaos):
+    """A report from `node`; `chaos` is the chance of each thing going wrong."""
+    def bad():
+        return rng.random() < chaos
+
+    standby = other(NODES, node)
+    pg = rng.choice(["stopped", "starting"]) if bad() else "running"
+    report = {"pg": pg, "address": address(node), "relinquished": bad() and rng.random() < 0.3,
+              "grant_remaining": rng.choice([0.2, 2.5]) if bad() else 0.0}
+    if pg != "running":
+        return report
+    is_primary = node == state.primary
+    role = ("primary" if is_primary else "standby") if not bad() else rng.choice(["primary", "standby"])
+    report.update(role=role, lsn=lsn, syncrep_wait=rng.choice([1.4, 1.5, 3.0]) if bad() else 0.0,
+                  sync_standby=None if bad() else standby, replication=[])
+    if role == "primary" and not bad():
+        report["replication"] = [row(name=standby,
+                                     state="catchup" if bad() else "streaming",
+                                     sync_state="async" if bad() else "sync",
+                                     flush_lsn=lsn - rng.choice([0, 0, 10, 300]),
+                                     reply_age=rng.choice([2.1, 60.0]) if bad() else rng.choice([0.0, 0.5, 1.9]))]
+    return report
+
+
+def _sync_healthy(report, standby, timings):
+    rows = [r for r in report.get("replication", []) if r["name"] == standby]
+    return (report.get("pg") == "running" and report.get("role") == "primary" and bool(rows)
+            and rows[0]["state"] == "streaming" and rows[0]["sync_state"] == "sync"
+            and rows[0]["reply_age"] <= timings.standby_reply_timeout
+            and report.get("sync_standby") == standby
+            and report.get("syncrep_wait", 0) < timings.sync_stall_timeout)
+
+
+@pytest.mark.parametrize("timings", [T, STRICT], ids=["normal", "strict"])
+def test_random_walk_keeps_the_invariants(timings):
+    rng = random.Random(0x5EED + timings.strict_sync)
+    state = ClusterState(epoch=1, primary="a", promotable=False)
+    now = 0.0
+    memory = Memory.at_start(now)
+    primary_heard = now         # our own record of when the primary's lease was last renewed
+    handshake_lsn = None        # our own record of the sync hand-shake: LSN when sync was first seen
+    handshake_reports = 0
+    failovers = {}
+    became_promotable = 0
+    lsn = 1000
+
+    for step in range(4000):
+        if step % 100 == 0:
+            chaos = rng.choice([0.01, 0.05, 0.2, 0.5])
+        now += rng.choice([0.0, 0.1, 0.5, 0.5, 0.5, 1.0, 2.0, 4.5])
+        lsn += rng.choice([0, 10, 100])
+        if rng.random() < 0.01:                          # the arbiter restarts
+            memory = Memory.at_start(now)
+            primary_heard, handshake_lsn, handshake_reports = now, None, 0
+        if rng.random() < 0.02:
+            memory, _ = request_switchover(state, memory, NODES, rng.choice([None, "a", "b", "zz"]))
+        node = rng.choice(NODES)
+        node_epoch = state.epoch + rng.choices([0, -1, 1], [0.9, 0.08, 0.02])[0]
+        report = _random_report(rng, node, state, lsn, chaos)
+
+        before = state
+        outcome = on_heartbeat(state, memory, NODES, node, node_epoch, report, now, timings)
+        state, memory = outcome.state, outcome.memory
+        where = f"step {step}: {node} epoch {node_epoch} at {now}: {before} -> {state}"
+
+        # The epoch never goes back; it moves only with the primary, by exactly one.
+        assert state.epoch >= before.epoch, where
+        fo = failover_events(outcome)
+        if state.epoch != before.epoch:
+            assert state.epoch == before.epoch + 1, where
+            assert state.primary != before.primary, where
+            assert before.promotable, "promoted a standby that was not promotable: " + where
+            assert not state.promotable, where
+            assert len(fo) == 1, where
+            failovers[state.epoch] = failovers.get(state.epoch, 0) + 1
+            if node == before.primary:                  # a hand-over
+                assert report.get("relinquished"), where
+            else:                                       # the primary went silent
+                assert node == state.primary, where
+                assert now - primary_heard >= timings.lease_time + timings.failover_margin, where
+                assert report.get("grant_remaining", 0) == 0, where
+                assert (report["pg"], report["role"]) == ("running", "standby"), where
+            primary_heard, handshake_lsn, handshake_reports = now, None, 0
+        else:
+            assert state.primary == before.primary and fo == [], where
+            if node == state.primary and node_epoch <= state.epoch:
+                primary_heard = now
+                # Our own model of the sync hand-shake.
+                if report.get("relinquished"):
+                    pass
+                elif before.promotable:
+                    handshake_lsn, handshake_reports = None, 0
+                elif _sync_healthy(report, other(NODES, node), timings):
+                    if handshake_lsn is None:
+                        handshake_lsn, handshake_reports = report["lsn"], 1
+                    else:
+                        handshake_reports += 1
+                elif report.get("pg") == "running" and report.get("role") == "primary":
+                    handshake_lsn, handshake_reports = None, 0
+            if state.promotable and not before.promotable:
+                became_promotable += 1
+                assert node == state.primary and handshake_reports >= 2, where
+                assert report["replication"][0]["flush_lsn"] >= handshake_lsn, where
+                handshake_lsn, handshake_reports = None, 0
+
+        # Sync is off only when the durable state says not promotable (never in strict mode).
+        i = outcome.instruction
+        if i["role"] == "primary":
+            assert i["epoch"] == state.epoch and node == state.primary, where
+            if i["sync_standby"] is None:
+                assert not state.promotable and not timings.strict_sync, where
+            if timings.strict_sync:
+                assert i["sync_standby"] == other(NODES, node), where
+            if i["relinquish"]:
+                assert state.promotable, where
+        elif i["role"] == "standby":
+            assert i["epoch"] == state.epoch and i["primary"] == state.primary != node, where
+
+    assert all(count == 1 for count in failovers.values())
+    # The walk must actually have exercised the interesting paths.
+    assert len(failovers) >= 20 and became_promotable >= 20, (failovers, became_promotable)
