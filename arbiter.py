@@ -3,7 +3,6 @@
 
     python arbiter.py [--settings FILE]
 """
-import argparse
 import os
 import signal
 import sys
@@ -11,22 +10,15 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import logger  # noqa: E402
-from pgha import settings as settings_mod  # noqa: E402
+from pgha import cli, settings as settings_mod  # noqa: E402
 from pgha.arbiter_server import Arbiter, ArbiterServer, StateFileError  # noqa: E402
 
 DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arbiter_settings.py")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="PostgreSQL HA arbiter")
-    parser.add_argument("--settings", metavar="FILE", help="settings overriding arbiter_settings.py")
-    args = parser.parse_args(argv)
-    try:
-        settings = settings_mod.load(DEFAULTS, settings_mod.ARBITER_SPECS, args.settings,
-                                     settings_mod.ARBITER_CHECKS)
-    except settings_mod.SettingsError as exc:
-        print(f"arbiter: {exc}", file=sys.stderr)
-        return 2
+    settings = cli.load_settings("arbiter", "PostgreSQL HA arbiter", DEFAULTS, settings_mod.ARBITER_SPECS,
+                                 settings_mod.ARBITER_CHECKS, argv=argv)
     log = logger.setup("arbiter", settings.log_level, settings.log_file)
     try:
         arbiter = Arbiter(settings)

@@ -3,7 +3,6 @@
 
     python node.py [--settings FILE]
 """
-import argparse
 import os
 import signal
 import sys
@@ -11,20 +10,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import logger  # noqa: E402
-from pgha import settings as settings_mod  # noqa: E402
+from pgha import cli, settings as settings_mod  # noqa: E402
 
 DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_settings.py")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="PostgreSQL HA node daemon")
-    parser.add_argument("--settings", metavar="FILE", help="settings overriding node_settings.py")
-    args = parser.parse_args(argv)
-    try:
-        settings = settings_mod.load(DEFAULTS, settings_mod.NODE_SPECS, args.settings)
-    except settings_mod.SettingsError as exc:
-        print(f"node: {exc}", file=sys.stderr)
-        return 2
+    settings = cli.load_settings("node", "PostgreSQL HA node daemon", DEFAULTS, settings_mod.NODE_SPECS, argv=argv)
     log = logger.setup(settings.name, settings.log_level, settings.log_file)
     try:
         import psycopg2  # noqa: F401  (checked here for one clear line, not a traceback)

@@ -4,8 +4,7 @@ The rules themselves are in decision.py; this module feeds them reports and
 the clock, writes every changed decision durably *before* replying, and
 keeps serving everyone else when one client misbehaves.
 """
-import socket
-import socketserver
+import os
 import threading
 import time
 from dataclasses import asdict
@@ -38,17 +37,19 @@ class Arbiter:
             saved = store.load_json(self.state_file)
         except (OSError, ValueError) as exc:
             raise StateFileError(f"cannot read state file {self.state_file}: {exc}") from None
-        if saved is None:
+        if not os.path.exists(self.state_file):
             state = decision.ClusterState(epoch=1, primary=initial_primary, promotable=False)
             self._save(state)
             log.info("first start: %s is the initial primary (epoch 1), state in %s",
                      initial_primary, self.state_file)
             return state
-        try:
-            state = decision.ClusterState(epoch=int(saved["epoch"]), primary=str(saved["primary"]),
-                                          promotable=bool(saved["promotable"]))
-        except (KeyError, TypeError, ValueError):
-            raise StateFileError(f"state file {self.state_file} is damaged: {saved!r}") from None
+        # Checked, not coerced: bool("false") is True, and a wrong guess here
+        # could promote a standby that lacks commits.
+        fields = saved if isinstance(saved, dict) else {}
+        epoch, primary, promotable = fields.get("epoch"), fields.get("primary"), fields.get("promotable")
+        if not (type(epoch) is int and epoch >= 1 and isinstance(primary, str) and type(promotable) is bool):
+            raise StateFileError(f"state file {self.state_file} is damaged: {saved!r}")
+        state = decision.ClusterState(epoch=epoch, primary=primary, promotable=promotable)
         if state.primary not in self.nodes:
             raise StateFileError(f"state file {self.state_file} names primary {state.primary!r}, "
                                  f"which is not in 'nodes' {self.nodes}")
@@ -106,44 +107,16 @@ class Arbiter:
         return {"type": "ok", "switchover_to": memory.switchover_to}
 
 
-class _Handler(socketserver.StreamRequestHandler):
-    def setup(self):
-        super().setup()
-        self.connection.settimeout(self.server.idle_timeout)
-
-    def handle(self):
-        peer = "%s:%s" % self.client_address[:2]
-        while True:
-            try:
-                message = protocol.read_frame(self.rfile)
-                if message is None:
-                    return
-                reply = self.server.arbiter.handle(protocol.validate_request(message))
-            except protocol.ProtocolError as exc:
-                log.warning("closing connection from %s: %s", peer, exc)
-                self._send({"type": "error", "error": str(exc)})
-                return
-            except StateFileError as exc:
-                log.error("%s", exc)
-                self._send({"type": "error", "error": "arbiter cannot store its decision"})
-                return
-            except (socket.timeout, OSError):
-                return
-            if not self._send(reply):
-                return
-
-    def _send(self, message):
+class _Handler(protocol.LineHandler):
+    def answer(self, message):
         try:
-            self.wfile.write(protocol.encode(message))
-            return True
-        except (OSError, protocol.ProtocolError):
-            return False
+            return self.server.arbiter.handle(message)
+        except StateFileError as exc:
+            log.error("%s", exc)
+            raise protocol.ProtocolError("arbiter cannot store its decision") from None
 
 
-class ArbiterServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class ArbiterServer(protocol.LineServer):
     def __init__(self, arbiter, host, port, idle_timeout=30.0):
         self.arbiter = arbiter
         self.idle_timeout = idle_timeout

@@ -172,8 +172,11 @@ def _manage_sync(state, memory, standby, report, now, timings):
     stalled = report.get("syncrep_wait", 0.0) >= timings.sync_stall_timeout
     sync_on = bool(row) and row.get("sync_state") == "sync" and report.get("sync_standby") == standby
 
-    if state.promotable and not timings.strict_sync and (not healthy or stalled):
-        why = f"commits waited {report['syncrep_wait']:.1f}s for it" if stalled else "it is not streaming"
+    named = report.get("sync_standby") == standby
+    if state.promotable and (not named or not timings.strict_sync and (not healthy or stalled)):
+        why = ("the primary does not name it in synchronous_standby_names" if not named
+               else f"commits waited {report['syncrep_wait']:.1f}s for it" if stalled
+               else "it is not streaming")
         state = replace(state, promotable=False)
         memory = replace(memory, sync_dropped_at=now, sync_since_lsn=None)
         events.append(("warning", f"standby {standby} marked not promotable ({why}); "

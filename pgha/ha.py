@@ -40,7 +40,7 @@ class Node:
         self.last_crash_restart = -CRASH_RESTART_WINDOW
         self.upstream = None            # primary address the running standby follows
         self.standby_since = None
-        self.needs_rewind = False
+        self.rejoin_failures = 0       # rejoins that did not end streaming: next one clones afresh
         self.slot_ensured = None
         self._said = {}
         self._stop = threading.Event()
@@ -263,7 +263,6 @@ class Node:
             self.acting_primary = False
             self._remember_epoch(instruction["epoch"])
             self.pg.stop("fast")
-            self.needs_rewind = True
             return
         self._remember_epoch(instruction["epoch"])
         if status["pg"] == "starting":
@@ -282,30 +281,42 @@ class Node:
             return
         if status.get("receiver") == "streaming":
             self.standby_since = self.clock()
+            self.rejoin_failures = 0
         elif self.clock() - self.standby_since > STANDBY_STREAM_DEADLINE:
             log.warning("not streaming from the primary for %.0fs (diverged timeline?): stopping to "
-                        "rewind", STANDBY_STREAM_DEADLINE)
+                        "rejoin again", STANDBY_STREAM_DEADLINE)
             self.pg.stop("fast")
-            self.needs_rewind = True
+            self.rejoin_failures += 1
 
     def _start_as_standby(self, primary, address):
+        """Rejoin: plain start if our data follows the primary, else pg_rewind,
+        else (or when a rewound copy still cannot follow) a fresh pg_basebackup."""
+        slot = self.s.slot_name
         if self.pg.data_is_empty():
             log.info("empty data directory: cloning %s with pg_basebackup", primary)
-            self.pg.ensure_remote_slot(address, self.s.slot_name)
+            self.pg.prepare_upstream(address, slot)
             self.pg.basebackup(address)
-        elif self.needs_rewind or not self.pg.was_standby():
+        elif self.rejoin_failures:
+            log.failover("rejoining as standby of %s: a fresh pg_basebackup (earlier attempt could not "
+                         "follow it)", primary)
+            self.pg.prepare_upstream(address, slot)
+            self.pg.basebackup(address)
+        elif not self.pg.was_standby():
             log.failover("rejoining as standby of %s: pg_rewind", primary)
-            self.pg.ensure_remote_slot(address, self.s.slot_name)
+            self.pg.prepare_upstream(address, slot, checkpoint=True)
             try:
                 self.pg.rewind(address)
             except PostgresError as exc:
                 log.warning("%s; falling back to a fresh pg_basebackup", exc)
                 self.pg.basebackup(address)
         else:
-            self.pg.ensure_remote_slot(address, self.s.slot_name)
-        self.needs_rewind = False
+            self.pg.prepare_upstream(address, slot)
         self.pg.write_config("standby", primary_address=address)
-        self.pg.start()
+        try:
+            self.pg.start()
+        except PostgresError:
+            self.rejoin_failures += 1
+            raise
         self.upstream, self.standby_since = address, self.clock()
         log.failover("PostgreSQL running as standby of %s", primary)
 

@@ -6,7 +6,6 @@ holder's monotonic clock from the moment it *sent* the request that was
 granted, so a lease can only look shorter to its holder than to its
 grantor, never longer.
 """
-import socketserver
 import threading
 import time
 
@@ -86,40 +85,16 @@ class Grants:
             return remaining
 
 
-class _PeerHandler(socketserver.StreamRequestHandler):
-    def handle(self):
-        self.connection.settimeout(10.0)
-        while True:
-            try:
-                message = protocol.read_frame(self.rfile)
-                if message is None:
-                    return
-                protocol.validate_request(message)
-                if message["type"] != "lease":
-                    raise protocol.ProtocolError(f"the lease link does not serve {message['type']!r}")
-                granted, reason = self.server.grants.request(message["node"], message["epoch"],
-                                                             self.server.duration())
-                reply = {"type": "grant", "granted": granted, "reason": reason}
-            except protocol.ProtocolError as exc:
-                log.warning("lease link: closing connection from %s: %s", self.client_address[0], exc)
-                self._send({"type": "error", "error": str(exc)})
-                return
-            except OSError:
-                return
-            if not self._send(reply):
-                return
-
-    def _send(self, message):
-        try:
-            self.wfile.write(protocol.encode(message))
-            return True
-        except OSError:
-            return False
+class _PeerHandler(protocol.LineHandler):
+    def answer(self, message):
+        if message["type"] != "lease":
+            raise protocol.ProtocolError(f"the lease link does not serve {message['type']!r}")
+        granted, reason = self.server.grants.request(message["node"], message["epoch"], self.server.duration())
+        return {"type": "grant", "granted": granted, "reason": reason}
 
 
-class PeerServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class PeerServer(protocol.LineServer):
+    idle_timeout = 10.0
 
     def __init__(self, host, port, grants, duration):
         self.grants = grants

@@ -403,8 +403,13 @@ class Postgres:
             "syncrep_wait": round(float(syncrep_wait), 3), "replication": replication,
         }
 
-    def ensure_remote_slot(self, address, slot):
-        """Create our replication slot on the primary before streaming from it."""
+    def prepare_upstream(self, address, slot, checkpoint=False):
+        """Create our replication slot on the primary before streaming from it.
+
+        With checkpoint, first make the primary write a checkpoint: a newly
+        promoted primary's control file still shows the old timeline until
+        then, and pg_rewind would wrongly find nothing to rewind.
+        """
         try:
             conn = psycopg2.connect(host=address["host"], port=address["pg_port"], user=self.s.admin_user,
                                     password=self.s.admin_password, dbname="postgres", connect_timeout=3,
@@ -415,9 +420,11 @@ class Postgres:
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
+                if checkpoint:
+                    cur.execute("CHECKPOINT")
                 cur.execute(ENSURE_SLOT_SQL, (slot, slot))
         except psycopg2.Error as exc:
-            raise PostgresError(f"cannot create slot {slot} on the primary: {str(exc).strip()}") from None
+            raise PostgresError(f"cannot prepare the primary for this standby: {str(exc).strip()}") from None
         finally:
             conn.close()
 

@@ -12,6 +12,11 @@ any error         {"v":1,"type":"error","error":TEXT}; the sender closes.
 """
 import json
 import socket
+import socketserver
+
+import logger
+
+log = logger.get("protocol")
 
 VERSION = 1
 MAX_FRAME = 64 * 1024
@@ -56,15 +61,51 @@ def validate_request(message):
         _require(message, "epoch", int)
     if kind == "heartbeat":
         _require(message, "report", dict)
+        validate_report(message["report"])
     if kind == "switchover" and message.get("to") is not None:
         _require(message, "to", str)
     return message
 
 
-def _require(message, field, kind):
+NUMBER = (int, float)
+OPTIONAL_STR = (str, type(None))
+REPORT_FIELDS = {
+    "pg": str, "role": OPTIONAL_STR, "lsn": int, "receive_lsn": int, "timeline": (int, type(None)),
+    "sync_standby": OPTIONAL_STR, "receiver": OPTIONAL_STR, "syncrep_wait": NUMBER, "replication": list,
+    "address": dict, "relinquished": bool, "grant_remaining": NUMBER, "lease_remaining": dict, "error": str,
+}
+ADDRESS_FIELDS = {"host": str, "pg_port": int, "peer_port": int, "slot": str}
+REPLICATION_FIELDS = {"name": OPTIONAL_STR, "state": OPTIONAL_STR, "sync_state": OPTIONAL_STR,
+                      "flush_lsn": int, "reply_age": NUMBER}
+
+
+def validate_report(report):
+    """A node's report: known fields must have the right types (unknown ones are ignored)."""
+    _check_fields(report, REPORT_FIELDS, "report")
+    if "address" in report:
+        _check_fields(report["address"], ADDRESS_FIELDS, "report.address", required=True)
+    for row in report.get("replication", []):
+        if not isinstance(row, dict):
+            raise ProtocolError("report.replication must hold objects")
+        _check_fields(row, REPLICATION_FIELDS, "report.replication[]")
+
+
+def _check_fields(obj, fields, where, required=False):
+    for name, kind in fields.items():
+        if name not in obj:
+            if required:
+                raise ProtocolError(f"{where} needs field {name!r}")
+            continue
+        _require(obj, name, kind, where)
+
+
+def _require(message, field, kind, where="message"):
     value = message.get(field)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise ProtocolError(f"field {field!r} must be {kind.__name__}, got {value!r}")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise ProtocolError(f"{where} field {field!r} must be {names}, got {shown}")
 
 
 def read_frame(sock_file):
@@ -124,3 +165,45 @@ def call(host, port, message, timeout=3.0):
         return conn.request(message)
     finally:
         conn.close()
+
+
+class LineHandler(socketserver.StreamRequestHandler):
+    """Serves one connection: a JSON request per line, a reply to each.
+
+    Subclasses implement answer(message). A message that breaks the
+    protocol (or an answer that raises ProtocolError) gets one error reply,
+    one log line, and the connection is closed; other clients are unaffected.
+    """
+
+    def answer(self, message):
+        raise NotImplementedError
+
+    def handle(self):
+        self.connection.settimeout(getattr(self.server, "idle_timeout", 30.0))
+        peer = "%s:%s" % self.client_address[:2]
+        while True:
+            try:
+                message = read_frame(self.rfile)
+                if message is None:
+                    return
+                reply = self.answer(validate_request(message))
+            except ProtocolError as exc:
+                log.warning("closing connection from %s: %s", peer, exc)
+                self._send({"type": "error", "error": str(exc)})
+                return
+            except OSError:     # timeouts and resets: the client is gone
+                return
+            if not self._send(reply):
+                return
+
+    def _send(self, message):
+        try:
+            self.wfile.write(encode(message))
+            return True
+        except (OSError, ProtocolError):
+            return False
+
+
+class LineServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True

@@ -8,6 +8,7 @@ never a traceback half-way through a failover.
 """
 import ipaddress
 import runpy
+import traceback
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -89,7 +90,10 @@ def _read(path, specs, allow_missing):
     except SyntaxError as exc:
         raise SettingsError(f"settings file {path}, line {exc.lineno}: {exc.msg}") from None
     except Exception as exc:  # a settings file is user code: report, don't trace
-        raise SettingsError(f"settings file {path} failed to load: {exc}") from None
+        # Name the error and the line, not its text: that may quote a password.
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+        where = f", line {frames[-1].lineno}" if frames else ""
+        raise SettingsError(f"settings file {path}{where}: {type(exc).__name__} while loading it") from None
     values = {}
     for name, value in namespace.items():
         if name.startswith("_") or callable(value) or type(value).__name__ == "module":
