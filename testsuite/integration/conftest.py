@@ -17,10 +17,15 @@ BASE = os.environ.get("PGHA_TEST_DIR", "/var/tmp/pgha-test")
 _ports = itertools.count(7430, 40)
 
 
+def next_port():
+    """A base port no other cluster of this session uses."""
+    return next(_ports)
+
+
 @pytest.fixture
 def local_cluster(request):
     name = request.node.name.replace("/", "_")[:60]
-    cluster = LocalCluster(os.path.join(BASE, name), base_port=next(_ports))
+    cluster = LocalCluster(os.path.join(BASE, name), base_port=next_port())
     cluster.prepare(fresh=True)
     cluster.start()
     try:

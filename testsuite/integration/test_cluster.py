@@ -6,12 +6,14 @@ Timeouts are generous upper bounds for slow shared machines; speed is
 measured by bench/failover.py, not asserted here.
 """
 import os
-import signal
+import subprocess
 import time
 
 import psycopg2
 
-from conftest import WriteRun, wait_for
+from conftest import BASE, WriteRun, next_port, wait_for
+from pgha.localcluster import LocalCluster
+from pgha.postgres import find_bindir
 
 OTHER = {"pgsql-1": "pgsql-2", "pgsql-2": "pgsql-1"}
 
@@ -147,3 +149,40 @@ def test_arbiter_restarted_right_after_failover(local_cluster):
     status = local_cluster.wait_healthy(timeout=180)
     assert status["primary"] == "pgsql-2" and status["epoch"] == 2
     assert sql(local_cluster, "pgsql-1", "SELECT pg_is_in_recovery()") == [(True,)]
+
+
+def test_adopts_a_data_directory_set_up_by_hand():
+    """The original manual setup: initdb, users kronos/repuser, testdb,
+    ALTER SYSTEM synchronous_standby_names='*'. The node adopts it as is."""
+    cluster = LocalCluster(os.path.join(BASE, "adopt"), base_port=next_port())
+    cluster.prepare(fresh=True)
+    data, bindir = cluster.pgdata("pgsql-1"), find_bindir()
+    sock = os.path.join(cluster.dir, "seed-socket")
+
+    def as_postgres(*cmd, **kw):
+        return subprocess.run(["runuser", "-u", "postgres", "--"] + list(cmd), check=True,
+                              capture_output=True, text=True, **kw)
+
+    as_postgres("mkdir", "-p", sock, os.path.dirname(data))
+    as_postgres(f"{bindir}/initdb", "-D", data)
+    as_postgres(f"{bindir}/pg_ctl", "start", "-w", "-D", data, "-l", os.path.join(sock, "log"),
+                "-o", f"-p {cluster.pg_ports['pgsql-1']} -k {sock} -c listen_addresses=''")
+    psql = [f"{bindir}/psql", "-h", sock, "-p", str(cluster.pg_ports["pgsql-1"]), "-v", "ON_ERROR_STOP=1"]
+    as_postgres(*psql, "-d", "postgres", "-c", "CREATE ROLE kronos SUPERUSER LOGIN PASSWORD 'kronos-local'")
+    as_postgres(*psql, "-d", "postgres", "-c", "CREATE ROLE repuser REPLICATION LOGIN PASSWORD 'kronos-local'")
+    as_postgres(*psql, "-d", "postgres", "-c", "CREATE DATABASE testdb OWNER kronos")
+    as_postgres(*psql, "-d", "postgres", "-c", "ALTER SYSTEM SET synchronous_standby_names TO '*'")
+    as_postgres(*psql, "-d", "testdb", "-c", "CREATE TABLE seed(v text); INSERT INTO seed VALUES ('kept')")
+    as_postgres(f"{bindir}/pg_ctl", "stop", "-w", "-D", data)
+    try:
+        cluster.start()
+        cluster.wait_healthy(timeout=120)
+        assert sql(cluster, "pgsql-1", "SELECT v FROM seed") == [("kept",)]
+        wait_for(lambda: sql(cluster, "pgsql-2", "SELECT v FROM seed") == [("kept",)], 30, "seed row on standby")
+        with open(os.path.join(data, "postgresql.auto.conf")) as f:
+            assert "synchronous_standby_names" not in f.read()
+        with WriteRun(cluster) as run:
+            assert run.wait_for_acks(10, timeout=30)
+        run.check()
+    finally:
+        cluster.stop()
