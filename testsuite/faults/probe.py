@@ -68,12 +68,20 @@ class ProbeResult:
     eras: list = field(default_factory=list)
 
     @property
+    def longest_gap(self):
+        """Longest time between consecutive probe acknowledgements (any node):
+        the cluster's write-unavailability as seen with a 100 ms probe."""
+        times = sorted(a.acked for a in self.acks)
+        return max((b - a for a, b in zip(times, times[1:])), default=None)
+
+    @property
     def ok(self):
         return not self.violations and not self.lost and not self.unexpected
 
     def summary(self):
         eras = ", ".join(f"{n}@tli{t}: {c} acks [{f:.2f}..{l:.2f}]" for n, t, c, f, l in self.eras)
-        return (f"probe: {len(self.acks)} acks; eras {eras or 'none'}; violations {self.violations}; "
+        gap = self.longest_gap
+        return (f"probe: {len(self.acks)} acks, longest gap {gap if gap is None else round(gap, 3)} s; eras {eras or 'none'}; violations {self.violations}; "
                 f"lost {len(self.lost)} {self.lost[:10]}; unexpected {len(self.unexpected)} {self.unexpected[:10]}")
 
 

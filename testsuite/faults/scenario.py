@@ -67,6 +67,7 @@ class Outcome:
                 "unavailability": self.unavailability, "recovered_after": self.recovered_after,
                 "healthy_after": self.healthy_after, "duration": self.duration,
                 "probe_acks": len(self.probe.acks) if self.probe else None,
+                "probe_gap": self.probe.longest_gap if self.probe else None,
                 "probe_violations": self.probe.violations if self.probe else None,
                 "probe_lost": len(self.probe.lost) if self.probe else None,
                 "problems": self.problems}
@@ -74,11 +75,14 @@ class Outcome:
 
 class Run:
     def __init__(self, cluster, name, writers=2, interval=0.02, probe_interval=0.1,
-                 healthy_timeout=240):
+                 healthy_timeout=240, commit_timeout=5.0):
         self.cluster = cluster
         self.name = name
+        # A commit with no reply for commit_timeout s is abandoned (socket shut,
+        # never cancelled) and counts as indeterminate, as an application with a
+        # 5 s timeout would; a longer one only measures the frozen host's TCP.
         self.writer = workload.Writer(de.DSN, writers=writers, interval=interval,
-                                      commit_timeout=15.0, connect_timeout=2.0)
+                                      commit_timeout=commit_timeout, connect_timeout=2.0)
         self.probe = SplitBrainProbe(interval=probe_interval)
         self.healthy_timeout = healthy_timeout
         self.result = Outcome(name)
