@@ -341,17 +341,13 @@ def test_state_file_in_a_missing_folder(tmp_path):
         Arbiter(make_settings(tmp_path / "no" / "such" / "state.json"), clock=FakeClock())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Arbiter._load_or_create coerces the saved values instead of checking them: "
-    "bool('false') is True, so a state file saying \"promotable\": \"false\" makes the standby promotable "
-    "(invariant 1); int(2.5) silently gives epoch 2; and a file holding JSON null is taken for 'no file "
-    "yet', so the arbiter starts over at epoch 1 with initial_primary and overwrites it."))
 @pytest.mark.parametrize("content", [
     '{"epoch": 3, "primary": "pgsql-1", "promotable": "false"}',
     '{"epoch": 2.5, "primary": "pgsql-1", "promotable": false}',
     "null",
 ], ids=["promotable-string-false", "epoch-float", "json-null"])
 def test_state_file_values_of_the_wrong_type_are_rejected(tmp_path, content):
+    """Checked, not coerced: bool("false") is True, int(2.5) is 2, and null is not 'no file yet'."""
     state_file = tmp_path / "state.json"
     state_file.write_text(content)
     with pytest.raises(StateFileError):
@@ -360,24 +356,18 @@ def test_state_file_values_of_the_wrong_type_are_rejected(tmp_path, content):
 
 # -- reports with wrongly typed contents ----------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: protocol.validate_request only checks that 'report' is an object; decision.py then raises "
-    "TypeError/AttributeError on a wrongly typed field (here syncrep_wait='slow'), which escapes "
-    "_Handler.handle (it catches only ProtocolError, StateFileError, OSError): the client gets no error "
-    "reply, just a closed connection, and socketserver prints a traceback."))
 def test_a_wrongly_typed_report_field_gets_an_error_reply(running):
+    """Not a crash in decision.py with no reply and a traceback."""
     c = running.client()
     report = {**primary_report(), "syncrep_wait": "slow"}
     reply = c.ask(heartbeat(P, 1, report))
-    assert reply is not None and reply["type"] == "error"
+    assert reply is not None and reply["type"] == "error" and "syncrep_wait" in reply["error"]
+    assert c.is_closed()
+    assert running.client().ask(heartbeat(P, 1, primary_report()))["role"] == "primary"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a standby report whose 'address' is not an object (e.g. a string) is accepted and stored in the "
-    "arbiter's memory; from then on every heartbeat of the *primary* crashes in decision.instruction_for "
-    "(standby_address.get on a str), so the primary gets no reply and loses its arbiter lease: one node's "
-    "bad report takes down the other's."))
 def test_a_bad_report_from_one_node_does_not_break_the_other(running):
+    """A stored bad 'address' must not make every later heartbeat of the primary crash."""
     c = running.client()
     c.ask(heartbeat(S, 1, {**standby_report(), "address": "127.0.0.1:5432"}))
     reply = running.client().ask(heartbeat(P, 1, primary_report()))

@@ -232,17 +232,12 @@ def test_stall_message_names_the_wait():
     assert level == "warning" and "waited 2.0s" in text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: _manage_sync keeps promotable=True when the primary reports that synchronous replication is "
-    "off (report sync_standby None, i.e. synchronous_standby_names no longer names the standby). It only "
-    "checks that the standby streams and that commits do not stall, so commits the primary acknowledges "
-    "without the standby are lost if it then fails over (ha-model invariant 1: 'nothing since has let the "
-    "primary commit without it')."))
 @pytest.mark.parametrize("report", [
     primary_report(sync_standby=None, replication=[row(sync_state="async")]),
     primary_report(sync_standby="zz", replication=[row(sync_state="async")]),
 ], ids=["names-cleared", "names-another-node"])
 def test_primary_reporting_sync_off_revokes_promotable(report):
+    """Invariant 1: a primary that no longer names the standby may commit without it."""
     state = ClusterState(epoch=2, primary="a", promotable=True)
     outcome = on_heartbeat(state, steady_memory(), NODES, "a", 2, report, NOW, T)
     assert not outcome.state.promotable

@@ -181,11 +181,8 @@ def test_password_errors_never_echo_the_value(write, text):
         assert leaked not in message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: settings._read reports any exception raised while running the file with its text "
-    "(\"failed to load: name 'Hunter2Secret' is not defined\"), so a password written without quotes "
-    "(admin_password = Hunter2Secret) is echoed to stderr/logs in clear."))
 def test_unquoted_password_is_not_echoed(write):
+    """admin_password = Hunter2Secret (no quotes) raises NameError, whose text quotes the password."""
     message = error_of(load_node, write(f"admin_password = {SECRET}\n"))
     assert SECRET not in message
 
