@@ -151,7 +151,7 @@ class Progress:
         by_count = writer.count is not None and writer.duration is None
         self.total_of = (lambda: len(writer.attempts)) if by_count else writer.elapsed
         total = writer.count * writer.writers if by_count else writer.duration
-        fmt = "{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}{postfix}]"
+        fmt = "{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}{postfix}]"
         self.bar = tqdm(total=total, unit="write" if by_count else "s", bar_format=fmt,
                         dynamic_ncols=True, leave=True)
         self.last = (time.monotonic(), 0)
@@ -180,6 +180,8 @@ def run_workload(args, dsn, target, labels):
     except psycopg2.Error as exc:
         raise BadInput(f"cannot use {workload.mask_dsn(dsn)}: {connection_problem(exc)}") from None
     writer.start()
+    started = datetime.fromtimestamp(writer.started_at).strftime("%Y-%m-%d %H:%M:%S")
+    print(f"run {writer.run} against {workload.mask_dsn(dsn)}, started {started} (+0 s)", flush=True)
     fault = None
     if args.fault:
         fault = faults.FaultThread(target, args.fault, args.fault_at, writer.elapsed)
@@ -228,7 +230,7 @@ def draw_plot(path, attempts, report):
     fig, (rate_ax, lat_ax) = plt.subplots(2, 1, sharex=True, figsize=(11, 6))
     rate_ax.bar(seconds, [r["acknowledged"] for r in rows], width=1.0, align="edge", label="acknowledged")
     rate_ax.bar(seconds, [r["errors"] for r in rows], width=1.0, align="edge", color="tab:red",
-                alpha=0.6, label="failed / indeterminate")
+                bottom=[r["acknowledged"] for r in rows], label="failed / indeterminate")
     rate_ax.set_ylabel("writes per second")
     lat_ax.scatter([a.end for a in acked], [a.latency * 1000 for a in acked], s=3)
     lat_ax.set_yscale("log")
@@ -249,8 +251,6 @@ def main(argv=None):
     args = parse_args(argv)
     dsn, target, labels = resolve_target(args)
     writer, fault = run_workload(args, dsn, target, labels)
-    started = datetime.fromtimestamp(writer.started_at).strftime("%Y-%m-%d %H:%M:%S")
-    print(f"run {writer.run} against {workload.mask_dsn(dsn)}, started {started} (+0 s)")
     try:
         present = writer.read_back(args.readback_timeout)
     except psycopg2.Error as exc:

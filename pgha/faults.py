@@ -139,17 +139,18 @@ class LocalCluster:
 
     def primary(self):
         """The primary's name: the arbiter's word, else whichever node is not in recovery."""
+        why = "cluster.json names no arbiter"
         if self.arbiter is not None:
             try:
                 return arbiter_primary(*self.arbiter)
-            except (OSError, protocol.ProtocolError, FaultError):
-                pass
-        return self._primary_by_recovery()
+            except (OSError, protocol.ProtocolError, FaultError) as exc:
+                why = f"arbiter: {exc}"
+        return self._primary_by_recovery(why)
 
     def standbys(self):
         return standby_of(self.primary(), list(self.nodes))
 
-    def _primary_by_recovery(self):
+    def _primary_by_recovery(self, why):
         params = psycopg2.extensions.parse_dsn(self.dsn)
         params.pop("target_session_attrs", None)
         params["connect_timeout"] = params.get("connect_timeout", "2")
@@ -161,7 +162,7 @@ class LocalCluster:
                 continue
             if not in_recovery:
                 return name
-        raise FaultError("no primary: the arbiter did not answer and no node accepts writes")
+        raise FaultError(f"no primary found ({why}) and no node accepts writes")
 
     def kill_primary(self):
         victim = self.primary()
@@ -255,15 +256,17 @@ class ComposeCluster:
 
     def _compose(self, *args, stdin=None, timeout=30):
         cmd = ["docker-compose", "-f", self.compose_file, *args]
+        # what error messages show: the verb and service, never a password
+        shown = "docker-compose " + " ".join(a for a in args[:6] if not a.startswith(("-", "PGPASSWORD=")))
         try:
             done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
         except FileNotFoundError:
             raise FaultError("docker-compose is not installed") from None
         except subprocess.TimeoutExpired:
-            raise FaultError(f"`{' '.join(cmd)}` did not finish within {timeout} s") from None
+            raise FaultError(f"`{shown}` did not finish within {timeout} s") from None
         if done.returncode != 0:
             why = (done.stderr.strip() or done.stdout.strip() or f"exit {done.returncode}").splitlines()[-1]
-            raise FaultError(f"`{' '.join(args[:3])}` failed: {why}")
+            raise FaultError(f"`{shown}` failed: {why}")
         return done.stdout
 
     def _arbiter_call(self, message):
@@ -278,13 +281,13 @@ class ComposeCluster:
     def primary(self):
         try:
             return _status_primary(self._arbiter_call({"type": "status"}))
-        except FaultError:
-            return self._primary_by_recovery()
+        except FaultError as exc:
+            return self._primary_by_recovery(f"arbiter: {exc}")
 
     def standbys(self):
         return standby_of(self.primary(), self.services)
 
-    def _primary_by_recovery(self):
+    def _primary_by_recovery(self, why):
         params = psycopg2.extensions.parse_dsn(self.dsn or "")
         env = ["-e", f"PGPASSWORD={params['password']}"] if "password" in params else []
         for svc in self.services:
@@ -296,7 +299,7 @@ class ComposeCluster:
                 continue
             if out.strip() == "f":
                 return svc
-        raise FaultError("no primary: the arbiter did not answer and no node accepts writes")
+        raise FaultError(f"no primary found ({why}) and no node accepts writes")
 
     def kill_primary(self):
         victim = self.primary()

@@ -340,3 +340,65 @@ def test_cli_unreachable_dsn_masks_password():
 def test_cli_missing_cluster_json(tmp_path):
     assert_bad_input(run_cli("--cluster", str(tmp_path / "nowhere")), "cluster.json not found")
     assert_bad_input(run_cli(env={"PGHA_CLUSTER_DIR": str(tmp_path)}), str(tmp_path), "cluster.json")
+
+
+# A stand-in docker-compose: logs its arguments; runs only the arbiter query
+# (python3 inside the "arbiter" service) locally, never a kill.
+FAKE_COMPOSE = """#!{python}
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_COMPOSE_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+if "exec" in args:
+    i = args.index("exec") + 1
+    while args[i].startswith("-"):
+        i += 2 if args[i] == "-e" else 1
+    if args[i] == "arbiter" and args[i + 1] == "python3":
+        os.execv(sys.executable, [sys.executable] + args[i + 2:])
+    if args[i + 1] == "psql":
+        print("f" if args[i] == "pgsql-2" else "t")
+"""
+
+
+@pytest.fixture
+def fake_compose(tmp_path, monkeypatch):
+    script = tmp_path / "bin" / "docker-compose"
+    script.parent.mkdir()
+    script.write_text(FAKE_COMPOSE.format(python=sys.executable))
+    script.chmod(0o755)
+    log = tmp_path / "compose.log"
+    monkeypatch.setenv("PATH", f"{script.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_COMPOSE_LOG", str(log))
+    return lambda: [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_compose_faults_use_the_arbiter_inside_its_container(fake_compose, arbiter):
+    cluster = faults.ComposeCluster("dc.yml", arbiter_port=arbiter.port)
+    assert cluster.primary() == "pgsql-2"
+    assert faults.inject(cluster, "kill-primary") == "pgsql-2"
+    assert faults.inject(cluster, "kill-primary-host") == "pgsql-2"
+    assert faults.inject(cluster, "stop-standby") == "pgsql-1"
+    assert faults.inject(cluster, "switchover") == "pgsql-1"
+    assert arbiter.requests[-1] == {"v": 1, "type": "switchover", "to": "pgsql-1"}
+    calls = [c for c in fake_compose() if "arbiter" not in c]
+    assert calls[0][:5] == ["-f", "dc.yml", "exec", "-T", "pgsql-2"] and "pkill -9 -x postgres" in calls[0][-1]
+    assert calls[1:] == [["-f", "dc.yml", "kill", "pgsql-2"], ["-f", "dc.yml", "kill", "pgsql-1"]]
+
+
+def test_compose_primary_falls_back_to_pg_is_in_recovery(fake_compose):
+    cluster = faults.ComposeCluster(dsn="host=x user=kronos password=s3cret dbname=testdb", arbiter_port=1)
+    assert cluster.primary() == "pgsql-2"
+    psql = [c for c in fake_compose() if "psql" in c][0]
+    assert "PGPASSWORD=s3cret" in psql and psql[psql.index("-U") + 1] == "kronos"
+
+
+def test_compose_errors_never_show_the_password(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))   # no docker-compose at all
+    with pytest.raises(faults.FaultError, match="arbiter: docker-compose is not installed"):
+        faults.ComposeCluster().kill_primary_host()
+    script = tmp_path / "docker-compose"
+    script.write_text("#!/bin/sh\necho 'no such service' >&2\nexit 1\n")
+    script.chmod(0o755)
+    with pytest.raises(faults.FaultError) as err:
+        faults.ComposeCluster(dsn="password=s3cret").primary()
+    assert "s3cret" not in str(err.value)
