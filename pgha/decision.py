@@ -178,7 +178,8 @@ def _manage_sync(state, memory, standby, report, now, timings):
                else f"commits waited {report['syncrep_wait']:.1f}s for it" if stalled
                else "it is not streaming")
         state = replace(state, promotable=False)
-        memory = replace(memory, sync_dropped_at=now, sync_since_lsn=None)
+        # A pending switchover is dropped too: it must not fire much later.
+        memory = replace(memory, sync_dropped_at=now, sync_since_lsn=None, switchover_to=None)
         events.append(("warning", f"standby {standby} marked not promotable ({why}); "
                                   "primary may drop synchronous replication"))
     elif not state.promotable:

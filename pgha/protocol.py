@@ -8,7 +8,8 @@ arbiter -> node   {"v":1,"type":"instruction","epoch":N,"role":...,...}
 tool -> arbiter   {"v":1,"type":"status"} | {"v":1,"type":"switchover","to":NAME}
 node -> node      {"v":1,"type":"lease","node":NAME,"epoch":N}
                   -> {"v":1,"type":"grant","granted":bool,"reason":...}
-any error         {"v":1,"type":"error","error":TEXT}; the sender closes.
+any error         {"v":1,"type":"error","error":TEXT}; after a protocol error
+                  (malformed, oversized, unknown) the server closes the connection.
 """
 import json
 import socket
@@ -44,7 +45,7 @@ def decode(line):
         raise ProtocolError(f"not a JSON line: {exc}") from None
     if not isinstance(message, dict):
         raise ProtocolError("a message must be a JSON object")
-    if message.get("v") != VERSION:
+    if type(message.get("v")) is not int or message["v"] != VERSION:   # not True, not 1.0
         raise ProtocolError(f"unsupported protocol version {message.get('v')!r} (expected {VERSION})")
     if not isinstance(message.get("type"), str):
         raise ProtocolError("a message needs a string 'type'")
