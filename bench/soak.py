@@ -9,7 +9,9 @@ For --duration seconds: pick a random fault from the fault library
 split-brain probe around it, hold the fault a random time (--hold MIN:MAX s),
 heal everything and wait for a healthy synchronous pair, judge, repeat.
 At the end print a table per fault type: count, max write-unavailability,
-lost, unexpected, split-brain violations, runs that did not heal.
+(writer: longest gap between acknowledged writes; probe: the same seen by the
+100 ms direct probe), lost, unexpected, split-brain violations, runs that did
+not heal.
 Exit status 1 if anything was lost, unexpected, split or left unhealthy.
 
 Needs root and docker; starts dockerd and makes the base image when needed
@@ -84,20 +86,25 @@ def fmt(value):
 def table(outcomes):
     rows = {}
     for o in outcomes:
-        r = rows.setdefault(o.fault, {"count": 0, "max_unavailability": None, "lost": 0,
+        r = rows.setdefault(o.fault, {"count": 0, "max_unavailability": None, "max_probe_gap": None, "lost": 0,
                                       "unexpected": 0, "split_brain": 0, "failed": 0})
         r["count"] += 1
         if o.unavailability is not None:
             r["max_unavailability"] = max(r["max_unavailability"] or 0.0, o.unavailability)
+        gap = o.probe.longest_gap if o.probe else None
+        if gap is not None:
+            r["max_probe_gap"] = max(r["max_probe_gap"] or 0.0, gap)
         r["lost"] += o.lost or 0
         r["unexpected"] += o.unexpected or 0
         r["split_brain"] += bool(o.probe and (o.probe.violations or o.probe.lost))
         r["failed"] += bool(o.problems)
-    head = f"{'fault':<24} {'count':>5} {'max unavail s':>13} {'lost':>5} {'unexp':>5} {'split':>5} {'failed':>6}"
+    head = (f"{'fault':<24} {'count':>5} {'max unavail s':>13} {'probe gap s':>11} {'lost':>5} "
+            f"{'unexp':>5} {'split':>5} {'failed':>6}")
     lines = [head, "-" * len(head)]
     for fault in sorted(rows):
         r = rows[fault]
-        lines.append(f"{fault:<24} {r['count']:>5} {fmt(r['max_unavailability']):>13} {r['lost']:>5} "
+        lines.append(f"{fault:<24} {r['count']:>5} {fmt(r['max_unavailability']):>13} "
+                     f"{fmt(r['max_probe_gap']):>11} {r['lost']:>5} "
                      f"{r['unexpected']:>5} {r['split_brain']:>5} {r['failed']:>6}")
     return rows, "\n".join(lines)
 
