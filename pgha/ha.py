@@ -75,6 +75,8 @@ class Node:
                     self.step()
                 except PostgresError as exc:
                     log.error("%s", exc)
+                except Exception:   # a bug must not take the daemon (and its fencing) down
+                    log.exception("unexpected error in the HA loop; carrying on")
                 if (self.acting_primary, self.pg.postmaster_pid()) != acting_before:
                     continue    # a role or process change: report it at once
                 self._wake.wait(max(0.05, self.heartbeat_interval - (self.clock() - started)))
@@ -144,7 +146,7 @@ class Node:
             self._say("arbiter", "warning", f"arbiter {self.s.arbiter_host}:{self.s.arbiter_port} "
                                             f"unreachable: {exc}")
             return None
-        if reply.get("type") != "instruction" or not isinstance(reply.get("epoch"), int):
+        if reply.get("type") != "instruction" or not _valid_instruction(reply):
             self._say("arbiter", "error", f"arbiter refused the heartbeat: {reply.get('error', reply)}")
             self.arbiter.close()
             return None
@@ -353,3 +355,14 @@ class Node:
         if self._said.get(topic) != text:
             self._said[topic] = text
             getattr(log, level)(text)
+
+
+def _valid_instruction(reply):
+    """The fields acting on an instruction relies on."""
+    if type(reply.get("epoch")) is not int or reply.get("role") not in ("primary", "standby", "wait"):
+        return False
+    if reply["role"] == "standby":
+        address = reply.get("primary_address")
+        return isinstance(reply.get("primary"), str) and isinstance(address, dict) \
+            and isinstance(address.get("host"), str) and type(address.get("pg_port")) is int
+    return True

@@ -6,6 +6,7 @@ the suite runs as root. On failure the tail of every daemon's log is shown.
 """
 import itertools
 import os
+import socket
 import time
 
 import pytest
@@ -18,8 +19,20 @@ _ports = itertools.count(7430, 40)
 
 
 def next_port():
-    """A base port no other cluster of this session uses."""
-    return next(_ports)
+    """A base port whose cluster ports (base .. base+12) are all free now."""
+    for base in _ports:
+        if all(_free(base + offset) for offset in (0, 1, 2, 11, 12)):
+            return base
+    raise RuntimeError("no free ports")
+
+
+def _free(port):
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 @pytest.fixture

@@ -186,3 +186,18 @@ def test_adopts_a_data_directory_set_up_by_hand():
         run.check()
     finally:
         cluster.stop()
+
+
+def test_planned_switchover_loses_nothing(local_cluster):
+    from pgha import ctl
+    with WriteRun(local_cluster) as run:
+        assert run.wait_for_acks(10, timeout=30)
+        run.mark_fault()
+        assert ctl.main(["--arbiter", f"127.0.0.1:{local_cluster.arbiter_port}", "switchover"]) == 0
+        wait_for(primary_is(local_cluster, "pgsql-2", epoch=2), 60, "switchover to pgsql-2")
+        assert run.wait_for_acks(20, timeout=60)
+    run.check()
+    status = local_cluster.wait_healthy(timeout=120)
+    assert status["primary"] == "pgsql-2"
+    # a clean hand-over: the old primary follows without a fresh clone
+    assert "pg_basebackup" not in log_text(local_cluster, "pgsql-1").split("running as primary", 1)[-1]
