@@ -129,6 +129,11 @@ def main(argv=None):
     hold = tuple(float(x) for x in args.hold.split(":"))
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
 
+    with de.exclusive():
+        return _main(args, faults, hold, seed)
+
+
+def _main(args, faults, hold, seed):
     de.ensure_dockerd()
     de.ensure_base_image()
     cluster = de.Cluster()

@@ -33,14 +33,18 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session")
 def docker_prerequisites():
+    """dockerd, the base image, the subnet free; and the suite's machine-wide
+    lock, held until the session's "down -v" is done (pytest tears this fixture
+    down after docker_services, which depends on it)."""
     if not de.have_docker():
         pytest.skip("docker and docker-compose are not installed")
-    TIMINGS["dockerd_start"] = de.ensure_dockerd()
-    how, seconds = de.ensure_base_image()
-    TIMINGS["base_image"] = (how, seconds)
-    de.free_subnet()
-    print(f"\n[faults] dockerd start {TIMINGS['dockerd_start']:.1f} s; base image {how} {seconds:.1f} s")
-    return TIMINGS
+    with de.exclusive(log=lambda m: print(f"\n[faults] {m}", flush=True)):
+        TIMINGS["dockerd_start"] = de.ensure_dockerd()
+        how, seconds = de.ensure_base_image()
+        TIMINGS["base_image"] = (how, seconds)
+        de.free_subnet()
+        print(f"\n[faults] dockerd start {TIMINGS['dockerd_start']:.1f} s; base image {how} {seconds:.1f} s")
+        yield TIMINGS
 
 
 @pytest.fixture(scope="session")

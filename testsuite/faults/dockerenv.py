@@ -17,6 +17,8 @@ subprocess; nothing needs a container registry:
 Only the project's own network (172.28.0.0/24, made by docker-compose) and
 loopback are ever contacted.
 """
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -44,6 +46,7 @@ ARBITER_PORT = 5430
 BASE_IMAGE = "debian:bookworm-slim"
 CACHE_DIR = Path(os.environ.get("PGHA_TEST_CACHE", "/var/cache/pgha-test"))
 BASE_TARBALL = CACHE_DIR / "debian-bookworm-slim.tar"
+LOCK_FILE = CACHE_DIR / "suite.lock"
 DOCKERD_LOG = Path(os.environ.get("PGHA_DOCKERD_LOG", "/tmp/dockerd.log"))
 FAULT_CHAIN = "PGHA_FAULT"
 
@@ -74,6 +77,38 @@ def label_of(hostport):
 
 
 # ---------------------------------------------------------------- commands
+
+@contextlib.contextmanager
+def exclusive(timeout=3600, log=print):
+    """Hold the machine-wide lock of the compose cluster: the subnet and the
+    project are fixed, so two fault-suite or soak runs at once would break each
+    other's scenarios. A second run waits here for the first to finish."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LOCK_FILE, "a+") as handle:
+        deadline = time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise CommandError(f"another fault-suite run held {LOCK_FILE} for {timeout} s")
+                if not told:
+                    handle.seek(0)
+                    log(f"waiting for another fault-suite run to finish (lock {LOCK_FILE}: "
+                        f"{handle.read().strip() or 'unknown holder'})")
+                    told = True
+                time.sleep(2)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
 
 class CommandError(RuntimeError):
     pass
