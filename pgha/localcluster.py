@@ -27,6 +27,7 @@ NODES = ("pgsql-1", "pgsql-2")
 SLOTS = {"pgsql-1": "rep177", "pgsql-2": "rep98"}   # as in the original setup
 DEFAULT_BASE_PORT = 6430
 PASSWORD = "kronos-local"
+MARKER = ".pgha-local-cluster"    # only folders holding it are ever wiped by --fresh
 
 
 def default_dir():
@@ -71,6 +72,7 @@ class LocalCluster:
             self._check_owned()
             shutil.rmtree(self.dir)
         os.makedirs(self.dir, exist_ok=True)
+        open(os.path.join(self.dir, MARKER), "w").close()
         app = os.path.join(self.dir, "app")
         shutil.rmtree(app, ignore_errors=True)
         os.makedirs(app)
@@ -92,7 +94,7 @@ class LocalCluster:
         self._chown_tree(self.dir)
 
     def _check_owned(self):
-        if not os.path.exists(os.path.join(self.dir, "cluster.json")) and os.listdir(self.dir):
+        if os.listdir(self.dir) and not os.path.exists(os.path.join(self.dir, MARKER)):
             raise ClusterError(f"{self.dir} exists and is not a local cluster folder; refusing to wipe it")
 
     def _write_settings(self, filename, values):
