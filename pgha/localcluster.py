@@ -60,7 +60,8 @@ class LocalCluster:
     def dsn_for(self, *nodes, password=PASSWORD):
         hosts = ",".join("127.0.0.1" for _ in nodes)
         ports = ",".join(str(self.pg_ports[n]) for n in nodes)
-        return (f"host={hosts} port={ports} dbname=testdb user=kronos password={password} "
+        secret = f" password={password}" if password else ""
+        return (f"host={hosts} port={ports} dbname=testdb user=kronos{secret} "
                 f"target_session_attrs=read-write connect_timeout=2")
 
     def pgdata(self, name):
@@ -94,7 +95,8 @@ class LocalCluster:
         self._chown_tree(self.dir)
 
     def _check_owned(self):
-        if os.listdir(self.dir) and not os.path.exists(os.path.join(self.dir, MARKER)):
+        ours = any(os.path.exists(os.path.join(self.dir, name)) for name in (MARKER, "cluster.json"))
+        if os.listdir(self.dir) and not ours:
             raise ClusterError(f"{self.dir} exists and is not a local cluster folder; refusing to wipe it")
 
     def _write_settings(self, filename, values):
@@ -162,8 +164,10 @@ class LocalCluster:
     def kill(self, key):
         """SIGKILL a daemon and wait until it is gone."""
         self.send_signal(key, signal.SIGKILL)
-        if key in self.procs:
-            self.procs[key].wait(timeout=10)
+        proc = self.procs.pop(key, None)
+        if proc:
+            proc.wait(timeout=10)
+            self.write_manifest()
 
     def postmaster_pid(self, name):
         try:
@@ -228,6 +232,9 @@ class LocalCluster:
     def wait_healthy(self, timeout=120):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            exited = [key for key, proc in self.procs.items() if proc.poll() is not None]
+            if exited:
+                raise ClusterError(f"{', '.join(exited)} exited; see {self.dir}/{exited[0]}.log")
             if self.healthy():
                 return self.status()
             time.sleep(0.3)
@@ -238,6 +245,13 @@ class LocalCluster:
             return self.status()
         except (OSError, protocol.ProtocolError) as exc:
             return f"arbiter unreachable ({exc})"
+
+    def write_pgpass(self):
+        path = os.path.join(self.dir, "pgpass")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"127.0.0.1:*:*:kronos:{PASSWORD}\n")
+        return path
 
     def write_manifest(self):
         manifest = {
@@ -258,10 +272,6 @@ def _copy_lines(stream):
     for line in iter(stream.readline, b""):
         sys.stderr.buffer.write(line)
         sys.stderr.buffer.flush()
-
-
-def _mask(dsn):
-    return " ".join("password=***" if part.startswith("password=") else part for part in dsn.split())
 
 
 def main(argv=None):
@@ -285,7 +295,8 @@ def main(argv=None):
     try:
         status = cluster.wait_healthy(timeout=180)
         print(f"\ncluster healthy: primary {status['primary']} (epoch {status['epoch']})\n"
-              f"connect with:\n  psql \"{cluster.dsn}\"\n"
+              f"connect with (the password is in the pgpass file, never printed):\n"
+              f"  PGPASSFILE={cluster.write_pgpass()} psql \"{cluster.dsn_for(*NODES, password=None)}\"\n"
               f"folder: {cluster.dir} (settings, logs, cluster.json)\nCtrl-C stops everything.\n",
               file=sys.stderr, flush=True)
         if args.demo:
