@@ -5,6 +5,7 @@
                           [--hold 2:8] [--reuse] [--keep]
 
 For --duration seconds: pick a random fault from the fault library
+(drawn from a shuffled deck, so every type comes up equally often)
 (testsuite/faults/scenario.py FAULTS), run the workload writer and the
 split-brain probe around it, hold the fault a random time (--hold MIN:MAX s),
 heal everything and wait for a healthy synchronous pair, judge, repeat.
@@ -60,9 +61,12 @@ def soak(cluster, duration, seed=None, faults=None, hold=(2.0, 8.0), log=print):
     end = time.monotonic() + duration
     outcomes = []
     index = 0
+    deck = []
     while time.monotonic() < end:
         index += 1
-        fault = rng.choice(names)
+        if not deck:             # a shuffled deck: random order, every fault type equally often
+            deck = rng.sample(names, len(names))
+        fault = deck.pop()
         outcome = run_one(cluster, fault, rng.uniform(*hold), index, log)
         outcome.fault = fault
         outcomes.append(outcome)
