@@ -1,11 +1,15 @@
-# Node settings for the compose service pgsql-1 (overrides node_settings.py).
-name = "pgsql-1"
-host = "pgsql-1"
+# Node settings for both compose services (overrides node_settings.py). The
+# container's hostname, set to the service name in docker-compose.yml, says
+# which node this is.
+import socket as _socket
+
+name = _socket.gethostname()
+host = name
+slot_name = {"pgsql-1": "rep177", "pgsql-2": "rep98"}[name]   # as in the original setup
 pg_port = 5432
 peer_port = 5433
 peer_bind = "0.0.0.0"
 listen_addresses = "*"
-slot_name = "rep177"
 arbiter_host = "arbiter"
 arbiter_port = 5430
 pgdata = "/var/lib/pgha/data"
