@@ -3,9 +3,11 @@
 # which node this is.
 import socket as _socket
 
+_SLOTS = {"pgsql-1": "rep177", "pgsql-2": "rep98"}   # as in the original setup
+
 name = _socket.gethostname()
 host = name
-slot_name = {"pgsql-1": "rep177", "pgsql-2": "rep98"}[name]   # as in the original setup
+slot_name = _SLOTS.get(name, "")   # another hostname: node.py names the bad setting and stops
 pg_port = 5432
 peer_port = 5433
 peer_bind = "0.0.0.0"

@@ -51,15 +51,11 @@ DOCKERD_LOG = Path(os.environ.get("PGHA_DOCKERD_LOG", "/tmp/dockerd.log"))
 FAULT_CHAIN = "PGHA_FAULT"
 
 
-def _node_settings(name):
-    return runpy.run_path(str(ROOT / "docker" / f"{name}.py"))
-
-
-_S1 = _node_settings("pgsql-1")
-ADMIN_USER = _S1["admin_user"]
-ADMIN_PASSWORD = _S1["admin_password"]
-DATABASE = _S1["database"]
-SLOT = {n: _node_settings(n)["slot_name"] for n in NODES}   # the slot a node streams through as standby
+_NODE_SETTINGS = runpy.run_path(str(ROOT / "docker" / "node.py"))   # shared by both services
+ADMIN_USER = _NODE_SETTINGS["admin_user"]
+ADMIN_PASSWORD = _NODE_SETTINGS["admin_password"]
+DATABASE = _NODE_SETTINGS["database"]
+SLOT = {n: _NODE_SETTINGS["_SLOTS"][n] for n in NODES}   # the slot a node streams through as standby
 
 DSN = (f"host={ADDR['pgsql-1']},{ADDR['pgsql-2']} port={PG_PORT},{PG_PORT} dbname={DATABASE} "
        f"user={ADMIN_USER} password={ADMIN_PASSWORD} target_session_attrs=read-write connect_timeout=2")
