@@ -73,8 +73,9 @@ class Node:
                 acting_before = self.acting_primary, self.pg.postmaster_pid()
                 try:
                     self.step()
-                except PostgresError as exc:
-                    log.error("%s", exc)
+                    self._said.pop("postgres", None)
+                except PostgresError as exc:    # logged once until it changes or clears
+                    self._say("postgres", "error", str(exc))
                 except Exception:   # a bug must not take the daemon (and its fencing) down
                     log.exception("unexpected error in the HA loop; carrying on")
                 if (self.acting_primary, self.pg.postmaster_pid()) != acting_before:
