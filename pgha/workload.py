@@ -314,21 +314,30 @@ def read_back(dsn, run, timeout=60.0, connect_timeout=2.0):
     """Ids of one run present on the primary, retrying the connection for up to
     `timeout` seconds (the cluster may still be failing over)."""
     low, high = run_id_range(run)
+
+    def read(conn):
+        with conn.cursor() as cur:
+            cur.execute("SET statement_timeout = '60s'")   # a read: cancelling is harmless
+            cur.execute(f"SELECT id FROM {TABLE} WHERE id BETWEEN %s AND %s", (low, high))
+            return {row[0] for row in cur}
+    return with_retries(dsn, read, timeout, connect_timeout)
+
+
+def with_retries(dsn, work, timeout, connect_timeout=2.0, pause=1.0):
+    """work(conn) on a fresh connection, retried on any PostgreSQL error until
+    `timeout` seconds have passed; then the last error is raised."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             conn = connect(dsn, connect_timeout)
             try:
-                with conn.cursor() as cur:
-                    cur.execute("SET statement_timeout = '60s'")   # a read: cancelling is harmless
-                    cur.execute(f"SELECT id FROM {TABLE} WHERE id BETWEEN %s AND %s", (low, high))
-                    return {row[0] for row in cur}
+                return work(conn)
             finally:
                 conn.close()
         except psycopg2.Error:
             if time.monotonic() >= deadline:
                 raise
-            time.sleep(1.0)
+            time.sleep(pause)
 
 
 class _Watch:

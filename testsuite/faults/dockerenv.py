@@ -114,7 +114,7 @@ def run(cmd, check=True, timeout=120, input=None):
     """Run a command (list), return CompletedProcess with text output."""
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
-    except subprocess.TimeoutExpired as exc:
+    except subprocess.TimeoutExpired:
         raise CommandError(f"{' '.join(cmd)}: no result within {timeout} s") from None
     if check and proc.returncode != 0:
         raise CommandError(f"{' '.join(cmd)} exited {proc.returncode}: "

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import psycopg2
 
+from pgha.workload import with_retries
 from testsuite.faults import dockerenv as de
 
 TABLE = "pgha_probe"
@@ -117,25 +118,16 @@ class SplitBrainProbe:
         self._t0 = None
 
     def prepare(self, timeout=60):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                conn = psycopg2.connect(self.dsn)
-                try:
-                    conn.autocommit = True
-                    with conn.cursor() as cur:
-                        cur.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigint PRIMARY KEY, "
-                                    "node text NOT NULL, tli int NOT NULL, at timestamptz DEFAULT now())")
-                        cur.execute(f"CREATE SEQUENCE IF NOT EXISTS {RUNS}")
-                        cur.execute("SELECT nextval(%s)", (RUNS,))
-                        self.run = cur.fetchone()[0]
-                        return self.run
-                finally:
-                    conn.close()
-            except psycopg2.Error:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
+        def create(conn):
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigint PRIMARY KEY, "
+                            "node text NOT NULL, tli int NOT NULL, at timestamptz DEFAULT now())")
+                cur.execute(f"CREATE SEQUENCE IF NOT EXISTS {RUNS}")
+                cur.execute("SELECT nextval(%s)", (RUNS,))
+                return cur.fetchone()[0]
+        self.run = with_retries(self.dsn, create, timeout)
+        return self.run
 
     def now(self):
         return time.monotonic() - self._t0
@@ -251,17 +243,9 @@ class SplitBrainProbe:
 
     def read_back(self, timeout=60):
         low, high = self.run * RUN_SPAN, (self.run + 1) * RUN_SPAN - 1
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                conn = psycopg2.connect(self.dsn)
-                try:
-                    with conn.cursor() as cur:
-                        cur.execute(f"SELECT id FROM {TABLE} WHERE id BETWEEN %s AND %s", (low, high))
-                        return {r[0] for r in cur}
-                finally:
-                    conn.close()
-            except psycopg2.Error:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
+
+        def read(conn):
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT id FROM {TABLE} WHERE id BETWEEN %s AND %s", (low, high))
+                return {r[0] for r in cur}
+        return with_retries(self.dsn, read, timeout)

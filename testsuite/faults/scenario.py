@@ -16,7 +16,6 @@ per attempt, never cancelling a commit); the checker is pgha.workload.check.
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pgha import workload
 from testsuite.faults import dockerenv as de
