@@ -201,3 +201,42 @@ def test_planned_switchover_loses_nothing(local_cluster):
     assert status["primary"] == "pgsql-2"
     # a clean hand-over: the old primary follows without a fresh clone
     assert "pg_basebackup" not in log_text(local_cluster, "pgsql-1").split("running as primary", 1)[-1]
+
+
+def test_node_daemon_restart_keeps_the_running_primary(local_cluster):
+    """Only the primary's node daemon dies and comes straight back: its
+    PostgreSQL kept running, the new daemon adopts it, nothing fails over."""
+    postmaster = local_cluster.postmaster_pid("pgsql-1")
+    with WriteRun(local_cluster) as run:
+        assert run.wait_for_acks(10, timeout=30)
+        local_cluster.kill("pgsql-1")
+        local_cluster.start_node("pgsql-1")
+        time.sleep(6)   # past lease + margin: a failover would have happened by now
+        assert run.wait_for_acks(20, timeout=30)
+    run.check()
+    status = local_cluster.wait_healthy(timeout=60)
+    assert status["epoch"] == 1 and status["primary"] == "pgsql-1"
+    assert local_cluster.postmaster_pid("pgsql-1") == postmaster
+
+
+def test_strict_sync_never_commits_without_the_standby():
+    """strict_sync: with the standby dead, commits wait instead of going on
+    alone; when it returns they complete and nothing is lost."""
+    cluster = LocalCluster(os.path.join(BASE, "strict"), base_port=next_port(),
+                           arbiter_overrides={"strict_sync": True})
+    cluster.prepare(fresh=True)
+    cluster.start()
+    try:
+        cluster.wait_healthy(timeout=120)
+        with WriteRun(cluster) as run:
+            assert run.wait_for_acks(10, timeout=30)
+            cluster.kill_host("pgsql-2")
+            time.sleep(2)   # commits already in flight may complete
+            assert not run.wait_for_acks(1, timeout=8), "a commit was acknowledged without the standby"
+            assert sql(cluster, "pgsql-1", "SHOW synchronous_standby_names") == [('"pgsql-2"',)]
+            cluster.start_node("pgsql-2")
+            assert run.wait_for_acks(20, timeout=120), "writes did not resume when the standby returned"
+        run.check()
+        assert cluster.status()["epoch"] == 1
+    finally:
+        cluster.stop()
