@@ -294,7 +294,7 @@ class Postgres:
         finally:
             os.unlink(pwfile)
         if result.returncode != 0:
-            raise PostgresError(f"initdb failed: {result.stderr.strip()[-500:]}")
+            raise PostgresError(f"initdb failed: {_last_lines(result.stderr)}")
         self._swap_in(tmp)
 
     def create_roles(self):
@@ -318,7 +318,7 @@ class Postgres:
         if result.returncode != 0:
             self._remove_tree(tmp)
             raise PostgresError(f"pg_basebackup from {address['host']}:{address['pg_port']} failed: "
-                                f"{result.stderr.strip()[-500:]}")
+                                f"{_last_lines(result.stderr)}")
         self._swap_in(tmp)
 
     def rewind(self, address):
@@ -327,7 +327,7 @@ class Postgres:
         result = self._run(["pg_rewind", "-D", self.pgdata, f"--source-server={source}"],
                            env={"PGPASSWORD": self.s.admin_password}, timeout=3600)
         if result.returncode != 0:
-            raise PostgresError(f"pg_rewind failed: {result.stderr.strip()[-500:]}")
+            raise PostgresError(f"pg_rewind failed: {_last_lines(result.stderr)}")
 
     def _swap_in(self, new_dir):
         """Replace pgdata by new_dir; the old data is kept aside until the swap is done."""
@@ -455,7 +455,7 @@ class Postgres:
         except OSError as exc:
             raise PostgresError(f"cannot run {cmd[0]}: {exc.strerror}") from None
         if check and result.returncode != 0:
-            raise PostgresError(f"{args[0]} failed: {result.stderr.strip()[-300:]}")
+            raise PostgresError(f"{args[0]} failed: {_last_lines(result.stderr)}")
         return result
 
     def _tail_log(self, lines=5):
@@ -464,6 +464,12 @@ class Postgres:
                 return " | ".join(line.strip() for line in f.readlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def _last_lines(text, count=3):
+    """The end of a tool's error output, whole lines only, on one line."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-count:]) or "(no output)"
 
 
 def wait_until(predicate, timeout, interval=0.1):

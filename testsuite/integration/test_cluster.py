@@ -240,3 +240,28 @@ def test_strict_sync_never_commits_without_the_standby():
         assert cluster.status()["epoch"] == 1
     finally:
         cluster.stop()
+
+
+def test_rejoin_falls_back_to_basebackup_when_rewind_cannot_work(local_cluster):
+    """The old primary lost the WAL pg_rewind needs: it is cloned afresh
+    (into a temporary folder, swapped in when complete) and follows again."""
+    with WriteRun(local_cluster) as run:
+        assert run.wait_for_acks(10, timeout=30)
+        run.mark_fault()
+        local_cluster.kill_host("pgsql-1")
+        wait_for(primary_is(local_cluster, "pgsql-2", epoch=2), 60, "failover to pgsql-2")
+        assert run.wait_for_acks(20, timeout=60)
+    run.check()
+    wal = os.path.join(local_cluster.pgdata("pgsql-1"), "pg_wal")
+    for name in os.listdir(wal):
+        if len(name) == 24:            # WAL segments: rewind (and crash recovery) cannot work
+            os.unlink(os.path.join(wal, name))
+    local_cluster.start_node("pgsql-1")
+    status = local_cluster.wait_healthy(timeout=180)
+    assert status["primary"] == "pgsql-2"
+    log = log_text(local_cluster, "pgsql-1")
+    assert "falling back to a fresh pg_basebackup" in log
+    assert not os.path.exists(local_cluster.pgdata("pgsql-1") + ".basebackup")
+    with WriteRun(local_cluster) as run:
+        assert run.wait_for_acks(10, timeout=30)
+    run.check()
