@@ -358,7 +358,7 @@ class _Watch:
         return False
 
 
-def _abandon_socket(conn):
+def abandon_socket(conn):
     """Shut the connection's socket down so a blocked libpq call returns.
 
     shutdown() on a dup of the descriptor acts on the shared socket, and
@@ -463,7 +463,7 @@ class Writer:
             pause = self.interval if attempt.outcome == ACK else max(self.interval, RETRY_PAUSE)
             if pause:
                 self._stop.wait(pause)
-        _discard(conn)
+        discard(conn)
 
     def _attempt(self, w, ident, conn):
         """One insert+commit; returns the Attempt and the connection to reuse (or None)."""
@@ -481,7 +481,7 @@ class Writer:
                             (ident, w, f"writer {w} row {ident % WRITER_SPAN}"))
         except Exception as exc:
             # COMMIT was never sent: the row cannot be committed.
-            _discard(conn)
+            discard(conn)
             return Attempt(ident, w, start, self.elapsed(), FAILED, node, first_line(exc)), None
         watch = _Watch(self, w, conn)
         try:
@@ -489,14 +489,14 @@ class Writer:
             with watch:
                 conn.commit()
         except Exception as exc:
-            _discard(conn)
+            discard(conn)
             reason = f"no reply to COMMIT within {self.commit_timeout:g} s" if watch.fired else first_line(exc)
             return Attempt(ident, w, start, self.elapsed(), INDETERMINATE, node, reason), None
         end = self.elapsed()
         cancelled = [n for n in conn.notices if SYNC_CANCEL_NOTICE.search(n)]
         if cancelled:
             # The synchronous-replication wait was cancelled: "committed" only locally.
-            _discard(conn)
+            discard(conn)
             return Attempt(ident, w, start, end, INDETERMINATE, node, cancelled[0].strip()), None
         return Attempt(ident, w, start, end, ACK, node), conn
 
@@ -514,11 +514,11 @@ class Writer:
                 for deadline, watch in self._inflight.values():
                     if now >= deadline and not watch.fired:
                         watch.fired = True
-                        _abandon_socket(watch.conn)
+                        abandon_socket(watch.conn)
             time.sleep(WATCHDOG_TICK)
 
 
-def _discard(conn):
+def discard(conn):
     if conn is not None:
         try:
             conn.close()

@@ -33,15 +33,13 @@ Definitions and checks (see ProbeResult):
   writes the timing check could not order, and also a lost acknowledged write.
   Rows present but never sent are reported as unexpected.
 """
-import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 
 import psycopg2
 
-from pgha.workload import with_retries
+from pgha.workload import abandon_socket, discard, with_retries
 from testsuite.faults import dockerenv as de
 
 TABLE = "pgha_probe"
@@ -84,22 +82,6 @@ class ProbeResult:
         gap = self.longest_gap
         return (f"probe: {len(self.acks)} acks, longest gap {gap if gap is None else round(gap, 3)} s; eras {eras or 'none'}; violations {self.violations}; "
                 f"lost {len(self.lost)} {self.lost[:10]}; unexpected {len(self.unexpected)} {self.unexpected[:10]}")
-
-
-def _abandon(conn):
-    try:
-        with socket.socket(fileno=os.dup(conn.fileno())) as dup:
-            dup.shutdown(socket.SHUT_RDWR)
-    except (OSError, psycopg2.Error):
-        pass
-
-
-def _close(conn):
-    if conn is not None:
-        try:
-            conn.close()
-        except psycopg2.Error:
-            pass
 
 
 class SplitBrainProbe:
@@ -156,7 +138,7 @@ class SplitBrainProbe:
             with self._lock:
                 for node, (deadline, conn) in list(self._inflight.items()):
                     if now > deadline:
-                        _abandon(conn)
+                        abandon_socket(conn)
                         del self._inflight[node]
             time.sleep(0.1)
             if self._stop.is_set() and not any(t.is_alive() for t in self._threads):
@@ -199,10 +181,10 @@ class SplitBrainProbe:
                 # Read-only standby, node down, connection cut: no acknowledgement.
                 with self._lock:
                     self.errors[node] += 1
-                _close(conn)
+                discard(conn)
                 conn = None
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - tick)))
-        _close(conn)
+        discard(conn)
 
     # -- judging
 
