@@ -147,7 +147,7 @@ class Node:
             self._say("arbiter", "warning", f"arbiter {self.s.arbiter_host}:{self.s.arbiter_port} "
                                             f"unreachable: {exc}")
             return None
-        if reply.get("type") != "instruction" or not _valid_instruction(reply):
+        if reply.get("type") != "instruction" or not protocol.valid_instruction(reply):
             self._say("arbiter", "error", f"arbiter refused the heartbeat: {reply.get('error', reply)}")
             self.arbiter.close()
             return None
@@ -357,13 +357,3 @@ class Node:
             self._said[topic] = text
             getattr(log, level)(text)
 
-
-def _valid_instruction(reply):
-    """The fields acting on an instruction relies on."""
-    if type(reply.get("epoch")) is not int or reply.get("role") not in ("primary", "standby", "wait"):
-        return False
-    if reply["role"] == "standby":
-        address = reply.get("primary_address")
-        return isinstance(reply.get("primary"), str) and isinstance(address, dict) \
-            and isinstance(address.get("host"), str) and type(address.get("pg_port")) is int
-    return True

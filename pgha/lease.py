@@ -27,10 +27,6 @@ class Leases:
         with self._lock:
             self._until[source] = max(self._until[source], sent_at + duration)
 
-    def expire_all(self):
-        with self._lock:
-            self._until = dict.fromkeys(self._until, 0.0)
-
     def remaining(self, source):
         return max(0.0, self._until[source] - self.clock())
 

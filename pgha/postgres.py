@@ -119,8 +119,8 @@ class Postgres:
     def data_is_empty(self):
         return not os.path.isdir(self.pgdata) or not os.listdir(self.pgdata)
 
-    def control_data(self, pgdata=None):
-        out = self._run(["pg_controldata", "-D", pgdata or self.pgdata], check=True, quiet=True).stdout
+    def control_data(self):
+        out = self._run(["pg_controldata", "-D", self.pgdata], check=True, quiet=True).stdout
         pairs = (line.split(":", 1) for line in out.splitlines() if ":" in line)
         return {key.strip(): value.strip() for key, value in pairs}
 

@@ -91,6 +91,17 @@ def validate_report(report):
         _check_fields(row, REPLICATION_FIELDS, "report.replication[]")
 
 
+def valid_instruction(reply):
+    """An arbiter's instruction carries the fields a node acts on."""
+    if type(reply.get("epoch")) is not int or reply.get("role") not in ("primary", "standby", "wait"):
+        return False
+    if reply["role"] == "standby":
+        address = reply.get("primary_address")
+        return isinstance(reply.get("primary"), str) and isinstance(address, dict) \
+            and isinstance(address.get("host"), str) and type(address.get("pg_port")) is int
+    return True
+
+
 def _check_fields(obj, fields, where, required=False):
     for name, kind in fields.items():
         if name not in obj:

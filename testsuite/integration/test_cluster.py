@@ -42,6 +42,21 @@ def primary_is(cluster, node, epoch=None):
     return check
 
 
+def fail_over(cluster, victim, new_primary, epoch, during=None):
+    """Kill `victim`'s host with a writer running; `new_primary` must take over
+    at `epoch` and take writes, with nothing acknowledged lost. `during` runs
+    right after the promotion is seen. Returns the writer's report."""
+    with WriteRun(cluster) as run:
+        assert run.wait_for_acks(10, timeout=30)
+        run.mark_fault()
+        cluster.kill_host(victim)
+        wait_for(primary_is(cluster, new_primary, epoch=epoch), 60, f"{new_primary} promoted at epoch {epoch}")
+        if during:
+            during()
+        assert run.wait_for_acks(20, timeout=60), "writes did not resume on the new primary"
+    return run.check()
+
+
 def log_text(cluster, node):
     with open(os.path.join(cluster.dir, f"{node}.log")) as f:
         return f.read()
@@ -73,13 +88,7 @@ def test_primary_postmaster_killed(local_cluster):
 
 def test_primary_host_dead_then_rejoins_by_rewind_and_fails_back(local_cluster):
     # (3) the primary host dies: the standby is promoted.
-    with WriteRun(local_cluster) as run:
-        assert run.wait_for_acks(10, timeout=30)
-        run.mark_fault()
-        local_cluster.kill_host("pgsql-1")
-        wait_for(primary_is(local_cluster, "pgsql-2", epoch=2), 60, "pgsql-2 promoted at epoch 2")
-        assert run.wait_for_acks(20, timeout=60), "writes did not resume on the new primary"
-    report = run.check()
+    report = fail_over(local_cluster, "pgsql-1", "pgsql-2", epoch=2)
     assert report.primary_after == f"127.0.0.1:{local_cluster.pg_ports['pgsql-2']}"
 
     # (4) the old primary's node comes back: rewind, stream, synchronous again.
@@ -92,13 +101,7 @@ def test_primary_host_dead_then_rejoins_by_rewind_and_fails_back(local_cluster):
     assert ("rep177", True) in sql(local_cluster, "pgsql-2", "SELECT slot_name, active FROM pg_replication_slots")
 
     # ... and a second failover back to it works, with nothing lost.
-    with WriteRun(local_cluster) as run:
-        assert run.wait_for_acks(10, timeout=30)
-        run.mark_fault()
-        local_cluster.kill_host("pgsql-2")
-        wait_for(primary_is(local_cluster, "pgsql-1", epoch=3), 60, "pgsql-1 promoted back at epoch 3")
-        assert run.wait_for_acks(20, timeout=60)
-    run.check()
+    fail_over(local_cluster, "pgsql-2", "pgsql-1", epoch=3)
 
 
 def test_standby_killed_writes_resume_then_it_resyncs(local_cluster):
@@ -134,16 +137,12 @@ def test_arbiter_killed_and_restarted_keeps_writes_and_state(local_cluster):
 
 
 def test_arbiter_restarted_right_after_failover(local_cluster):
-    with WriteRun(local_cluster) as run:
-        assert run.wait_for_acks(10, timeout=30)
-        run.mark_fault()
-        local_cluster.kill_host("pgsql-1")
-        wait_for(primary_is(local_cluster, "pgsql-2", epoch=2), 60, "failover to pgsql-2")
+    def restart_arbiter():
         local_cluster.kill("arbiter")
         local_cluster.start_arbiter()
         wait_for(primary_is(local_cluster, "pgsql-2", epoch=2), 30, "restarted arbiter keeps epoch 2")
-        assert run.wait_for_acks(20, timeout=60)
-    run.check()
+
+    fail_over(local_cluster, "pgsql-1", "pgsql-2", epoch=2, during=restart_arbiter)
     # The old primary, back, asks first and rejoins as standby: never primary on its own.
     local_cluster.start_node("pgsql-1")
     status = local_cluster.wait_healthy(timeout=180)
@@ -245,13 +244,7 @@ def test_strict_sync_never_commits_without_the_standby():
 def test_rejoin_falls_back_to_basebackup_when_rewind_cannot_work(local_cluster):
     """The old primary lost the WAL pg_rewind needs: it is cloned afresh
     (into a temporary folder, swapped in when complete) and follows again."""
-    with WriteRun(local_cluster) as run:
-        assert run.wait_for_acks(10, timeout=30)
-        run.mark_fault()
-        local_cluster.kill_host("pgsql-1")
-        wait_for(primary_is(local_cluster, "pgsql-2", epoch=2), 60, "failover to pgsql-2")
-        assert run.wait_for_acks(20, timeout=60)
-    run.check()
+    fail_over(local_cluster, "pgsql-1", "pgsql-2", epoch=2)
     wal = os.path.join(local_cluster.pgdata("pgsql-1"), "pg_wal")
     for name in os.listdir(wal):
         if len(name) == 24:            # WAL segments: rewind (and crash recovery) cannot work

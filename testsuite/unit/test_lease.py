@@ -74,15 +74,6 @@ def test_a_late_reply_to_an_old_request_never_shortens_a_lease(clock):
     assert leases.remaining("arbiter") == pytest.approx(3.0)
 
 
-def test_expire_all(clock):
-    leases = Leases(clock)
-    leases.renew("arbiter", clock(), 3.0)
-    leases.renew("standby", clock(), 3.0)
-    leases.expire_all()
-    assert not leases.held()
-    assert leases.remaining("arbiter") == leases.remaining("standby") == 0.0
-
-
 # -- Grants: the standby's side --------------------------------------------------------------
 
 def test_grants_nothing_before_the_arbiter_says_whom_to_follow(clock):
