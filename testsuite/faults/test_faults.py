@@ -43,6 +43,16 @@ def other(node):
     return next(n for n in de.NODES if n != node)
 
 
+def kill_standby(cluster, run, acks):
+    """Kill the standby: writes resume on the primary within the stall bound
+    and the arbiter marks the dead standby not promotable."""
+    t = run.mark_fault()
+    cluster.kill(run.standby)
+    run.wait_acks(acks, timeout=STALL_BOUND + 30, since=t, node=run.primary)
+    wait_for(lambda: (s := cluster.status()) and s.get("promotable") is False, timeout=30,
+             what="dead standby marked not promotable")
+
+
 def assert_old_primary_fenced(cluster, node):
     """The old primary must not be a writable PostgreSQL: stopped, or in recovery.
     Asked from inside its container (it may be cut off from the host)."""
@@ -191,13 +201,9 @@ def test_07_standby_killed_and_restarted(healthy_cluster):
     c = healthy_cluster
     with Run(c, "07-standby-kill") as run:
         run.settle()
-        t = run.mark_fault()
-        c.kill(run.standby)
-        run.wait_acks(20, timeout=STALL_BOUND + 30, since=t, node=run.primary)
-        wait_for(lambda: (s := c.status()) and s.get("promotable") is False, timeout=30,
-                 what="dead standby marked not promotable")
+        kill_standby(c, run, acks=20)
         assert c.status()["primary"] == run.primary
-        time.sleep(2)
+        time.sleep(2)   # the primary runs on alone a while before the standby returns
         assert run.heal_and_wait() == run.primary
     run.assert_safe()
     assert run.result.recovered_after is None or run.result.recovered_after < STALL_BOUND, run.result.summary()
@@ -251,11 +257,7 @@ def test_10_double_fault(healthy_cluster):
     c = healthy_cluster
     with Run(c, "10-double-fault") as run:
         run.settle()
-        t = run.mark_fault()
-        c.kill(run.standby)
-        run.wait_acks(30, timeout=STALL_BOUND + 30, since=t, node=run.primary)
-        wait_for(lambda: (s := c.status()) and s.get("promotable") is False, timeout=30,
-                 what="dead standby marked not promotable")
+        kill_standby(c, run, acks=30)
         epoch = c.status()["epoch"]
         c.kill(run.primary)
         c.start(run.standby)          # back, but it misses the last writes
