@@ -1,7 +1,7 @@
 # PostgreSQL HA manager: one image for the two database nodes and the arbiter.
 # The base image may be the official debian:bookworm-slim or, on machines
 # without a container registry, one imported from a debootstrap rootfs
-# (see testsuite/faults/dockerenv.py). Its apt sources are used as they are.
+# (see harness/docker.py). Its apt sources are used as they are.
 FROM debian:bookworm-slim
 
 ENV DEBIAN_FRONTEND=noninteractive \

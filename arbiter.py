@@ -7,11 +7,9 @@ import os
 import signal
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import logger  # noqa: E402
-from pgha import cli, settings as settings_mod  # noqa: E402
-from pgha.arbiter_server import Arbiter, ArbiterServer, StateFileError  # noqa: E402
+from pgha import logs as logger
+from pgha import cli, settings as settings_mod
+from pgha.arbiter import Arbiter, ArbiterServer, StateFileError
 
 DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arbiter_settings.py")
 

@@ -7,10 +7,8 @@ import os
 import signal
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import logger  # noqa: E402
-from pgha import cli, settings as settings_mod  # noqa: E402
+from pgha import logs as logger
+from pgha import cli, settings as settings_mod
 
 DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_settings.py")
 
@@ -23,7 +21,7 @@ def main(argv=None):
     except ImportError:
         log.error("the Python package psycopg2 is missing: pip install -r requirements.txt")
         return 1
-    from pgha.ha import Node
+    from pgha.node import Node
     from pgha.postgres import Postgres, PostgresError
     try:
         node = Node(settings, Postgres(settings))

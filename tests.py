@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 import psycopg2
 import psycopg2.extensions
 
-from pgha import faults, workload
+from harness import faults, workload
 
 EXIT_OK, EXIT_LOST, EXIT_BAD_INPUT, EXIT_NO_VERDICT = 0, 1, 2, 3
 DEFAULT_DURATION = 10.0

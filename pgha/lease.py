@@ -9,10 +9,10 @@ grantor, never longer.
 import threading
 import time
 
-import logger
+from pgha import logs
 from pgha import protocol
 
-log = logger.get("lease")
+log = logs.get("lease")
 
 
 class Leases:

@@ -16,9 +16,9 @@ import time
 
 import psycopg2
 
-import logger
+from pgha import logs
 
-log = logger.get("postgres")
+log = logs.get("postgres")
 
 CONF_FILE = "pgha.conf"
 INCLUDE_LINE = f"include_if_exists = '{CONF_FILE}'\t# pgha: managed settings, keep last"

@@ -15,9 +15,9 @@ import json
 import socket
 import socketserver
 
-import logger
+from pgha import logs
 
-log = logger.get("protocol")
+log = logs.get("protocol")
 
 VERSION = 1
 MAX_FRAME = 64 * 1024

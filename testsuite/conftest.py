@@ -1,6 +1,2 @@
-import os
-import sys
-
-# The suite imports the project's modules (pgha, logger) and its own helpers.
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+# The suite imports the project's packages (pgha, harness) from the checkout's
+# root: pyproject.toml sets pytest's pythonpath, and bin/test runs from there.

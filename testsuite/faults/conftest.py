@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from testsuite.faults import dockerenv as de
+from harness import docker as de
 
 TIMINGS = {}
 

@@ -1,8 +1,8 @@
 """The fault suite: each failure the HA model must survive, on the compose cluster.
 
-Every scenario runs the workload writer (pgha.workload.Writer, through the
+Every scenario runs the workload writer (harness.workload.Writer, through the
 multi-host DSN with target_session_attrs=read-write) and the split-brain probe
-(testsuite/faults/probe.py: direct writes to each node every 100 ms; see its
+(harness/probe.py: direct writes to each node every 100 ms; see its
 docstring for the overlap rule) from before the fault until the cluster is
 healed and healthy again, and then asserts (Run.assert_safe):
 
@@ -26,8 +26,8 @@ import time
 
 import pytest
 
-from testsuite.faults import dockerenv as de
-from testsuite.faults.scenario import Run, wait_for, wait_new_primary
+from harness import docker as de
+from harness.scenario import Run, wait_for, wait_new_primary
 
 pytestmark = pytest.mark.faults
 

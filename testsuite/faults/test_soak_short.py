@@ -1,4 +1,4 @@
-"""A short randomised soak (~2-3 minutes) in CI; the long one is bench/soak.py.
+"""A short randomised soak (~2-3 minutes) in CI; the long one is harness/bench_soak.py.
 
 Random faults from the fault library, each held 2-6 s with the writer and the
 split-brain probe running, healed, judged. Every cycle must end with nothing
@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from testsuite.faults import dockerenv as de
+from harness import docker as de
 
 pytestmark = [pytest.mark.faults, pytest.mark.soak]
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from pgha import workload
-from pgha.localcluster import LocalCluster
+from harness import workload
+from harness.localcluster import LocalCluster
 
 BASE = os.environ.get("PGHA_TEST_DIR", "/var/tmp/pgha-test")
 _ports = itertools.count(7430, 40)

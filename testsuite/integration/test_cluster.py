@@ -3,7 +3,7 @@ real daemons, real signals. Every scenario writes through the multi-host DSN
 while the fault happens and checks that no acknowledged row is lost.
 
 Timeouts are generous upper bounds for slow shared machines; speed is
-measured by bench/failover.py, not asserted here.
+measured by harness/bench_failover.py, not asserted here.
 """
 import os
 import subprocess
@@ -12,7 +12,7 @@ import time
 import psycopg2
 
 from conftest import BASE, WriteRun, next_port, wait_for
-from pgha.localcluster import LocalCluster
+from harness.localcluster import LocalCluster
 from pgha.postgres import find_bindir
 
 OTHER = {"pgsql-1": "pgsql-2", "pgsql-2": "pgsql-1"}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pgha import faults, workload
-from pgha.workload import ACK, FAILED, INDETERMINATE, Attempt
+from harness import faults, workload
+from harness.workload import ACK, FAILED, INDETERMINATE, Attempt
 
 ROOT = Path(__file__).resolve().parents[2]
 A, B = "127.0.0.1:5001", "127.0.0.1:5002"

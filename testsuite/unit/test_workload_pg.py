@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pgha import faults, workload
+from harness import faults, workload
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ROOT = Path(__file__).resolve().parents[2]

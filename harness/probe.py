@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 
 import psycopg2
 
-from pgha.workload import abandon_socket, discard, with_retries
-from testsuite.faults import dockerenv as de
+from harness.workload import abandon_socket, discard, with_retries
+from harness import docker as de
 
 TABLE = "pgha_probe"
 RUNS = "pgha_probe_runs"

@@ -3,7 +3,7 @@ ask the arbiter for a switchover.
 
 Two targets share one interface (primary(), standbys(), kill_primary(),
 kill_primary_host(), stop_standby(), switchover()):
-  LocalCluster    the loopback cluster of `python -m pgha.localcluster`,
+  LocalCluster    the loopback cluster of `python -m harness.localcluster`,
                   described by its cluster.json
   ComposeCluster  the docker compose cluster (services pgsql-1, pgsql-2, arbiter)
 Each fault returns the name of the node it hit.
@@ -124,7 +124,7 @@ class LocalCluster:
                 config = json.load(f)
         except FileNotFoundError:
             raise FaultError(f"{path} not found (start a cluster with "
-                             f"`python -m pgha.localcluster --dir {cluster_dir}` or pass --dsn)") from None
+                             f"`python -m harness.localcluster --dir {cluster_dir}` or pass --dsn)") from None
         except (OSError, ValueError) as exc:
             raise FaultError(f"cannot read {path}: {exc}") from None
         if not isinstance(config, dict) or not isinstance(config.get("dsn"), str) \

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import psycopg2
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PROJECT = os.environ.get("PGHA_COMPOSE_PROJECT", "pghafaults")
 NETWORK_KEY = "pgha"                       # the network's name in docker-compose.yml

@@ -1,6 +1,6 @@
 """One fault scenario: workload + split-brain probe around a fault, then the verdict.
 
-Used by test_faults.py, test_soak_short.py and bench/soak.py:
+Used by test_faults.py, test_soak_short.py and harness/bench_soak.py:
 
     with Run(cluster, "primary-postgres-kill") as run:
         run.settle()                 # some writes acknowledged before the fault
@@ -10,16 +10,16 @@ Used by test_faults.py, test_soak_short.py and bench/soak.py:
         run.heal_and_wait()          # undo everything, wait for a healthy sync pair
     run.result                       # Outcome: workload report, probe result, timings
 
-The writer is pgha.workload.Writer (acknowledged / failed / indeterminate
-per attempt, never cancelling a commit); the checker is pgha.workload.check.
+The writer is harness.workload.Writer (acknowledged / failed / indeterminate
+per attempt, never cancelling a commit); the checker is harness.workload.check.
 """
 import json
 import time
 from dataclasses import dataclass, field
 
-from pgha import workload
-from testsuite.faults import dockerenv as de
-from testsuite.faults.probe import SplitBrainProbe
+from harness import workload
+from harness import docker as de
+from harness.probe import SplitBrainProbe
 
 OUT = de.ROOT / "out" / "faults"
 

@@ -9,10 +9,10 @@ import threading
 import time
 from dataclasses import asdict
 
-import logger
+from pgha import logs
 from pgha import decision, protocol, store
 
-log = logger.get("arbiter")
+log = logs.get("arbiter")
 
 
 class StateFileError(Exception):

@@ -1,4 +1,4 @@
-"""The arbiter's I/O (pgha/arbiter_server.py): a real server on loopback, a fake clock,
+"""The arbiter's I/O (pgha/arbiter.py): a real server on loopback, a fake clock,
 the durable state file in tmp_path."""
 import json
 import os
@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pgha import arbiter_server, protocol, store
-from pgha.arbiter_server import Arbiter, ArbiterServer, StateFileError
+from pgha import arbiter as arbiter_server, protocol, store
+from pgha.arbiter import Arbiter, ArbiterServer, StateFileError
 
 P, S = "pgsql-1", "pgsql-2"
 

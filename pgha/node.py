@@ -11,12 +11,12 @@ import os
 import threading
 import time
 
-import logger
+from pgha import logs
 from pgha import protocol, store
 from pgha.lease import Grants, Leases, LeaseRenewer, PeerServer
 from pgha.postgres import PostgresError
 
-log = logger.get("node")
+log = logs.get("node")
 
 CRASH_RESTART_WINDOW = 60.0    # one quick local restart of a crashed primary per window
 STANDBY_STREAM_DEADLINE = 30.0  # a standby not streaming by then is rewound

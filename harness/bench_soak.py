@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Randomised fault soak on the docker-compose cluster (not part of CI by default).
 
-    python3 bench/soak.py --duration 600 [--seed 7] [--faults primary-freeze,standby-kill]
+    python3 -m harness.bench_soak --duration 600 [--seed 7] [--faults primary-freeze,standby-kill]
                           [--hold 2:8] [--reuse] [--keep]
 
 For --duration seconds: pick a random fault from the fault library
 (drawn from a shuffled deck, so every type comes up equally often)
-(testsuite/faults/scenario.py FAULTS), run the workload writer and the
+(harness/scenario.py FAULTS), run the workload writer and the
 split-brain probe around it, hold the fault a random time (--hold MIN:MAX s),
 heal everything and wait for a healthy synchronous pair, judge, repeat.
 At the end print a table per fault type: count, max write-unavailability,
@@ -27,11 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from testsuite.faults import dockerenv as de  # noqa: E402
-from testsuite.faults.scenario import FAULTS, Run  # noqa: E402
+from harness import docker as de
+from harness.scenario import FAULTS, Run
 
 
 def run_one(cluster, fault, hold, index, log=print):
@@ -156,7 +153,7 @@ def _main(args, faults, hold, seed):
             cluster.compose("down", "-v", check=False)
     rows, text = table(outcomes)
     print(f"\n{len(outcomes)} faults in {time.monotonic() - started:.0f} s (seed {seed})\n{text}")
-    out = ROOT / "out" / "soak"
+    out = de.ROOT / "out" / "soak"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"seed": seed, "duration": args.duration, "table": rows,
                                                   "runs": [dict(o.to_dict(), fault=o.fault) for o in outcomes]},

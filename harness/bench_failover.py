@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Failover benchmark on the local cluster.
 
-    bin/bench [--trials 5] [--idle-seconds 20]
+    bin/bench [--trials 5]   (python -m harness.bench_failover) [--idle-seconds 20]
 
 Runs each fault several times against one local cluster, with a writer
 committing every 50 ms through the multi-host DSN, heals between trials, and
@@ -15,10 +15,8 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pgha import workload  # noqa: E402
-from pgha.localcluster import NODES, LocalCluster  # noqa: E402
+from harness import workload
+from harness.localcluster import NODES, LocalCluster
 
 SETTLE = 2.0          # seconds of writes before the fault
 AFTER = 3.0           # seconds of writes after writes resumed
