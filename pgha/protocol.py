@@ -16,16 +16,13 @@ import socket
 import socketserver
 
 from pgha import logs
+from pgha.errors import ProtocolError
 
 log = logs.get("protocol")
 
 VERSION = 1
 MAX_FRAME = 64 * 1024
 REQUEST_TYPES = {"heartbeat", "status", "switchover", "lease"}
-
-
-class ProtocolError(Exception):
-    """A message that breaks the protocol: the connection is closed after it."""
 
 
 def encode(message):

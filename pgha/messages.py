@@ -1,0 +1,236 @@
+"""Typed messages: what a node reports and what the arbiter instructs.
+
+The wire carries JSON objects (protocol.py frames them). They are parsed
+here once, at the boundary, into frozen dataclasses; the rules on both sides
+(decision.py, node_rules.py) take and return these values, never wire dicts.
+A field of the wrong type is a ProtocolError naming it; unknown fields are
+ignored, so a newer node can talk to an older arbiter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from pgha.errors import ProtocolError
+
+# PostgreSQL as the node sees it.
+PG_RUNNING, PG_STARTING, PG_STOPPED = "running", "starting", "stopped"
+# Roles, of a running PostgreSQL and of an instruction.
+PRIMARY, STANDBY, WAIT = "primary", "standby", "wait"
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where the other members reach a node."""
+    host: str
+    pg_port: int
+    peer_port: int
+    slot: str
+
+    @classmethod
+    def from_wire(cls, wire: Any, where: str = "address") -> Address:
+        _require_object(wire, where)
+        return cls(host=_field(wire, "host", str, where, required=True),
+                   pg_port=_field(wire, "pg_port", int, where, required=True),
+                   peer_port=_field(wire, "peer_port", int, where, required=True),
+                   slot=_field(wire, "slot", str, where, required=True))
+
+    def to_wire(self) -> dict:
+        return {"host": self.host, "pg_port": self.pg_port, "peer_port": self.peer_port, "slot": self.slot}
+
+
+@dataclass(frozen=True)
+class ReplicationRow:
+    """One row of the primary's pg_stat_replication."""
+    name: str | None
+    state: str | None = None
+    sync_state: str | None = None
+    flush_lsn: int = 0
+    reply_age: float = float("inf")     # seconds since the standby last answered
+
+    @classmethod
+    def from_wire(cls, wire: Any, where: str = "report.replication[]") -> ReplicationRow:
+        _require_object(wire, where)
+        return cls(name=_field(wire, "name", OPTIONAL_STR, where),
+                   state=_field(wire, "state", OPTIONAL_STR, where),
+                   sync_state=_field(wire, "sync_state", OPTIONAL_STR, where),
+                   flush_lsn=_field(wire, "flush_lsn", int, where, default=0),
+                   reply_age=float(_field(wire, "reply_age", NUMBER, where, default=float("inf"))))
+
+    def to_wire(self) -> dict:
+        return {"name": self.name, "state": self.state, "sync_state": self.sync_state,
+                "flush_lsn": self.flush_lsn, "reply_age": self.reply_age}
+
+
+@dataclass(frozen=True)
+class Report:
+    """A node's heartbeat report: its PostgreSQL and its leases."""
+    pg: str = PG_STOPPED                    # running | starting | stopped
+    role: str | None = None                 # primary | standby, when running
+    lsn: int = 0                            # current (primary) or replayed (standby) WAL position
+    receive_lsn: int = 0
+    timeline: int | None = None
+    sync_standby: str | None = None         # the name in synchronous_standby_names
+    receiver: str | None = None             # the standby's WAL receiver status
+    syncrep_wait: float = 0.0               # longest wait of a commit for the sync standby, s
+    replication: tuple[ReplicationRow, ...] = ()
+    address: Address | None = None
+    relinquished: bool = False              # the primary stopped PostgreSQL to hand over
+    grant_remaining: float = 0.0            # the standby's outstanding lease grant, s
+    lease_remaining: Mapping[str, float] | None = None  # the primary's leases, s, by source
+    error: str | None = None
+    last_action: str | None = None          # the node's last action (node_rules), for status
+
+    @property
+    def running_as(self) -> str | None:
+        """The role of a running PostgreSQL, else None."""
+        return self.role if self.pg == PG_RUNNING else None
+
+    def replication_row(self, standby: str) -> ReplicationRow | None:
+        return next((row for row in self.replication if row.name == standby), None)
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> Report:
+        where = "report"
+        _require_object(wire, where)
+        rows = _field(wire, "replication", list, where, default=[])
+        address = wire.get("address")
+        leases = _field(wire, "lease_remaining", (dict, type(None)), where)
+        if leases is not None and not all(isinstance(v, NUMBER) and not isinstance(v, bool)
+                                          for v in leases.values()):
+            raise ProtocolError("report field 'lease_remaining' must map sources to seconds")
+        return cls(
+            pg=_field(wire, "pg", str, where, default=PG_STOPPED),
+            role=_field(wire, "role", OPTIONAL_STR, where),
+            lsn=_field(wire, "lsn", int, where, default=0),
+            receive_lsn=_field(wire, "receive_lsn", int, where, default=0),
+            timeline=_field(wire, "timeline", (int, type(None)), where),
+            sync_standby=_field(wire, "sync_standby", OPTIONAL_STR, where),
+            receiver=_field(wire, "receiver", OPTIONAL_STR, where),
+            syncrep_wait=float(_field(wire, "syncrep_wait", NUMBER, where, default=0.0)),
+            replication=tuple(ReplicationRow.from_wire(row) for row in rows),
+            address=None if address is None else Address.from_wire(address, "report.address"),
+            relinquished=_field(wire, "relinquished", bool, where, default=False),
+            grant_remaining=float(_field(wire, "grant_remaining", NUMBER, where, default=0.0)),
+            lease_remaining=leases,
+            error=_field(wire, "error", OPTIONAL_STR, where),
+            last_action=_field(wire, "last_action", OPTIONAL_STR, where),
+        )
+
+    def to_wire(self) -> dict:
+        wire: dict[str, Any] = {"pg": self.pg, "relinquished": self.relinquished,
+                                "grant_remaining": self.grant_remaining}
+        if self.pg == PG_RUNNING:
+            wire.update(role=self.role, lsn=self.lsn, receive_lsn=self.receive_lsn, timeline=self.timeline,
+                        sync_standby=self.sync_standby, receiver=self.receiver,
+                        syncrep_wait=self.syncrep_wait, replication=[r.to_wire() for r in self.replication])
+        if self.address is not None:
+            wire["address"] = self.address.to_wire()
+        for name in ("lease_remaining", "error", "last_action"):
+            if getattr(self, name) is not None:
+                wire[name] = dict(self.lease_remaining or {}) if name == "lease_remaining" else getattr(self, name)
+        return wire
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """The arbiter's answer to a heartbeat: what the node must be now."""
+    epoch: int
+    role: str                               # primary | standby | wait
+    reason: str | None = None               # why "wait"
+    primary: str | None = None              # standby: whom to follow
+    primary_address: Address | None = None
+    standby: str | None = None              # primary: its standby, and where it is
+    standby_address: Address | None = None
+    sync_standby: str | None = None         # primary: the name synchronous_standby_names must hold
+    relinquish: bool = False                # primary: stop PostgreSQL and hand over (switchover)
+    lease_time: float | None = None         # the cluster's timings, for the node's leases
+    heartbeat_interval: float | None = None
+
+    @property
+    def standby_slot(self) -> str | None:
+        return self.standby_address.slot if self.standby_address else None
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> Instruction:
+        where = "instruction"
+        _require_object(wire, where)
+        if wire.get("type") != "instruction":
+            raise ProtocolError(f"expected an instruction, got {str(wire.get('type'))[:40]!r}")
+        role = _field(wire, "role", str, where, required=True)
+        if role not in (PRIMARY, STANDBY, WAIT):
+            raise ProtocolError(f"instruction field 'role' must be primary, standby or wait, got {role[:40]!r}")
+        primary_address = wire.get("primary_address")
+        standby_address = wire.get("standby_address")
+        instruction = cls(
+            epoch=_field(wire, "epoch", int, where, required=True),
+            role=role,
+            reason=_field(wire, "reason", OPTIONAL_STR, where),
+            primary=_field(wire, "primary", OPTIONAL_STR, where),
+            primary_address=None if primary_address is None
+            else Address.from_wire(primary_address, "instruction.primary_address"),
+            standby=_field(wire, "standby", OPTIONAL_STR, where),
+            standby_address=None if standby_address is None
+            else Address.from_wire(standby_address, "instruction.standby_address"),
+            sync_standby=_field(wire, "sync_standby", OPTIONAL_STR, where),
+            relinquish=_field(wire, "relinquish", bool, where, default=False),
+            lease_time=_positive(wire, "lease_time", where),
+            heartbeat_interval=_positive(wire, "heartbeat_interval", where),
+        )
+        if role == STANDBY and (instruction.primary is None or instruction.primary_address is None):
+            raise ProtocolError("a standby instruction must name the primary and its address")
+        return instruction
+
+    def to_wire(self) -> dict:
+        wire: dict[str, Any] = {"type": "instruction", "epoch": self.epoch, "role": self.role}
+        if self.role == WAIT:
+            wire["reason"] = self.reason
+            return wire
+        if self.role == PRIMARY:
+            wire.update(standby=self.standby, standby_slot=self.standby_slot,
+                        standby_address=self.standby_address.to_wire() if self.standby_address else None,
+                        sync_standby=self.sync_standby, relinquish=self.relinquish)
+        else:
+            wire.update(primary=self.primary,
+                        primary_address=self.primary_address.to_wire() if self.primary_address else None)
+        wire.update(lease_time=self.lease_time, heartbeat_interval=self.heartbeat_interval)
+        return wire
+
+
+# -- field checks -------------------------------------------------------------
+
+NUMBER = (int, float)
+OPTIONAL_STR = (str, type(None))
+
+
+def _require_object(wire: Any, where: str) -> None:
+    if not isinstance(wire, dict):
+        raise ProtocolError(f"{where} must be an object")
+
+
+def _field(wire: Mapping[str, Any], name: str, kind: Any, where: str, required: bool = False,
+           default: Any = None) -> Any:
+    if name not in wire:
+        if required:
+            raise ProtocolError(f"{where} needs field {name!r}")
+        return default
+    value = wire[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise ProtocolError(f"{where} field {name!r} must be {names}, got {shown}")
+    return value
+
+
+def _positive(wire: Mapping[str, Any], name: str, where: str) -> float | None:
+    value = _field(wire, name, (int, float, type(None)), where)
+    if value is not None and not value > 0:
+        raise ProtocolError(f"{where} field {name!r} must be greater than 0")
+    return None if value is None else float(value)
+
+
+def check_type(value: Any, kind: Any, name: str, where: str = "message") -> Any:
+    """The same check for a request's own fields (node, epoch, to)."""
+    return _field({name: value}, name, kind, where, required=True)
+
