@@ -15,7 +15,7 @@ from harness import workload
 from harness.localcluster import LocalCluster
 
 BASE = os.environ.get("PGHA_TEST_DIR", "/var/tmp/pgha-test")
-_ports = itertools.count(7430, 40)
+_ports = itertools.count(int(os.environ.get("PGHA_TEST_PORT_BASE", "7430")), 40)
 
 
 def next_port():
