@@ -4,6 +4,7 @@ One JSON object per line (UTF-8, ending in "\\n"), at most MAX_FRAME bytes.
 Every message carries "v" (the protocol version) and "type".
 
 node -> arbiter   {"v":1,"type":"heartbeat","node":NAME,"epoch":N,"report":{...}}
+                  (validate_request parses the report into a messages.Report)
 arbiter -> node   {"v":1,"type":"instruction","epoch":N,"role":...,...}
 tool -> arbiter   {"v":1,"type":"status"} | {"v":1,"type":"switchover","to":NAME}
 node -> node      {"v":1,"type":"lease","node":NAME,"epoch":N}

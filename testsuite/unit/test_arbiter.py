@@ -11,6 +11,7 @@ import pytest
 
 from pgha import arbiter as arbiter_server, protocol, settings, store
 from pgha.arbiter import Arbiter, ArbiterServer, StateFileError
+from pgha.decision import ClusterState
 
 P, S = "pgsql-1", "pgsql-2"
 
@@ -379,3 +380,36 @@ def test_a_bad_report_from_one_node_does_not_break_the_other(running):
     c.ask(heartbeat(S, 1, {**standby_report(), "address": "127.0.0.1:5432"}))
     reply = running.client().ask(heartbeat(P, 1, primary_report()))
     assert reply is not None and reply["role"] == "primary"
+
+
+# -- another writer on the same state -------------------------------------------------------------
+
+def test_a_decision_refused_by_compare_and_set_is_never_announced(running):
+    """Someone else stored a newer decision: the arbiter must not overwrite it nor announce its own."""
+    c = running.client()
+    running.make_promotable(c)
+    store.FileStore(str(running.state_file)).save(
+        ClusterState(epoch=5, primary=S, promotable=False), expected_epoch=1)
+    running.clock.advance(4.5)
+    reply = c.ask(heartbeat(S, 1, standby_report()))
+    assert reply == {"v": 1, "type": "error", "error": "arbiter cannot store its decision"}
+    assert (running.arbiter.state.epoch, running.arbiter.state.primary) == (1, P)
+    assert running.saved() == {"epoch": 5, "primary": S, "promotable": False}
+
+
+def test_the_arbiter_uses_any_state_store(tmp_path):
+    class MemoryStore(store.StateStore):
+        def __init__(self):
+            self.saved = []
+
+        def load(self):
+            return self.saved[-1] if self.saved else None
+
+        def save(self, new, expected_epoch):
+            assert expected_epoch == (self.saved[-1].epoch if self.saved else None)
+            self.saved.append(new)
+
+    memory_store = MemoryStore()
+    arbiter = Arbiter(make_settings(tmp_path / "unused.json"), clock=FakeClock(), state_store=memory_store)
+    assert memory_store.saved == [arbiter.state] and arbiter.state.epoch == 1
+    assert os.listdir(tmp_path) == []
