@@ -1,70 +1,50 @@
-"""The arbiter's I/O: the durable decision on disk and the TCP server.
+"""The arbiter's I/O: the durable decision and the TCP server.
 
-The rules themselves are in decision.py; this module feeds them reports and
-the clock, writes every changed decision durably *before* replying, and
-keeps serving everyone else when one client misbehaves.
+The rules themselves are in decision.py; this module feeds them parsed
+reports and the clock, stores every changed decision durably *before*
+replying (through the StateStore interface), and keeps serving everyone else
+when one client misbehaves.
 """
-import os
 import threading
 import time
 from dataclasses import asdict
 
 from pgha import logs
 from pgha import decision, protocol, store
+from pgha.topology import Topology
 
 log = logs.get("arbiter")
 
-
-class StateFileError(Exception):
-    pass
+# The name the entry point (arbiter.py) and the tests know the store's error by.
+StateFileError = store.StateStoreError
 
 
 class Arbiter:
-    def __init__(self, settings, clock=time.monotonic):
-        self.nodes = list(settings.nodes)
-        self.state_file = settings.state_file
-        self.timings = decision.Timings(
-            heartbeat_interval=settings.heartbeat_interval, lease_time=settings.lease_time,
-            failover_margin=settings.failover_margin, sync_stall_timeout=settings.sync_stall_timeout,
-            standby_reply_timeout=settings.standby_reply_timeout, strict_sync=settings.strict_sync)
+    def __init__(self, settings, clock=time.monotonic, state_store=None):
+        self.topology = Topology(tuple(settings.nodes))
+        self.timings = decision.Timings.from_settings(settings)
+        self.store = state_store if state_store is not None else store.FileStore(settings.state_file)
         self.clock = clock
         self.lock = threading.Lock()
         self.state = self._load_or_create(settings.initial_primary)
         self.memory = decision.Memory.at_start(clock())
 
     def _load_or_create(self, initial_primary):
-        try:
-            saved = store.load_json(self.state_file)
-        except (OSError, ValueError) as exc:
-            raise StateFileError(f"cannot read state file {self.state_file}: {exc}") from None
-        if not os.path.exists(self.state_file):
+        state = self.store.load()
+        if state is None:
             state = decision.ClusterState(epoch=1, primary=initial_primary, promotable=False)
-            self._save(state)
-            log.info("first start: %s is the initial primary (epoch 1), state in %s",
-                     initial_primary, self.state_file)
+            self.store.save(state, expected_epoch=None)
+            log.info("first start: %s is the initial primary (epoch 1), state in %s", initial_primary, self.store)
             return state
-        # Checked, not coerced: bool("false") is True, and a wrong guess here
-        # could promote a standby that lacks commits.
-        fields = saved if isinstance(saved, dict) else {}
-        epoch, primary, promotable = fields.get("epoch"), fields.get("primary"), fields.get("promotable")
-        if not (type(epoch) is int and epoch >= 1 and isinstance(primary, str) and type(promotable) is bool):
-            raise StateFileError(f"state file {self.state_file} is damaged: {saved!r}")
-        state = decision.ClusterState(epoch=epoch, primary=primary, promotable=promotable)
-        if state.primary not in self.nodes:
-            raise StateFileError(f"state file {self.state_file} names primary {state.primary!r}, "
-                                 f"which is not in 'nodes' {self.nodes}")
+        if state.primary not in self.topology:
+            raise StateFileError(f"state file {self.store} names primary {state.primary!r}, "
+                                 f"which is not in 'nodes' {list(self.topology.members)}")
         log.info("state loaded: epoch %d, primary %s, standby %s", state.epoch, state.primary,
                  "promotable" if state.promotable else "not promotable")
         return state
 
-    def _save(self, state):
-        try:
-            store.save_json(self.state_file, asdict(state))
-        except OSError as exc:
-            raise StateFileError(f"cannot write state file {self.state_file}: {exc}") from None
-
     def handle(self, message):
-        """Answer one valid request."""
+        """Answer one valid request (protocol.validate_request has parsed it)."""
         kind = message["type"]
         if kind == "heartbeat":
             return self._heartbeat(message)
@@ -76,30 +56,34 @@ class Arbiter:
 
     def _heartbeat(self, message):
         node = message["node"]
-        if node not in self.nodes:
-            raise protocol.ProtocolError(f"unknown node {node!r} (configured: {', '.join(self.nodes)})")
+        if node not in self.topology:
+            raise protocol.ProtocolError(f"unknown node {node!r} "
+                                         f"(configured: {', '.join(self.topology.members)})")
         with self.lock:
-            outcome = decision.on_heartbeat(self.state, self.memory, self.nodes, node, message["epoch"],
+            outcome = decision.on_heartbeat(self.state, self.memory, self.topology, node, message["epoch"],
                                             message["report"], self.clock(), self.timings)
             if outcome.state != self.state:
-                self._save(outcome.state)   # durable before anyone hears of it (invariant 3)
+                # Durable before anyone hears of it (invariant 3).
+                self.store.save(outcome.state, expected_epoch=self.state.epoch)
             self.state, self.memory = outcome.state, outcome.memory
         for level, text in outcome.events:
             getattr(log, level)(text)
-        return outcome.instruction
+        return outcome.instruction.to_wire()
 
     def _status(self):
         with self.lock:
             now = self.clock()
-            nodes = {name: {"last_seen_ago": round(now - self.memory.last_seen[name], 3)
-                            if name in self.memory.last_seen else None,
-                            "report": self.memory.reports.get(name)} for name in self.nodes}
+            nodes = {}
+            for name in self.topology.members:
+                seen, report = self.memory.last_seen.get(name), self.memory.reports.get(name)
+                nodes[name] = {"last_seen_ago": None if seen is None else round(now - seen, 3),
+                               "report": None if report is None else report.to_wire()}
             return {"type": "status", **asdict(self.state), "nodes": nodes,
                     "switchover_to": self.memory.switchover_to}
 
     def _switchover(self, target):
         with self.lock:
-            memory, error = decision.request_switchover(self.state, self.memory, self.nodes, target)
+            memory, error = decision.request_switchover(self.state, self.memory, self.topology, target)
             self.memory = memory
         if error:
             return {"type": "error", "error": f"switchover refused: {error}"}

@@ -6,8 +6,11 @@ holder's monotonic clock from the moment it *sent* the request that was
 granted, so a lease can only look shorter to its holder than to its
 grantor, never longer.
 """
+from __future__ import annotations
+
 import threading
 import time
+from typing import Any, Callable
 
 from pgha import logs
 from pgha import protocol
@@ -18,19 +21,19 @@ log = logs.get("lease")
 class Leases:
     """The primary's view: when each lease runs out (monotonic seconds)."""
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._until = {"arbiter": 0.0, "standby": 0.0}
         self._lock = threading.Lock()
 
-    def renew(self, source, sent_at, duration):
+    def renew(self, source: str, sent_at: float, duration: float) -> None:
         with self._lock:
             self._until[source] = max(self._until[source], sent_at + duration)
 
-    def remaining(self, source):
+    def remaining(self, source: str) -> float:
         return max(0.0, self._until[source] - self.clock())
 
-    def held(self):
+    def held(self) -> bool:
         now = self.clock()
         return any(until > now for until in self._until.values())
 
@@ -44,26 +47,26 @@ class Grants:
     never get a new lease from this standby behind the arbiter's back.
     """
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._lock = threading.Lock()
         self._until = 0.0
         self._paused = False
-        self._allowed = None     # (primary name, epoch) we may grant to, from the arbiter
+        self._allowed: tuple[str, int] | None = None     # (primary name, epoch) we may grant to, from the arbiter
 
-    def follow(self, primary, epoch):
+    def follow(self, primary: str, epoch: int) -> None:
         """The arbiter says: stay standby of `primary` at `epoch`; grants may resume."""
         with self._lock:
             self._allowed = (primary, epoch)
             self._paused = False
 
-    def stop(self):
+    def stop(self) -> None:
         """We are no longer anyone's standby: grant nothing."""
         with self._lock:
             self._allowed = None
             self._paused = True
 
-    def request(self, node, epoch, duration):
+    def request(self, node: str, epoch: int, duration: float) -> tuple[bool, str | None]:
         with self._lock:
             if self._paused:
                 return False, "grants paused until the arbiter confirms the primary"
@@ -72,7 +75,7 @@ class Grants:
             self._until = max(self._until, self.clock() + duration)
             return True, None
 
-    def remaining_for_report(self):
+    def remaining_for_report(self) -> float:
         """Seconds of grant outstanding; at zero, pause grants before saying so."""
         with self._lock:
             remaining = max(0.0, self._until - self.clock())
@@ -82,7 +85,9 @@ class Grants:
 
 
 class _PeerHandler(protocol.LineHandler):
-    def answer(self, message):
+    server: PeerServer
+
+    def answer(self, message: dict[str, Any]) -> dict[str, Any]:
         if message["type"] != "lease":
             raise protocol.ProtocolError(f"the lease link does not serve {message['type']!r}")
         granted, reason = self.server.grants.request(message["node"], message["epoch"], self.server.duration())
@@ -92,7 +97,7 @@ class _PeerHandler(protocol.LineHandler):
 class PeerServer(protocol.LineServer):
     idle_timeout = 10.0
 
-    def __init__(self, host, port, grants, duration):
+    def __init__(self, host: str, port: int, grants: Grants, duration: Callable[[], float]) -> None:
         self.grants = grants
         self.duration = duration    # callable: the cluster's lease time, from the arbiter
         super().__init__((host, port), _PeerHandler)
@@ -101,28 +106,30 @@ class PeerServer(protocol.LineServer):
 class LeaseRenewer(threading.Thread):
     """On the primary: asks the standby for a lease every heartbeat."""
 
-    def __init__(self, name, leases, target, interval):
+    def __init__(self, name: str, leases: Leases,
+                 target: Callable[[], tuple[str, int, int, float] | None],
+                 interval: Callable[[], float]) -> None:
         super().__init__(daemon=True, name="lease-renewer")
         self.node_name = name
         self.leases = leases
         self.target = target        # callable -> (host, port, epoch, duration) or None
         self.interval = interval    # callable -> seconds
         self._stop = threading.Event()
-        self._conn = None
-        self._address = None
+        self._conn: protocol.Connection | None = None
+        self._address: tuple[str, int] | None = None
 
-    def run(self):
+    def run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
             self._renew_once()
             self._stop.wait(max(0.0, self.interval() - (time.monotonic() - started)))
 
-    def _renew_once(self):
+    def _renew_once(self) -> None:
         target = self.target()
         if target is None:
             return
         host, port, epoch, duration = target
-        if self._address != (host, port):
+        if self._conn is None or self._address != (host, port):
             if self._conn:
                 self._conn.close()
             self._conn = protocol.Connection(host, port, timeout=min(1.0, duration / 3))
@@ -135,5 +142,5 @@ class LeaseRenewer(threading.Thread):
         if reply.get("type") == "grant" and reply.get("granted"):
             self.leases.renew("standby", sent_at, duration)
 
-    def stop(self):
+    def stop(self) -> None:
         self._stop.set()

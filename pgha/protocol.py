@@ -4,6 +4,7 @@ One JSON object per line (UTF-8, ending in "\\n"), at most MAX_FRAME bytes.
 Every message carries "v" (the protocol version) and "type".
 
 node -> arbiter   {"v":1,"type":"heartbeat","node":NAME,"epoch":N,"report":{...}}
+                  (validate_request parses the report into a messages.Report)
 arbiter -> node   {"v":1,"type":"instruction","epoch":N,"role":...,...}
 tool -> arbiter   {"v":1,"type":"status"} | {"v":1,"type":"switchover","to":NAME}
 node -> node      {"v":1,"type":"lease","node":NAME,"epoch":N}
@@ -11,12 +12,16 @@ node -> node      {"v":1,"type":"lease","node":NAME,"epoch":N}
 any error         {"v":1,"type":"error","error":TEXT}; after a protocol error
                   (malformed, oversized, unknown) the server closes the connection.
 """
+from __future__ import annotations
+
 import json
 import socket
 import socketserver
+from typing import IO, Any, Protocol
 
 from pgha import logs
 from pgha.errors import ProtocolError
+from pgha.messages import Report, check_type
 
 log = logs.get("protocol")
 
@@ -25,14 +30,14 @@ MAX_FRAME = 64 * 1024
 REQUEST_TYPES = {"heartbeat", "status", "switchover", "lease"}
 
 
-def encode(message):
+def encode(message: dict[str, Any]) -> bytes:
     data = json.dumps({"v": VERSION, **message}, separators=(",", ":")).encode() + b"\n"
     if len(data) > MAX_FRAME:
         raise ProtocolError(f"message of {len(data)} bytes exceeds the {MAX_FRAME}-byte frame limit")
     return data
 
 
-def decode(line):
+def decode(line: bytes) -> dict[str, Any]:
     """Parse one frame (without its newline) into a dict, or raise ProtocolError."""
     if len(line) > MAX_FRAME:
         raise ProtocolError(f"frame of {len(line)} bytes exceeds the {MAX_FRAME}-byte limit")
@@ -49,47 +54,29 @@ def decode(line):
     return message
 
 
-def validate_request(message):
-    """Check the fields a server relies on; raise ProtocolError naming the first problem."""
+def validate_request(message: dict[str, Any]) -> dict[str, Any]:
+    """Check the fields a server relies on; raise ProtocolError naming the first problem.
+
+    A heartbeat's report is parsed here, once: message["report"] becomes a
+    messages.Report, so the arbiter never sees a wire dict.
+    """
     kind = message["type"]
     if kind not in REQUEST_TYPES:
         raise ProtocolError(f"unknown message type {kind!r}")
     if kind in ("heartbeat", "lease"):
-        _require(message, "node", str)
-        _require(message, "epoch", int)
+        check_type(message.get("node"), str, "node")
+        check_type(message.get("epoch"), int, "epoch")
     if kind == "heartbeat":
-        _require(message, "report", dict)
-        validate_report(message["report"])
+        check_type(message.get("report"), dict, "report")
+        message["report"] = Report.from_wire(message["report"])
     if kind == "switchover" and message.get("to") is not None:
-        _require(message, "to", str)
+        check_type(message["to"], str, "to")
     return message
 
 
-NUMBER = (int, float)
-OPTIONAL_STR = (str, type(None))
-REPORT_FIELDS = {
-    "pg": str, "role": OPTIONAL_STR, "lsn": int, "receive_lsn": int, "timeline": (int, type(None)),
-    "sync_standby": OPTIONAL_STR, "receiver": OPTIONAL_STR, "syncrep_wait": NUMBER, "replication": list,
-    "address": dict, "relinquished": bool, "grant_remaining": NUMBER, "lease_remaining": dict, "error": str,
-}
-ADDRESS_FIELDS = {"host": str, "pg_port": int, "peer_port": int, "slot": str}
-REPLICATION_FIELDS = {"name": OPTIONAL_STR, "state": OPTIONAL_STR, "sync_state": OPTIONAL_STR,
-                      "flush_lsn": int, "reply_age": NUMBER}
-
-
-def validate_report(report):
-    """A node's report: known fields must have the right types (unknown ones are ignored)."""
-    _check_fields(report, REPORT_FIELDS, "report")
-    if "address" in report:
-        _check_fields(report["address"], ADDRESS_FIELDS, "report.address", required=True)
-    for row in report.get("replication", []):
-        if not isinstance(row, dict):
-            raise ProtocolError("report.replication must hold objects")
-        _check_fields(row, REPLICATION_FIELDS, "report.replication[]")
-
-
-def valid_instruction(reply):
-    """An arbiter's instruction carries the fields a node acts on."""
+def valid_instruction(reply: dict[str, Any]) -> bool:
+    """An arbiter's instruction carries the fields a node acts on.
+    (Kept for pgha/node.py until it parses replies with messages.Instruction.from_wire.)"""
     if type(reply.get("epoch")) is not int or reply.get("role") not in ("primary", "standby", "wait"):
         return False
     if reply["role"] == "standby":
@@ -99,25 +86,11 @@ def valid_instruction(reply):
     return True
 
 
-def _check_fields(obj, fields, where, required=False):
-    for name, kind in fields.items():
-        if name not in obj:
-            if required:
-                raise ProtocolError(f"{where} needs field {name!r}")
-            continue
-        _require(obj, name, kind, where)
+class LineReader(Protocol):
+    def readline(self, size: int, /) -> bytes: ...
 
 
-def _require(message, field, kind, where="message"):
-    value = message.get(field)
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
-        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
-        raise ProtocolError(f"{where} field {field!r} must be {names}, got {shown}")
-
-
-def read_frame(sock_file):
+def read_frame(sock_file: LineReader) -> dict[str, Any] | None:
     """Read one line from a binary file object; None at a clean end of stream."""
     line = sock_file.readline(MAX_FRAME + 1)
     if not line:
@@ -136,15 +109,15 @@ class Connection:
     request opens a new one.
     """
 
-    def __init__(self, host, port, timeout):
+    def __init__(self, host: str, port: int, timeout: float) -> None:
         self.address = (host, port)
         self.timeout = timeout
-        self._sock = None
-        self._file = None
+        self._sock: socket.socket | None = None
+        self._file: IO[bytes] | None = None
 
-    def request(self, message):
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
         try:
-            if self._sock is None:
+            if self._sock is None or self._file is None:
                 self._sock = socket.create_connection(self.address, timeout=self.timeout)
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._file = self._sock.makefile("rb")
@@ -157,17 +130,18 @@ class Connection:
             self.close()
             raise
 
-    def close(self):
+    def close(self) -> None:
         if self._sock is not None:
             try:
-                self._file.close()
+                if self._file is not None:
+                    self._file.close()
                 self._sock.close()
             except OSError:
                 pass
         self._sock = self._file = None
 
 
-def call(host, port, message, timeout=3.0):
+def call(host: str, port: int, message: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
     """One request on a fresh connection (for tools and tests)."""
     conn = Connection(host, port, timeout)
     try:
@@ -184,10 +158,10 @@ class LineHandler(socketserver.StreamRequestHandler):
     one log line, and the connection is closed; other clients are unaffected.
     """
 
-    def answer(self, message):
+    def answer(self, message: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def handle(self):
+    def handle(self) -> None:
         self.connection.settimeout(getattr(self.server, "idle_timeout", 30.0))
         peer = "%s:%s" % self.client_address[:2]
         while True:
@@ -205,7 +179,7 @@ class LineHandler(socketserver.StreamRequestHandler):
             if not self._send(reply):
                 return
 
-    def _send(self, message):
+    def _send(self, message: dict[str, Any]) -> bool:
         try:
             self.wfile.write(encode(message))
             return True

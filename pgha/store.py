@@ -1,21 +1,41 @@
-"""Durable files: write to a temporary file, fsync, rename, fsync the folder.
+"""Durable storage: JSON files written safely, and the arbiter's decision store.
 
-A reader sees either the old content or the new, never a torn write, and
-once save() returns the new content survives a crash or power loss.
+save_json/load_json: write to a temporary file, fsync, rename, fsync the
+folder. A reader sees either the old content or the new, never a torn write,
+and once save_json() returns the new content survives a crash or power loss.
+
+StateStore: where the arbiter keeps its decision (epoch, primary,
+promotable). The arbiter uses only this interface; FileStore is today's
+implementation, one JSON file.
 """
+from __future__ import annotations
+
+import fcntl
 import json
 import os
+from abc import ABC, abstractmethod
+from typing import Any
+
+from pgha.decision import ClusterState
 
 
-def save_json(path, data):
+def save_json(path: str, data: Any) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # The old file is untouched; leave no half-written temporary behind.
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -23,10 +43,115 @@ def save_json(path, data):
         os.close(dir_fd)
 
 
-def load_json(path):
+def load_json(path: str) -> Any:
     """The saved object, or None when there is no file yet."""
     try:
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
         return None
+
+
+class StateStoreError(Exception):
+    """The decision cannot be read or written; the message says where and why, on one line."""
+
+
+class StaleStateError(StateStoreError):
+    """Compare-and-set refused: another writer saved a decision first."""
+
+
+class StateStore(ABC):
+    """The arbiter's durable decision."""
+
+    @abstractmethod
+    def load(self) -> ClusterState | None:
+        """The saved decision, or None on a first start (nothing saved yet).
+        Raises StateStoreError when it cannot be read or is damaged."""
+
+    @abstractmethod
+    def save(self, new: ClusterState, expected_epoch: int | None) -> None:
+        """Store `new` durably, only if the stored decision still has
+        `expected_epoch` (None: nothing stored yet). Raises StaleStateError,
+        writing nothing, when it does not; StateStoreError when it cannot write.
+        When save() returns, the decision survives a crash (invariant 3)."""
+
+
+def check_state(value: Any) -> ClusterState | None:
+    """A ClusterState from its stored form, or None if any field is missing or
+    of the wrong type. Checked, not coerced: bool("false") is True, and a wrong
+    guess here could promote a standby that lacks commits."""
+    if not isinstance(value, dict):
+        return None
+    epoch, primary, promotable = value.get("epoch"), value.get("primary"), value.get("promotable")
+    if type(epoch) is int and epoch >= 1 and isinstance(primary, str) and primary \
+            and type(promotable) is bool:
+        return ClusterState(epoch=epoch, primary=primary, promotable=promotable)
+    return None
+
+
+def state_to_stored(state: ClusterState) -> dict[str, Any]:
+    """The stored form of `state`; a TypeError for anything load() would call damaged."""
+    if not isinstance(state, ClusterState):
+        raise TypeError(f"not a ClusterState: {state!r}")
+    stored = {"epoch": state.epoch, "primary": state.primary, "promotable": state.promotable}
+    if check_state(stored) != state:
+        raise TypeError(f"not a valid cluster state: {state!r}")
+    return stored
+
+
+class FileStore(StateStore):
+    """One JSON file, replaced durably (save_json). Compare-and-set holds an
+    exclusive lock on the file's folder, so two processes pointed at the same
+    file cannot both win the same epoch."""
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+
+    def __str__(self) -> str:
+        return self.path
+
+    def load(self) -> ClusterState | None:
+        try:
+            saved = load_json(self.path)
+        except (OSError, ValueError) as exc:
+            raise StateStoreError(f"cannot read state file {self.path}: {_one_line(exc)}") from None
+        if saved is None and not os.path.exists(self.path):
+            return None
+        state = check_state(saved)
+        if state is None:
+            shown = repr(saved) if len(repr(saved)) <= 100 else repr(saved)[:100] + "..."
+            raise StateStoreError(f"state file {self.path} is damaged: {_one_line(shown)}")
+        return state
+
+    def save(self, new: ClusterState, expected_epoch: int | None) -> None:
+        stored = state_to_stored(new)
+        try:
+            with _locked_folder(self.path):
+                current = self.load()
+                found = None if current is None else current.epoch
+                if found != expected_epoch:
+                    raise StaleStateError(
+                        f"state file {self.path} holds epoch {found}, expected {expected_epoch}: "
+                        "another writer saved a decision first; not overwriting it")
+                save_json(self.path, stored)
+        except OSError as exc:
+            raise StateStoreError(f"cannot write state file {self.path}: {_one_line(exc)}") from None
+
+
+class _locked_folder:
+    """An exclusive flock on the folder holding `path` (no lock file to leave behind)."""
+
+    def __init__(self, path: str) -> None:
+        self.folder = os.path.dirname(os.path.abspath(path))
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.folder, os.O_RDONLY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)      # releases the lock
+
+
+def _one_line(value: object) -> str:
+    return " ".join(str(value).split())

@@ -4,12 +4,14 @@ import json
 import os
 import socket
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from pgha import arbiter as arbiter_server, protocol, store
+from pgha import arbiter as arbiter_server, protocol, settings, store
 from pgha.arbiter import Arbiter, ArbiterServer, StateFileError
+from pgha.decision import ClusterState
 
 P, S = "pgsql-1", "pgsql-2"
 
@@ -25,8 +27,13 @@ class FakeClock:
         self.now += seconds
 
 
+DEFAULT_SETTINGS = Path(__file__).resolve().parents[2] / "arbiter_settings.py"
+
+
 def make_settings(state_file, **overrides):
-    values = dict(nodes=[P, S], initial_primary=P, state_file=str(state_file), heartbeat_interval=0.5,
+    """The user's default settings, with the values these tests are written for."""
+    values = vars(settings.load(DEFAULT_SETTINGS, settings.ARBITER_SPECS))
+    values.update(nodes=[P, S], initial_primary=P, state_file=str(state_file), heartbeat_interval=0.5,
                   lease_time=3.0, failover_margin=1.0, strict_sync=False, sync_stall_timeout=1.5,
                   standby_reply_timeout=2.0)
     values.update(overrides)
@@ -141,7 +148,8 @@ def test_heartbeats_and_status_over_the_wire(running):
     status = c.ask({"type": "status"})
     assert (status["type"], status["epoch"], status["primary"], status["promotable"]) == ("status", 1, P, False)
     assert status["nodes"][P]["last_seen_ago"] == 0.25 and status["nodes"][S]["last_seen_ago"] == 0.0
-    assert status["nodes"][S]["report"] == standby_report()
+    # The node's report, as a wire dict: every field it sent, with its value (parsing adds defaults).
+    assert status["nodes"][S]["report"].items() >= standby_report().items()
 
 
 BAD_CLIENTS = [
@@ -372,3 +380,36 @@ def test_a_bad_report_from_one_node_does_not_break_the_other(running):
     c.ask(heartbeat(S, 1, {**standby_report(), "address": "127.0.0.1:5432"}))
     reply = running.client().ask(heartbeat(P, 1, primary_report()))
     assert reply is not None and reply["role"] == "primary"
+
+
+# -- another writer on the same state -------------------------------------------------------------
+
+def test_a_decision_refused_by_compare_and_set_is_never_announced(running):
+    """Someone else stored a newer decision: the arbiter must not overwrite it nor announce its own."""
+    c = running.client()
+    running.make_promotable(c)
+    store.FileStore(str(running.state_file)).save(
+        ClusterState(epoch=5, primary=S, promotable=False), expected_epoch=1)
+    running.clock.advance(4.5)
+    reply = c.ask(heartbeat(S, 1, standby_report()))
+    assert reply == {"v": 1, "type": "error", "error": "arbiter cannot store its decision"}
+    assert (running.arbiter.state.epoch, running.arbiter.state.primary) == (1, P)
+    assert running.saved() == {"epoch": 5, "primary": S, "promotable": False}
+
+
+def test_the_arbiter_uses_any_state_store(tmp_path):
+    class MemoryStore(store.StateStore):
+        def __init__(self):
+            self.saved = []
+
+        def load(self):
+            return self.saved[-1] if self.saved else None
+
+        def save(self, new, expected_epoch):
+            assert expected_epoch == (self.saved[-1].epoch if self.saved else None)
+            self.saved.append(new)
+
+    memory_store = MemoryStore()
+    arbiter = Arbiter(make_settings(tmp_path / "unused.json"), clock=FakeClock(), state_store=memory_store)
+    assert memory_store.saved == [arbiter.state] and arbiter.state.epoch == 1
+    assert os.listdir(tmp_path) == []

@@ -1,57 +1,72 @@
 """The arbiter's decision rules (pgha/decision.py), table-driven.
 
 Two nodes, "a" (the primary unless a test says otherwise) and "b". Timings are
-the defaults: heartbeat 0.5 s, lease 3 s, margin 1 s (so a silent primary may
-be replaced after 4 s), sync stall 1.5 s, standby reply timeout 2 s.
+pinned here: heartbeat 0.5 s, lease 3 s, margin 1 s (so a silent primary may
+be replaced after 4 s), sync stall 1.5 s, standby reply timeout 2 s; any
+other timing keeps the default of arbiter_settings.py.
 """
 import random
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from pgha.decision import (ClusterState, Memory, Timings, on_heartbeat, other,
-                           request_switchover)
+from pgha import settings
+from pgha.decision import ClusterState, Memory, Timings, on_heartbeat, request_switchover
+from pgha.messages import Address, Instruction, Report, ReplicationRow
+from pgha.topology import Topology
 
-NODES = ("a", "b")
-T = Timings()
-STRICT = Timings(strict_sync=True)
+TOPOLOGY = Topology(("a", "b"))
+NODES = TOPOLOGY.members
+DEFAULT_SETTINGS = Path(__file__).resolve().parents[2] / "arbiter_settings.py"
+
+
+def pinned_timings(**overrides):
+    """The timings these tables are written for, on top of the user's defaults."""
+    defaults = Timings.from_settings(settings.load(DEFAULT_SETTINGS, settings.ARBITER_SPECS))
+    pinned = dict(heartbeat_interval=0.5, lease_time=3.0, failover_margin=1.0, sync_stall_timeout=1.5,
+                  standby_reply_timeout=2.0, strict_sync=False)
+    return replace(defaults, **{**pinned, **overrides})
+
+
+T = pinned_timings()
+STRICT = pinned_timings(strict_sync=True)
 LEASE_PLUS_MARGIN = T.lease_time + T.failover_margin   # 4.0
 NOW = 100.0
 
 
-# -- building blocks ----------------------------------------------------------
+# -- building blocks: typed reports, as Report.from_wire would give them ----------
 
 def address(name):
-    return {"host": f"{name}.example", "pg_port": 5432, "peer_port": 5433, "slot": f"slot_{name}"}
+    return Address(host=f"{name}.example", pg_port=5432, peer_port=5433, slot=f"slot_{name}")
 
 
 def row(state="streaming", sync_state="sync", flush_lsn=1000, reply_age=0.1, name="b"):
-    return {"name": name, "state": state, "sync_state": sync_state, "flush_lsn": flush_lsn,
-            "reply_age": reply_age}
+    return ReplicationRow(name=name, state=state, sync_state=sync_state, flush_lsn=flush_lsn,
+                          reply_age=reply_age)
 
 
 def primary_report(pg="running", role="primary", lsn=1000, sync_standby="b", syncrep_wait=0.0,
                    replication="default", relinquished=False, name="a"):
     if replication == "default":
         replication = [row()]
-    report = {"pg": pg, "address": address(name), "relinquished": relinquished, "grant_remaining": 0.0}
+    report = Report(pg=pg, address=address(name), relinquished=relinquished, grant_remaining=0.0)
     if pg == "running":
-        report.update(role=role, lsn=lsn, sync_standby=sync_standby, syncrep_wait=syncrep_wait,
-                      replication=replication if role == "primary" else [])
+        report = replace(report, role=role, lsn=lsn, sync_standby=sync_standby, syncrep_wait=syncrep_wait,
+                         replication=tuple(replication) if role == "primary" else ())
     return report
 
 
 def standby_report(pg="running", role="standby", grant_remaining=0.0, relinquished=False, name="b"):
-    report = {"pg": pg, "address": address(name), "relinquished": relinquished,
-              "grant_remaining": grant_remaining}
+    report = Report(pg=pg, address=address(name), relinquished=relinquished, grant_remaining=grant_remaining)
     if pg == "running":
-        report.update(role=role, lsn=900, sync_standby=None, syncrep_wait=0.0, replication=[])
+        report = replace(report, role=role, lsn=900, sync_standby=None, syncrep_wait=0.0, replication=())
     return report
 
 
 def steady_memory(primary_seen_at=NOW, standby_seen_at=NOW, primary="a", **fields):
     """Both nodes have reported: the primary a healthy sync standby, the standby no grant."""
-    standby = other(NODES, primary)
+    standby = TOPOLOGY.standby_of(primary)
     return Memory(last_seen={primary: primary_seen_at, standby: standby_seen_at},
                   reports={primary: primary_report(name=primary, replication=[row(name=standby)],
                                                    sync_standby=standby),
@@ -101,42 +116,42 @@ FAILOVER_TABLE = [
 def test_standby_heartbeat_failover_rule(promotable, silent, report, node_epoch, promote):
     state = ClusterState(epoch=3, primary="a", promotable=promotable)
     memory = steady_memory(primary_seen_at=NOW - silent, standby_seen_at=NOW - 0.5)
-    outcome = on_heartbeat(state, memory, NODES, "b", node_epoch, report, NOW, T)
+    outcome = on_heartbeat(state, memory, TOPOLOGY, "b", node_epoch, report, NOW, T)
 
     if promote:
         assert_failover(state, outcome, "b")
         i = outcome.instruction
-        assert (i["role"], i["epoch"], i["standby"], i["relinquish"]) == ("primary", 4, "a", False)
-        assert i["sync_standby"] is None          # nothing known about the old primary yet
-        assert i["standby_address"] == address("a")
+        assert (i.role, i.epoch, i.standby, i.relinquish) == ("primary", 4, "a", False)
+        assert i.sync_standby is None          # nothing known about the old primary yet
+        assert i.standby_address == address("a")
         assert outcome.memory.primary_seen_at == NOW   # the new primary's lease starts now
     else:
         assert outcome.state == state
         assert failover_events(outcome) == []
         if node_epoch > state.epoch:
-            assert outcome.instruction["role"] == "wait"
-            assert "state lost" in outcome.instruction["reason"]
+            assert outcome.instruction.role == "wait"
+            assert "state lost" in outcome.instruction.reason
             assert [level for level, _ in outcome.events] == ["error"]
         else:
             i = outcome.instruction
-            assert (i["role"], i["epoch"], i["primary"]) == ("standby", 3, "a")
-            assert i["primary_address"] == address("a")
+            assert (i.role, i.epoch, i.primary) == ("standby", 3, "a")
+            assert i.primary_address == address("a")
     # The heartbeat is remembered either way.
     assert outcome.memory.last_seen["b"] == NOW and outcome.memory.reports["b"] == report
 
 
 def test_standby_instruction_carries_timings():
-    outcome = on_heartbeat(ClusterState(1, "a"), steady_memory(), NODES, "b", 1, standby_report(), NOW, T)
-    assert outcome.instruction["lease_time"] == T.lease_time
-    assert outcome.instruction["heartbeat_interval"] == T.heartbeat_interval
+    outcome = on_heartbeat(ClusterState(1, "a"), steady_memory(), TOPOLOGY, "b", 1, standby_report(), NOW, T)
+    assert outcome.instruction.lease_time == T.lease_time
+    assert outcome.instruction.heartbeat_interval == T.heartbeat_interval
 
 
 def test_standby_waits_until_the_primary_has_reported():
     memory = Memory.at_start(NOW)
-    outcome = on_heartbeat(ClusterState(1, "a"), memory, NODES, "b", 1, standby_report(), NOW, T)
-    assert outcome.instruction["role"] == "wait"
-    assert outcome.instruction["epoch"] == 1
-    assert "a" in outcome.instruction["reason"]
+    outcome = on_heartbeat(ClusterState(1, "a"), memory, TOPOLOGY, "b", 1, standby_report(), NOW, T)
+    assert outcome.instruction.role == "wait"
+    assert outcome.instruction.epoch == 1
+    assert "a" in outcome.instruction.reason
 
 
 # -- arbiter restart ---------------------------------------------------------------
@@ -148,7 +163,7 @@ def test_restarted_arbiter_waits_a_full_lease_plus_margin(after, promote):
     start = 500.0
     state = ClusterState(epoch=7, primary="a", promotable=True)   # as read from disk
     memory = Memory.at_start(start)
-    outcome = on_heartbeat(state, memory, NODES, "b", 7, standby_report(), start + after, T)
+    outcome = on_heartbeat(state, memory, TOPOLOGY, "b", 7, standby_report(), start + after, T)
     if promote:
         assert_failover(state, outcome, "b")
     else:
@@ -158,10 +173,10 @@ def test_restarted_arbiter_waits_a_full_lease_plus_margin(after, promote):
 def test_restarted_arbiter_renews_the_primary_that_reports():
     state = ClusterState(epoch=7, primary="a", promotable=True)
     memory = Memory.at_start(500.0)
-    memory = on_heartbeat(state, memory, NODES, "a", 7, primary_report(), 503.0, T).memory
-    outcome = on_heartbeat(state, memory, NODES, "b", 7, standby_report(), 506.0, T)
+    memory = on_heartbeat(state, memory, TOPOLOGY, "a", 7, primary_report(), 503.0, T).memory
+    outcome = on_heartbeat(state, memory, TOPOLOGY, "b", 7, standby_report(), 506.0, T)
     assert_no_failover(state, outcome)          # 3 s since the primary, not 4
-    outcome = on_heartbeat(state, outcome.memory, NODES, "b", 7, standby_report(), 507.0, T)
+    outcome = on_heartbeat(state, outcome.memory, TOPOLOGY, "b", 7, standby_report(), 507.0, T)
     assert_failover(state, outcome, "b")
 
 
@@ -201,13 +216,13 @@ SYNC_TABLE = [
 def test_primary_heartbeat_sync_rules(timings, promotable, report, promotable_after, sync_standby, warning):
     state = ClusterState(epoch=2, primary="a", promotable=promotable)
     memory = steady_memory(primary_seen_at=NOW - 0.5)
-    outcome = on_heartbeat(state, memory, NODES, "a", 2, report, NOW, timings)
+    outcome = on_heartbeat(state, memory, TOPOLOGY, "a", 2, report, NOW, timings)
 
     assert outcome.state == replace(state, promotable=promotable_after)
     i = outcome.instruction
-    assert (i["role"], i["epoch"], i["standby"], i["relinquish"]) == ("primary", 2, "b", False)
-    assert i["sync_standby"] == sync_standby
-    assert i["standby_address"] == address("b") and i["standby_slot"] == "slot_b"
+    assert (i.role, i.epoch, i.standby, i.relinquish) == ("primary", 2, "b", False)
+    assert i.sync_standby == sync_standby
+    assert i.standby_address == address("b") and i.standby_slot == "slot_b"
     warnings = [text for level, text in outcome.events if level == "warning"]
     assert bool(warnings) == warning
     if warning:
@@ -220,14 +235,14 @@ def test_sync_is_never_dropped_while_promotable():
     """Over every row of the table: sync_standby None implies the (new, durable) state is not promotable."""
     for _, timings, promotable, report, *_ in SYNC_TABLE:
         state = ClusterState(epoch=2, primary="a", promotable=promotable)
-        outcome = on_heartbeat(state, steady_memory(), NODES, "a", 2, report, NOW, timings)
-        if outcome.instruction["sync_standby"] is None:
+        outcome = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", 2, report, NOW, timings)
+        if outcome.instruction.sync_standby is None:
             assert not outcome.state.promotable and not timings.strict_sync
 
 
 def test_stall_message_names_the_wait():
     state = ClusterState(epoch=2, primary="a", promotable=True)
-    outcome = on_heartbeat(state, steady_memory(), NODES, "a", 2, primary_report(syncrep_wait=2.0), NOW, T)
+    outcome = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", 2, primary_report(syncrep_wait=2.0), NOW, T)
     [(level, text)] = outcome.events
     assert level == "warning" and "waited 2.0s" in text
 
@@ -239,7 +254,7 @@ def test_stall_message_names_the_wait():
 def test_primary_reporting_sync_off_revokes_promotable(report):
     """Invariant 1: a primary that no longer names the standby may commit without it."""
     state = ClusterState(epoch=2, primary="a", promotable=True)
-    outcome = on_heartbeat(state, steady_memory(), NODES, "a", 2, report, NOW, T)
+    outcome = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", 2, report, NOW, T)
     assert not outcome.state.promotable
 
 
@@ -249,7 +264,7 @@ def run_primary(state, memory, reports, start=NOW, timings=T, step=0.5):
     """Feed primary heartbeats; return the outcomes."""
     outcomes = []
     for n, report in enumerate(reports):
-        outcome = on_heartbeat(state, memory, NODES, "a", state.epoch, report, start + n * step, timings)
+        outcome = on_heartbeat(state, memory, TOPOLOGY, "a", state.epoch, report, start + n * step, timings)
         outcomes.append(outcome)
         state, memory = outcome.state, outcome.memory
     return outcomes
@@ -269,7 +284,7 @@ def test_promotable_after_sync_seen_and_flush_reaches_recorded_lsn(timings):
     assert outs[1].memory.sync_since_lsn == 1000     # not moved by later reports
     assert outs[2].memory.sync_since_lsn is None
     assert [lvl for lvl, _ in outs[2].events] == ["info"] and "promotable" in outs[2].events[0][1]
-    assert all(o.instruction["sync_standby"] == "b" for o in outs)
+    assert all(o.instruction.sync_standby == "b" for o in outs)
 
 
 def test_one_report_is_never_enough():
@@ -309,12 +324,12 @@ def test_sync_on_for_another_standby_name_does_not_count():
 
 def test_after_a_drop_sync_is_held_off_for_a_lease():
     state = ClusterState(epoch=2, primary="a", promotable=True)
-    dropped = on_heartbeat(state, steady_memory(), NODES, "a", 2, primary_report(syncrep_wait=2.0), NOW, T)
+    dropped = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", 2, primary_report(syncrep_wait=2.0), NOW, T)
     assert not dropped.state.promotable and dropped.memory.sync_dropped_at == NOW
     healthy = primary_report(sync_standby=None, replication=[row(sync_state="async")])
     for later, wanted in [(1.0, None), (T.lease_time - 0.01, None), (T.lease_time, "b"), (10.0, "b")]:
-        outcome = on_heartbeat(dropped.state, dropped.memory, NODES, "a", 2, healthy, NOW + later, T)
-        assert outcome.instruction["sync_standby"] == wanted, later
+        outcome = on_heartbeat(dropped.state, dropped.memory, TOPOLOGY, "a", 2, healthy, NOW + later, T)
+        assert outcome.instruction.sync_standby == wanted, later
 
 
 # -- the primary hands over (relinquish) ---------------------------------------------
@@ -344,20 +359,20 @@ def test_relinquish_fails_over_at_once_only_to_a_healthy_promotable_standby(prom
     else:
         memory = replace(memory, reports={**memory.reports, "b": report},
                          last_seen={**memory.last_seen, "b": NOW - standby_age})
-    outcome = on_heartbeat(state, memory, NODES, "a", 5, primary_report(pg="stopped", relinquished=True), NOW, T)
+    outcome = on_heartbeat(state, memory, TOPOLOGY, "a", 5, primary_report(pg="stopped", relinquished=True), NOW, T)
 
     assert outcome.memory.switchover_to is None
     if handover:
         assert_failover(state, outcome, "b")
         i = outcome.instruction
-        assert (i["role"], i["epoch"], i["primary"], i["primary_address"]) == ("standby", 6, "b", address("b"))
+        assert (i.role, i.epoch, i.primary, i.primary_address) == ("standby", 6, "b", address("b"))
     else:
         assert outcome.state == state
         assert failover_events(outcome) == []
         [(level, text)] = outcome.events
         assert level == "warning" and "cannot take over" in text
         i = outcome.instruction
-        assert (i["role"], i["epoch"], i["relinquish"]) == ("primary", 5, False)   # start again
+        assert (i.role, i.epoch, i.relinquish) == ("primary", 5, False)   # start again
 
 
 # -- switchover requests -------------------------------------------------------------
@@ -370,26 +385,26 @@ def test_relinquish_fails_over_at_once_only_to_a_healthy_promotable_standby(prom
 ], ids=["not-promotable-default", "not-promotable-named", "unknown-node", "already-primary"])
 def test_switchover_refused(promotable, target, error):
     memory = steady_memory()
-    new_memory, problem = request_switchover(ClusterState(3, "a", promotable), memory, NODES, target)
+    new_memory, problem = request_switchover(ClusterState(3, "a", promotable), memory, TOPOLOGY, target)
     assert error in problem
     assert new_memory == memory
-    primary = on_heartbeat(ClusterState(3, "a", promotable), new_memory, NODES, "a", 3, primary_report(), NOW, T)
-    assert primary.instruction["relinquish"] is False
+    primary = on_heartbeat(ClusterState(3, "a", promotable), new_memory, TOPOLOGY, "a", 3, primary_report(), NOW, T)
+    assert primary.instruction.relinquish is False
 
 
 @pytest.mark.parametrize("target", [None, "b"], ids=["default-target", "named-target"])
 def test_switchover_accepted_leads_to_relinquish_and_handover(target):
     state = ClusterState(3, "a", promotable=True)
-    memory, problem = request_switchover(state, steady_memory(), NODES, target)
+    memory, problem = request_switchover(state, steady_memory(), TOPOLOGY, target)
     assert problem is None and memory.switchover_to == "b"
 
-    standby = on_heartbeat(state, memory, NODES, "b", 3, standby_report(), NOW + 0.1, T)
-    assert standby.instruction["role"] == "standby" and "relinquish" not in standby.instruction
-    primary = on_heartbeat(state, standby.memory, NODES, "a", 3, primary_report(), NOW + 0.2, T)
-    assert primary.instruction["relinquish"] is True
+    standby = on_heartbeat(state, memory, TOPOLOGY, "b", 3, standby_report(), NOW + 0.1, T)
+    assert standby.instruction.role == "standby" and "relinquish" not in standby.instruction.to_wire()
+    primary = on_heartbeat(state, standby.memory, TOPOLOGY, "a", 3, primary_report(), NOW + 0.2, T)
+    assert primary.instruction.relinquish is True
     assert primary.state == state                                  # nothing changes yet
 
-    done = on_heartbeat(primary.state, primary.memory, NODES, "a", 3,
+    done = on_heartbeat(primary.state, primary.memory, TOPOLOGY, "a", 3,
                         primary_report(pg="stopped", relinquished=True), NOW + 0.7, T)
     assert_failover(state, done, "b")
     assert done.memory.switchover_to is None
@@ -397,10 +412,10 @@ def test_switchover_accepted_leads_to_relinquish_and_handover(target):
 
 def test_switchover_relinquish_withdrawn_when_promotable_drops():
     state = ClusterState(3, "a", promotable=True)
-    memory, _ = request_switchover(state, steady_memory(), NODES, "b")
-    outcome = on_heartbeat(state, memory, NODES, "a", 3, primary_report(replication=[]), NOW, T)
+    memory, _ = request_switchover(state, steady_memory(), TOPOLOGY, "b")
+    outcome = on_heartbeat(state, memory, TOPOLOGY, "a", 3, primary_report(replication=[]), NOW, T)
     assert not outcome.state.promotable
-    assert outcome.instruction["relinquish"] is False
+    assert outcome.instruction.relinquish is False
 
 
 # -- a node whose epoch is newer than the arbiter's -------------------------------------
@@ -410,10 +425,9 @@ def test_switchover_relinquish_withdrawn_when_promotable_drops():
 def test_node_epoch_newer_than_arbiter_refuses_to_decide(node, report):
     state = ClusterState(epoch=2, primary="a", promotable=True)
     memory = steady_memory(primary_seen_at=NOW - 50)
-    outcome = on_heartbeat(state, memory, NODES, node, 3, report, NOW, T)
+    outcome = on_heartbeat(state, memory, TOPOLOGY, node, 3, report, NOW, T)
     assert outcome.state == state
-    assert outcome.instruction == {"type": "instruction", "epoch": 2, "role": "wait",
-                                   "reason": outcome.instruction["reason"]}
+    assert outcome.instruction == Instruction(epoch=2, role="wait", reason=outcome.instruction.reason)
     [(level, text)] = outcome.events
     assert level == "error" and "epoch 3" in text and "state file" in text
     # Not a lease renewal: a primary claiming an unknown epoch is not heard.
@@ -427,32 +441,33 @@ def _random_report(rng, node, state, lsn, chaos):
     def bad():
         return rng.random() < chaos
 
-    standby = other(NODES, node)
+    standby = TOPOLOGY.standby_of(node)
     pg = rng.choice(["stopped", "starting"]) if bad() else "running"
-    report = {"pg": pg, "address": address(node), "relinquished": bad() and rng.random() < 0.3,
-              "grant_remaining": rng.choice([0.2, 2.5]) if bad() else 0.0}
+    report = Report(pg=pg, address=address(node), relinquished=bad() and rng.random() < 0.3,
+                    grant_remaining=rng.choice([0.2, 2.5]) if bad() else 0.0)
     if pg != "running":
         return report
     is_primary = node == state.primary
     role = ("primary" if is_primary else "standby") if not bad() else rng.choice(["primary", "standby"])
-    report.update(role=role, lsn=lsn, syncrep_wait=rng.choice([1.4, 1.5, 3.0]) if bad() else 0.0,
-                  sync_standby=None if bad() else standby, replication=[])
+    report = replace(report, role=role, lsn=lsn, syncrep_wait=rng.choice([1.4, 1.5, 3.0]) if bad() else 0.0,
+                     sync_standby=None if bad() else standby, replication=())
     if role == "primary" and not bad():
-        report["replication"] = [row(name=standby,
-                                     state="catchup" if bad() else "streaming",
-                                     sync_state="async" if bad() else "sync",
-                                     flush_lsn=lsn - rng.choice([0, 0, 10, 300]),
-                                     reply_age=rng.choice([2.1, 60.0]) if bad() else rng.choice([0.0, 0.5, 1.9]))]
+        report = replace(report, replication=(
+            row(name=standby,
+                state="catchup" if bad() else "streaming",
+                sync_state="async" if bad() else "sync",
+                flush_lsn=lsn - rng.choice([0, 0, 10, 300]),
+                reply_age=rng.choice([2.1, 60.0]) if bad() else rng.choice([0.0, 0.5, 1.9])),))
     return report
 
 
 def _sync_healthy(report, standby, timings):
-    rows = [r for r in report.get("replication", []) if r["name"] == standby]
-    return (report.get("pg") == "running" and report.get("role") == "primary" and bool(rows)
-            and rows[0]["state"] == "streaming" and rows[0]["sync_state"] == "sync"
-            and rows[0]["reply_age"] <= timings.standby_reply_timeout
-            and report.get("sync_standby") == standby
-            and report.get("syncrep_wait", 0) < timings.sync_stall_timeout)
+    rows = [r for r in report.replication if r.name == standby]
+    return (report.pg == "running" and report.role == "primary" and bool(rows)
+            and rows[0].state == "streaming" and rows[0].sync_state == "sync"
+            and rows[0].reply_age <= timings.standby_reply_timeout
+            and report.sync_standby == standby
+            and report.syncrep_wait < timings.sync_stall_timeout)
 
 
 @pytest.mark.parametrize("timings", [T, STRICT], ids=["normal", "strict"])
@@ -477,13 +492,13 @@ def test_random_walk_keeps_the_invariants(timings):
             memory = Memory.at_start(now)
             primary_heard, handshake_lsn, handshake_reports = now, None, 0
         if rng.random() < 0.02:
-            memory, _ = request_switchover(state, memory, NODES, rng.choice([None, "a", "b", "zz"]))
+            memory, _ = request_switchover(state, memory, TOPOLOGY, rng.choice([None, "a", "b", "zz"]))
         node = rng.choice(NODES)
         node_epoch = state.epoch + rng.choices([0, -1, 1], [0.9, 0.08, 0.02])[0]
         report = _random_report(rng, node, state, lsn, chaos)
 
         before = state
-        outcome = on_heartbeat(state, memory, NODES, node, node_epoch, report, now, timings)
+        outcome = on_heartbeat(state, memory, TOPOLOGY, node, node_epoch, report, now, timings)
         state, memory = outcome.state, outcome.memory
         where = f"step {step}: {node} epoch {node_epoch} at {now}: {before} -> {state}"
 
@@ -498,47 +513,47 @@ def test_random_walk_keeps_the_invariants(timings):
             assert len(fo) == 1, where
             failovers[state.epoch] = failovers.get(state.epoch, 0) + 1
             if node == before.primary:                  # a hand-over
-                assert report.get("relinquished"), where
+                assert report.relinquished, where
             else:                                       # the primary went silent
                 assert node == state.primary, where
                 assert now - primary_heard >= timings.lease_time + timings.failover_margin, where
-                assert report.get("grant_remaining", 0) == 0, where
-                assert (report["pg"], report["role"]) == ("running", "standby"), where
+                assert report.grant_remaining == 0, where
+                assert (report.pg, report.role) == ("running", "standby"), where
             primary_heard, handshake_lsn, handshake_reports = now, None, 0
         else:
             assert state.primary == before.primary and fo == [], where
             if node == state.primary and node_epoch <= state.epoch:
                 primary_heard = now
                 # Our own model of the sync hand-shake.
-                if report.get("relinquished"):
+                if report.relinquished:
                     pass
                 elif before.promotable:
                     handshake_lsn, handshake_reports = None, 0
-                elif _sync_healthy(report, other(NODES, node), timings):
+                elif _sync_healthy(report, TOPOLOGY.standby_of(node), timings):
                     if handshake_lsn is None:
-                        handshake_lsn, handshake_reports = report["lsn"], 1
+                        handshake_lsn, handshake_reports = report.lsn, 1
                     else:
                         handshake_reports += 1
-                elif report.get("pg") == "running" and report.get("role") == "primary":
+                elif report.pg == "running" and report.role == "primary":
                     handshake_lsn, handshake_reports = None, 0
             if state.promotable and not before.promotable:
                 became_promotable += 1
                 assert node == state.primary and handshake_reports >= 2, where
-                assert report["replication"][0]["flush_lsn"] >= handshake_lsn, where
+                assert report.replication[0].flush_lsn >= handshake_lsn, where
                 handshake_lsn, handshake_reports = None, 0
 
         # Sync is off only when the durable state says not promotable (never in strict mode).
         i = outcome.instruction
-        if i["role"] == "primary":
-            assert i["epoch"] == state.epoch and node == state.primary, where
-            if i["sync_standby"] is None:
+        if i.role == "primary":
+            assert i.epoch == state.epoch and node == state.primary, where
+            if i.sync_standby is None:
                 assert not state.promotable and not timings.strict_sync, where
             if timings.strict_sync:
-                assert i["sync_standby"] == other(NODES, node), where
-            if i["relinquish"]:
+                assert i.sync_standby == TOPOLOGY.standby_of(node), where
+            if i.relinquish:
                 assert state.promotable, where
-        elif i["role"] == "standby":
-            assert i["epoch"] == state.epoch and i["primary"] == state.primary != node, where
+        elif i.role == "standby":
+            assert i.epoch == state.epoch and i.primary == state.primary != node, where
 
     assert all(count == 1 for count in failovers.values())
     # The walk must actually have exercised the interesting paths.

@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from pgha import protocol
+from pgha.messages import Report
 from pgha.protocol import MAX_FRAME, VERSION, ProtocolError, decode, encode, read_frame, validate_request
 
 HEARTBEAT = {"type": "heartbeat", "node": "pgsql-1", "epoch": 3, "report": {"pg": "running", "lsn": 12}}
@@ -311,3 +312,28 @@ def test_call_uses_a_fresh_connection_each_time(server_factory):
         "address-str", "port-str"])
 def test_valid_instruction(reply, ok):
     assert protocol.valid_instruction(reply) is ok
+
+
+# -- a heartbeat's report is parsed at the boundary ----------------------------------------
+
+def test_validate_request_parses_a_heartbeats_report():
+    message = validate_request({"v": VERSION, **HEARTBEAT, "report": {"pg": "running", "role": "primary",
+                                                                      "lsn": 12, "unknown": 1}})
+    assert message["report"] == Report(pg="running", role="primary", lsn=12)
+
+
+@pytest.mark.parametrize("report, problem", [
+    ({"syncrep_wait": "slow"}, "'syncrep_wait' must be int or float"),
+    ({"lsn": 1.5}, "'lsn' must be int"),
+    ({"relinquished": 1}, "'relinquished' must be bool"),
+    ({"address": "127.0.0.1:5432"}, "report.address must be an object"),
+    ({"address": {"host": "h", "pg_port": 1, "peer_port": 2}}, "needs field 'slot'"),
+    ({"replication": [1]}, "report.replication[] must be an object"),
+    ({"replication": [{"name": "b", "flush_lsn": "0/0"}]}, "'flush_lsn' must be int"),
+    ({"lease_remaining": {"arbiter": "soon"}}, "'lease_remaining'"),
+], ids=["number-as-string", "int-as-float", "bool-as-int", "address-string", "address-incomplete",
+        "row-not-object", "row-field", "lease-map"])
+def test_validate_request_rejects_a_badly_typed_report(report, problem):
+    with pytest.raises(ProtocolError) as err:
+        validate_request({"v": VERSION, **HEARTBEAT, "report": report})
+    assert problem in str(err.value)

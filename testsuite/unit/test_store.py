@@ -1,0 +1,210 @@
+"""The arbiter's state store (pgha/store.py), against the StateStore interface.
+
+Every implementation runs the interface tests through the `backend` fixture
+(today only FileStore); the file-specific ones (damaged content, a crash in
+the middle of a write) follow.
+"""
+import os
+import threading
+from dataclasses import replace
+
+import pytest
+
+from pgha import store
+from pgha.decision import ClusterState
+from pgha.store import FileStore, StaleStateError, StateStore, StateStoreError
+
+
+class FileBackend:
+    """One state file in a fresh folder; open() is a new handle on it (another writer)."""
+
+    def __init__(self, tmp_path):
+        self.path = tmp_path / "state.json"
+
+    def open(self) -> StateStore:
+        return FileStore(str(self.path))
+
+
+@pytest.fixture(params=[FileBackend], ids=["file"])
+def backend(request, tmp_path):
+    return request.param(tmp_path)
+
+
+FIRST = ClusterState(epoch=1, primary="pgsql-1", promotable=False)
+
+
+# -- the interface -------------------------------------------------------------------------
+
+def test_first_start_finds_nothing(backend):
+    assert backend.open().load() is None
+
+
+def test_save_and_load_round_trip(backend):
+    writer = backend.open()
+    writer.save(FIRST, expected_epoch=None)
+    assert writer.load() == FIRST
+    promotable = replace(FIRST, promotable=True)
+    writer.save(promotable, expected_epoch=1)         # same epoch: the standby became promotable
+    assert writer.load() == promotable
+    failed_over = ClusterState(epoch=2, primary="pgsql-2", promotable=False)
+    writer.save(failed_over, expected_epoch=1)
+    assert backend.open().load() == failed_over         # a restarted arbiter reads it back
+
+
+@pytest.mark.parametrize("stored, expected", [(None, 1), (FIRST, None), (FIRST, 2), (FIRST, 0)],
+                         ids=["nothing-stored-expected-1", "stored-expected-none", "expected-newer",
+                              "expected-older"])
+def test_compare_and_set_mismatch_is_refused_and_writes_nothing(backend, stored, expected):
+    if stored is not None:
+        backend.open().save(stored, expected_epoch=None)
+    with pytest.raises(StaleStateError) as err:
+        backend.open().save(ClusterState(epoch=5, primary="pgsql-2", promotable=True), expected_epoch=expected)
+    assert "another writer" in str(err.value) and "\n" not in str(err.value)
+    assert backend.open().load() == stored
+
+
+def test_the_second_of_two_writers_at_the_same_epoch_loses(backend):
+    a, b = backend.open(), backend.open()
+    a.save(FIRST, expected_epoch=None)
+    a.save(ClusterState(2, "pgsql-2"), expected_epoch=1)
+    with pytest.raises(StaleStateError):
+        b.save(ClusterState(2, "pgsql-1", promotable=True), expected_epoch=1)
+    assert backend.open().load() == ClusterState(2, "pgsql-2")
+
+
+def test_racing_writers_exactly_one_wins(backend):
+    backend.open().save(FIRST, expected_epoch=None)
+    names = [f"node-{n}" for n in range(8)]
+    start = threading.Barrier(len(names))
+    won, lost = [], []
+
+    def write(name):
+        writer = backend.open()
+        start.wait()
+        try:
+            writer.save(ClusterState(2, name), expected_epoch=1)
+            won.append(name)
+        except StaleStateError:
+            lost.append(name)
+
+    threads = [threading.Thread(target=write, args=(name,)) for name in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(won) == 1 and len(lost) == len(names) - 1
+    assert backend.open().load() == ClusterState(2, won[0])
+
+
+def test_a_stale_write_is_a_store_error():
+    """The arbiter reports any StateStoreError as 'cannot store its decision'."""
+    assert issubclass(StaleStateError, StateStoreError)
+
+
+@pytest.mark.parametrize("bad", [
+    ClusterState(epoch="2", primary="pgsql-1"),
+    ClusterState(epoch=2.0, primary="pgsql-1"),
+    ClusterState(epoch=True, primary="pgsql-1"),
+    ClusterState(epoch=0, primary="pgsql-1"),
+    ClusterState(epoch=1, primary=None),
+    ClusterState(epoch=1, primary=7),
+    ClusterState(epoch=1, primary=""),
+    ClusterState(epoch=1, primary="pgsql-1", promotable="false"),
+    ClusterState(epoch=1, primary="pgsql-1", promotable=1),
+    {"epoch": 1, "primary": "pgsql-1", "promotable": False},
+], ids=["epoch-str", "epoch-float", "epoch-bool", "epoch-zero", "primary-none", "primary-int", "primary-empty",
+        "promotable-str", "promotable-int", "a-dict"])
+def test_values_of_the_wrong_type_are_refused_and_nothing_is_written(backend, bad):
+    writer = backend.open()
+    with pytest.raises(TypeError):
+        writer.save(bad, expected_epoch=None)
+    assert writer.load() is None
+
+
+# -- FileStore: what is on disk ---------------------------------------------------------------
+
+def test_file_store_writes_plain_json_and_no_temporary_file(tmp_path):
+    path = tmp_path / "state.json"
+    FileStore(str(path)).save(FIRST, expected_epoch=None)
+    assert store.load_json(str(path)) == {"epoch": 1, "primary": "pgsql-1", "promotable": False}
+    assert os.listdir(tmp_path) == ["state.json"]
+
+
+def test_durable_replace_fsyncs_the_file_then_renames_then_fsyncs_the_folder(tmp_path, monkeypatch):
+    path = tmp_path / "state.json"
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(("replace", os.path.exists(a))), real_replace(a, b)))
+    FileStore(str(path)).save(FIRST, expected_epoch=None)
+    assert calls == [("fsync", False), ("replace", True), ("fsync", True)]
+
+
+@pytest.mark.parametrize("broken", ["fsync", "replace", "dump"])
+def test_a_write_that_fails_midway_leaves_the_old_file_whole(tmp_path, monkeypatch, broken):
+    path = tmp_path / "state.json"
+    writer = FileStore(str(path))
+    writer.save(FIRST, expected_epoch=None)
+    before = path.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    if broken == "dump":   # the disk fills after part of the new content was written
+        monkeypatch.setattr(store.json, "dump", lambda data, f, **kw: (f.write('{"epoch": 2, "pri'), fail()))
+    else:
+        monkeypatch.setattr(os, broken, fail)
+    with pytest.raises(StateStoreError) as err:
+        writer.save(ClusterState(2, "pgsql-2"), expected_epoch=1)
+    assert f"cannot write state file {path}" in str(err.value) and "No space left" in str(err.value)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["state.json"]          # no partial temporary file either
+    assert writer.load() == FIRST
+
+
+DAMAGED = [
+    ("not-json", "{", "cannot read state file"),
+    ("empty", "", "cannot read state file"),
+    ("binary", b"\xff\xfe\x00garbage", "cannot read state file"),
+    ("a-list", "[1, 2]", "is damaged"),
+    ("json-null", "null", "is damaged"),
+    ("key-missing", '{"epoch": 3, "primary": "pgsql-1"}', "is damaged"),
+    ("epoch-not-a-number", '{"epoch": "three", "primary": "pgsql-1", "promotable": false}', "is damaged"),
+    ("epoch-float", '{"epoch": 2.5, "primary": "pgsql-1", "promotable": false}', "is damaged"),
+    ("promotable-string", '{"epoch": 3, "primary": "pgsql-1", "promotable": "false"}', "is damaged"),
+    ("huge", '{"epoch": "' + "x" * 10000 + '"}', "is damaged"),
+]
+
+
+@pytest.mark.parametrize("content, problem", [c[1:] for c in DAMAGED], ids=[c[0] for c in DAMAGED])
+def test_a_damaged_file_is_a_clear_error_naming_it_and_is_never_overwritten(tmp_path, content, problem):
+    path = tmp_path / "state.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    writer = FileStore(str(path))
+    with pytest.raises(StateStoreError) as err:
+        writer.load()
+    message = str(err.value)
+    assert f"state file {path}" in message and problem in message
+    assert "\n" not in message and len(message) < 300
+    with pytest.raises(StateStoreError):
+        writer.save(FIRST, expected_epoch=None)
+    with pytest.raises(StateStoreError):
+        writer.save(ClusterState(4, "pgsql-2"), expected_epoch=3)
+    assert path.read_bytes() == (content if isinstance(content, bytes) else content.encode())
+
+
+def test_a_folder_in_place_of_the_file(tmp_path):
+    with pytest.raises(StateStoreError, match=f"cannot read state file {tmp_path}"):
+        FileStore(str(tmp_path)).load()
+
+
+def test_a_file_in_a_missing_folder(tmp_path):
+    writer = FileStore(str(tmp_path / "no" / "such" / "state.json"))
+    assert writer.load() is None
+    with pytest.raises(StateStoreError, match="cannot write state file"):
+        writer.save(FIRST, expected_epoch=None)
