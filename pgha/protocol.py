@@ -71,6 +71,7 @@ REPORT_FIELDS = {
     "pg": str, "role": OPTIONAL_STR, "lsn": int, "receive_lsn": int, "timeline": (int, type(None)),
     "sync_standby": OPTIONAL_STR, "receiver": OPTIONAL_STR, "syncrep_wait": NUMBER, "replication": list,
     "address": dict, "relinquished": bool, "grant_remaining": NUMBER, "lease_remaining": dict, "error": str,
+    "last_action": OPTIONAL_STR,
 }
 ADDRESS_FIELDS = {"host": str, "pg_port": int, "peer_port": int, "slot": str}
 REPLICATION_FIELDS = {"name": OPTIONAL_STR, "state": OPTIONAL_STR, "sync_state": OPTIONAL_STR,
