@@ -3,10 +3,10 @@
 Each heartbeat the node reads its PostgreSQL's status, sends it to the
 arbiter, gathers what the rules look at (a node_rules.NodeView), asks
 node_rules.decide() for one action and carries it out here, one small
-method per action. It never decides a role by itself. Two threads guard the primary:
-the watchdog fences PostgreSQL when every lease has run out, and the lease
-renewer asks the standby for its lease. The standby answers those requests
-from the peer server.
+method per action. It never decides a role by itself. Two threads guard
+the primary: the watchdog fences PostgreSQL when every lease has run out,
+and the lease renewer asks the standby for its lease. The standby answers
+those requests from the peer server.
 """
 import os
 import threading
