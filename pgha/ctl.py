@@ -36,8 +36,10 @@ def main(argv=None):
         for name, node in reply["nodes"].items():
             report = node.get("report") or {}
             seen = node.get("last_seen_ago")
+            action = report.get("last_action")
             print(f"  {name}: {report.get('pg', 'unknown')} {report.get('role') or ''}"
-                  f"{'' if seen is None else f', last report {seen:.1f}s ago'}")
+                  f"{'' if seen is None else f', last report {seen:.1f}s ago'}"
+                  f"{'' if action is None else f', last action {action}'}")
         if "-v" in (argv or sys.argv):
             print(json.dumps(reply, indent=1))
     else:

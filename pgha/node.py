@@ -1,25 +1,27 @@
 """The node's HA loop: report to the arbiter, then do what it says.
 
 Each heartbeat the node reads its PostgreSQL's status, sends it to the
-arbiter and acts on the answer: run as primary, run as standby of X, or
-wait. It never decides a role by itself. Two threads guard the primary:
-the watchdog fences PostgreSQL when every lease has run out, and the lease
-renewer asks the standby for its lease. The standby answers those requests
-from the peer server.
+arbiter, gathers what the rules look at (a node_rules.NodeView), asks
+node_rules.decide() for one action and carries it out here, one small
+method per action. It never decides a role by itself. Two threads guard
+the primary: the watchdog fences PostgreSQL when every lease has run out,
+and the lease renewer asks the standby for its lease. The standby answers
+those requests from the peer server.
 """
 import os
 import threading
 import time
+from dataclasses import replace
 
 from pgha import logs
 from pgha import protocol, store
 from pgha.lease import Grants, Leases, LeaseRenewer, PeerServer
+from pgha.messages import PG_RUNNING, PG_STOPPED, PRIMARY, STANDBY, WAIT, Instruction
+from pgha.node_rules import (CRASH_RESTART_WINDOW, STANDBY_STREAM_DEADLINE, IDLE, Action, DataDir,
+                             HandOver, NodeView, decide)
 from pgha.postgres import PostgresError
 
 log = logs.get("node")
-
-CRASH_RESTART_WINDOW = 60.0    # one quick local restart of a crashed primary per window
-STANDBY_STREAM_DEADLINE = 30.0  # a standby not streaming by then is rewound
 
 
 class Node:
@@ -32,16 +34,18 @@ class Node:
         self.arbiter = protocol.Connection(settings.arbiter_host, settings.arbiter_port, timeout=1.0)
         self.state_file = os.path.join(pg.state_dir, "node-state.json")
         self.acted_epoch = 0
-        self.instruction = None
+        self.instruction = None         # the last Instruction taken (the lease renewer reads it)
         self.lease_time = 3.0           # until the arbiter tells us the cluster's timings
         self.heartbeat_interval = 0.5
         self.acting_primary = False     # PostgreSQL runs as primary under our leases
-        self.relinquished = False       # we stopped PostgreSQL to hand over; arbiter must answer
+        self.hand_over = HandOver.NONE  # HANDED_OVER: we stopped PostgreSQL for the standby; reported
         self.last_crash_restart = -CRASH_RESTART_WINDOW
         self.upstream = None            # primary address the running standby follows
         self.standby_since = None
         self.rejoin_failures = 0       # rejoins that did not end streaming: next one clones afresh
         self.slot_ensured = None
+        self.last_action = None         # the last action other than a steady one (node_rules.IDLE)
+        self._actions = {action: getattr(self, "_" + action.value) for action in Action}
         self._said = {}
         self._stop = threading.Event()
         self._wake = threading.Event()  # run the next heartbeat now, not at the next tick
@@ -105,41 +109,81 @@ class Node:
         status = self.pg.status()
         report = self._report(status)
         sent_at = self.clock()
-        reply = self._heartbeat(report)
-        if reply is None:
+        instruction = self._heartbeat(report)
+        view = self._view(instruction, status)
+        decision = decide(view)
+        if decision.action not in IDLE:
+            self.last_action = decision.action.value
+        self._say("action", "debug" if decision.action in IDLE else "info",
+                  f"action {decision.action.value} (row {decision.row})")
+        if decision.action is Action.NO_ANSWER:
             return
-        if reply["epoch"] < self.acted_epoch:
-            self._say("arbiter", "warning", f"ignoring instruction of epoch {reply['epoch']}: this node "
+        if decision.action is Action.IGNORE_OLD_EPOCH:
+            self._say("arbiter", "warning", f"ignoring instruction of epoch {instruction.epoch}: this node "
                                             f"already acted on epoch {self.acted_epoch}")
             return
-        self.instruction = reply
-        self.lease_time = float(reply.get("lease_time", self.lease_time))
-        self.heartbeat_interval = float(reply.get("heartbeat_interval", self.heartbeat_interval))
-        role = reply["role"]
-        self._say("role", "info", f"arbiter: {role} at epoch {reply['epoch']}"
-                  + (f" of {reply.get('primary')}" if role == "standby" else "")
-                  + (f" ({reply.get('reason')})" if role == "wait" else ""))
-        if role == "primary":
+        self._take(instruction, sent_at)
+        if decision.hand_over is not self.hand_over:
+            if instruction.role == PRIMARY:
+                log.warning("the arbiter kept this node primary after it handed over: starting again")
+            self.hand_over = decision.hand_over
+        if decision.remember_epoch is not None:
+            self._remember_epoch(decision.remember_epoch)
+        self._actions[decision.action](decision)
+
+    def _take(self, instruction, sent_at):
+        """Adopt a current instruction: its timings, and the leases and grants its role calls for."""
+        self.instruction = instruction
+        self.lease_time = instruction.lease_time or self.lease_time
+        self.heartbeat_interval = instruction.heartbeat_interval or self.heartbeat_interval
+        role = instruction.role
+        self._say("role", "info", f"arbiter: {role} at epoch {instruction.epoch}"
+                  + (f" of {instruction.primary}" if role == STANDBY else "")
+                  + (f" ({instruction.reason})" if role == WAIT else ""))
+        if role == PRIMARY:
             self.leases.renew("arbiter", sent_at, self.lease_time)
             self.grants.stop()
-            self._act_primary(reply, status, report.get("relinquished", False))
-        elif role == "standby":
-            self.relinquished = False   # handed over: the arbiter has a new primary
-            self.grants.follow(reply["primary"], reply["epoch"])
-            self._act_standby(reply, status)
+        elif role == STANDBY:
+            self.grants.follow(instruction.primary, instruction.epoch)
+
+    def _view(self, instruction, status):
+        """What the rules look at. The data directory of a stopped PostgreSQL
+        is read only when the instruction may act on it."""
+        data, data_error = None, None
+        if status["pg"] == PG_STOPPED and instruction is not None and instruction.role != WAIT \
+                and instruction.epoch >= self.acted_epoch:
+            data, data_error = self._read_data_dir()
+        return NodeView(
+            now=self.clock(), instruction=instruction, acted_epoch=self.acted_epoch, pg=status["pg"],
+            running_as=status.get("role") if status["pg"] == PG_RUNNING else None,
+            data=data, data_error=data_error, acting_primary=self.acting_primary, hand_over=self.hand_over,
+            last_crash_restart=self.last_crash_restart, rejoin_failures=self.rejoin_failures,
+            upstream=self.upstream, streaming=status.get("receiver") == "streaming",
+            not_streaming_since=self.standby_since, slot_ensured=self.slot_ensured,
+            sync_standby=status.get("sync_standby"))
+
+    def _read_data_dir(self):
+        if self.pg.data_is_empty():
+            return DataDir.EMPTY, None
+        try:
+            return (DataDir.WAS_STANDBY if self.pg.was_standby() else DataDir.WAS_PRIMARY), None
+        except PostgresError as exc:
+            return DataDir.UNREADABLE, str(exc)
 
     def _report(self, status):
         report = dict(status)
         report["address"] = {"host": self.s.host, "pg_port": self.s.pg_port,
                              "peer_port": self.s.peer_port, "slot": self.s.slot_name}
-        report["relinquished"] = self.relinquished
+        report["relinquished"] = self.hand_over is HandOver.HANDED_OVER
         report["grant_remaining"] = round(self.grants.remaining_for_report(), 3)
+        report["last_action"] = self.last_action
         if self.acting_primary:
             report["lease_remaining"] = {source: round(self.leases.remaining(source), 3)
                                          for source in ("arbiter", "standby")}
         return report
 
     def _heartbeat(self, report):
+        """The arbiter's Instruction, or None (logged) when there is none to act on."""
         try:
             reply = self.arbiter.request({"type": "heartbeat", "node": self.s.name,
                                           "epoch": self.acted_epoch, "report": report})
@@ -147,181 +191,184 @@ class Node:
             self._say("arbiter", "warning", f"arbiter {self.s.arbiter_host}:{self.s.arbiter_port} "
                                             f"unreachable: {exc}")
             return None
-        if reply.get("type") != "instruction" or not protocol.valid_instruction(reply):
-            self._say("arbiter", "error", f"arbiter refused the heartbeat: {reply.get('error', reply)}")
+        try:
+            if reply.get("type") != "instruction":
+                raise protocol.ProtocolError(str(reply.get("error", reply)))
+            instruction = Instruction.from_wire(reply)
+        except protocol.ProtocolError as exc:
+            self._say("arbiter", "error", f"arbiter refused the heartbeat: {exc}")
             self.arbiter.close()
             return None
         self._say("arbiter", "info", "arbiter reachable")
-        return reply
+        return instruction
 
-    # -- primary -----------------------------------------------------------------
+    # -- actions: one method per node_rules.Action, named after its value --------
+    # The epoch (decision.remember_epoch) is already durable when these run.
 
-    def _act_primary(self, instruction, status, answered_relinquish):
-        epoch = instruction["epoch"]
-        if answered_relinquish:
-            log.warning("the arbiter kept this node primary after it handed over: starting again")
-            self.relinquished = False
-        if self.relinquished:
-            return
-        pg_state = status["pg"]
-        if pg_state == "starting":
-            return
-        if pg_state == "stopped":
-            self._start_as_primary(instruction)
-            return
-        if status["role"] == "standby":
-            self._remember_epoch(epoch)
-            log.failover("promoting this node to primary at epoch %d", epoch)
-            self.pg.write_config("primary", sync_standby=instruction.get("sync_standby"), promoting=True)
-            self.pg.promote()
-            self.acting_primary = True
-            self.slot_ensured = None
-            log.failover("this node is now the primary (epoch %d)", epoch)
-            return
-        self.acting_primary = True
-        self._remember_epoch(epoch)
-        if instruction.get("relinquish"):
-            log.failover("switchover: stopping PostgreSQL to hand over to %s", instruction.get("standby"))
-            self.pg.stop("fast")
-            self.acting_primary = False
-            self.relinquished = True
-            return
-        self._keep_sync(instruction, status)
-        slot = instruction.get("standby_slot")
-        if slot and self.slot_ensured != slot:
-            self.pg.ensure_slot(slot)
-            self.slot_ensured = slot
+    def _no_answer(self, d):
+        pass    # handled in step()
 
-    def _start_as_primary(self, instruction):
-        epoch = instruction["epoch"]
-        if self.pg.data_is_empty():
-            if epoch != 1 or self.acted_epoch > 1:
-                self._say("data", "error", f"data directory {self.pg.pgdata} is empty but this node is the "
-                                           f"primary at epoch {epoch}: refusing to create an empty cluster over "
-                                           "one that had data (restore it, or switch over to the standby)")
-                return
-            self._bootstrap_primary(instruction)
-            return
-        if self.acting_primary:
-            # PostgreSQL died under us while we are primary: one quick local
-            # restart, else hand over to the standby.
-            if self.clock() - self.last_crash_restart < CRASH_RESTART_WINDOW:
-                self._relinquish("PostgreSQL crashed again within %.0fs" % CRASH_RESTART_WINDOW)
-                return
-            self.last_crash_restart = self.clock()
-            log.warning("PostgreSQL stopped unexpectedly: restarting it as primary")
-        self._remember_epoch(epoch)
-        if self.pg.was_standby():
-            # A stopped standby becomes primary on a new timeline: start it in
-            # recovery and promote it, never just start it read-write.
-            log.failover("starting the former standby and promoting it (epoch %d)", epoch)
-            self.pg.write_config("standby")
-            self.pg.start()
-            self.pg.write_config("primary", sync_standby=instruction.get("sync_standby"), promoting=True)
-            self.pg.promote()
-        else:
-            self.pg.write_config("primary", sync_standby=instruction.get("sync_standby"))
-            try:
-                self.pg.start()
-            except PostgresError as exc:
-                self._relinquish(str(exc))
-                return
-        self.acting_primary = True
-        self.slot_ensured = None
-        log.failover("PostgreSQL running as primary (epoch %d)", epoch)
+    _ignore_old_epoch = _no_answer
 
-    def _bootstrap_primary(self, instruction):
+    def _wait(self, d):
+        pass    # the role line logged the reason
+
+    def _await_start(self, d):
+        pass
+
+    def _await_streaming(self, d):
+        pass
+
+    def _data_unreadable(self, d):
+        raise PostgresError(d.why)
+
+    # primary
+
+    def _refuse_empty(self, d):
+        self._say("data", "error", f"data directory {self.pg.pgdata} is empty but this node is the "
+                                   f"primary at epoch {self.instruction.epoch}: refusing to create an empty "
+                                   "cluster over one that had data (restore it, or switch over to the standby)")
+
+    def _bootstrap(self, d):
         log.info("empty data directory: creating a new cluster in %s", self.pg.pgdata)
-        self._remember_epoch(instruction["epoch"])
         self.pg.initdb()
-        self.pg.write_config("primary", sync_standby=None)
+        self.pg.write_settings(PRIMARY, sync_standby=None)
+        self.pg.set_recovery_signal(False)
         self.pg.start()
         self.pg.create_roles()
         self.acting_primary = True
-        log.failover("new cluster created; running as primary (epoch %d)", instruction["epoch"])
+        log.failover("new cluster created; running as primary (epoch %d)", d.remember_epoch)
 
-    def _relinquish(self, why):
-        log.failover("handing over to the standby: %s", why)
+    def _hand_over(self, d):
+        log.failover("handing over to the standby: %s", d.why)
         self.acting_primary = False
         self.pg.stop("immediate")
-        self.relinquished = True
+        self.hand_over = HandOver.HANDED_OVER
 
-    def _keep_sync(self, instruction, status):
-        wanted = instruction.get("sync_standby")
-        if status.get("sync_standby") != wanted:
-            self.pg.write_config("primary", sync_standby=wanted)
-            self.pg.reload()
-            if wanted:
-                log.info("synchronous replication on: commits wait for %s", wanted)
-            else:
-                log.warning("synchronous replication off (arbiter marked the standby not promotable)")
+    def _restart_after_crash(self, d):
+        self.last_crash_restart = self.clock()
+        log.warning("PostgreSQL stopped unexpectedly: restarting it as primary")
+        self._actions[d.then](d)
 
-    # -- standby -----------------------------------------------------------------
+    def _promote_stopped_standby(self, d):
+        log.failover("starting the former standby and promoting it (epoch %d)", d.remember_epoch)
+        self.pg.write_settings(STANDBY)     # no upstream: replay only the WAL it has
+        self.pg.set_recovery_signal(True)
+        self.pg.start()
+        self.pg.write_settings(PRIMARY, sync_standby=d.sync_standby)
+        self.pg.promote()
+        self._running_as_primary(d)
 
-    def _act_standby(self, instruction, status):
-        address = instruction["primary_address"]
-        if self.acting_primary or status.get("role") == "primary" and status["pg"] == "running":
-            log.failover("demoting: %s is the primary at epoch %d; stopping PostgreSQL to rejoin as "
-                         "its standby", instruction["primary"], instruction["epoch"])
-            self.acting_primary = False
-            self._remember_epoch(instruction["epoch"])
-            self.pg.stop("fast")
+    def _start_primary(self, d):
+        self.pg.write_settings(PRIMARY, sync_standby=d.sync_standby)
+        self.pg.set_recovery_signal(False)
+        try:
+            self.pg.start()
+        except PostgresError as exc:
+            self._hand_over(replace(d, why=str(exc)))
             return
-        self._remember_epoch(instruction["epoch"])
-        if status["pg"] == "starting":
-            return
-        if status["pg"] == "running":
-            self._keep_following(address, status)
-            return
-        self._start_as_standby(instruction["primary"], address)
+        self._running_as_primary(d)
 
-    def _keep_following(self, address, status):
-        if self.upstream != address:
-            self.pg.write_config("standby", primary_address=address)
-            self.pg.reload()
-            self.upstream, self.standby_since = address, self.clock()
-            self.pg.drop_inactive_slots()
-            return
-        if status.get("receiver") == "streaming":
-            self.standby_since = self.clock()
-            self.rejoin_failures = 0
-        elif self.clock() - self.standby_since > STANDBY_STREAM_DEADLINE:
-            log.warning("not streaming from the primary for %.0fs (diverged timeline?): stopping to "
-                        "rejoin again", STANDBY_STREAM_DEADLINE)
-            self.pg.stop("fast")
-            self.rejoin_failures += 1
+    def _running_as_primary(self, d):
+        self.acting_primary = True
+        self.slot_ensured = None
+        log.failover("PostgreSQL running as primary (epoch %d)", d.remember_epoch)
 
-    def _start_as_standby(self, primary, address):
-        """Rejoin: plain start if our data follows the primary, else pg_rewind,
-        else (or when a rewound copy still cannot follow) a fresh pg_basebackup."""
-        slot = self.s.slot_name
-        if self.pg.data_is_empty():
-            log.info("empty data directory: cloning %s with pg_basebackup", primary)
-            self.pg.prepare_upstream(address, slot)
-            self.pg.basebackup(address)
-        elif self.rejoin_failures:
-            log.failover("rejoining as standby of %s: a fresh pg_basebackup (earlier attempt could not "
-                         "follow it)", primary)
-            self.pg.prepare_upstream(address, slot)
-            self.pg.basebackup(address)
-        elif not self.pg.was_standby():
-            log.failover("rejoining as standby of %s: pg_rewind", primary)
-            self.pg.prepare_upstream(address, slot, checkpoint=True)
-            try:
-                self.pg.rewind(address)
-            except PostgresError as exc:
-                log.warning("%s; falling back to a fresh pg_basebackup", exc)
-                self.pg.basebackup(address)
+    def _promote_running_standby(self, d):
+        log.failover("promoting this node to primary at epoch %d", d.remember_epoch)
+        self.pg.write_settings(PRIMARY, sync_standby=d.sync_standby)   # standby.signal: PostgreSQL removes it
+        self.pg.promote()
+        self.acting_primary = True
+        self.slot_ensured = None
+        log.failover("this node is now the primary (epoch %d)", d.remember_epoch)
+
+    def _relinquish(self, d):
+        self.acting_primary = True
+        log.failover("switchover: stopping PostgreSQL to hand over to %s", d.why)
+        self.pg.stop("fast")
+        self.acting_primary = False
+        self.hand_over = HandOver.HANDED_OVER
+
+    def _set_sync(self, d):
+        self.acting_primary = True
+        self.pg.write_settings(PRIMARY, sync_standby=d.sync_standby)
+        self.pg.reload()
+        if d.sync_standby:
+            log.info("synchronous replication on: commits wait for %s", d.sync_standby)
         else:
-            self.pg.prepare_upstream(address, slot)
-        self.pg.write_config("standby", primary_address=address)
+            log.warning("synchronous replication off (arbiter marked the standby not promotable)")
+        if d.slot:
+            self._ensure_slot(d)
+
+    def _ensure_slot(self, d):
+        self.acting_primary = True
+        self.pg.ensure_slot(d.slot)
+        self.slot_ensured = d.slot
+
+    def _stay_primary(self, d):
+        self.acting_primary = True
+
+    # standby
+
+    def _demote(self, d):
+        log.failover("demoting: %s is the primary at epoch %d; stopping PostgreSQL to rejoin as "
+                     "its standby", d.primary, d.remember_epoch)
+        self.acting_primary = False
+        self.pg.stop("fast")
+
+    def _follow(self, d):
+        self.pg.write_settings(STANDBY, primary_address=d.address)
+        self.pg.reload()
+        self.upstream, self.standby_since = d.address, self.clock()
+        self.pg.drop_inactive_slots()
+
+    def _stay_standby(self, d):
+        self.standby_since = self.clock()
+        self.rejoin_failures = 0
+
+    def _restart_rejoin(self, d):
+        log.warning("not streaming from the primary for %.0fs (diverged timeline?): stopping to "
+                    "rejoin again", STANDBY_STREAM_DEADLINE)
+        self.pg.stop("fast")
+        self.rejoin_failures += 1
+
+    # Rejoin: plain start if our data follows the primary, else pg_rewind,
+    # else (or when a rewound copy still cannot follow) a fresh pg_basebackup.
+
+    def _clone(self, d):
+        if d.why == "empty":
+            log.info("empty data directory: cloning %s with pg_basebackup", d.primary)
+        else:
+            log.failover("rejoining as standby of %s: a fresh pg_basebackup (earlier attempt could not "
+                         "follow it)", d.primary)
+        self.pg.prepare_upstream(d.address, self.s.slot_name)
+        self.pg.basebackup(d.address)       # into a temporary folder, swapped in when complete
+        self._run_as_standby(d)
+
+    def _rewind(self, d):
+        log.failover("rejoining as standby of %s: pg_rewind", d.primary)
+        self.pg.prepare_upstream(d.address, self.s.slot_name, checkpoint=True)
+        try:
+            self.pg.rewind(d.address)
+        except PostgresError as exc:
+            log.warning("%s; falling back to a fresh pg_basebackup", exc)
+            self.pg.basebackup(d.address)
+        self._run_as_standby(d)
+
+    def _start_standby(self, d):
+        self.pg.prepare_upstream(d.address, self.s.slot_name)
+        self._run_as_standby(d)
+
+    def _run_as_standby(self, d):
+        self.pg.write_settings(STANDBY, primary_address=d.address)
+        self.pg.set_recovery_signal(True)
         try:
             self.pg.start()
         except PostgresError:
             self.rejoin_failures += 1
             raise
-        self.upstream, self.standby_since = address, self.clock()
-        log.failover("PostgreSQL running as standby of %s", primary)
+        self.upstream, self.standby_since = d.address, self.clock()
+        log.failover("PostgreSQL running as standby of %s", d.primary)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -333,12 +380,12 @@ class Node:
 
     def _renew_target(self):
         instruction = self.instruction
-        if not instruction or instruction.get("role") != "primary" or not self.acting_primary:
+        if not instruction or instruction.role != PRIMARY or not self.acting_primary:
             return None
-        address = instruction.get("standby_address")
+        address = instruction.standby_address
         if not address:
             return None
-        return address["host"], address["peer_port"], instruction["epoch"], self.lease_time
+        return address.host, address.peer_port, instruction.epoch, self.lease_time
 
     def _watchdog(self):
         while not self._stop.is_set():

@@ -1,8 +1,8 @@
 """Control of the local PostgreSQL: binaries, configuration, start/stop,
 promotion, cloning and rewinding, and the status the node reports.
 
-Everything PostgreSQL-specific lives here so the HA loop (ha.py) reads as a
-sequence of decisions. Commands run as the configured OS user when the node
+Everything PostgreSQL-specific lives here so the HA loop (node.py) reads as
+a sequence of decisions. Addresses are pgha.messages.Address values. Commands run as the configured OS user when the node
 runs as root, because PostgreSQL refuses to run as root.
 """
 import glob
@@ -16,7 +16,7 @@ import time
 
 import psycopg2
 
-from pgha import logs
+from pgha import logs, store
 
 log = logs.get("postgres")
 
@@ -130,13 +130,13 @@ class Postgres:
             return True
         return self.control_data().get("Database cluster state") in RECOVERY_STATES
 
-    def write_config(self, role, primary_address=None, sync_standby=None, promoting=False):
-        """(Re)write the managed settings for role "primary" or "standby".
+    def write_settings(self, role, primary_address=None, sync_standby=None):
+        """(Re)write the managed settings for role "primary" (with its sync
+        standby's name) or "standby" (following primary_address).
 
         A standby with no primary_address only replays the WAL it has (used
-        to promote a stopped standby onto a new timeline). When promoting a
-        running standby, standby.signal stays: PostgreSQL removes it itself
-        and fails if it is already gone.
+        to promote a stopped standby onto a new timeline). Whether PostgreSQL
+        starts in recovery is set apart, by set_recovery_signal.
         """
         standby = role == "standby"
         params = {
@@ -158,14 +158,22 @@ class Postgres:
         self._ensure_include()
         self._strip_auto_conf()
         self._write_hba()
+
+    def set_recovery_signal(self, on):
+        """Make the next start run in recovery (a standby) or not (a primary).
+
+        Not called when promoting: PostgreSQL removes standby.signal itself
+        and fails if it is already gone.
+        """
         signal_file = os.path.join(self.pgdata, "standby.signal")
-        if standby and not os.path.exists(signal_file):
+        if on and not os.path.exists(signal_file):
             self._write(signal_file, "")
-        elif not standby and not promoting and os.path.exists(signal_file):
+        elif not on and os.path.exists(signal_file):
             os.unlink(signal_file)
+            self._fsync_dir(self.pgdata)
 
     def _primary_conninfo(self, address):
-        return conninfo(host=address["host"], port=address["pg_port"], user=self.s.replication_user,
+        return conninfo(host=address.host, port=address.pg_port, user=self.s.replication_user,
                         password=self.s.replication_password, application_name=self.s.name,
                         connect_timeout=2, keepalives=1, keepalives_idle=2, keepalives_interval=1,
                         keepalives_count=3)
@@ -199,15 +207,7 @@ class Postgres:
         self._write(path, block + text)
 
     def _write(self, path, content):
-        tmp = path + ".pgha-tmp"
-        with open(tmp, "w") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        if self._as_root:
-            os.chown(tmp, self._user.pw_uid, self._user.pw_gid)
-        os.replace(tmp, path)
+        store.write_durably(path, content, owner=(self._user.pw_uid, self._user.pw_gid) if self._as_root else None)
 
     # -- running ---------------------------------------------------------------
 
@@ -310,19 +310,19 @@ class Postgres:
         """Clone the primary into a temporary folder; swap it in only when complete."""
         tmp = self.pgdata + ".basebackup"
         self._remove_tree(tmp)
-        result = self._run(["pg_basebackup", "-h", address["host"], "-p", str(address["pg_port"]),
+        result = self._run(["pg_basebackup", "-h", address.host, "-p", str(address.pg_port),
                             "-U", self.s.replication_user, "-D", tmp, "-X", "stream", "-c", "fast",
                             "-S", self.s.slot_name, "--no-password"],
                            env={"PGPASSWORD": self.s.replication_password, "PGCONNECT_TIMEOUT": "5"},
                            timeout=3600)
         if result.returncode != 0:
             self._remove_tree(tmp)
-            raise PostgresError(f"pg_basebackup from {address['host']}:{address['pg_port']} failed: "
+            raise PostgresError(f"pg_basebackup from {address.host}:{address.pg_port} failed: "
                                 f"{_last_lines(result.stderr)}")
         self._swap_in(tmp)
 
     def rewind(self, address):
-        source = conninfo(host=address["host"], port=address["pg_port"], user=self.s.admin_user,
+        source = conninfo(host=address.host, port=address.pg_port, user=self.s.admin_user,
                           dbname="postgres", connect_timeout=5)
         result = self._run(["pg_rewind", "-D", self.pgdata, f"--source-server={source}"],
                            env={"PGPASSWORD": self.s.admin_password}, timeout=3600)
@@ -411,11 +411,11 @@ class Postgres:
         then, and pg_rewind would wrongly find nothing to rewind.
         """
         try:
-            conn = psycopg2.connect(host=address["host"], port=address["pg_port"], user=self.s.admin_user,
+            conn = psycopg2.connect(host=address.host, port=address.pg_port, user=self.s.admin_user,
                                     password=self.s.admin_password, dbname="postgres", connect_timeout=3,
                                     application_name="pgha-node")
         except psycopg2.Error as exc:
-            raise PostgresError(f"cannot connect to primary {address['host']}:{address['pg_port']}: "
+            raise PostgresError(f"cannot connect to primary {address.host}:{address.pg_port}: "
                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from None
         try:
             conn.autocommit = True

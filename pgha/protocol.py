@@ -74,18 +74,6 @@ def validate_request(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
-def valid_instruction(reply: dict[str, Any]) -> bool:
-    """An arbiter's instruction carries the fields a node acts on.
-    (Kept for pgha/node.py until it parses replies with messages.Instruction.from_wire.)"""
-    if type(reply.get("epoch")) is not int or reply.get("role") not in ("primary", "standby", "wait"):
-        return False
-    if reply["role"] == "standby":
-        address = reply.get("primary_address")
-        return isinstance(reply.get("primary"), str) and isinstance(address, dict) \
-            and isinstance(address.get("host"), str) and type(address.get("pg_port")) is int
-    return True
-
-
 class LineReader(Protocol):
     def readline(self, size: int, /) -> bytes: ...
 

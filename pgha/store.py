@@ -1,8 +1,9 @@
-"""Durable storage: JSON files written safely, and the arbiter's decision store.
+"""Durable storage: files written safely, and the arbiter's decision store.
 
-save_json/load_json: write to a temporary file, fsync, rename, fsync the
-folder. A reader sees either the old content or the new, never a torn write,
-and once save_json() returns the new content survives a crash or power loss.
+write_durably/save_json/load_json: write to a temporary file (created with
+its final mode), fsync, rename, fsync the folder. A reader sees either the
+old content or the new, never a torn write, and once a write returns the new
+content survives a crash or power loss.
 
 StateStore: where the arbiter keeps its decision (epoch, primary,
 promotable). The arbiter uses only this interface; FileStore is today's
@@ -19,13 +20,16 @@ from typing import Any
 from pgha.decision import ClusterState
 
 
-def save_json(path: str, data: Any) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
+def write_durably(path: str, text: str, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
+    """Replace path by text; owner is (uid, gid) when the file must belong to another user."""
     tmp = f"{path}.tmp"
     try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
+        # Created with its final mode, so a secret is never readable by others, even briefly.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as f:
+            os.fchmod(f.fileno(), mode)     # a leftover tmp file keeps its old mode otherwise
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -36,11 +40,15 @@ def save_json(path: str, data: Any) -> None:
         except OSError:
             pass
         raise
-    dir_fd = os.open(folder, os.O_RDONLY)
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def save_json(path: str, data: Any) -> None:
+    write_durably(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def load_json(path: str) -> Any:

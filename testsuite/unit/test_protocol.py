@@ -298,22 +298,6 @@ def test_call_uses_a_fresh_connection_each_time(server_factory):
     assert protocol.call("127.0.0.1", server.port, {"type": "status"})["conn"] == 2
 
 
-@pytest.mark.parametrize("reply, ok", [
-    ({"epoch": 2, "role": "primary"}, True),
-    ({"epoch": 2, "role": "wait"}, True),
-    ({"epoch": 2, "role": "standby", "primary": "a", "primary_address": {"host": "h", "pg_port": 5432}}, True),
-    ({"epoch": "2", "role": "primary"}, False),
-    ({"epoch": True, "role": "primary"}, False),
-    ({"epoch": 2, "role": "boss"}, False),
-    ({"epoch": 2, "role": "standby", "primary": "a"}, False),
-    ({"epoch": 2, "role": "standby", "primary": "a", "primary_address": "h:5432"}, False),
-    ({"epoch": 2, "role": "standby", "primary": "a", "primary_address": {"host": "h", "pg_port": "5432"}}, False),
-], ids=["primary", "wait", "standby", "epoch-str", "epoch-bool", "unknown-role", "standby-no-address",
-        "address-str", "port-str"])
-def test_valid_instruction(reply, ok):
-    assert protocol.valid_instruction(reply) is ok
-
-
 # -- a heartbeat's report is parsed at the boundary ----------------------------------------
 
 def test_validate_request_parses_a_heartbeats_report():
