@@ -77,7 +77,7 @@ def docker_cleanup():
 
 @pytest.fixture(scope="session")
 def cluster(docker_services):
-    c = de.Cluster()
+    c = de.suite_cluster()
     t = time.monotonic()
     try:
         c.wait_healthy(timeout=300)
