@@ -21,6 +21,9 @@ import psycopg2
 import psycopg2.extensions
 
 from harness import faults, workload
+from harness.cluster import FaultError
+from harness.docker import ComposeCluster
+from harness.localcluster import LocalCluster
 
 EXIT_OK, EXIT_LOST, EXIT_BAD_INPUT, EXIT_NO_VERDICT = 0, 1, 2, 3
 DEFAULT_DURATION = 10.0
@@ -126,12 +129,13 @@ def resolve_target(args):
     cluster = None
     if args.target == "local" and (args.dsn is None or args.fault):
         try:
-            cluster = faults.LocalCluster.load(args.cluster)
-        except faults.FaultError as exc:
+            cluster = LocalCluster.load(args.cluster)
+        except FaultError as exc:
             raise BadInput(str(exc)) from None
     dsn = args.dsn or cluster.dsn
     if args.target == "compose":
-        return dsn, faults.ComposeCluster(args.compose_file, dsn=dsn), {}
+        compose = ComposeCluster(args.compose_file, dsn=dsn)
+        return dsn, compose, compose.labels()
     return dsn, (cluster if args.fault else None), (cluster.labels() if cluster else {})
 
 

@@ -137,7 +137,7 @@ def main(argv=None):
 def _main(args, faults, hold, seed):
     de.ensure_dockerd()
     de.ensure_base_image()
-    cluster = de.Cluster()
+    cluster = de.suite_cluster()
     if not args.reuse:
         de.free_subnet()
         cluster.compose("down", "-v", "--remove-orphans", check=False)

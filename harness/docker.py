@@ -8,11 +8,14 @@ subprocess; nothing needs a container registry:
                        (mirror read from this machine's apt sources) when it
                        is missing, and cache it as a `docker save` tarball so
                        later runs only `docker load` it;
-* Cluster              the compose project: faults (kill PostgreSQL, kill /
-                       pause a container, network disconnect, iptables cuts
-                       inside a container's network namespace), healing, the
-                       arbiter's status and direct PostgreSQL probes, and
-                       waiting for a healthy synchronous pair.
+* ComposeCluster       a compose project as a cluster handle
+                       (harness.cluster.ClusterHandle: the faults tests.py
+                       injects), plus the fault suite's own faults (pause a
+                       container, network disconnect, iptables cuts inside a
+                       container's network namespace), healing, the arbiter's
+                       status and direct PostgreSQL probes, and waiting for a
+                       healthy synchronous pair. suite_cluster() is the fault
+                       suite's project.
 
 Only the project's own network (172.28.0.0/24, made by docker-compose) and
 loopback are ever contacted.
@@ -24,13 +27,16 @@ import os
 import re
 import runpy
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import psycopg2
+import psycopg2.extensions
+
+from harness.cluster import ClusterHandle, FaultError
+from pgha import protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -106,18 +112,22 @@ def exclusive(timeout=3600, log=print):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class CommandError(RuntimeError):
-    pass
+class CommandError(FaultError):
+    """A docker or docker-compose command failed (a fault, or the plumbing)."""
 
 
-def run(cmd, check=True, timeout=120, input=None):
-    """Run a command (list), return CompletedProcess with text output."""
+def run(cmd, check=True, timeout=120, input=None, shown=None):
+    """Run a command (list), return CompletedProcess with text output. Errors
+    name the command as `shown` when given (one that holds no secret)."""
+    shown = shown or " ".join(cmd)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+    except FileNotFoundError:
+        raise CommandError(f"{cmd[0]} is not installed") from None
     except subprocess.TimeoutExpired:
-        raise CommandError(f"{' '.join(cmd)}: no result within {timeout} s") from None
+        raise CommandError(f"`{shown}` did not finish within {timeout} s") from None
     if check and proc.returncode != 0:
-        raise CommandError(f"{' '.join(cmd)} exited {proc.returncode}: "
+        raise CommandError(f"`{shown}` exited {proc.returncode}: "
                            f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
     return proc
 
@@ -231,10 +241,6 @@ def ensure_base_image(log=print):
     return "debootstrap", time.monotonic() - started
 
 
-def compose_cmd(project=PROJECT):
-    return ["docker-compose", "-f", str(COMPOSE_FILE), "-p", project]
-
-
 def free_subnet(project=PROJECT, log=print):
     """Another compose project of this repository (e.g. a cluster brought up by
     hand) holds 172.28.0.0/24: take it down so ours can be made. A network on
@@ -258,20 +264,48 @@ def free_subnet(project=PROJECT, log=print):
 
 # ---------------------------------------------------------------- the cluster
 
-class Cluster:
-    """The compose project under test and the faults that can be done to it."""
+# Run inside the arbiter container: one request to the arbiter on its loopback,
+# so the arbiter can be asked wherever the compose network is not routable.
+_ARBITER_CALL = """
+import json, socket, sys
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3) as s:
+    s.sendall(sys.stdin.buffer.read())
+    print(s.makefile("rb").readline().decode(), end="")
+"""
+PGDATA = "/var/lib/pgha/data"          # in the node containers (docker/node.py)
+SOCKET_DIR = "/var/lib/pgha/run"
 
-    def __init__(self, project=PROJECT):
+
+def suite_cluster():
+    """The fault suite's and the soak benchmark's compose project."""
+    return ComposeCluster(COMPOSE_FILE, project=PROJECT, dsn=DSN)
+
+
+class ComposeCluster(ClusterHandle):
+    """A docker compose cluster; node names are the service names. project
+    None is docker-compose's default (the compose file's folder name)."""
+
+    def __init__(self, compose_file="docker-compose.yml", project=None, services=NODES,
+                 arbiter_service="arbiter", arbiter_port=ARBITER_PORT, dsn=None):
+        self.compose_file = str(compose_file)
         self.project = project
-        self.network = f"{project}_{NETWORK_KEY}"
+        self.services = list(services)
+        self.arbiter_service = arbiter_service
+        self.arbiter_port = arbiter_port
+        self.dsn = dsn     # credentials for the in-container writable check
+        folder = Path(self.compose_file).resolve().parent.name
+        self.network = f"{project or re.sub(r'[^-_a-z0-9]', '', folder.lower())}_{NETWORK_KEY}"
         self.disconnected = set()
         self.blocked = set()
         self.paused = set()
 
     # -- compose and containers
 
-    def compose(self, *args, timeout=600, check=True):
-        return run(compose_cmd(self.project) + list(args), timeout=timeout, check=check)
+    def compose(self, *args, stdin=None, timeout=600, check=True):
+        cmd = ["docker-compose", "-f", self.compose_file] + (["-p", self.project] if self.project else [])
+        # what error messages show: the verb and service, never a password
+        shown = "docker-compose " + " ".join(a for a in args[:6] if not a.startswith(("-", "PGPASSWORD=")))
+        return run(cmd + list(args), check=check, timeout=timeout, input=stdin, shown=shown)
 
     def container(self, service):
         cid = self.compose("ps", "-q", service, timeout=60).stdout.strip()
@@ -300,17 +334,51 @@ class Cluster:
         proc = self.compose("logs", "--no-color", "--timestamps", f"--tail={tail}", timeout=120, check=False)
         return proc.stdout + proc.stderr
 
-    # -- faults
+    # -- the cluster handle
+
+    @property
+    def nodes(self):
+        return self.services
+
+    def labels(self):
+        return {f"{ADDR[n]}:{PG_PORT}": n for n in self.services if n in ADDR}
+
+    def arbiter_call(self, message):
+        line = json.dumps({"v": protocol.VERSION, **message}) + "\n"
+        out = self.compose("exec", "-T", self.arbiter_service, "python3", "-c", _ARBITER_CALL,
+                           str(self.arbiter_port), stdin=line, timeout=30).stdout
+        try:
+            return json.loads(out)
+        except ValueError:
+            raise FaultError(f"arbiter gave no JSON reply: {out[:200]!r}") from None
+
+    def writable(self, service):
+        params = psycopg2.extensions.parse_dsn(self.dsn or "")
+        env = ["-e", f"PGPASSWORD={params['password']}"] if "password" in params else []
+        try:
+            out = self.compose("exec", "-T", *env, service, "psql", "-h", SOCKET_DIR,
+                               "-U", params.get("user", "postgres"), "-d", params.get("dbname", "postgres"),
+                               "-tAc", "SELECT pg_is_in_recovery()", timeout=10).stdout
+        except CommandError:
+            return False
+        return out.strip() == "f"
 
     def kill_postgres(self, service):
         """SIGKILL the node's PostgreSQL: the postmaster (pid from postmaster.pid)
-        and all its processes, in one exec so a quick restart is not hit too."""
-        self.exec(service, "sh", "-c",
-                  "pid=$(head -1 /var/lib/pgha/data/postmaster.pid 2>/dev/null); "
-                  "[ -n \"$pid\" ] && kill -9 \"$pid\" 2>/dev/null; pkill -9 -x postgres; true")
+        and all its processes, in one exec so a quick restart is not hit too.
+        pkill is in the image (procps); it fails when nothing was killed."""
+        self.compose("exec", "-T", service, "sh", "-c",
+                     f"pid=$(head -1 {PGDATA}/postmaster.pid 2>/dev/null); hit=1; "
+                     "[ -n \"$pid\" ] && kill -9 \"$pid\" 2>/dev/null && hit=0; "
+                     "pkill -9 -x postgres && hit=0; exit $hit", timeout=30)
+
+    def kill_host(self, service):
+        self.kill(service)
+
+    # -- the fault suite's faults
 
     def kill(self, service):
-        run(["docker", "kill", self.container(service)], timeout=60)
+        self.compose("kill", service, timeout=60)
 
     def start(self, service):
         run(["docker", "start", self.container(service)], timeout=120)
@@ -394,21 +462,13 @@ class Cluster:
     # -- observing
 
     def status(self, timeout=2.0):
-        """The arbiter's status reply, or None when it does not answer."""
+        """The arbiter's status reply over the project network, or None when
+        it does not answer there (paused, cut off, down)."""
         try:
-            with socket.create_connection((ADDR["arbiter"], ARBITER_PORT), timeout=timeout) as sock:
-                sock.settimeout(timeout)
-                sock.sendall(b'{"v":1,"type":"status"}\n')
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        return None
-                    data += chunk
-            reply = json.loads(data)
-            return reply if reply.get("type") == "status" else None
-        except (OSError, ValueError):
+            reply = protocol.call(ADDR["arbiter"], ARBITER_PORT, {"type": "status"}, timeout=timeout)
+        except (OSError, protocol.ProtocolError):
             return None
+        return reply if reply.get("type") == "status" else None
 
     def node(self, node, timeout=2):
         """Direct look at one node's PostgreSQL, or None when it does not answer."""

@@ -6,7 +6,8 @@ PostgreSQL instances on loopback ports, with generated settings.
 Stays in the foreground and stops everything on Ctrl-C. As root it runs the
 daemons (and so PostgreSQL) as the `postgres` OS user, from a copy of the
 code inside DIR so that user can read it. The test suites use the
-LocalCluster class directly to kill and restart pieces.
+LocalCluster class directly to kill and restart pieces; tests.py loads one
+from the DIR/cluster.json a running cluster keeps up to date, to inject faults.
 """
 import argparse
 import json
@@ -19,7 +20,12 @@ import sys
 import threading
 import time
 
+import psycopg2
+import psycopg2.extensions
+
+from harness.cluster import ARBITER_TIMEOUT, ClusterHandle, FaultError
 from pgha import protocol
+from pgha.postgres import read_postmaster_pid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP_FILES = ("node.py", "arbiter.py", "logger.py", "node_settings.py", "arbiter_settings.py", "tests.py")
@@ -38,24 +44,63 @@ class ClusterError(Exception):
     pass
 
 
-class LocalCluster:
+class LocalCluster(ClusterHandle):
+    """The loopback cluster: runs its processes (prepare, start, stop), or is
+    loaded from a running one's cluster.json (load) to inject faults."""
+
     def __init__(self, workdir=None, base_port=DEFAULT_BASE_PORT, os_user="postgres", echo=False,
                  arbiter_overrides=None):
         self.dir = os.path.abspath(workdir or default_dir())
         self.base_port = base_port
         self.echo = echo
         self.arbiter_overrides = arbiter_overrides or {}
-        self.user = pwd.getpwnam(os_user) if os.geteuid() == 0 else None
+        self.user = pwd.getpwnam(os_user) if os_user and os.geteuid() == 0 else None
         self.procs = {}
         self.arbiter_port = base_port
+        self.arbiter = ("127.0.0.1", base_port)       # None: no arbiter to ask
+        self.hosts = {name: "127.0.0.1" for name in NODES}
         self.pg_ports = {name: base_port + 1 + i for i, name in enumerate(NODES)}
         self.peer_ports = {name: base_port + 11 + i for i, name in enumerate(NODES)}
+        self._pgdata = {name: os.path.join(self.dir, name, "data") for name in NODES}
+        self._daemon_pids = {}     # daemons this object did not start (loaded from cluster.json)
+        self._dsn = None           # a loaded cluster's own DSN
+
+    @classmethod
+    def load(cls, cluster_dir, arbiter=None):
+        """The cluster a cluster.json describes (written by a running
+        LocalCluster); raises FaultError with a clear message."""
+        path = os.path.join(cluster_dir, "cluster.json")
+        try:
+            with open(path) as f:
+                config = json.load(f)
+        except FileNotFoundError:
+            raise FaultError(f"{path} not found (start a cluster with "
+                             f"`python -m harness.localcluster --dir {cluster_dir}` or pass --dsn)") from None
+        except (OSError, ValueError) as exc:
+            raise FaultError(f"cannot read {path}: {exc}") from None
+        if not isinstance(config, dict) or not isinstance(config.get("dsn"), str) \
+                or not isinstance(config.get("nodes"), dict):
+            raise FaultError(f"{path} lacks a \"dsn\" string or a \"nodes\" object")
+        a = config.get("arbiter") or {}
+        cluster = cls(cluster_dir, base_port=a.get("port", DEFAULT_BASE_PORT), os_user=None)
+        cluster._dsn = config["dsn"]
+        cluster.arbiter = arbiter or ((a["host"], a["port"]) if "host" in a and "port" in a else None)
+        nodes = config["nodes"]
+        cluster.hosts = {name: n.get("host", "127.0.0.1") for name, n in nodes.items()}
+        cluster.pg_ports = {name: n["pg_port"] for name, n in nodes.items() if "pg_port" in n}
+        cluster._pgdata = {name: n["pgdata"] for name, n in nodes.items() if "pgdata" in n}
+        cluster._daemon_pids = {name: n["pid"] for name, n in nodes.items() if n.get("pid")}
+        return cluster
 
     # -- layout ----------------------------------------------------------------
 
     @property
+    def nodes(self):
+        return list(self.hosts)
+
+    @property
     def dsn(self):
-        return self.dsn_for(*NODES)
+        return self._dsn or self.dsn_for(*NODES)
 
     def dsn_for(self, *nodes, password=PASSWORD):
         hosts = ",".join("127.0.0.1" for _ in nodes)
@@ -65,7 +110,10 @@ class LocalCluster:
                 f"target_session_attrs=read-write connect_timeout=2")
 
     def pgdata(self, name):
-        return os.path.join(self.dir, name, "data")
+        try:
+            return self._pgdata[name]
+        except KeyError:
+            raise FaultError(f"cluster.json names no pgdata for {name}") from None
 
     def prepare(self, fresh=False):
         """Write the code copy and the settings files; keep data unless fresh."""
@@ -170,33 +218,33 @@ class LocalCluster:
             self.write_manifest()
 
     def postmaster_pid(self, name):
-        try:
-            with open(os.path.join(self.pgdata(name), "postmaster.pid")) as f:
-                pid = int(f.readline())
-            os.kill(pid, 0)
-            return pid
-        except (OSError, ValueError):
-            return None
+        """The running postmaster's pid, or None."""
+        pid = read_postmaster_pid(self.pgdata(name))
+        return pid if pid and _alive(pid) else None
 
     def kill_postgres(self, name, signum=signal.SIGKILL):
+        """Signal the node's postmaster; SIGKILL takes all its processes at once,
+        like a crash. Returns the pid; FaultError when no PostgreSQL runs."""
         pid = self.postmaster_pid(name)
-        if pid:
+        if pid is None:
+            raise FaultError(f"no running PostgreSQL in {self.pgdata(name)}")
+        if signum == signal.SIGKILL:
+            kill_tree(pid)
+        else:
             os.kill(pid, signum)
         return pid
 
     def kill_host(self, name):
         """A dead host: the node daemon and its PostgreSQL, all at once."""
-        pid = self.postmaster_pid(name)
-        self.kill(name)
-        if pid:
-            try:
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
-            except OSError:
-                pass
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        proc = self.procs.get(name)
+        daemon = proc.pid if proc and proc.poll() is None else self._daemon_pids.get(name)
+        roots = [pid for pid in (daemon, self.postmaster_pid(name)) if pid]
+        if not roots:
+            raise FaultError(f"no process to kill for {name}")
+        for pid in roots:
+            kill_tree(pid)
+        if proc:
+            self.kill(name)    # reap it, forget it: start_node() brings the host back
 
     def stop(self, timeout=60):
         for key in list(NODES) + ["arbiter"]:
@@ -208,12 +256,39 @@ class LocalCluster:
                 except subprocess.TimeoutExpired:
                     proc.kill()
         for name in NODES:   # a node killed earlier may have left its PostgreSQL behind
-            self.kill_postgres(name)
+            if self.postmaster_pid(name):
+                self.kill_postgres(name)
 
     # -- observing -------------------------------------------------------------
 
     def status(self):
-        return protocol.call("127.0.0.1", self.arbiter_port, {"type": "status"}, timeout=3.0)
+        return self.arbiter_call({"type": "status"})
+
+    def arbiter_call(self, message):
+        if self.arbiter is None:
+            raise FaultError("cluster.json names no arbiter")
+        return protocol.call(*self.arbiter, message, timeout=ARBITER_TIMEOUT)
+
+    def labels(self):
+        return {f"{self.hosts[name]}:{port}": name for name, port in self.pg_ports.items()}
+
+    def writable(self, name):
+        params = psycopg2.extensions.parse_dsn(self.dsn)
+        params.pop("target_session_attrs", None)
+        params.setdefault("connect_timeout", "2")
+        params.update(host=self.hosts[name], port=str(self.pg_ports[name]))
+        try:
+            conn = psycopg2.connect(**params)
+        except psycopg2.Error:
+            return False
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_is_in_recovery()")
+                return not cur.fetchone()[0]
+        except psycopg2.Error:
+            return False
+        finally:
+            conn.close()
 
     def healthy(self):
         """Primary writable, standby streaming synchronously and promotable."""
@@ -266,6 +341,46 @@ class LocalCluster:
         with open(tmp, "w") as f:
             json.dump(manifest, f, indent=1)
         os.replace(tmp, os.path.join(self.dir, "cluster.json"))
+
+
+def process_tree(root):
+    """root and all its descendants (Linux /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # the command name may contain spaces: fields resume after ")"
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def kill_tree(root):
+    """SIGKILL a process and its descendants, like a crash would."""
+    for pid in process_tree(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True        # another user's process: alive all the same
+    except OSError:
+        return False
+    return True
 
 
 def _copy_lines(stream):

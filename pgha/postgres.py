@@ -78,6 +78,16 @@ def find_bindir(configured=None):
                         "install them (apt-get install postgresql) or set pg_bindir")
 
 
+def read_postmaster_pid(pgdata: str) -> int | None:
+    """The pid on the first line of <pgdata>/postmaster.pid, or None when the
+    file is missing or unreadable. It may name a process that has died."""
+    try:
+        with open(os.path.join(pgdata, "postmaster.pid")) as f:
+            return int(f.readline())
+    except (OSError, ValueError):
+        return None
+
+
 def quote_conf(value):
     return "'" + str(value).replace("'", "''") + "'"
 
@@ -216,11 +226,8 @@ class Postgres:
         the pid file is read again only when the remembered pid is gone."""
         for fresh in (False, True):
             if fresh or self._pid is None:
-                try:
-                    with open(os.path.join(self.pgdata, "postmaster.pid")) as f:
-                        self._pid = int(f.readline())
-                except (OSError, ValueError):
-                    self._pid = None
+                self._pid = read_postmaster_pid(self.pgdata)
+                if self._pid is None:
                     return None
             try:
                 os.kill(self._pid, 0)

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from harness import docker as de
+from testsuite import helpers
 
 TIMINGS = {}
 
@@ -22,13 +23,6 @@ TIMINGS = {}
 def pytest_configure(config):
     config.addinivalue_line("markers", "faults: needs docker; brings up the compose cluster")
     config.addinivalue_line("markers", "soak: randomised fault soak")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    rep = outcome.get_result()
-    setattr(item, "rep_" + rep.when, rep)
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +71,7 @@ def docker_cleanup():
 
 @pytest.fixture(scope="session")
 def cluster(docker_services):
-    c = de.Cluster()
+    c = de.suite_cluster()
     t = time.monotonic()
     try:
         c.wait_healthy(timeout=300)
@@ -101,8 +95,7 @@ def healthy_cluster(cluster, request):
         cluster.restart_project()
         cluster.wait_healthy(timeout=300)
     yield cluster
-    rep = getattr(request.node, "rep_call", None)
-    if rep is None or rep.failed:
+    if helpers.failed(request.node, unknown=True):
         _save_logs(cluster, request.node.name)
 
 

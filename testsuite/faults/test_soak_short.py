@@ -5,25 +5,16 @@ split-brain probe running, healed, judged. Every cycle must end with nothing
 lost, nothing unexpected, no split brain and a healthy synchronous pair.
 PGHA_SOAK_SECONDS and PGHA_SOAK_SEED override the length and the seed.
 """
-import importlib.util
 import os
 
 import pytest
 
-from harness import docker as de
+from harness import bench_soak as soak
 
 pytestmark = [pytest.mark.faults, pytest.mark.soak]
 
 
-def _load_soak():
-    spec = importlib.util.spec_from_file_location("pgha_soak", de.ROOT / "bench" / "soak.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_soak_short(healthy_cluster):
-    soak = _load_soak()
     seconds = float(os.environ.get("PGHA_SOAK_SECONDS", "120"))
     seed = int(os.environ.get("PGHA_SOAK_SEED", "20250520"))
     outcomes = soak.soak(healthy_cluster, seconds, seed=seed, hold=(2.0, 6.0),

@@ -13,6 +13,7 @@ import pytest
 
 from harness import workload
 from harness.localcluster import LocalCluster
+from testsuite import helpers
 
 BASE = os.environ.get("PGHA_TEST_DIR", "/var/tmp/pgha-test")
 _ports = itertools.count(int(os.environ.get("PGHA_TEST_PORT_BASE", "7430")), 40)
@@ -46,16 +47,8 @@ def local_cluster(request):
         yield cluster
     finally:
         cluster.stop()
-        if getattr(request.node, "rep_call_failed", False):
+        if helpers.failed(request.node):
             _show_logs(cluster)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.when in ("setup", "call") and report.failed:
-        item.rep_call_failed = True
 
 
 def _show_logs(cluster, lines=40):

@@ -12,19 +12,10 @@ import pytest
 from pgha import arbiter as arbiter_server, protocol, settings, store
 from pgha.arbiter import Arbiter, ArbiterServer, StateFileError
 from pgha.decision import ClusterState
+from testsuite import helpers
+from testsuite.helpers import FakeClock
 
 P, S = "pgsql-1", "pgsql-2"
-
-
-class FakeClock:
-    def __init__(self, now=1000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
 
 
 DEFAULT_SETTINGS = Path(__file__).resolve().parents[2] / "arbiter_settings.py"
@@ -41,19 +32,15 @@ def make_settings(state_file, **overrides):
 
 
 def address(name):
-    return {"host": "127.0.0.1", "pg_port": 5432, "peer_port": 5433, "slot": name.replace("-", "_")}
+    return helpers.address(name, host="127.0.0.1")
 
 
 def primary_report(lsn=1000, flush=1000):
-    return {"pg": "running", "role": "primary", "lsn": lsn, "sync_standby": S, "syncrep_wait": 0.0,
-            "address": address(P), "relinquished": False, "grant_remaining": 0.0,
-            "replication": [{"name": S, "state": "streaming", "sync_state": "sync", "flush_lsn": flush,
-                             "reply_age": 0.1}]}
+    return helpers.primary_report(name=P, standby=S, lsn=lsn, flush_lsn=flush, host="127.0.0.1")
 
 
 def standby_report(grant_remaining=0.0):
-    return {"pg": "running", "role": "standby", "lsn": 900, "replication": [], "address": address(S),
-            "relinquished": False, "grant_remaining": grant_remaining}
+    return helpers.standby_report(name=S, grant_remaining=grant_remaining, host="127.0.0.1")
 
 
 def heartbeat(node, epoch, report):

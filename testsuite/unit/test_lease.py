@@ -6,17 +6,7 @@ import pytest
 
 from pgha import protocol
 from pgha.lease import Grants, Leases, PeerServer
-
-
-class FakeClock:
-    def __init__(self, now=100.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
+from testsuite.helpers import FakeClock
 
 
 @pytest.fixture

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import faults, workload
+from harness import faults, localcluster, workload
+from harness.cluster import FaultError
+from harness.docker import ComposeCluster
+from harness.localcluster import LocalCluster
 from harness.workload import ACK, FAILED, INDETERMINATE, Attempt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -222,7 +225,7 @@ def write_cluster_json(folder, arbiter_port):
 
 def test_local_cluster_asks_the_arbiter(tmp_path, arbiter):
     write_cluster_json(tmp_path, arbiter.port)
-    cluster = faults.LocalCluster.load(str(tmp_path))
+    cluster = LocalCluster.load(str(tmp_path))
     assert cluster.labels() == {"127.0.0.1:1": "pgsql-1", "127.0.0.1:2": "pgsql-2"}
     assert cluster.primary() == "pgsql-2" and cluster.standbys() == ["pgsql-1"]
     assert cluster.switchover() == "pgsql-1"
@@ -233,24 +236,24 @@ def test_refused_switchover_raises(tmp_path):
     fake = FakeArbiter(switchover_reply={"v": 1, "type": "error", "error": "standby not promotable"})
     try:
         write_cluster_json(tmp_path, fake.port)
-        with pytest.raises(faults.FaultError, match="standby not promotable"):
-            faults.LocalCluster.load(str(tmp_path)).switchover()
+        with pytest.raises(FaultError, match="standby not promotable"):
+            LocalCluster.load(str(tmp_path)).switchover()
     finally:
         fake.close()
 
 
 def test_kill_primary_without_postgres_is_a_fault_error(tmp_path, arbiter):
     write_cluster_json(tmp_path, arbiter.port)
-    with pytest.raises(faults.FaultError, match="no running PostgreSQL"):
-        faults.LocalCluster.load(str(tmp_path)).kill_primary()
+    with pytest.raises(FaultError, match="no running PostgreSQL"):
+        LocalCluster.load(str(tmp_path)).kill_primary()
 
 
 def test_missing_or_bad_cluster_json(tmp_path):
-    with pytest.raises(faults.FaultError, match="cluster.json not found"):
-        faults.LocalCluster.load(str(tmp_path))
+    with pytest.raises(FaultError, match="cluster.json not found"):
+        LocalCluster.load(str(tmp_path))
     (tmp_path / "cluster.json").write_text("{}")
-    with pytest.raises(faults.FaultError, match="lacks"):
-        faults.LocalCluster.load(str(tmp_path))
+    with pytest.raises(FaultError, match="lacks"):
+        LocalCluster.load(str(tmp_path))
 
 
 def test_fault_thread_records_time_node_and_errors():
@@ -259,7 +262,7 @@ def test_fault_thread_records_time_node_and_errors():
             return "pgsql-1"
 
         def stop_standby(self):
-            raise faults.FaultError("no standby")
+            raise FaultError("no standby")
 
     t0 = time.monotonic()
     clock = lambda: time.monotonic() - t0  # noqa: E731
@@ -279,11 +282,11 @@ def test_fault_thread_records_time_node_and_errors():
 def test_kill_tree_kills_descendants():
     proc = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"])
     deadline = time.monotonic() + 5
-    while len(faults.process_tree(proc.pid)) < 3 and time.monotonic() < deadline:
+    while len(localcluster.process_tree(proc.pid)) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
-    tree = faults.process_tree(proc.pid)
+    tree = localcluster.process_tree(proc.pid)
     assert len(tree) == 3
-    faults.kill_tree(proc.pid)
+    localcluster.kill_tree(proc.pid)
     assert proc.wait(5) == -9
     deadline = time.monotonic() + 5
     while any(_alive(p) for p in tree[1:]) and time.monotonic() < deadline:
@@ -373,7 +376,7 @@ def fake_compose(tmp_path, monkeypatch):
 
 
 def test_compose_faults_use_the_arbiter_inside_its_container(fake_compose, arbiter):
-    cluster = faults.ComposeCluster("dc.yml", arbiter_port=arbiter.port)
+    cluster = ComposeCluster("dc.yml", arbiter_port=arbiter.port)
     assert cluster.primary() == "pgsql-2"
     assert faults.inject(cluster, "kill-primary") == "pgsql-2"
     assert faults.inject(cluster, "kill-primary-host") == "pgsql-2"
@@ -386,7 +389,7 @@ def test_compose_faults_use_the_arbiter_inside_its_container(fake_compose, arbit
 
 
 def test_compose_primary_falls_back_to_pg_is_in_recovery(fake_compose):
-    cluster = faults.ComposeCluster(dsn="host=x user=kronos password=s3cret dbname=testdb", arbiter_port=1)
+    cluster = ComposeCluster(dsn="host=x user=kronos password=s3cret dbname=testdb", arbiter_port=1)
     assert cluster.primary() == "pgsql-2"
     psql = [c for c in fake_compose() if "psql" in c][0]
     assert "PGPASSWORD=s3cret" in psql and psql[psql.index("-U") + 1] == "kronos"
@@ -394,11 +397,11 @@ def test_compose_primary_falls_back_to_pg_is_in_recovery(fake_compose):
 
 def test_compose_errors_never_show_the_password(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))   # no docker-compose at all
-    with pytest.raises(faults.FaultError, match="arbiter: docker-compose is not installed"):
-        faults.ComposeCluster().kill_primary_host()
+    with pytest.raises(FaultError, match="arbiter: docker-compose is not installed"):
+        ComposeCluster().kill_primary_host()
     script = tmp_path / "docker-compose"
     script.write_text("#!/bin/sh\necho 'no such service' >&2\nexit 1\n")
     script.chmod(0o755)
-    with pytest.raises(faults.FaultError) as err:
-        faults.ComposeCluster(dsn="password=s3cret").primary()
+    with pytest.raises(FaultError) as err:
+        ComposeCluster(dsn="password=s3cret").primary()
     assert "s3cret" not in str(err.value)

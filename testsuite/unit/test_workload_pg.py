@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import faults, workload
+from harness import workload
+from harness.localcluster import kill_tree, process_tree
+from pgha.postgres import read_postmaster_pid
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,8 +52,8 @@ class Server:
 
     def crash(self):
         """SIGKILL the postmaster and its children, and wait until they are gone."""
-        pids = faults.process_tree(faults.read_pid(self.pgdata))
-        faults.kill_tree(pids[0])
+        pids = process_tree(read_postmaster_pid(self.pgdata))
+        kill_tree(pids[0])
         deadline = time.monotonic() + 10
         while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
