@@ -66,6 +66,13 @@ class Memory:
     sync_since_lsn: int | None = None  # primary LSN when sync was first seen on
     sync_dropped_at: float | None = None
     switchover_to: str | None = None
+    # The primary's PostgreSQL (re)started here: its standby is reconnecting,
+    # which must not cost synchronous replication (until then, or a stall).
+    reconnect_grace_until: float | None = None
+    # A planned switchover left the old primary exactly at the hand-over point:
+    # the new primary keeps it as synchronous standby from its first commit.
+    handover_from: str | None = None
+    handover_at: float = 0.0
 
     @classmethod
     def at_start(cls, now: float) -> Memory:
@@ -85,6 +92,7 @@ class Outcome:
 def on_heartbeat(state: ClusterState, memory: Memory, topology: Topology, node: str, epoch: int,
                  report: Report, now: float, timings: Timings) -> Outcome:
     """Decide what `node` must do, given the report it just sent."""
+    previous = memory.reports.get(node)
     memory = replace(memory,
                      last_seen={**memory.last_seen, node: now},
                      reports={**memory.reports, node: report})
@@ -96,25 +104,33 @@ def on_heartbeat(state: ClusterState, memory: Memory, topology: Topology, node: 
                        (("error", f"{node}: {why}; refusing to decide (restore the arbiter's state file)"),))
     events: Events
     if node == state.primary:
-        state, memory, events = _observe_primary(state, memory, topology, node, report, now, timings)
+        state, memory, events = _observe_primary(state, memory, topology, node, previous, report, now, timings)
     else:
         state, memory, events = _observe_standby(state, memory, node, now, timings)
     return Outcome(state, memory, instruction_for(state, memory, topology, node, now, timings), events)
 
 
-def _observe_primary(state: ClusterState, memory: Memory, topology: Topology, node: str, report: Report,
-                     now: float, timings: Timings) -> tuple[ClusterState, Memory, Events]:
+def _observe_primary(state: ClusterState, memory: Memory, topology: Topology, node: str,
+                     previous: Report | None, report: Report, now: float,
+                     timings: Timings) -> tuple[ClusterState, Memory, Events]:
     memory = replace(memory, primary_seen_at=now)
     standby = topology.standby_of(node)
     if report.relinquished:
         blocker = failover_blocker(state, memory, standby, now, timings, primary_relinquished=True)
         if blocker is None:
-            return _failover(state, memory, standby, now, f"{node} stopped PostgreSQL and handed over")
+            planned = memory.switchover_to == standby
+            state, memory, events = _failover(state, memory, standby, now,
+                                              f"{node} stopped PostgreSQL and handed over")
+            if planned:
+                memory = replace(memory, handover_from=node, handover_at=now)
+            return state, memory, events
         # A switchover that cannot complete is dropped, so the primary restarts.
         memory = replace(memory, switchover_to=None)
         return state, memory, (("warning", f"{node} stopped PostgreSQL but {standby} cannot take over "
                                            f"({blocker}); {node} may start it again as primary"),)
     if report.running_as == PRIMARY:
+        if previous is not None and previous.running_as != PRIMARY:
+            memory = replace(memory, reconnect_grace_until=now + timings.standby_reply_timeout)
         return _manage_sync(state, memory, standby, report, now, timings)
     return state, memory, ()
 
@@ -173,8 +189,8 @@ def _failover(state: ClusterState, memory: Memory, new_primary: str, now: float,
     new_state = ClusterState(epoch=state.epoch + 1, primary=new_primary, promotable=False)
     # The new primary's lease starts now; the old primary is the standby-to-be,
     # about which nothing is known yet.
-    new_memory = replace(memory, primary_seen_at=now, sync_since_lsn=None,
-                         sync_dropped_at=None, switchover_to=None)
+    new_memory = replace(memory, primary_seen_at=now, sync_since_lsn=None, sync_dropped_at=None,
+                         switchover_to=None, reconnect_grace_until=None, handover_from=None)
     event = ("failover", f"epoch {new_state.epoch}: promoting {new_primary} "
                          f"(was standby of {state.primary}): {why}")
     return new_state, new_memory, (event,)
@@ -190,8 +206,17 @@ def _manage_sync(state: ClusterState, memory: Memory, standby: str, report: Repo
     stalled = report.syncrep_wait >= timings.sync_stall_timeout
     named = report.sync_standby == standby
     sync_on = row is not None and row.sync_state == "sync" and named
+    reconnecting = memory.reconnect_grace_until is not None and now < memory.reconnect_grace_until
+    if healthy or not reconnecting:
+        memory = replace(memory, reconnect_grace_until=None)
+    if memory.handover_from == standby and stalled:
+        # The old primary did not come back in time: commits go on without it
+        # (it is not promotable, so nothing is at risk), and sync is held off.
+        memory = replace(memory, handover_from=None, sync_dropped_at=now)
+        events.append(("warning", f"{standby} did not rejoin after the switchover "
+                                  f"(commits waited {report.syncrep_wait:.1f}s): synchronous replication off"))
 
-    if state.promotable and (not named or not timings.strict_sync and (not healthy or stalled)):
+    if state.promotable and (not named or not timings.strict_sync and (stalled or not healthy and not reconnecting)):
         why = ("the primary does not name it in synchronous_standby_names" if not named
                else f"commits waited {report.syncrep_wait:.1f}s for it" if stalled
                else "it is not streaming")
@@ -206,7 +231,7 @@ def _manage_sync(state: ClusterState, memory: Memory, standby: str, report: Repo
                 memory = replace(memory, sync_since_lsn=report.lsn)
             elif row.flush_lsn >= memory.sync_since_lsn:
                 state = replace(state, promotable=True)
-                memory = replace(memory, sync_since_lsn=None)
+                memory = replace(memory, sync_since_lsn=None, handover_from=None)
                 events.append(("info", f"standby {standby} is synchronous and caught up: promotable"))
         else:
             memory = replace(memory, sync_since_lsn=None)
@@ -217,6 +242,8 @@ def desired_sync_standby(state: ClusterState, memory: Memory, standby: str, now:
                          timings: Timings) -> str | None:
     """The name the primary must put in synchronous_standby_names, or None."""
     if timings.strict_sync or state.promotable:
+        return standby
+    if memory.handover_from == standby and now - memory.handover_at < timings.lease_time:
         return standby
     primary_report = memory.reports.get(state.primary)
     row = primary_report.replication_row(standby) if primary_report else None

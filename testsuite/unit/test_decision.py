@@ -15,6 +15,7 @@ from pgha import settings
 from pgha.decision import ClusterState, Memory, Timings, on_heartbeat, request_switchover
 from pgha.messages import Address, Instruction, Report, ReplicationRow
 from pgha.topology import Topology
+from testsuite import helpers
 
 TOPOLOGY = Topology(("a", "b"))
 NODES = TOPOLOGY.members
@@ -35,33 +36,26 @@ LEASE_PLUS_MARGIN = T.lease_time + T.failover_margin   # 4.0
 NOW = 100.0
 
 
-# -- building blocks: typed reports, as Report.from_wire would give them ----------
+# -- building blocks: the shared wire reports, parsed as the arbiter parses them ----------
 
 def address(name):
-    return Address(host=f"{name}.example", pg_port=5432, peer_port=5433, slot=f"slot_{name}")
+    return Address.from_wire(helpers.address(name))
 
 
-def row(state="streaming", sync_state="sync", flush_lsn=1000, reply_age=0.1, name="b"):
-    return ReplicationRow(name=name, state=state, sync_state=sync_state, flush_lsn=flush_lsn,
-                          reply_age=reply_age)
+def row(**fields):
+    return ReplicationRow.from_wire(helpers.row(**fields))
 
 
-def primary_report(pg="running", role="primary", lsn=1000, sync_standby="b", syncrep_wait=0.0,
-                   replication="default", relinquished=False, name="a"):
-    if replication == "default":
-        replication = [row()]
-    report = Report(pg=pg, address=address(name), relinquished=relinquished, grant_remaining=0.0)
-    if pg == "running":
-        report = replace(report, role=role, lsn=lsn, sync_standby=sync_standby, syncrep_wait=syncrep_wait,
-                         replication=tuple(replication) if role == "primary" else ())
-    return report
+def _wire_rows(replication):
+    return replication if replication == "default" else [r.to_wire() for r in replication]
 
 
-def standby_report(pg="running", role="standby", grant_remaining=0.0, relinquished=False, name="b"):
-    report = Report(pg=pg, address=address(name), relinquished=relinquished, grant_remaining=grant_remaining)
-    if pg == "running":
-        report = replace(report, role=role, lsn=900, sync_standby=None, syncrep_wait=0.0, replication=())
-    return report
+def primary_report(replication="default", **fields):
+    return Report.from_wire(helpers.primary_report(replication=_wire_rows(replication), **fields))
+
+
+def standby_report(**fields):
+    return Report.from_wire(helpers.standby_report(**fields))
 
 
 def steady_memory(primary_seen_at=NOW, standby_seen_at=NOW, primary="a", **fields):
@@ -558,3 +552,89 @@ def test_random_walk_keeps_the_invariants(timings):
     assert all(count == 1 for count in failovers.values())
     # The walk must actually have exercised the interesting paths.
     assert len(failovers) >= 20 and became_promotable >= 20, (failovers, became_promotable)
+
+
+# -- no commit without a synchronous standby after a local restart or a switchover --------
+
+def restarted_primary(state, seconds_later, replication=(), syncrep_wait=0.0):
+    """The primary's PostgreSQL was down at NOW and runs again `seconds_later`."""
+    down = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", state.epoch, primary_report(pg="starting"), NOW, T)
+    assert down.state == state
+    up = on_heartbeat(state, down.memory, TOPOLOGY, "a", state.epoch,
+                      primary_report(replication=list(replication), syncrep_wait=syncrep_wait),
+                      NOW + 0.5, T)
+    if seconds_later <= 0.5:
+        return up
+    return on_heartbeat(up.state, up.memory, TOPOLOGY, "a", state.epoch,
+                        primary_report(replication=list(replication), syncrep_wait=syncrep_wait),
+                        NOW + seconds_later, T)
+
+
+@pytest.mark.parametrize("seconds_later", [0.5, 1.5, 2.4])
+def test_a_restarted_primary_keeps_sync_while_its_standby_reconnects(seconds_later):
+    state = ClusterState(4, "a", promotable=True)
+    outcome = restarted_primary(state, seconds_later)
+    assert outcome.state.promotable
+    assert outcome.instruction.sync_standby == "b"
+
+
+def test_a_restarted_primary_whose_standby_stays_away_drops_sync_after_the_grace():
+    state = ClusterState(4, "a", promotable=True)
+    outcome = restarted_primary(state, 0.5 + T.standby_reply_timeout + 0.1)
+    assert not outcome.state.promotable
+
+
+def test_stalled_commits_end_the_reconnect_grace_at_once():
+    state = ClusterState(4, "a", promotable=True)
+    outcome = restarted_primary(state, 0.5, syncrep_wait=T.sync_stall_timeout)
+    assert not outcome.state.promotable
+
+
+def test_without_a_restart_a_vanished_standby_is_dropped_at_once():
+    state = ClusterState(4, "a", promotable=True)
+    outcome = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", 4, primary_report(replication=[]), NOW, T)
+    assert not outcome.state.promotable
+
+
+def switched_over(planned=True):
+    """a handed over to b (planned, or after a crash) and b reports as primary for the first time."""
+    state = ClusterState(3, "a", promotable=True)
+    memory = steady_memory(switchover_to="b" if planned else None)
+    done = on_heartbeat(state, memory, TOPOLOGY, "a", 3, primary_report(pg="stopped", relinquished=True), NOW, T)
+    assert_failover(state, done, "b")
+    return done
+
+
+@pytest.mark.parametrize("planned, sync", [(True, "a"), (False, None)], ids=["planned", "crash-hand-over"])
+def test_after_a_planned_switchover_the_new_primary_waits_for_the_old_one(planned, sync):
+    done = switched_over(planned)
+    promoting = on_heartbeat(done.state, done.memory, TOPOLOGY, "b", 3, standby_report(), NOW + 0.1, T)
+    assert promoting.instruction.role == "primary"
+    assert promoting.instruction.sync_standby == sync
+    running = on_heartbeat(promoting.state, promoting.memory, TOPOLOGY, "b", 4,
+                           primary_report(name="b", sync_standby=sync, replication=[]), NOW + 0.6, T)
+    assert running.instruction.sync_standby == sync
+
+
+def test_after_a_switchover_the_old_primary_rejoining_makes_it_promotable():
+    done = switched_over()
+    memory = done.memory
+    for i, flush in enumerate((1000, 1000, 1000)):
+        outcome = on_heartbeat(done.state, memory, TOPOLOGY, "b", 4,
+                               primary_report(name="b", standby="a", sync_standby="a",
+                                              replication=[row(name="a", flush_lsn=flush)]),
+                               NOW + 0.5 * (i + 1), T)
+        memory, done = outcome.memory, outcome
+    assert done.state.promotable and memory.handover_from is None
+
+
+def test_an_old_primary_that_does_not_rejoin_costs_sync_only_after_a_stall_or_a_lease():
+    done = switched_over()
+    stalled = on_heartbeat(done.state, done.memory, TOPOLOGY, "b", 4,
+                           primary_report(name="b", sync_standby="a", replication=[],
+                                          syncrep_wait=T.sync_stall_timeout), NOW + 1.0, T)
+    assert stalled.instruction.sync_standby is None
+    assert any("did not rejoin" in text for _, text in stalled.events)
+    quiet = on_heartbeat(done.state, done.memory, TOPOLOGY, "b", 4,
+                         primary_report(name="b", sync_standby="a", replication=[]), NOW + T.lease_time + 0.1, T)
+    assert quiet.instruction.sync_standby is None
