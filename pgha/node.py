@@ -174,7 +174,7 @@ class Node:
         report = dict(status)
         report["address"] = {"host": self.s.host, "pg_port": self.s.pg_port,
                              "peer_port": self.s.peer_port, "slot": self.s.slot_name}
-        report["relinquished"] = self.hand_over is HandOver.HANDED_OVER
+        report["relinquished"] = self.hand_over is not HandOver.NONE
         report["grant_remaining"] = round(self.grants.remaining_for_report(), 3)
         report["last_action"] = self.last_action
         if self.acting_primary:
@@ -287,7 +287,7 @@ class Node:
         log.failover("switchover: stopping PostgreSQL to hand over to %s", d.why)
         self.pg.stop("fast")
         self.acting_primary = False
-        self.hand_over = HandOver.HANDED_OVER
+        self.hand_over = HandOver.SWITCHED_OVER
 
     def _set_sync(self, d):
         self.acting_primary = True
@@ -356,6 +356,8 @@ class Node:
         self._run_as_standby(d)
 
     def _start_standby(self, d):
+        if d.why == "switchover":
+            log.failover("following %s from the hand-over point (clean switchover: no rewind)", d.primary)
         self.pg.prepare_upstream(d.address, self.s.slot_name)
         self._run_as_standby(d)
 

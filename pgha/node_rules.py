@@ -34,8 +34,10 @@ order; the first that matches wins.
     S7  stopped, data empty ........................... CLONE
     S8  stopped, an earlier rejoin failed ............. CLONE (afresh)
     S9  stopped, data unreadable ...................... DATA_UNREADABLE
-    S10 stopped, data last ran as primary ............. REWIND (pg_basebackup if rewind fails)
-    S11 stopped ....................................... START_STANDBY
+    S10 stopped cleanly for a planned switchover ...... START_STANDBY (no rewind: its WAL ends where
+                                                        the new primary's timeline begins)
+    S11 stopped, data last ran as primary ............. REWIND (pg_basebackup if rewind fails)
+    S12 stopped ....................................... START_STANDBY
 
 Every row from P3 on, except P4, and every standby row makes epoch E durable
 (remember_epoch) before it acts, so a restarted node never obeys an older
@@ -93,6 +95,7 @@ class HandOver(Enum):
     """Whether this node stopped its primary PostgreSQL for the standby to take over."""
     NONE = "none"
     HANDED_OVER = "handed_over"     # reported to the arbiter until it answers primary or standby
+    SWITCHED_OVER = "switched_over"  # the same, after a clean stop for a planned switchover
 
 
 class DataDir(Enum):
@@ -225,6 +228,10 @@ def _as_standby(view: NodeView, ins: Instruction) -> Decision:
         return row("S8", Action.CLONE, why="retry")
     if view.data is DataDir.UNREADABLE:
         return row("S9", Action.DATA_UNREADABLE, why=view.data_error or "")
+    if view.data is DataDir.WAS_PRIMARY and view.hand_over is HandOver.SWITCHED_OVER:
+        # A fast shutdown waits until the standby has flushed all WAL,
+        # the shutdown checkpoint included: nothing to rewind.
+        return row("S10", Action.START_STANDBY, why="switchover")
     if view.data is not DataDir.WAS_STANDBY:
-        return row("S10", Action.REWIND)
-    return row("S11", Action.START_STANDBY)
+        return row("S11", Action.REWIND)
+    return row("S12", Action.START_STANDBY)

@@ -88,8 +88,12 @@ TABLE = [
     ("S8", view(standby(), data=DataDir.WAS_STANDBY, rejoin_failures=1), Action.CLONE, 3),
     ("S8", view(standby(), data=DataDir.UNREADABLE, rejoin_failures=1), Action.CLONE, 3),
     ("S9", view(standby(), data=DataDir.UNREADABLE, data_error="no pg_control"), Action.DATA_UNREADABLE, 3),
-    ("S10", view(standby(), data=DataDir.WAS_PRIMARY), Action.REWIND, 3),
-    ("S11", view(standby(epoch=5), data=DataDir.WAS_STANDBY), Action.START_STANDBY, 5),
+    ("S10", view(standby(epoch=4), data=DataDir.WAS_PRIMARY, hand_over=HandOver.SWITCHED_OVER),
+     Action.START_STANDBY, 4),
+    ("S11", view(standby(), data=DataDir.WAS_PRIMARY), Action.REWIND, 3),
+    ("S11", view(standby(epoch=4), data=DataDir.WAS_PRIMARY, hand_over=HandOver.HANDED_OVER),
+     Action.REWIND, 4),
+    ("S12", view(standby(epoch=5), data=DataDir.WAS_STANDBY), Action.START_STANDBY, 5),
 ]
 
 
@@ -176,8 +180,10 @@ def carry_out(node, decision, rng):
         else:
             node.update(pg="running", running_as="primary", acting_primary=True, slot_ensured=None,
                         data=DataDir.WAS_PRIMARY)
-    elif action in (Action.HAND_OVER, Action.RELINQUISH):
+    elif action is Action.HAND_OVER:
         node.update(pg="stopped", acting_primary=False, hand_over=HandOver.HANDED_OVER)
+    elif action is Action.RELINQUISH:
+        node.update(pg="stopped", acting_primary=False, hand_over=HandOver.SWITCHED_OVER)
     elif action in (Action.SET_SYNC, Action.ENSURE_SLOT, Action.STAY_PRIMARY):
         node["acting_primary"] = True
         if decision.action is Action.SET_SYNC:
