@@ -207,8 +207,6 @@ def _manage_sync(state: ClusterState, memory: Memory, standby: str, report: Repo
     named = report.sync_standby == standby
     sync_on = row is not None and row.sync_state == "sync" and named
     reconnecting = memory.reconnect_grace_until is not None and now < memory.reconnect_grace_until
-    if healthy or not reconnecting:
-        memory = replace(memory, reconnect_grace_until=None)
     if memory.handover_from == standby and stalled:
         # The old primary did not come back in time: commits go on without it
         # (it is not promotable, so nothing is at risk), and sync is held off.

@@ -114,8 +114,8 @@ class Node:
         decision = decide(view)
         if decision.action not in IDLE:
             self.last_action = decision.action.value
-        self._say("action", "debug" if decision.action in IDLE else "info",
-                  f"action {decision.action.value} (row {decision.row})")
+        self._say("action", "info",
+                  f"action {decision.action.value} (row {decision.row}, PostgreSQL {view.pg})")
         if decision.action is Action.NO_ANSWER:
             return
         if decision.action is Action.IGNORE_OLD_EPOCH:
@@ -277,6 +277,7 @@ class Node:
     def _promote_running_standby(self, d):
         log.failover("promoting this node to primary at epoch %d", d.remember_epoch)
         self.pg.write_settings(PRIMARY, sync_standby=d.sync_standby)   # standby.signal: PostgreSQL removes it
+        self.pg.reload()    # the sync name holds from the first commit after the promotion
         self.pg.promote()
         self.acting_primary = True
         self.slot_ensured = None

@@ -205,14 +205,15 @@ def _start_for(data: DataDir | None) -> Action:
 def _as_standby(view: NodeView, ins: Instruction) -> Decision:
     assert ins.primary is not None and ins.primary_address is not None     # Instruction.from_wire checks
 
-    def row(name: str, action: Action, why: str = "") -> Decision:
+    def row(name: str, action: Action, why: str = "", hand_over: HandOver = HandOver.NONE) -> Decision:
         return Decision(action, name, remember_epoch=ins.epoch, primary=ins.primary,
-                        address=ins.primary_address, why=why)
+                        address=ins.primary_address, why=why, hand_over=hand_over)
 
     if view.acting_primary or view.pg == PG_RUNNING and view.running_as == PRIMARY:
         return row("S1", Action.DEMOTE)
     if view.pg == PG_STARTING:
-        return row("S2", Action.AWAIT_START)
+        # A clean hand-over is remembered until PostgreSQL is started as a standby.
+        return row("S2", Action.AWAIT_START, hand_over=view.hand_over)
     if view.pg == PG_RUNNING:
         if view.upstream != ins.primary_address:
             return row("S3", Action.FOLLOW)

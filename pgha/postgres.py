@@ -88,6 +88,21 @@ def read_postmaster_pid(pgdata: str) -> int | None:
         return None
 
 
+def process_alive(pid: int) -> bool:
+    """Whether pid names a live process (not a zombie waiting to be reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass            # alive, owned by someone else
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True     # no /proc: trust kill(0)
+
+
 def quote_conf(value):
     return "'" + str(value).replace("'", "''") + "'"
 
@@ -116,7 +131,6 @@ class Postgres:
                 raise PostgresError(f"OS user {settings.pg_os_user!r} (setting 'pg_os_user') does not exist; "
                                     "PostgreSQL cannot run as root") from None
         self._conn = None
-        self._pid = None
 
     # -- files and folders ---------------------------------------------------
 
@@ -222,19 +236,10 @@ class Postgres:
     # -- running ---------------------------------------------------------------
 
     def postmaster_pid(self):
-        """The running postmaster's pid, or None. Called often (watchdog), so
-        the pid file is read again only when the remembered pid is gone."""
-        for fresh in (False, True):
-            if fresh or self._pid is None:
-                self._pid = read_postmaster_pid(self.pgdata)
-                if self._pid is None:
-                    return None
-            try:
-                os.kill(self._pid, 0)
-                return self._pid
-            except OSError:
-                self._pid = None
-        return None
+        """The running postmaster's pid, or None. The pid file is read each
+        time (it is gone after a clean stop), and a zombie counts as gone."""
+        pid = read_postmaster_pid(self.pgdata)
+        return pid if pid is not None and process_alive(pid) else None
 
     def start(self, timeout=60):
         self.close()
