@@ -76,7 +76,7 @@ class Fencer:
             except OSError as exc:
                 self._last_failed_spawn = self.clock()
                 return f"fencer (pid {gone}) is gone and could not be restarted: {exc}"
-            return f"fencer (pid {gone}) was gone: restarted it (pid {self.pid}), disarmed"
+            return f"fencer (pid {gone}) was gone: restarted it (pid {self.pid})"
 
     def stop(self) -> None:
         """Tell the fencer to exit (disarmed): only once PostgreSQL is stopped."""
