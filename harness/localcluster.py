@@ -234,8 +234,34 @@ class LocalCluster(ClusterHandle):
             os.kill(pid, signum)
         return pid
 
+    def fencer_pid(self, name):
+        """The node's fencer (pgha/fencer.py), from its pid file, or None."""
+        from pgha.fencing import running_fencer
+        state = os.path.join(self.dir, name, "state")
+        return running_fencer(os.path.join(state, "fencer.pid"), os.path.join(state, "fencer.fifo"))
+
+    def kill_fencer(self, name):
+        pid = self.fencer_pid(name)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        return pid
+
+    def kill_daemon(self, name):
+        """The node daemon alone killed -9 (OOM, crash): PostgreSQL and the fencer run on."""
+        self.kill(name)
+
+    def freeze_daemon(self, name):
+        """SIGSTOP the node daemon alone (swap storm, debugger): PostgreSQL and the fencer run on."""
+        self.send_signal(name, signal.SIGSTOP)
+
+    def thaw_daemon(self, name):
+        self.send_signal(name, signal.SIGCONT)
+
     def kill_host(self, name):
-        """A dead host: the node daemon and its PostgreSQL, all at once."""
+        """A dead host: the node daemon, its fencer and its PostgreSQL, all at once."""
         proc = self.procs.get(name)
         daemon = proc.pid if proc and proc.poll() is None else self._daemon_pids.get(name)
         roots = [pid for pid in (daemon, self.postmaster_pid(name)) if pid]
@@ -243,11 +269,13 @@ class LocalCluster(ClusterHandle):
             raise FaultError(f"no process to kill for {name}")
         for pid in roots:
             kill_tree(pid)
+        self.kill_fencer(name)
         if proc:
             self.kill(name)    # reap it, forget it: start_node() brings the host back
 
     def stop(self, timeout=60):
         for key in list(NODES) + ["arbiter"]:
+            self.send_signal(key, signal.SIGCONT)    # a frozen daemon could not stop
             self.send_signal(key, signal.SIGTERM)
             proc = self.procs.get(key)
             if proc:
@@ -255,7 +283,8 @@ class LocalCluster(ClusterHandle):
                     proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        for name in NODES:   # a node killed earlier may have left its PostgreSQL behind
+        for name in NODES:   # a node killed earlier may have left its PostgreSQL and fencer behind
+            self.kill_fencer(name)
             if self.postmaster_pid(name):
                 self.kill_postgres(name)
 

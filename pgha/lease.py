@@ -23,7 +23,10 @@ class Leases:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._until = {"arbiter": 0.0, "standby": 0.0}
+        # "grace": a restarted daemon's one lease period for a PostgreSQL it
+        # found running as primary. Not granted by anyone, so never handed to
+        # the fencer (see deadline()).
+        self._until = {"arbiter": 0.0, "standby": 0.0, "grace": 0.0}
         self._lock = threading.Lock()
 
     def renew(self, source: str, sent_at: float, duration: float) -> None:
@@ -32,6 +35,12 @@ class Leases:
 
     def remaining(self, source: str) -> float:
         return max(0.0, self._until[source] - self.clock())
+
+    def deadline(self) -> float:
+        """When the last lease actually granted runs out (monotonic seconds;
+        in the past when none is held): what the fencer enforces."""
+        with self._lock:
+            return max(self._until["arbiter"], self._until["standby"])
 
     def held(self) -> bool:
         now = self.clock()

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from pgha import logs
 from pgha import protocol, store
+from pgha.fencing import Fencer
 from pgha.lease import Grants, Leases, LeaseRenewer, PeerServer
 from pgha.messages import PG_RUNNING, PG_STOPPED, PRIMARY, STANDBY, WAIT, Instruction
 from pgha.node_rules import (CRASH_RESTART_WINDOW, STANDBY_STREAM_DEADLINE, IDLE, Action, DataDir,
@@ -30,6 +31,8 @@ class Node:
         self.pg = pg
         self.clock = clock
         self.leases = Leases(clock)
+        # Fences PostgreSQL at the lease end even if this daemon dies or freezes.
+        self.fencer = Fencer(pg.state_dir, pg.pgdata, getattr(settings, "log_file", None))
         self.grants = Grants(clock)
         self.arbiter = protocol.Connection(settings.arbiter_host, settings.arbiter_port, timeout=1.0)
         self.state_file = os.path.join(pg.state_dir, "node-state.json")
@@ -54,6 +57,8 @@ class Node:
 
     def run(self):
         self.pg.prepare_folders()
+        adopted = self.fencer.start()
+        log.info("fencer %s (pid %d)", "adopted" if adopted else "started", self.fencer.pid)
         saved = store.load_json(self.state_file) or {}
         self.acted_epoch = int(saved.get("acted_epoch", 0))
         peer = PeerServer(self.s.peer_bind, self.s.peer_port, self.grants, lambda: self.lease_time)
@@ -65,9 +70,12 @@ class Node:
             # PostgreSQL outlived a previous node daemon: it gets one lease
             # period to be confirmed by the arbiter, then it is fenced.
             self.acting_primary = True
-            self.leases.renew("arbiter", self.clock(), self.lease_time)
+            self.leases.renew("grace", self.clock(), self.lease_time)
+            self.fencer.cap(self.lease_time)    # never later than the lease the last daemon armed
             log.warning("PostgreSQL is already running as primary: fencing it unless the arbiter "
                         "confirms this node within %.1fs", self.lease_time)
+        else:
+            self.fencer.disarm()    # an adopted fencer's old deadline must not hit a standby
         threading.Thread(target=self._watchdog, daemon=True, name="watchdog").start()
         log.info("node %s started (last epoch acted on: %d); asking the arbiter at %s:%s before "
                  "starting PostgreSQL", self.s.name, self.acted_epoch, self.s.arbiter_host, self.s.arbiter_port)
@@ -91,6 +99,8 @@ class Node:
             peer.shutdown()
             peer.server_close()
             self.shutdown_postgres()
+            if self.pg.postmaster_pid() is None:
+                self.fencer.stop()      # nothing left to fence; else it stays, armed
 
     def stop(self):
         self._stop.set()
@@ -114,7 +124,7 @@ class Node:
         decision = decide(view)
         if decision.action not in IDLE:
             self.last_action = decision.action.value
-        self._say("action", "info",
+        self._say("action", "debug" if decision.action in IDLE else "info",
                   f"action {decision.action.value} (row {decision.row}, PostgreSQL {view.pg})")
         if decision.action is Action.NO_ANSWER:
             return
@@ -363,6 +373,7 @@ class Node:
         self._run_as_standby(d)
 
     def _run_as_standby(self, d):
+        self.fencer.disarm()    # before PostgreSQL runs here as a standby
         self.pg.write_settings(STANDBY, primary_address=d.address)
         self.pg.set_recovery_signal(True)
         try:
@@ -390,8 +401,18 @@ class Node:
             return None
         return address.host, address.peer_port, instruction.epoch, self.lease_time
 
+    def _fence_deadline(self):
+        return self.leases.deadline() if self.acting_primary else None
+
     def _watchdog(self):
         while not self._stop.is_set():
+            try:    # the fencer enforces the same lease should this daemon die or freeze
+                restarted = self.fencer.check()
+                if restarted:
+                    log.warning("%s", restarted)
+                self.fencer.follow(self._fence_deadline)
+            except Exception:   # never lose the watchdog to it
+                self._say("fencer", "error", "fencer handle failed; this daemon still fences by itself")
             if self.acting_primary:
                 if not self.leases.held():
                     self.acting_primary = False

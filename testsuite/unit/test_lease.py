@@ -22,6 +22,15 @@ def test_no_lease_at_start(clock):
     assert leases.remaining("arbiter") == leases.remaining("standby") == 0.0
 
 
+def test_fencer_deadline_is_the_latest_granted_lease_never_the_restart_grace(clock):
+    leases = Leases(clock)
+    leases.renew("grace", clock(), 3.0)
+    assert leases.held() and leases.deadline() <= clock()     # held by the daemon, not handed to the fencer
+    leases.renew("arbiter", clock() - 1.0, 3.0)
+    leases.renew("standby", clock() - 0.5, 3.0)
+    assert leases.deadline() == clock() + 2.5
+
+
 def test_lease_counts_from_the_time_the_request_was_sent(clock):
     leases = Leases(clock)
     sent_at = clock()
