@@ -1,8 +1,9 @@
 """Watch every PostgreSQL of a cluster from outside, every few tens of ms:
 which servers are writable, and whether the writable one has a synchronous
 standby. The benchmarks turn the samples into "seconds with two writable
-servers", "seconds writable without a synchronous standby" and "when the
-old primary stopped taking writes".
+servers", "seconds writable without a synchronous standby (commits
+acknowledged by one server alone)" and "when the old primary stopped taking
+writes".
 
 One connection per server, kept open and re-made when it breaks; a server
 that does not answer counts as not writable.
@@ -13,10 +14,11 @@ from dataclasses import dataclass
 
 import psycopg2
 
+# Protected: a commit waits for a synchronous standby before it is
+# acknowledged (one named in synchronous_standby_names; while it reconnects
+# commits wait, they are not acknowledged without it).
 PROBE_SQL = """
-SELECT pg_is_in_recovery(),
-       current_setting('synchronous_standby_names') <> ''
-         AND EXISTS (SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync')
+SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names') <> ''
 """
 
 
@@ -24,7 +26,7 @@ SELECT pg_is_in_recovery(),
 class Sample:
     at: float                       # monotonic seconds
     writable: frozenset             # nodes answering pg_is_in_recovery() = false
-    unprotected: frozenset          # writable nodes with no synchronous standby streaming
+    unprotected: frozenset          # writable nodes that acknowledge commits without a standby
 
 
 class ExposureMonitor(threading.Thread):
@@ -35,10 +37,10 @@ class ExposureMonitor(threading.Thread):
         self.interval = interval
         self.samples = []
         self._conns = {}
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def run(self):
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             started = time.monotonic()
             writable, unprotected = set(), set()
             for node in self.dsns:
@@ -48,7 +50,7 @@ class ExposureMonitor(threading.Thread):
                     if not answer[1]:
                         unprotected.add(node)
             self.samples.append(Sample(started, frozenset(writable), frozenset(unprotected)))
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            self._stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
         for conn in self._conns.values():
             conn.close()
 
@@ -70,7 +72,7 @@ class ExposureMonitor(threading.Thread):
             return None
 
     def stop(self):
-        self._stop.set()
+        self._stopping.set()
         self.join(timeout=10)
 
     # -- what the samples say ------------------------------------------------

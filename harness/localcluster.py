@@ -25,7 +25,7 @@ import psycopg2.extensions
 
 from harness.cluster import ARBITER_TIMEOUT, ClusterHandle, FaultError
 from pgha import protocol
-from pgha.postgres import read_postmaster_pid
+from pgha.postgres import process_alive, read_postmaster_pid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP_FILES = ("node.py", "arbiter.py", "logger.py", "node_settings.py", "arbiter_settings.py", "tests.py")
@@ -220,7 +220,7 @@ class LocalCluster(ClusterHandle):
     def postmaster_pid(self, name):
         """The running postmaster's pid, or None."""
         pid = read_postmaster_pid(self.pgdata(name))
-        return pid if pid and _alive(pid) else None
+        return pid if pid and process_alive(pid) else None
 
     def kill_postgres(self, name, signum=signal.SIGKILL):
         """Signal the node's postmaster; SIGKILL takes all its processes at once,
@@ -259,6 +259,21 @@ class LocalCluster(ClusterHandle):
 
     def thaw_daemon(self, name):
         self.send_signal(name, signal.SIGCONT)
+
+    def freeze_host(self, name):
+        """SIGSTOP everything of the host (daemon, fencer, PostgreSQL): a VM paused, a swap storm."""
+        for pid in self._host_pids(name):
+            _signal(pid, signal.SIGSTOP)
+
+    def thaw_host(self, name):
+        for pid in self._host_pids(name):
+            _signal(pid, signal.SIGCONT)
+
+    def _host_pids(self, name):
+        proc = self.procs.get(name)
+        roots = [proc.pid if proc and proc.poll() is None else None, self.fencer_pid(name),
+                 self.postmaster_pid(name)]
+        return [pid for root in roots if root for pid in process_tree(root)]
 
     def kill_host(self, name):
         """A dead host: the node daemon, its fencer and its PostgreSQL, all at once."""
@@ -402,14 +417,11 @@ def kill_tree(root):
             pass
 
 
-def _alive(pid):
+def _signal(pid, signum):
     try:
-        os.kill(pid, 0)
-    except PermissionError:
-        return True        # another user's process: alive all the same
+        os.kill(pid, signum)
     except OSError:
-        return False
-    return True
+        pass
 
 
 def _copy_lines(stream):

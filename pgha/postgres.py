@@ -103,6 +103,17 @@ def process_alive(pid: int) -> bool:
         return True     # no /proc: trust kill(0)
 
 
+def _exists(pid: int) -> bool:
+    """Whether any process, a zombie included, holds pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def quote_conf(value):
     return "'" + str(value).replace("'", "''") + "'"
 
@@ -243,6 +254,7 @@ class Postgres:
 
     def start(self, timeout=60):
         self.close()
+        self._wait_postmaster_gone()
         result = self._run(["pg_ctl", "start", "-w", "-t", str(timeout), "-D", self.pgdata,
                             "-l", self.logfile], timeout=timeout + 10)
         if result.returncode != 0:
@@ -333,9 +345,17 @@ class Postgres:
                                 f"{_last_lines(result.stderr)}")
         self._swap_in(tmp)
 
+    def _wait_postmaster_gone(self, timeout=10.0):
+        """A killed postmaster stays a zombie until its parent (often init)
+        reaps it, and PostgreSQL's tools refuse the data directory until then."""
+        pid = read_postmaster_pid(self.pgdata)
+        if pid is not None and not process_alive(pid):
+            wait_until(lambda: not _exists(pid), timeout, 0.02)
+
     def rewind(self, address):
         source = conninfo(host=address.host, port=address.pg_port, user=self.s.admin_user,
                           dbname="postgres", connect_timeout=5)
+        self._wait_postmaster_gone()
         result = self._run(["pg_rewind", "-D", self.pgdata, f"--source-server={source}"],
                            env={"PGPASSWORD": self.s.admin_password}, timeout=3600)
         if result.returncode != 0:
