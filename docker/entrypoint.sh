@@ -22,7 +22,23 @@ node)
     # stale. Remove them, or a recycled pid could make PostgreSQL refuse to start.
     rm -f /var/lib/pgha/data/postmaster.pid /var/lib/pgha/run/.s.PGSQL.*
     cd /app
-    exec runuser -u postgres -- python3 /app/node.py --settings "$settings"
+    # The daemon is this shell's child, not PID 1's: killed alone (OOM, crash,
+    # the fault suite) it leaves PostgreSQL and its fencer running, as on a
+    # host where nothing restarts it, and the container stays up. A stop
+    # (SIGTERM from tini) is passed on and ends the container when it exits.
+    HOME=/var/lib/postgresql setpriv --reuid=postgres --regid=postgres --init-groups \
+        python3 /app/node.py --settings "$settings" &
+    daemon=$!
+    trap 'stopping=1; kill -TERM "$daemon" 2>/dev/null' TERM INT
+    stopping=
+    status=0
+    while kill -0 "$daemon" 2>/dev/null; do
+        wait "$daemon" && status=0 || status=$?
+    done
+    [ -n "$stopping" ] && exit "$status"
+    echo "entrypoint: node daemon exited with status $status; PostgreSQL and the fencer run on" >&2
+    trap 'exit 0' TERM INT
+    while :; do sleep 1 & wait $!; done
     ;;
 arbiter)
     settings=${1:-${PGHA_SETTINGS:-/app/docker/arbiter.py}}

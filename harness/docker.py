@@ -298,6 +298,7 @@ class ComposeCluster(ClusterHandle):
         self.disconnected = set()
         self.blocked = set()
         self.paused = set()
+        self.daemons_down = set()
 
     # -- compose and containers
 
@@ -375,6 +376,26 @@ class ComposeCluster(ClusterHandle):
     def kill_host(self, service):
         self.kill(service)
 
+    # The node daemon alone (python3 /app/node.py); PostgreSQL and the fencer run on.
+    DAEMON = "^python3 /app/node.py"
+
+    def kill_daemon(self, service):
+        self.exec(service, "pkill", "-9", "-f", self.DAEMON, timeout=30)
+        self.daemons_down.add(service)
+
+    def freeze_daemon(self, service):
+        self.exec(service, "pkill", "-STOP", "-f", self.DAEMON, timeout=30)
+
+    def thaw_daemon(self, service):
+        self.exec(service, "pkill", "-CONT", "-f", self.DAEMON, timeout=30, check=False)
+
+    def start_daemon(self, service):
+        """Start the node daemon again inside the running container (as an operator would)."""
+        self.exec(service, "sh", "-c", "cd /app && HOME=/var/lib/postgresql setpriv --reuid=postgres --regid=postgres --init-groups "
+                  "python3 /app/node.py --settings /app/docker/node.py "
+                  ">>/var/lib/pgha/node-restarted.log 2>&1 &", timeout=30)
+        self.daemons_down.discard(service)
+
     # -- the fault suite's faults
 
     def kill(self, service):
@@ -445,8 +466,13 @@ class ComposeCluster(ClusterHandle):
                 self.connect(service)
             if state["Running"]:
                 self.unblock(service)
+                if service in NODES:
+                    self.thaw_daemon(service)
+                    if service in self.daemons_down:
+                        self.start_daemon(service)
             else:
                 self.start(service)
+        self.daemons_down.clear()
         self.paused.clear()
         self.disconnected.clear()
         self.blocked.clear()

@@ -26,7 +26,8 @@ HBA_BEGIN, HBA_END = "# pgha: begin (managed by node.py)", "# pgha: end"
 # Settings node.py owns: removed from postgresql.auto.conf so ALTER SYSTEM
 # (e.g. the seed's synchronous_standby_names='*') cannot override them.
 MANAGED_KEYS = ("synchronous_standby_names", "primary_conninfo", "primary_slot_name", "port",
-                "listen_addresses", "unix_socket_directories", "recovery_target_timeline")
+                "listen_addresses", "unix_socket_directories", "recovery_target_timeline",
+                "synchronous_commit")   # the server default stays "on": commits wait for the standby
 RECOVERY_STATES = ("in archive recovery", "shut down in recovery")
 
 STATUS_SQL = """

@@ -56,6 +56,23 @@ def networks(value):
     return None if value else "must name at least one network"
 
 
+# PostgreSQL parameters the node sets itself (pgha.conf): a pg_parameters entry
+# for one would be overridden or, worse, weaken a guarantee (synchronous_commit).
+MANAGED_PARAMETERS = ("synchronous_standby_names", "synchronous_commit", "primary_conninfo",
+                      "primary_slot_name", "port", "listen_addresses", "unix_socket_directories",
+                      "recovery_target_timeline", "cluster_name", "wal_level", "hot_standby", "wal_log_hints")
+
+
+def unmanaged_parameters(value):
+    for key in value:
+        if not isinstance(key, str):
+            return f"has a key {key!r} that is not a parameter name"
+        if key.lower() in MANAGED_PARAMETERS:
+            return (f"sets {key!r}, which the node manages itself (synchronous replication, "
+                    "roles and addresses come from the other settings)")
+    return None
+
+
 def log_level(value):
     ok = value.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
     return None if ok else "must be DEBUG, INFO, WARNING or ERROR"
@@ -147,7 +164,7 @@ NODE_SPECS = {
     "replication_password": Spec(str, non_empty, secret=True),
     "database": Spec(str, identifier),
     "hba_networks": Spec(list, networks),
-    "pg_parameters": Spec(dict),
+    "pg_parameters": Spec(dict, unmanaged_parameters),
     "log_level": Spec(str, log_level),
     "log_file": Spec(str, non_empty, optional=True),
 }

@@ -22,8 +22,10 @@ docker-compose logs go to out/faults/<test>.log.
 
 Run:  pytest -v testsuite/faults/test_faults.py     (root, docker available)
 """
+import threading
 import time
 
+import psycopg2
 import pytest
 
 from harness import docker as de
@@ -293,3 +295,84 @@ def test_11_repeated_failovers(healthy_cluster):
             history.append((primary, tli))
         print("failover history:", history)
     run.assert_safe()
+
+
+class LocalCommitClient:
+    """A client that lowered synchronous_commit to local, writing straight to one
+    node every 50 ms: the commits no HA manager can protect, and the ones a
+    fenced old primary must stop acknowledging. Ack times on the run's clock."""
+
+    TABLE = "pgha_local_commits"
+
+    def __init__(self, run, node):
+        self.run, self.node, self.acks = run, node, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        with psycopg2.connect(de.node_dsn(self.node)) as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} (id bigserial PRIMARY KEY, at float8)")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _loop(self):
+        conn = None
+        while not self._stop.wait(0.05):
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg2.connect(de.node_dsn(self.node, connect_timeout=1),
+                                            options="-c synchronous_commit=local -c statement_timeout=2000")
+                with conn.cursor() as cur:
+                    cur.execute(f"INSERT INTO {self.TABLE} (at) VALUES (%s)", (self.run.now(),))
+                conn.commit()
+                self.acks.append(self.run.now())
+            except psycopg2.Error:
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+
+def daemon_fault_on_primary(c, run, fault):
+    """The node daemon alone killed or frozen on the primary while PostgreSQL runs
+    on: its fencer stops PostgreSQL within the lease, the standby is promoted,
+    and a local-commit client on the old primary gets nothing acknowledged after
+    the new primary took its first write."""
+    with LocalCommitClient(run, run.primary) as local:
+        run.settle()
+        t = run.mark_fault()
+        fault(run.primary)
+        assert wait_new_primary(c, run.primary, timeout=FAILOVER_BOUND + 30) == run.standby
+        first_new = min(a.end for a in run.wait_acks(5, timeout=FAILOVER_BOUND, since=t, node=run.standby))
+        assert_old_primary_fenced(c, run.primary)
+    late = [at for at in local.acks if at > first_new]
+    assert not late, f"old primary acknowledged local commits after the promotion: {late[:5]}"
+    last_local = max((at for at in local.acks), default=t)
+    return last_local - t
+
+
+def test_12_primary_daemon_killed(healthy_cluster):
+    """kill -9 the node daemon alone on the primary (PostgreSQL keeps running)."""
+    c = healthy_cluster
+    with Run(c, "12-primary-daemon-kill") as run:
+        refused_after = daemon_fault_on_primary(c, run, c.kill_daemon)
+        assert run.heal_and_wait() == run.standby     # heal: the daemon starts again, rejoins
+    run.assert_safe()
+    print(f"old primary's last local commit {refused_after:.2f}s after its daemon died")
+
+
+def test_13_primary_daemon_frozen(healthy_cluster):
+    """SIGSTOP the node daemon alone on the primary for 10 s, then resume it."""
+    c = healthy_cluster
+    with Run(c, "13-primary-daemon-freeze") as run:
+        frozen_at = time.monotonic()
+        refused_after = daemon_fault_on_primary(c, run, c.freeze_daemon)
+        time.sleep(max(0.0, 10.0 - (time.monotonic() - frozen_at)))
+        assert run.heal_and_wait() == run.standby     # heal thaws it: it demotes and rejoins
+    run.assert_safe()
+    print(f"old primary's last local commit {refused_after:.2f}s after its daemon froze")

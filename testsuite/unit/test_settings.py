@@ -98,6 +98,8 @@ NODE_ERRORS = [
     ("networks-not-a-list", 'hba_networks = "10.0.0.0/8"', ["'hba_networks'", "must be list"]),
     ("networks-not-strings", "hba_networks = [10]", ["'hba_networks'", "list of strings"]),
     ("parameters-not-a-dict", "pg_parameters = []", ["'pg_parameters'", "must be dict"]),
+    ("parameters-managed", "pg_parameters = {\"synchronous_commit\": \"local\"}",
+     ["'pg_parameters'", "synchronous_commit", "manages itself"]),
     ("bad-log-level", 'log_level = "LOUD"', ["'log_level'", "DEBUG, INFO"]),
 ]
 
