@@ -89,30 +89,26 @@ def read_postmaster_pid(pgdata: str) -> int | None:
         return None
 
 
-def process_alive(pid: int) -> bool:
-    """Whether pid names a live process (not a zombie waiting to be reaped)."""
+def process_exists(pid: int) -> bool:
+    """Whether any process holds pid, a zombie waiting to be reaped included."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass            # alive, owned by someone else
+    return True
+
+
+def process_alive(pid: int) -> bool:
+    """Whether pid names a live process (not a zombie)."""
+    if not process_exists(pid):
+        return False
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True     # no /proc: trust kill(0)
-
-
-def _exists(pid: int) -> bool:
-    """Whether any process, a zombie included, holds pid."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def quote_conf(value):
@@ -351,7 +347,7 @@ class Postgres:
         reaps it, and PostgreSQL's tools refuse the data directory until then."""
         pid = read_postmaster_pid(self.pgdata)
         if pid is not None and not process_alive(pid):
-            wait_until(lambda: not _exists(pid), timeout, 0.02)
+            wait_until(lambda: not process_exists(pid), timeout, 0.02)
 
     def rewind(self, address):
         source = conninfo(host=address.host, port=address.pg_port, user=self.s.admin_user,
