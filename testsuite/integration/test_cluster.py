@@ -77,13 +77,23 @@ def test_bootstrap_from_empty_directories(local_cluster):
 
 
 def test_primary_postmaster_killed(local_cluster):
+    """A quick local restart; the standby's reconnect does not cost synchronous
+    replication (issue 8): the restarted primary is never writable with
+    synchronous_standby_names empty."""
+    from harness.exposure import ExposureMonitor
+    monitor = ExposureMonitor({n: local_cluster.dsn_for(n) for n in OTHER}, interval=0.02)
     with WriteRun(local_cluster) as run:
         assert run.wait_for_acks(10, timeout=30)
+        monitor.start()
         run.mark_fault()
+        killed_at = time.monotonic()
         assert local_cluster.kill_postgres("pgsql-1")
         assert run.wait_for_acks(20, timeout=60), "writes did not resume"
+        local_cluster.wait_healthy(timeout=120)
+        monitor.stop()
     run.check()
-    local_cluster.wait_healthy(timeout=120)
+    assert local_cluster.status()["epoch"] == 1, "a local restart, not a failover"
+    assert monitor.unprotected_seconds(since=killed_at) == 0, [s for s in monitor.samples if s.unprotected][:5]
 
 
 def test_primary_host_dead_then_rejoins_by_rewind_and_fails_back(local_cluster):
@@ -200,6 +210,51 @@ def test_planned_switchover_loses_nothing(local_cluster):
     assert status["primary"] == "pgsql-2"
     # a clean hand-over: the old primary follows without a fresh clone
     assert "pg_basebackup" not in log_text(local_cluster, "pgsql-1").split("running as primary", 1)[-1]
+
+
+def test_after_a_switchover_no_commit_is_acknowledged_without_the_standby(local_cluster):
+    """Issue 8: from its first commit the new primary names the old one as its
+    synchronous standby (an outside monitor never sees it writable with
+    synchronous_standby_names empty), and every commit acknowledged after the
+    switchover is on both nodes."""
+    from harness.exposure import ExposureMonitor
+    from harness.workload import ACK, TABLE
+    from pgha import ctl
+    nodes = ("pgsql-1", "pgsql-2")
+    monitor = ExposureMonitor({n: local_cluster.dsn_for(n) for n in nodes}, interval=0.02)
+    with WriteRun(local_cluster) as run:
+        assert run.wait_for_acks(10, timeout=30)
+        monitor.start()
+        run.mark_fault()
+        switched_at = time.monotonic()
+        assert ctl.main(["--arbiter", f"127.0.0.1:{local_cluster.arbiter_port}", "switchover"]) == 0
+        wait_for(primary_is(local_cluster, "pgsql-2", epoch=2), 60, "switchover to pgsql-2")
+        assert run.wait_for_acks(40, timeout=60)
+        monitor.stop()
+    run.check()
+    assert monitor.unprotected_seconds(since=switched_at) == 0, \
+        [s for s in monitor.samples if s.unprotected][:5]
+    assert monitor.split_brain_seconds() == 0
+    acked = sorted(a.id for a in run.writer.attempts if a.outcome == ACK and a.end >= run.fault_at)
+    lsn = sql_dsn(local_cluster, "pgsql-2", "SELECT pg_current_wal_lsn()")[0][0]
+    wait_for(lambda: sql_dsn(local_cluster, "pgsql-1",
+                             f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn")[0][0],
+             30, "the old primary replaying up to the new primary's position")
+    for node in nodes:
+        rows = sql_dsn(local_cluster, node, f"SELECT id FROM {TABLE} WHERE id = ANY(ARRAY{acked}::bigint[])")
+        missing = set(acked) - {r[0] for r in rows}
+        assert not missing, f"{node} lacks {len(missing)} commits acknowledged after the switchover"
+
+
+def sql_dsn(cluster, node, query):
+    conn = psycopg2.connect(cluster.dsn_for(node), target_session_attrs="any")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(query)
+            return cur.fetchall()
+    finally:
+        conn.close()
 
 
 def test_node_daemon_restart_keeps_the_running_primary(local_cluster):
