@@ -111,22 +111,6 @@ class Arbiter:
         return {"type": "ok", "switchover_to": memory.switchover_to}
 
 
-class _Handler(protocol.LineHandler):
-    def answer(self, message):
-        try:
-            return self.server.arbiter.handle(message)
-        except StateFileError as exc:
-            log.error("%s", exc)
-            raise protocol.ProtocolError("arbiter cannot store its decision") from None
-
-
-class ArbiterServer(protocol.LineServer):
-    def __init__(self, arbiter, host, port, idle_timeout=30.0):
-        self.arbiter = arbiter
-        self.idle_timeout = idle_timeout
-        super().__init__((host, port), _Handler)
-
-
     # -- rebuilding a lost state (arbiter.py --rebuild, pgha.rebuild) ----------------------
 
     def _start_rebuild(self):
@@ -134,7 +118,8 @@ class ArbiterServer(protocol.LineServer):
         if existing is not None:
             raise StateFileError(f"--rebuild: state file {self.store} exists (epoch {existing.epoch}, primary "
                                  f"{existing.primary}); refusing to replace it. Start without --rebuild")
-        self.rebuilding = rebuild.Rebuild(self.topology, fresh_within=self.timings.lease_time)
+        self.rebuilding = rebuild.Rebuild(self.topology, fresh_within=self.timings.lease_time,
+                                          started_at=self.clock())
         self._last_proposal = None
         log.warning("rebuild mode: no state in %s; every node is told to wait until an operator confirms "
                     "the proposal (python -m pgha.ctl status, then rebuild --confirm)", self.store)
@@ -190,3 +175,20 @@ class ArbiterServer(protocol.LineServer):
         log.failover("state rebuilt by the operator: epoch %d, primary %s, standby not promotable until it "
                      "is synchronous again; normal service", state.epoch, state.primary)
         return {"type": "ok", "epoch": state.epoch, "primary": state.primary}
+
+
+class _Handler(protocol.LineHandler):
+    def answer(self, message):
+        try:
+            return self.server.arbiter.handle(message)
+        except StateFileError as exc:
+            log.error("%s", exc)
+            raise protocol.ProtocolError("arbiter cannot store its decision") from None
+
+
+class ArbiterServer(protocol.LineServer):
+    def __init__(self, arbiter, host, port, idle_timeout=30.0):
+        self.arbiter = arbiter
+        self.idle_timeout = idle_timeout
+        super().__init__((host, port), _Handler)
+

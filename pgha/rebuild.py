@@ -44,6 +44,7 @@ class Proposal:
 class Rebuild:
     topology: Topology
     fresh_within: float             # a report older than this no longer counts (seconds)
+    started_at: float               # arbiter clock at the start of the rebuild
     heard: dict[str, Heard] = field(default_factory=dict)
 
     def on_heartbeat(self, node: str, epoch: int, report: Report, now: float) -> Instruction:
@@ -54,7 +55,7 @@ class Rebuild:
 
     def proposal(self, now: float) -> tuple[Proposal | None, str | None]:
         """(the proposal, None), or (None, why there is none)."""
-        return propose(self.topology, self.heard, now, self.fresh_within)
+        return propose(self.topology, self.heard, now, self.fresh_within, self.started_at)
 
     def confirm(self, epoch: int, primary: str, now: float) -> tuple[ClusterState | None, str | None]:
         """The state to save when (epoch, primary) is exactly the proposal; else (None, why not)."""
@@ -77,11 +78,16 @@ class Rebuild:
         return nodes
 
 
-def propose(topology: Topology, heard: dict[str, Heard], now: float,
-            fresh_within: float) -> tuple[Proposal | None, str | None]:
+def propose(topology: Topology, heard: dict[str, Heard], now: float, fresh_within: float,
+            started_at: float | None = None) -> tuple[Proposal | None, str | None]:
+    """started_at: a node not heard from is waited for until fresh_within after it
+    (a live node reports by then; one that may hold a higher epoch must be heard)."""
     current = {name: h for name, h in heard.items() if name in topology and now - h.at <= fresh_within}
     if not current:
         return None, "no node has reported yet"
+    silent = [name for name in topology.members if name not in heard]
+    if silent and started_at is not None and now - started_at < fresh_within:
+        return None, f"waiting up to {fresh_within:g}s for {silent[0]} to report"
     highest = max(h.epoch for h in heard.values())
     if highest < 1:
         return None, "no node has acted on any epoch (a new cluster: start the arbiter with --init)"
