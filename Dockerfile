@@ -26,7 +26,9 @@ WORKDIR /app
 # The app: node.py arbiter.py logger.py *_settings.py tests.py pgha/ docker/
 # (.dockerignore keeps tests, benchmarks and VCS data out of the context).
 COPY . /app/
-RUN chmod 0755 /app/docker/entrypoint.sh
+# The node's settings hold passwords: readable by its user only, or node.py refuses them.
+RUN chmod 0755 /app/docker/entrypoint.sh \
+ && chown postgres:postgres /app/docker/node.py && chmod 0600 /app/docker/node.py
 
 ENTRYPOINT ["/app/docker/entrypoint.sh"]
 CMD ["node"]

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """The arbiter: decides which node is primary and keeps that decision on disk.
 
-    python arbiter.py [--settings FILE]
+    python arbiter.py [--settings FILE] [--init | --rebuild]
+
+--init on a new cluster only; without it a missing state file stops the
+arbiter (README: Arbiter state loss).
 """
 import os
 import signal
@@ -15,11 +18,17 @@ DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arbiter_set
 
 
 def main(argv=None):
-    settings = cli.load_settings("arbiter", "PostgreSQL HA arbiter", DEFAULTS, settings_mod.ARBITER_SPECS,
-                                 settings_mod.ARBITER_CHECKS, argv=argv)
+    settings, flags = cli.load_settings_and_flags(
+        "arbiter", "PostgreSQL HA arbiter", DEFAULTS, settings_mod.ARBITER_SPECS, settings_mod.ARBITER_CHECKS,
+        argv=argv, flags=(("--init", "create the state (epoch 1, initial_primary) if there is none: a new cluster"),
+                          ("--rebuild", "the state was lost: rebuild it from the nodes' reports, with an "
+                                        "operator's confirmation (python -m pgha.ctl rebuild)")))
+    if flags.init and flags.rebuild:
+        print("arbiter: --init and --rebuild exclude each other", file=sys.stderr)
+        return 2
     log = logger.setup("arbiter", settings.log_level, settings.log_file)
     try:
-        arbiter = Arbiter(settings)
+        arbiter = Arbiter(settings, init=flags.init, rebuild=flags.rebuild)
         server = ArbiterServer(arbiter, settings.listen_host, settings.listen_port,
                                idle_timeout=max(10.0, 20 * settings.heartbeat_interval))
     except StateFileError as exc:

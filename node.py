@@ -14,7 +14,8 @@ DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_settin
 
 
 def main(argv=None):
-    settings = cli.load_settings("node", "PostgreSQL HA node daemon", DEFAULTS, settings_mod.NODE_SPECS, argv=argv)
+    settings = cli.load_settings("node", "PostgreSQL HA node daemon", DEFAULTS, settings_mod.NODE_SPECS,
+                                 settings_mod.NODE_CHECKS, argv=argv)
     log = logger.setup(settings.name, settings.log_level, settings.log_file)
     try:
         import psycopg2  # noqa: F401  (checked here for one clear line, not a traceback)
@@ -23,6 +24,7 @@ def main(argv=None):
         return 1
     from pgha.node import Node
     from pgha.postgres import Postgres, PostgresError
+    from pgha.store import NodeStateError
     try:
         node = Node(settings, Postgres(settings))
     except PostgresError as exc:
@@ -37,7 +39,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, stop)
     try:
         node.run()
-    except OSError as exc:
+    except (OSError, NodeStateError) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -23,10 +23,15 @@ socket_dir = None               # unix socket folder; default: "run" beside pgda
 state_dir = None                # node's own state (last epoch acted on); default: "state" beside pgdata
 pg_bindir = None                # default: pg_config --bindir, else newest /usr/lib/postgresql/*/bin
 pg_os_user = "postgres"         # PostgreSQL runs as this OS user when node.py runs as root
-admin_user = "kronos"           # superuser the node and clients use
-admin_password = "kronos"
-replication_user = "repuser"
-replication_password = "repuser"
+# Passwords: "change-me" is a placeholder the node refuses to run with. Set
+# real ones in a --settings file readable only by the node's user (chmod 600;
+# a file holding a password that others can read is refused).
+admin_user = "kronos"           # superuser the node uses for its own control connection
+admin_password = "change-me"
+replication_user = "repuser"    # streaming replication (pg_basebackup, the standby)
+replication_password = "change-me"
+app_user = "app"                # the application's role: LOGIN, no superuser, owns `database`
+app_password = "change-me"
 database = "testdb"
 hba_networks = ["127.0.0.1/32"] # networks allowed to connect (clients, the other node)
 pg_parameters = {}              # extra postgresql.conf parameters, e.g. {"shared_buffers": "256MB"}

@@ -43,8 +43,19 @@ node)
 arbiter)
     settings=${1:-${PGHA_SETTINGS:-/app/docker/arbiter.py}}
     mkdir -p /var/lib/pgha-arbiter
+    # --init (start from nothing at epoch 1) only the first time this state
+    # volume is used: the marker outlives a lost state file, so a state file
+    # deleted later stops the arbiter instead of silently starting over. That
+    # a new volume means a new cluster holds for this test compose project,
+    # whose volumes are made and dropped together (docker-compose down -v); on
+    # real hosts run arbiter.py --init by hand, once.
+    init=""
+    if [ ! -e /var/lib/pgha-arbiter/.volume-initialised ]; then
+        init="--init"
+        touch /var/lib/pgha-arbiter/.volume-initialised
+    fi
     cd /app
-    exec python3 /app/arbiter.py --settings "$settings"
+    exec python3 /app/arbiter.py --settings "$settings" $init
     ;;
 *)
     exec "$role" "$@"

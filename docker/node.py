@@ -17,10 +17,14 @@ arbiter_port = 5430
 pgdata = "/var/lib/pgha/data"
 socket_dir = "/var/lib/pgha/run"
 pg_os_user = "postgres"
+# Fixed passwords for this throwaway test project only (the image holds this
+# file 0600, owned by postgres: the node refuses a password file others can read).
 admin_user = "kronos"
 admin_password = "kronos-secret"
 replication_user = "repuser"
 replication_password = "repuser-secret"
+app_user = "app"                # the DSN's role: no superuser, owns the database
+app_password = "app-secret"
 database = "testdb"
 hba_networks = ["127.0.0.1/32", "172.28.0.0/24"]
 log_level = "INFO"

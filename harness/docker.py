@@ -60,16 +60,20 @@ FAULT_CHAIN = "PGHA_FAULT"
 _NODE_SETTINGS = runpy.run_path(str(ROOT / "docker" / "node.py"))   # shared by both services
 ADMIN_USER = _NODE_SETTINGS["admin_user"]
 ADMIN_PASSWORD = _NODE_SETTINGS["admin_password"]
+APP_USER = _NODE_SETTINGS["app_user"]          # what the workload and probes connect as
+APP_PASSWORD = _NODE_SETTINGS["app_password"]
 DATABASE = _NODE_SETTINGS["database"]
 SLOT = {n: _NODE_SETTINGS["_SLOTS"][n] for n in NODES}   # the slot a node streams through as standby
 
 DSN = (f"host={ADDR['pgsql-1']},{ADDR['pgsql-2']} port={PG_PORT},{PG_PORT} dbname={DATABASE} "
-       f"user={ADMIN_USER} password={ADMIN_PASSWORD} target_session_attrs=read-write connect_timeout=2")
+       f"user={APP_USER} password={APP_PASSWORD} target_session_attrs=read-write connect_timeout=2")
 
 
-def node_dsn(node, connect_timeout=2):
-    return (f"host={ADDR[node]} port={PG_PORT} dbname={DATABASE} user={ADMIN_USER} "
-            f"password={ADMIN_PASSWORD} connect_timeout={connect_timeout}")
+def node_dsn(node, connect_timeout=2, superuser=False):
+    """One node, as the application (probes), or as the superuser to inspect the server."""
+    user, password = (ADMIN_USER, ADMIN_PASSWORD) if superuser else (APP_USER, APP_PASSWORD)
+    return (f"host={ADDR[node]} port={PG_PORT} dbname={DATABASE} user={user} "
+            f"password={password} connect_timeout={connect_timeout}")
 
 
 def label_of(hostport):
@@ -499,7 +503,7 @@ class ComposeCluster(ClusterHandle):
     def node(self, node, timeout=2):
         """Direct look at one node's PostgreSQL, or None when it does not answer."""
         try:
-            conn = psycopg2.connect(node_dsn(node, timeout))
+            conn = psycopg2.connect(node_dsn(node, timeout, superuser=True))
         except psycopg2.Error:
             return None
         try:

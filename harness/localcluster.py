@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import subprocess
@@ -25,14 +26,16 @@ import psycopg2.extensions
 
 from harness.cluster import ARBITER_TIMEOUT, ClusterHandle, FaultError
 from pgha import protocol
-from pgha.postgres import process_alive, read_postmaster_pid
+from pgha.postgres import pgpass_line, process_alive, read_postmaster_pid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP_FILES = ("node.py", "arbiter.py", "logger.py", "node_settings.py", "arbiter_settings.py", "tests.py")
 NODES = ("pgsql-1", "pgsql-2")
 SLOTS = {"pgsql-1": "rep177", "pgsql-2": "rep98"}   # as in the original setup
 DEFAULT_BASE_PORT = 6430
-PASSWORD = "kronos-local"
+ADMIN_USER, APP_USER = "kronos", "app"     # the node's superuser; the application's role (the DSN's)
+SECRETS_FILE = "secrets.json"   # this cluster's random passwords, 0600
+PASSWORD_SETTINGS = ("admin_password", "replication_password", "app_password")
 MARKER = ".pgha-local-cluster"    # only folders holding it are ever wiped by --fresh
 
 
@@ -49,8 +52,12 @@ class LocalCluster(ClusterHandle):
     loaded from a running one's cluster.json (load) to inject faults."""
 
     def __init__(self, workdir=None, base_port=DEFAULT_BASE_PORT, os_user="postgres", echo=False,
-                 arbiter_overrides=None):
+                 arbiter_overrides=None, passwords=None):
+        """passwords: {setting: password} for PASSWORD_SETTINGS; by default
+        random ones made at the first prepare() and kept in DIR/secrets.json."""
         self.dir = os.path.abspath(workdir or default_dir())
+        self.passwords = dict(passwords or {})
+        self._init_arbiter = False  # pass --init at the next arbiter start (a new cluster)
         self.base_port = base_port
         self.echo = echo
         self.arbiter_overrides = arbiter_overrides or {}
@@ -102,12 +109,19 @@ class LocalCluster(ClusterHandle):
     def dsn(self):
         return self._dsn or self.dsn_for(*NODES)
 
-    def dsn_for(self, *nodes, password=PASSWORD):
+    def dsn_for(self, *nodes, password=True):
+        """The application's DSN (the app role) for nodes; password=None leaves
+        the password out (it is in the pgpass file)."""
         hosts = ",".join("127.0.0.1" for _ in nodes)
         ports = ",".join(str(self.pg_ports[n]) for n in nodes)
-        secret = f" password={password}" if password else ""
-        return (f"host={hosts} port={ports} dbname=testdb user=kronos{secret} "
+        secret = f" password={conninfo_quote(self.passwords['app_password'])}" if password else ""
+        return (f"host={hosts} port={ports} dbname=testdb user={APP_USER}{secret} "
                 f"target_session_attrs=read-write connect_timeout=2")
+
+    def superuser_params(self, name):
+        """psycopg2.connect keywords for the node's superuser (tests that inspect the server)."""
+        return dict(host=self.hosts[name], port=self.pg_ports[name], dbname="testdb", user=ADMIN_USER,
+                    password=self.passwords["admin_password"])
 
     def pgdata(self, name):
         try:
@@ -122,6 +136,11 @@ class LocalCluster(ClusterHandle):
             shutil.rmtree(self.dir)
         os.makedirs(self.dir, exist_ok=True)
         open(os.path.join(self.dir, MARKER), "w").close()
+        self._load_or_make_passwords()
+        state_file = os.path.join(self.dir, "arbiter-state.json")
+        # A new cluster (no decision, no data yet) is the one case the arbiter may start from nothing.
+        self._init_arbiter = not os.path.exists(state_file) and all(
+            not os.path.exists(self.pgdata(name)) for name in NODES)
         app = os.path.join(self.dir, "app")
         shutil.rmtree(app, ignore_errors=True)
         os.makedirs(app)
@@ -130,14 +149,15 @@ class LocalCluster(ClusterHandle):
                 shutil.copy2(os.path.join(ROOT, name), app)
         shutil.copytree(os.path.join(ROOT, "pgha"), os.path.join(app, "pgha"),
                         ignore=shutil.ignore_patterns("__pycache__"))
-        arbiter = {"listen_port": self.arbiter_port, "state_file": os.path.join(self.dir, "arbiter-state.json"),
+        arbiter = {"listen_port": self.arbiter_port, "state_file": state_file,
                    "log_file": os.path.join(self.dir, "arbiter.log"), **self.arbiter_overrides}
         self._write_settings("arbiter.py", arbiter)
         for name in NODES:
             self._write_settings(f"{name}.py", {
                 "name": name, "pg_port": self.pg_ports[name], "peer_port": self.peer_ports[name],
                 "slot_name": SLOTS[name], "arbiter_port": self.arbiter_port,
-                "pgdata": self.pgdata(name), "admin_password": PASSWORD, "replication_password": PASSWORD,
+                "pgdata": self.pgdata(name), "admin_user": ADMIN_USER, "app_user": APP_USER,
+                **{setting: self.passwords[setting] for setting in PASSWORD_SETTINGS},
                 "log_file": os.path.join(self.dir, f"{name}.log"),
             })
         self._chown_tree(self.dir)
@@ -149,8 +169,35 @@ class LocalCluster(ClusterHandle):
 
     def _write_settings(self, filename, values):
         body = "".join(f"{k} = {v!r}\n" for k, v in values.items())
-        with open(os.path.join(self.dir, filename), "w") as f:
-            f.write("# Generated by harness.localcluster\n" + body)
+        self._write_private(filename, "# Generated by harness.localcluster\n" + body)
+
+    # -- secrets: random per cluster, in files only the daemons' user can read -----
+
+    def _load_or_make_passwords(self):
+        """This cluster's passwords: given, else kept from an earlier prepare, else new random ones."""
+        path = os.path.join(self.dir, SECRETS_FILE)
+        kept = {}
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                kept = json.load(f)
+        for setting in PASSWORD_SETTINGS:
+            self.passwords.setdefault(setting, kept.get(setting) or secrets.token_urlsafe(24))
+        self._write_private(SECRETS_FILE, json.dumps(self.passwords, indent=1) + "\n")
+
+    def _write_private(self, filename, text):
+        """Write DIR/filename created 0600 (never readable by others, even briefly),
+        owned by the daemons' user when we are root; replaced atomically."""
+        path = os.path.join(self.dir, filename)
+        tmp = path + ".tmp"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            if self.user:
+                os.fchown(f.fileno(), self.user.pw_uid, self.user.pw_gid)
+            f.write(text)
+        os.replace(tmp, path)
+        return path
 
     def _chown_tree(self, path):
         if not self.user:
@@ -161,9 +208,9 @@ class LocalCluster(ClusterHandle):
 
     # -- processes -----------------------------------------------------------
 
-    def _spawn(self, key, script, settings_file):
+    def _spawn(self, key, script, settings_file, flags=()):
         cmd = [sys.executable, "-u", os.path.join(self.dir, "app", script), "--settings",
-               os.path.join(self.dir, settings_file)]
+               os.path.join(self.dir, settings_file), *flags]
         kwargs = {}
         env = dict(os.environ)
         if self.user:
@@ -192,8 +239,12 @@ class LocalCluster(ClusterHandle):
                                f"({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'failed'}); "
                                "start the cluster with bin/cluster, which makes a virtualenv it can use")
 
-    def start_arbiter(self):
-        return self._spawn("arbiter", "arbiter.py", "arbiter.py")
+    def start_arbiter(self, *flags):
+        """flags: extra arguments (--rebuild); --init is added on a new cluster's first start."""
+        if self._init_arbiter:
+            flags = ("--init",) + flags
+            self._init_arbiter = False
+        return self._spawn("arbiter", "arbiter.py", "arbiter.py", flags)
 
     def start_node(self, name):
         return self._spawn(name, "node.py", f"{name}.py")
@@ -366,11 +417,8 @@ class LocalCluster(ClusterHandle):
             return f"arbiter unreachable ({exc})"
 
     def write_pgpass(self):
-        path = os.path.join(self.dir, "pgpass")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"127.0.0.1:*:*:kronos:{PASSWORD}\n")
-        return path
+        return self._write_private("pgpass", pgpass_line("127.0.0.1", "*", "*", APP_USER,
+                                                         self.passwords["app_password"]))
 
     def write_manifest(self):
         manifest = {
@@ -381,10 +429,14 @@ class LocalCluster(ClusterHandle):
                              "pid": self.procs[name].pid if name in self.procs else None,
                              "log": os.path.join(self.dir, f"{name}.log")} for name in NODES},
         }
-        tmp = os.path.join(self.dir, "cluster.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(manifest, f, indent=1)
-        os.replace(tmp, os.path.join(self.dir, "cluster.json"))
+        self._write_private("cluster.json", json.dumps(manifest, indent=1))    # the DSN holds a password
+
+
+def conninfo_quote(value):
+    """A libpq conninfo value, quoted only when it must be."""
+    if value and not any(c in value for c in " '\\\t\n\r\f\v="):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def process_tree(root):

@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 
 from pgha import logs
-from pgha import decision, protocol, store
+from pgha import decision, protocol, rebuild, store
 from pgha.topology import Topology
 
 log = logs.get("arbiter")
@@ -19,18 +19,36 @@ log = logs.get("arbiter")
 StateFileError = store.StateStoreError
 
 
+class StateMissingError(StateFileError):
+    """No state and no --init: the arbiter must not start over silently."""
+
+
 class Arbiter:
-    def __init__(self, settings, clock=time.monotonic, state_store=None):
+    """init: create the state at epoch 1 when there is none (a new cluster).
+    rebuild: there is no state; collect the nodes' reports and wait for an
+    operator's confirmation (pgha.rebuild)."""
+
+    def __init__(self, settings, clock=time.monotonic, state_store=None, init=False, rebuild=False):
         self.topology = Topology(tuple(settings.nodes))
         self.timings = decision.Timings.from_settings(settings)
         self.store = state_store if state_store is not None else store.FileStore(settings.state_file)
         self.clock = clock
         self.lock = threading.Lock()
-        self.state = self._load_or_create(settings.initial_primary)
+        self.rebuilding = None      # a rebuild.Rebuild while the state is being rebuilt
+        if rebuild:
+            self.state = None
+            self._start_rebuild()
+        else:
+            self.state = self._load_or_create(settings.initial_primary, init)
         self.memory = decision.Memory.at_start(clock())
 
-    def _load_or_create(self, initial_primary):
+    def _load_or_create(self, initial_primary, init):
         state = self.store.load()
+        if state is None and not init:
+            raise StateMissingError(
+                f"state file {self.store} does not exist: for a new cluster start once with --init; if the "
+                "state was lost, start with --rebuild and confirm with `python -m pgha.ctl rebuild` "
+                "(README: Arbiter state loss)")
         if state is None:
             state = decision.ClusterState(epoch=1, primary=initial_primary, promotable=False)
             self.store.save(state, expected_epoch=None)
@@ -46,6 +64,8 @@ class Arbiter:
     def handle(self, message):
         """Answer one valid request (protocol.validate_request has parsed it)."""
         kind = message["type"]
+        if kind == "rebuild" or self.rebuilding is not None:
+            return self._handle_rebuilding(message)
         if kind == "heartbeat":
             return self._heartbeat(message)
         if kind == "status":
@@ -91,6 +111,72 @@ class Arbiter:
         return {"type": "ok", "switchover_to": memory.switchover_to}
 
 
+    # -- rebuilding a lost state (arbiter.py --rebuild, pgha.rebuild) ----------------------
+
+    def _start_rebuild(self):
+        existing = self.store.load()
+        if existing is not None:
+            raise StateFileError(f"--rebuild: state file {self.store} exists (epoch {existing.epoch}, primary "
+                                 f"{existing.primary}); refusing to replace it. Start without --rebuild")
+        self.rebuilding = rebuild.Rebuild(self.topology, fresh_within=self.timings.lease_time,
+                                          started_at=self.clock())
+        self._last_proposal = None
+        log.warning("rebuild mode: no state in %s; every node is told to wait until an operator confirms "
+                    "the proposal (python -m pgha.ctl status, then rebuild --confirm)", self.store)
+
+    def _handle_rebuilding(self, message):
+        kind = message["type"]
+        if self.rebuilding is None:
+            return {"type": "error", "error": "the arbiter is not rebuilding its state"}
+        if kind == "heartbeat":
+            node = message["node"]
+            if node not in self.topology:
+                raise protocol.ProtocolError(f"unknown node {node!r} "
+                                             f"(configured: {', '.join(self.topology.members)})")
+            with self.lock:
+                now = self.clock()
+                instruction = self.rebuilding.on_heartbeat(node, message["epoch"], message["report"], now)
+                proposal = self.rebuilding.proposal(now)
+            if proposal != self._last_proposal:     # one line per change, not per heartbeat
+                self._last_proposal = proposal
+                found, problem = proposal
+                if found:
+                    log.warning("rebuild proposal: epoch %d, primary %s; confirm with `python -m pgha.ctl "
+                                "rebuild --confirm --epoch %d --primary %s`", found.epoch, found.primary,
+                                found.epoch, found.primary)
+                else:
+                    log.warning("rebuild: no proposal yet: %s", problem)
+            return instruction.to_wire()
+        if kind == "status":
+            with self.lock:
+                now = self.clock()
+                found, problem = self.rebuilding.proposal(now)
+                return {"type": "status", "epoch": None, "primary": None, "promotable": False,
+                        "rebuilding": True, "proposal": found.to_wire() if found else None,
+                        "proposal_problem": problem, "nodes": self.rebuilding.status_nodes(now),
+                        "switchover_to": None}
+        if kind == "rebuild":
+            return self._confirm_rebuild(message["epoch"], message["primary"])
+        return {"type": "error", "error": f"the arbiter is rebuilding its state: {kind} refused until an "
+                                          "operator confirms (python -m pgha.ctl rebuild)"}
+
+    def _confirm_rebuild(self, epoch, primary):
+        with self.lock:
+            if self.rebuilding is None:
+                return {"type": "error", "error": "the arbiter is not rebuilding its state"}
+            state, problem = self.rebuilding.confirm(epoch, primary, self.clock())
+            if state is None:
+                log.warning("rebuild confirmation refused: %s", problem)
+                return {"type": "error", "error": f"rebuild refused: {problem}"}
+            # Durable before normal service starts (invariant 3); a state that
+            # appeared meanwhile is not overwritten (StaleStateError).
+            self.store.save(state, expected_epoch=None)
+            self.state, self.memory, self.rebuilding = state, decision.Memory.at_start(self.clock()), None
+        log.failover("state rebuilt by the operator: epoch %d, primary %s, standby not promotable until it "
+                     "is synchronous again; normal service", state.epoch, state.primary)
+        return {"type": "ok", "epoch": state.epoch, "primary": state.primary}
+
+
 class _Handler(protocol.LineHandler):
     def answer(self, message):
         try:
@@ -105,3 +191,4 @@ class ArbiterServer(protocol.LineServer):
         self.arbiter = arbiter
         self.idle_timeout = idle_timeout
         super().__init__((host, port), _Handler)
+

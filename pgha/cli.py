@@ -7,11 +7,26 @@ from pgha import settings as settings_mod
 
 def load_settings(program, description, defaults, specs, checks=(), argv=None):
     """Parse --settings and load it over the defaults; exit 2 with one line on a bad value."""
+    return load_settings_and_flags(program, description, defaults, specs, checks, argv)[0]
+
+
+def load_settings_and_flags(program, description, defaults, specs, checks=(), argv=None, flags=()):
+    """load_settings, plus boolean command-line flags: flags is a sequence of
+    (option, help); returns (settings, argparse namespace)."""
     parser = argparse.ArgumentParser(prog=f"{program}.py", description=description)
     parser.add_argument("--settings", metavar="FILE", help=f"settings overriding {program}_settings.py")
+    for option, text in flags:
+        parser.add_argument(option, action="store_true", help=text)
     args = parser.parse_args(argv)
     try:
-        return settings_mod.load(defaults, specs, args.settings, checks)
+        settings = settings_mod.load(defaults, specs, args.settings, checks)
     except settings_mod.SettingsError as exc:
         print(f"{program}: {exc}", file=sys.stderr)
         sys.exit(2)
+    placeholders = settings_mod.placeholder_passwords(settings, specs)
+    if placeholders:
+        print(f"{program}: setting {placeholders[0]!r} is still the shipped placeholder "
+              f"{settings_mod.PLACEHOLDER_PASSWORD!r}: set real passwords in a --settings file (chmod 600)",
+              file=sys.stderr)
+        sys.exit(2)
+    return settings, args

@@ -2,6 +2,7 @@
 
     python -m pgha.ctl [--arbiter HOST:PORT] status
     python -m pgha.ctl [--arbiter HOST:PORT] switchover [NODE]
+    python -m pgha.ctl [--arbiter HOST:PORT] rebuild --confirm --epoch N --primary NODE
 """
 import argparse
 import json
@@ -17,10 +18,13 @@ def main(argv=None):
     sub.add_parser("status", help="the cluster's decision and each node's last report")
     switch = sub.add_parser("switchover", help="planned hand-over to the standby (or NODE)")
     switch.add_argument("node", nargs="?")
+    add_rebuild_command(sub)
     args = parser.parse_args(argv)
     host, _, port = args.arbiter.rpartition(":")
     if not host or not port.isdigit():
         parser.error(f"--arbiter must be HOST:PORT, got {args.arbiter!r}")
+    if args.command == "rebuild":
+        return rebuild(parser, args, host, int(port))
     message = {"type": "status"} if args.command == "status" else {"type": "switchover", "to": args.node}
     try:
         reply = protocol.call(host, int(port), message, timeout=5.0)
@@ -30,7 +34,9 @@ def main(argv=None):
     if reply.get("type") == "error":
         print(f"ctl: {reply['error']}", file=sys.stderr)
         return 1
-    if args.command == "status":
+    if args.command == "status" and reply.get("rebuilding"):
+        print_rebuild_status(reply)
+    elif args.command == "status":
         print(f"epoch {reply['epoch']}, primary {reply['primary']}, standby "
               f"{'promotable' if reply['promotable'] else 'NOT promotable'}")
         for name, node in reply["nodes"].items():
@@ -45,6 +51,49 @@ def main(argv=None):
     else:
         print(f"switchover to {reply['switchover_to']} requested: the primary hands over at its next heartbeat")
     return 0
+
+
+# -- rebuilding a lost arbiter state (arbiter.py --rebuild; pgha.rebuild) -----------------
+
+def add_rebuild_command(sub):
+    rebuild_cmd = sub.add_parser("rebuild", help="confirm the rebuild proposal of an arbiter started "
+                                                 "with --rebuild (see `status` for it)")
+    rebuild_cmd.add_argument("--confirm", action="store_true", required=True,
+                             help="required: this writes the arbiter's state")
+    rebuild_cmd.add_argument("--epoch", type=int, required=True, help="the proposed epoch, as shown by status")
+    rebuild_cmd.add_argument("--primary", required=True, help="the proposed primary, as shown by status")
+
+
+def rebuild(parser, args, host, port):
+    message = {"type": "rebuild", "epoch": args.epoch, "primary": args.primary}
+    try:
+        reply = protocol.call(host, port, message, timeout=5.0)
+    except (OSError, protocol.ProtocolError) as exc:
+        print(f"ctl: arbiter {args.arbiter} unreachable: {exc}", file=sys.stderr)
+        return 1
+    if reply.get("type") != "ok":
+        print(f"ctl: {reply.get('error', reply)}", file=sys.stderr)
+        return 1
+    print(f"state rebuilt: epoch {reply['epoch']}, primary {reply['primary']}; the arbiter serves normally")
+    return 0
+
+
+def print_rebuild_status(reply):
+    proposal = reply.get("proposal")
+    print("REBUILDING: the arbiter lost its state and tells every node to wait")
+    if proposal:
+        print(f"proposal: epoch {proposal['epoch']}, primary {proposal['primary']}\n"
+              f"confirm with: python -m pgha.ctl rebuild --confirm --epoch {proposal['epoch']} "
+              f"--primary {proposal['primary']}")
+    else:
+        print(f"no proposal: {reply.get('proposal_problem')}")
+    for name, node in (reply.get("nodes") or {}).items():
+        if node is None:
+            print(f"  {name}: not heard from")
+            continue
+        report = node.get("report") or {}
+        print(f"  {name}: acted on epoch {node['acted_epoch']}, PostgreSQL {report.get('pg', 'unknown')} "
+              f"{report.get('role') or ''}, last report {node['last_seen_ago']:.1f}s ago")
 
 
 if __name__ == "__main__":

@@ -56,11 +56,11 @@ class Node:
     # -- life cycle ------------------------------------------------------------
 
     def run(self):
+        # First, before anything starts: a damaged state file stops the node (store.NodeStateError).
+        self.acted_epoch = store.load_acted_epoch(self.state_file)
         self.pg.prepare_folders()
         adopted = self.fencer.start()
         log.info("fencer %s (pid %d)", "adopted" if adopted else "started", self.fencer.pid)
-        saved = store.load_json(self.state_file) or {}
-        self.acted_epoch = int(saved.get("acted_epoch", 0))
         peer = PeerServer(self.s.peer_bind, self.s.peer_port, self.grants, lambda: self.lease_time)
         threading.Thread(target=peer.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
                          name="peer-server").start()

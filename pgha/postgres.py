@@ -15,6 +15,7 @@ import subprocess
 import time
 
 import psycopg2
+from psycopg2 import sql
 
 from pgha import logs, store
 
@@ -111,15 +112,31 @@ def process_alive(pid: int) -> bool:
         return True     # no /proc: trust kill(0)
 
 
+# postgresql.conf's parser reads backslash escapes inside a quoted string
+# (\n, \t, \\, octal...), so a lone backslash would be lost or change the value.
+_CONF_ESCAPES = {"\\": "\\\\", "'": "''", "\n": "\\n", "\r": "\\r"}
+
+
 def quote_conf(value):
-    return "'" + str(value).replace("'", "''") + "'"
+    """A postgresql.conf string literal that PostgreSQL reads back as exactly str(value)."""
+    text = str(value)
+    if "\0" in text:
+        raise ValueError("a postgresql.conf value cannot hold a NUL character")
+    return "'" + "".join(_CONF_ESCAPES.get(char, char) for char in text) + "'"
 
 
 def conninfo(**parts):
-    """A libpq connection string; values quoted so spaces and quotes survive."""
+    """A libpq connection string; values quoted so spaces, quotes and backslashes survive."""
     def q(v):
         return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
     return " ".join(f"{k}={q(v)}" for k, v in parts.items() if v is not None)
+
+
+def pgpass_line(host, port, database, user, password):
+    """One line of a libpq password file: ':' and '\\' escaped in every field."""
+    def field(v):
+        return str(v).replace("\\", "\\\\").replace(":", "\\:")
+    return ":".join(field(v) for v in (host, port, database, user, password)) + "\n"
 
 
 class Postgres:
@@ -319,13 +336,27 @@ class Postgres:
         self._swap_in(tmp)
 
     def create_roles(self):
-        """The replication user and the application database, as in the seed."""
-        self.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s) THEN "
-                     "EXECUTE format('CREATE ROLE %%I LOGIN REPLICATION', %s); END IF; END $$",
-                     (self.s.replication_user, self.s.replication_user))
-        self.execute(f'ALTER ROLE "{self.s.replication_user}" PASSWORD %s', (self.s.replication_password,))
+        """The replication role, the application role (no superuser) and the
+        application database, owned by the application role.
+
+        The passwords travel as statement text (psycopg2 interpolates), so
+        statement logging is off for this session: they never reach the server log.
+        """
+        self.execute("SET log_statement = 'none'; SET log_min_error_statement = 'panic'; "
+                     "SET log_min_duration_statement = -1")
+        try:
+            for role, attributes, secret in (
+                    (self.s.replication_user, "LOGIN REPLICATION", self.s.replication_password),
+                    (self.s.app_user, "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION",
+                     self.s.app_password)):
+                if not self.query("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)):
+                    self.execute(sql.SQL("CREATE ROLE {} " + attributes).format(sql.Identifier(role)))
+                self.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(role)), (secret,))
+        finally:
+            self.execute("RESET log_statement; RESET log_min_error_statement; RESET log_min_duration_statement")
         if not self.query("SELECT 1 FROM pg_database WHERE datname = %s", (self.s.database,)):
-            self.execute(f'CREATE DATABASE "{self.s.database}" OWNER "{self.s.admin_user}"')
+            self.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(self.s.database), sql.Identifier(self.s.app_user)))
 
     def basebackup(self, address):
         """Clone the primary into a temporary folder; swap it in only when complete."""

@@ -7,6 +7,7 @@ node -> arbiter   {"v":1,"type":"heartbeat","node":NAME,"epoch":N,"report":{...}
                   (validate_request parses the report into a messages.Report)
 arbiter -> node   {"v":1,"type":"instruction","epoch":N,"role":...,...}
 tool -> arbiter   {"v":1,"type":"status"} | {"v":1,"type":"switchover","to":NAME}
+                  | {"v":1,"type":"rebuild","epoch":N,"primary":NAME} (confirms a rebuild proposal)
 node -> node      {"v":1,"type":"lease","node":NAME,"epoch":N}
                   -> {"v":1,"type":"grant","granted":bool,"reason":...}
 any error         {"v":1,"type":"error","error":TEXT}; after a protocol error
@@ -27,7 +28,7 @@ log = logs.get("protocol")
 
 VERSION = 1
 MAX_FRAME = 64 * 1024
-REQUEST_TYPES = {"heartbeat", "status", "switchover", "lease"}
+REQUEST_TYPES = {"heartbeat", "status", "switchover", "lease", "rebuild"}
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -69,6 +70,9 @@ def validate_request(message: dict[str, Any]) -> dict[str, Any]:
     if kind == "heartbeat":
         check_type(message.get("report"), dict, "report")
         message["report"] = Report.from_wire(message["report"])
+    if kind == "rebuild":     # an operator's confirmation of the rebuild proposal (pgha.rebuild)
+        check_type(message.get("epoch"), int, "epoch")
+        check_type(message.get("primary"), str, "primary")
     if kind == "switchover" and message.get("to") is not None:
         check_type(message["to"], str, "to")
     return message

@@ -7,7 +7,9 @@ at start so that a typo stops the program with one line naming the setting,
 never a traceback half-way through a failover.
 """
 import ipaddress
+import os
 import runpy
+import stat
 import traceback
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -35,6 +37,26 @@ def port(value):
 
 def non_empty(value):
     return None if value.strip() else "must not be empty"
+
+
+# Characters no password can hold end to end: initdb --pwfile and the pgpass
+# file end a password at a newline (and strip a carriage return), and C
+# strings (libpq, the server) end at NUL.
+UNUSABLE_IN_PASSWORDS = {"\0": "NUL", "\n": "newline", "\r": "carriage return"}
+
+# The shipped node_settings.py holds this instead of real passwords; the
+# programs refuse to run with it (cli.load_settings), and a file holding only
+# placeholders need not be private.
+PLACEHOLDER_PASSWORD = "change-me"
+
+
+def password(value):
+    if not value.strip():
+        return "must not be empty"
+    found = [name for char, name in UNUSABLE_IN_PASSWORDS.items() if char in value]
+    if found:
+        return f"holds a {found[0]} character, which no password can hold (PostgreSQL, pgpass and initdb)"
+    return None
 
 
 def identifier(value):
@@ -86,9 +108,12 @@ def load(defaults_path, specs, override_path=None, extra_checks=()):
 
     Returns a SimpleNamespace of exactly the names in specs.
     """
-    values = _read(defaults_path, specs, allow_missing=False)
+    files = {defaults_path: _read(defaults_path, specs, allow_missing=False)}
     if override_path:
-        values.update(_read(override_path, specs, allow_missing=True))
+        files[override_path] = _read(override_path, specs, allow_missing=True)
+    values = {}
+    for held in files.values():
+        values.update(held)
     for name, spec in specs.items():
         _check(name, values.get(name), spec)
     settings = SimpleNamespace(**values)
@@ -96,7 +121,31 @@ def load(defaults_path, specs, override_path=None, extra_checks=()):
         problem = rule(settings)
         if problem:
             raise SettingsError(problem)
+    # Last, so that a wrong value is named first; each file is judged by what it holds itself.
+    for path, held in files.items():
+        _check_private(path, held, specs)
     return settings
+
+
+def _check_private(path, values, specs):
+    """A settings file that holds a real password must be readable by its owner only."""
+    held = [name for name, value in values.items()
+            if specs[name].secret and isinstance(value, str) and value != PLACEHOLDER_PASSWORD]
+    if not held:
+        return
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        raise SettingsError(f"settings file {path}: cannot check its permissions ({exc.strerror})") from None
+    if mode & 0o077:
+        raise SettingsError(f"settings file {path} holds a password ({held[0]}) but is readable by group or "
+                            f"others (mode {mode:04o}): chmod 600 {path}")
+
+
+def placeholder_passwords(settings, specs):
+    """The secret settings still holding the shipped placeholder (sorted)."""
+    return sorted(name for name, spec in specs.items()
+                  if spec.secret and getattr(settings, name, None) == PLACEHOLDER_PASSWORD)
 
 
 def _read(path, specs, allow_missing):
@@ -159,9 +208,11 @@ NODE_SPECS = {
     "pg_bindir": Spec(str, non_empty, optional=True),
     "pg_os_user": Spec(str, non_empty),
     "admin_user": Spec(str, identifier),
-    "admin_password": Spec(str, non_empty, secret=True),
+    "admin_password": Spec(str, password, secret=True),
     "replication_user": Spec(str, identifier),
-    "replication_password": Spec(str, non_empty, secret=True),
+    "replication_password": Spec(str, password, secret=True),
+    "app_user": Spec(str, identifier),
+    "app_password": Spec(str, password, secret=True),
     "database": Spec(str, identifier),
     "hba_networks": Spec(list, networks),
     "pg_parameters": Spec(dict, unmanaged_parameters),
@@ -198,3 +249,14 @@ def _two_distinct_nodes(settings):
 
 
 ARBITER_CHECKS = (_two_distinct_nodes,)
+
+
+def _distinct_roles(settings):
+    roles = (settings.admin_user, settings.replication_user, settings.app_user)
+    if len(set(roles)) != 3:
+        return ("settings 'admin_user', 'replication_user' and 'app_user' must name three different roles "
+                f"(got {roles[0]!r}, {roles[1]!r}, {roles[2]!r})")
+    return None
+
+
+NODE_CHECKS = (_distinct_roles,)

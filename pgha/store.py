@@ -25,7 +25,7 @@ def write_durably(path: str, text: str, mode: int = 0o600, owner: tuple[int, int
     tmp = f"{path}.tmp"
     try:
         # Created with its final mode, so a secret is never readable by others, even briefly.
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w", encoding="utf-8") as f:
             os.fchmod(f.fileno(), mode)     # a leftover tmp file keeps its old mode otherwise
             if owner is not None:
                 os.fchown(f.fileno(), *owner)
@@ -54,10 +54,34 @@ def save_json(path: str, data: Any) -> None:
 def load_json(path: str) -> Any:
     """The saved object, or None when there is no file yet."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         return None
+
+
+class NodeStateError(Exception):
+    """The node's own state file is unreadable or damaged; the message names it, on one line."""
+
+
+def load_acted_epoch(path: str) -> int:
+    """The highest epoch a node acted on, from its state file; 0 when there is
+    none yet. A damaged file is an error, never read as 0: that would let the
+    node obey an older decision."""
+    try:
+        saved = load_json(path)
+    except (OSError, ValueError) as exc:
+        raise NodeStateError(f"node state file {path} is unreadable or damaged ({_one_line(exc)}); "
+                             "restore it, or put the highest epoch this node acted on in it as "
+                             '{"acted_epoch": N}') from None
+    if saved is None:
+        return 0
+    epoch = saved.get("acted_epoch") if isinstance(saved, dict) else None
+    if type(epoch) is not int or epoch < 0:
+        shown = repr(saved) if len(repr(saved)) <= 100 else repr(saved)[:100] + "..."
+        raise NodeStateError(f"node state file {path} is damaged (no whole 'acted_epoch' in {_one_line(shown)}); "
+                             'restore it, or put the highest epoch this node acted on in it as {"acted_epoch": N}')
+    return epoch
 
 
 class StateStoreError(Exception):

@@ -19,8 +19,7 @@ OTHER = {"pgsql-1": "pgsql-2", "pgsql-2": "pgsql-1"}
 
 
 def sql(cluster, node, query):
-    conn = psycopg2.connect(host="127.0.0.1", port=cluster.pg_ports[node], dbname="testdb", user="kronos",
-                            password="kronos-local", connect_timeout=3)
+    conn = psycopg2.connect(**cluster.superuser_params(node), connect_timeout=3)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -28,6 +27,11 @@ def sql(cluster, node, query):
             return cur.fetchall()
     finally:
         conn.close()
+
+
+def psql_literal(text):
+    """A psql \\set argument holding text as one word (single-quoted, quotes and backslashes escaped)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def primary_is(cluster, node, epoch=None):
@@ -177,9 +181,17 @@ def test_adopts_a_data_directory_set_up_by_hand():
     as_postgres(f"{bindir}/pg_ctl", "start", "-w", "-D", data, "-l", os.path.join(sock, "log"),
                 "-o", f"-p {cluster.pg_ports['pgsql-1']} -k {sock} -c listen_addresses=''")
     psql = [f"{bindir}/psql", "-h", sock, "-p", str(cluster.pg_ports["pgsql-1"]), "-v", "ON_ERROR_STOP=1"]
-    as_postgres(*psql, "-d", "postgres", "-c", "CREATE ROLE kronos SUPERUSER LOGIN PASSWORD 'kronos-local'")
-    as_postgres(*psql, "-d", "postgres", "-c", "CREATE ROLE repuser REPLICATION LOGIN PASSWORD 'kronos-local'")
+    # Passwords through stdin, never in process arguments; the application role the
+    # DBA adds when adopting (the node creates roles only when it bootstraps a cluster).
+    as_postgres(*psql, "-d", "postgres",
+                input=f"\\set admin_pw {psql_literal(cluster.passwords['admin_password'])}\n"
+                      f"\\set rep_pw {psql_literal(cluster.passwords['replication_password'])}\n"
+                      f"\\set app_pw {psql_literal(cluster.passwords['app_password'])}\n"
+                      "CREATE ROLE kronos SUPERUSER LOGIN PASSWORD :'admin_pw';\n"
+                      "CREATE ROLE repuser REPLICATION LOGIN PASSWORD :'rep_pw';\n"
+                      "CREATE ROLE app LOGIN PASSWORD :'app_pw';\n")
     as_postgres(*psql, "-d", "postgres", "-c", "CREATE DATABASE testdb OWNER kronos")
+    as_postgres(*psql, "-d", "testdb", "-c", "GRANT CREATE, USAGE ON SCHEMA public TO app")
     as_postgres(*psql, "-d", "postgres", "-c", "ALTER SYSTEM SET synchronous_standby_names TO '*'")
     as_postgres(*psql, "-d", "testdb", "-c", "CREATE TABLE seed(v text); INSERT INTO seed VALUES ('kept')")
     as_postgres(f"{bindir}/pg_ctl", "stop", "-w", "-D", data)

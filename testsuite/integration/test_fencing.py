@@ -23,8 +23,7 @@ OTHER = {"pgsql-1": "pgsql-2", "pgsql-2": "pgsql-1"}
 
 
 def connect(cluster, node, timeout=1):
-    return psycopg2.connect(host="127.0.0.1", port=cluster.pg_ports[node], dbname="testdb", user="kronos",
-                            password="kronos-local", connect_timeout=timeout)
+    return psycopg2.connect(**cluster.superuser_params(node), connect_timeout=timeout)
 
 
 def sql(cluster, node, query):

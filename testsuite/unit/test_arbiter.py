@@ -86,7 +86,7 @@ class Running:
         self.clock = FakeClock()
         self.state_file = tmp_path / "arbiter-state.json"
         self.settings = make_settings(self.state_file, **overrides)
-        self.arbiter = Arbiter(self.settings, clock=self.clock)
+        self.arbiter = Arbiter(self.settings, clock=self.clock, init=True)
         self.server = ArbiterServer(self.arbiter, "127.0.0.1", 0, idle_timeout=10.0)
         self.address = self.server.server_address
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -212,7 +212,7 @@ def test_switchover_over_the_wire(running):
 
 def test_first_start_writes_the_initial_state(tmp_path):
     state_file = tmp_path / "state.json"
-    arbiter = Arbiter(make_settings(state_file, initial_primary=S), clock=FakeClock())
+    arbiter = Arbiter(make_settings(state_file, initial_primary=S), clock=FakeClock(), init=True)
     assert json.loads(state_file.read_text()) == {"epoch": 1, "primary": S, "promotable": False}
     assert (arbiter.state.epoch, arbiter.state.primary) == (1, S)
     assert os.listdir(tmp_path) == ["state.json"]             # no temporary file left behind
@@ -333,7 +333,7 @@ def test_state_file_that_is_a_folder(tmp_path):
 
 def test_state_file_in_a_missing_folder(tmp_path):
     with pytest.raises(StateFileError, match="cannot write state file"):
-        Arbiter(make_settings(tmp_path / "no" / "such" / "state.json"), clock=FakeClock())
+        Arbiter(make_settings(tmp_path / "no" / "such" / "state.json"), clock=FakeClock(), init=True)
 
 
 @pytest.mark.parametrize("content", [
@@ -397,6 +397,7 @@ def test_the_arbiter_uses_any_state_store(tmp_path):
             self.saved.append(new)
 
     memory_store = MemoryStore()
-    arbiter = Arbiter(make_settings(tmp_path / "unused.json"), clock=FakeClock(), state_store=memory_store)
+    arbiter = Arbiter(make_settings(tmp_path / "unused.json"), clock=FakeClock(), state_store=memory_store,
+                      init=True)
     assert memory_store.saved == [arbiter.state] and arbiter.state.epoch == 1
     assert os.listdir(tmp_path) == []
