@@ -198,11 +198,12 @@ class FrameReader:
         self.received = 0           # bytes so far, on this connection
         self._buffer = bytearray()
 
-    def next_line(self, idle_timeout: float | None, deadline: float = limits.MESSAGE_DEADLINE,
+    def next_line(self, idle_timeout: float | None, deadline: float | None = None,
                   started: float | None = None) -> bytes | None:
         """The next frame without its newline; None at a clean end of stream or
         an idle timeout. `started`: when the deadline starts if no byte came yet.
         Raises ProtocolError (MessageDeadline) or OSError."""
+        deadline = limits.MESSAGE_DEADLINE if deadline is None else deadline
         if self._buffer:
             started = self.clock()      # a pipelined frame has begun
         while True:
