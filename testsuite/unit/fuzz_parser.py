@@ -5,8 +5,11 @@ test_fuzz_atheris.py in a subprocess; by hand:
 A crash is any exception other than ProtocolError from protocol.decode,
 validate_request, Report.from_wire or Instruction.from_wire."""
 import sys
+from pathlib import Path
 
 import atheris
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))    # the checkout, for pgha
 
 with atheris.instrument_imports():
     from pgha import messages, protocol
