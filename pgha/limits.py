@@ -20,6 +20,7 @@ LISTEN_BACKLOG = 128        # a flood fills this, not the accept loop's patience
 MEMBER_SLOTS = 16           # connections that proved membership (two nodes, their restarts)
 STRANGER_SLOTS = 64         # everyone else: tools, and whoever floods; dropped first
 STRANGER_SLOTS_PER_SOURCE = 16  # so one host cannot take all the strangers' slots
+STRANGER_GRACE = 1.0        # a new stranger that talks is not dropped for another this soon
 MESSAGE_DEADLINE = 5.0      # a frame must complete this long after its first byte
                             # (a stranger's first frame: after it connected)
 MAX_JSON_DEPTH = 32         # our messages nest 5 deep; json.loads recurses per level
@@ -110,11 +111,12 @@ class Slots:
     """Who holds a connection. Members keep theirs; strangers (no valid
     member request yet) share a bounded pool: when it (or their source's
     share) is full, a newcomer takes the place of the stranger that matters
-    least (silent before talking, then the oldest), so a tool's fresh request
-    still gets in during a flood and a flood never touches a member."""
+    least (see admit), so a tool's fresh request still gets in during a
+    flood of silent or slow connections, and a flood never touches a member."""
     member_slots: int = MEMBER_SLOTS
     stranger_slots: int = STRANGER_SLOTS
     per_source: int = STRANGER_SLOTS_PER_SOURCE
+    grace: float = STRANGER_GRACE
     _strangers: list[Slot] = field(default_factory=list)
     _members: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -123,9 +125,10 @@ class Slots:
               talking: bool = False) -> tuple[Slot | None, list[Slot]]:
         """A new connection is a stranger (`talking`: its first bytes are
         already here). Returns its slot, or None to refuse it, and the slots
-        to evict. When its pool is full the least stranger there (silent
-        before talking, then the oldest) makes room, unless that one talks
-        and the newcomer does not: then the newcomer is refused."""
+        to evict. When its pool is full the least stranger there makes room
+        (one admitted more than `grace` ago, else a silent one, oldest
+        first), unless that one talks, is within its grace, and the newcomer
+        is silent: then the newcomer is refused."""
         slot = Slot(source, now, close, talking=talking)
         with self._lock:
             same = [s for s in self._strangers if s.source == source]
@@ -133,8 +136,10 @@ class Slots:
                 self._busiest_source() if len(self._strangers) >= self.stranger_slots else []
             evicted: list[Slot] = []
             if crowd:
-                least = min(crowd, key=lambda s: (s.talking, s.admitted_at))
-                if least.talking and not talking:
+                # Who has had its chance goes first: past the grace, a stranger
+                # was answered already or is too slow; then the silent; then the oldest.
+                least = min(crowd, key=lambda s: (now - s.admitted_at < self.grace, s.talking, s.admitted_at))
+                if least.talking and not talking and now - least.admitted_at < self.grace:
                     return None, []
                 least.evicted = True
                 self._strangers.remove(least)

@@ -68,6 +68,7 @@ def admit(slots, source, now, talking=False):
 
 def test_strangers_share_a_pool_and_the_least_one_is_dropped_first():
     slots = Slots(member_slots=2, stranger_slots=4, per_source=3)
+    slots.grace = 100.0
     a = [admit(slots, "A", t)[0] for t in range(3)]
     a[0].talking = True
     slot, evicted = admit(slots, "A", 3)            # A's share is full: its silent oldest goes
@@ -79,13 +80,15 @@ def test_strangers_share_a_pool_and_the_least_one_is_dropped_first():
     assert slots.counts() == (0, 4)
 
 
-def test_a_silent_newcomer_is_refused_when_only_talkers_could_make_room():
-    slots = Slots(stranger_slots=2, per_source=2)
-    for t in range(2):
-        admit(slots, "A", t, talking=True)
-    assert admit(slots, "A", 5) == (None, [])
-    slot, evicted = admit(slots, "A", 6, talking=True)     # a talker takes the oldest talker's place
-    assert slot is not None and len(evicted) == 1
+def test_a_silent_newcomer_is_refused_when_only_young_talkers_could_make_room():
+    slots = Slots(stranger_slots=2, per_source=2, grace=1.0)
+    talkers = [admit(slots, "A", 5 + t / 10, talking=True)[0] for t in range(2)]
+    assert admit(slots, "A", 5.5) == (None, [])
+    slot, evicted = admit(slots, "A", 5.6, talking=True)     # a talker takes the oldest talker's place
+    assert slot is not None and evicted == [talkers[0]]
+    # Past its grace a talker (too slow, or answered and idle) makes room for anyone.
+    slot, evicted = admit(slots, "A", 7.0)
+    assert slot is not None and evicted == [talkers[1]]
 
 
 def test_members_keep_their_slots_whatever_strangers_do():
