@@ -11,7 +11,7 @@ import signal
 import sys
 
 from pgha import logs as logger
-from pgha import cli, settings as settings_mod
+from pgha import cli, limits, settings as settings_mod
 from pgha.arbiter import Arbiter, ArbiterServer, StateFileError
 
 DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arbiter_settings.py")
@@ -27,6 +27,7 @@ def main(argv=None):
         print("arbiter: --init and --rebuild exclude each other", file=sys.stderr)
         return 2
     log = logger.setup("arbiter", settings.log_level, settings.log_file)
+    limits.raise_open_files_limit()     # a connection flood must meet the connection cap, not EMFILE
     try:
         arbiter = Arbiter(settings, init=flags.init, rebuild=flags.rebuild)
         server = ArbiterServer(arbiter, settings.listen_host, settings.listen_port,

@@ -11,6 +11,7 @@ from dataclasses import asdict
 
 from pgha import logs
 from pgha import decision, protocol, rebuild, store
+from pgha.limits import clip
 from pgha.topology import Topology
 
 log = logs.get("arbiter")
@@ -77,7 +78,7 @@ class Arbiter:
     def _heartbeat(self, message):
         node = message["node"]
         if node not in self.topology:
-            raise protocol.ProtocolError(f"unknown node {node!r} "
+            raise protocol.ProtocolError(f"unknown node {clip(repr(node))} "
                                          f"(configured: {', '.join(self.topology.members)})")
         with self.lock:
             outcome = decision.on_heartbeat(self.state, self.memory, self.topology, node, message["epoch"],
@@ -192,3 +193,8 @@ class ArbiterServer(protocol.LineServer):
         self.idle_timeout = idle_timeout
         super().__init__((host, port), _Handler)
 
+    def is_member(self, message):
+        """A heartbeat the arbiter answered, in the name of a configured node,
+        earns the connection a member's slot (authentication tightens this:
+        the name must also be proven)."""
+        return message["type"] == "heartbeat" and message["node"] in self.arbiter.topology

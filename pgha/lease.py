@@ -84,6 +84,11 @@ class Grants:
             self._until = max(self._until, self.clock() + duration)
             return True, None
 
+    def allowed_primary(self) -> str | None:
+        """The primary the arbiter told us to follow, if any."""
+        with self._lock:
+            return self._allowed[0] if self._allowed else None
+
     def remaining_for_report(self) -> float:
         """Seconds of grant outstanding; at zero, pause grants before saying so."""
         with self._lock:
@@ -110,6 +115,10 @@ class PeerServer(protocol.LineServer):
         self.grants = grants
         self.duration = duration    # callable: the cluster's lease time, from the arbiter
         super().__init__((host, port), _PeerHandler)
+
+    def is_member(self, message: dict[str, Any]) -> bool:
+        """A lease request from the primary we follow earns a member's slot."""
+        return message["type"] == "lease" and message["node"] == self.grants.allowed_primary()
 
 
 class LeaseRenewer(threading.Thread):

@@ -94,11 +94,20 @@ class Report:
         where = "report"
         _require_object(wire, where)
         rows = _field(wire, "replication", list, where, default=[])
+        if len(rows) > MAX_REPLICATION_ROWS:
+            raise ProtocolError(f"report field 'replication' has {len(rows)} rows, "
+                                f"at most {MAX_REPLICATION_ROWS}")
         address = wire.get("address")
         leases = _field(wire, "lease_remaining", (dict, type(None)), where)
-        if leases is not None and not all(isinstance(v, NUMBER) and not isinstance(v, bool)
-                                          for v in leases.values()):
-            raise ProtocolError("report field 'lease_remaining' must map sources to seconds")
+        if leases is not None:
+            if len(leases) > MAX_LEASE_SOURCES:
+                raise ProtocolError(f"report field 'lease_remaining' has more than {MAX_LEASE_SOURCES} sources")
+            if any(len(source) > MAX_STRING for source in leases):
+                raise ProtocolError(f"report field 'lease_remaining' names a source longer than {MAX_STRING}")
+            if not all(isinstance(v, NUMBER) and not isinstance(v, bool) and (isinstance(v, float) or abs(v) < INT_RANGE[1])
+                       for v in leases.values()):
+                raise ProtocolError("report field 'lease_remaining' must map sources to seconds")
+            leases = {source: float(seconds) for source, seconds in leases.items()}
         return cls(
             pg=_field(wire, "pg", str, where, default=PG_STOPPED),
             role=_field(wire, "role", OPTIONAL_STR, where),
@@ -106,15 +115,15 @@ class Report:
             receive_lsn=_field(wire, "receive_lsn", int, where, default=0),
             timeline=_field(wire, "timeline", (int, type(None)), where),
             sync_standby=_field(wire, "sync_standby", OPTIONAL_STR, where),
-            receiver=_field(wire, "receiver", OPTIONAL_STR, where),
+            receiver=_field(wire, "receiver", OPTIONAL_STR, where, text=True),
             syncrep_wait=float(_field(wire, "syncrep_wait", NUMBER, where, default=0.0)),
             replication=tuple(ReplicationRow.from_wire(row) for row in rows),
             address=None if address is None else Address.from_wire(address, "report.address"),
             relinquished=_field(wire, "relinquished", bool, where, default=False),
             grant_remaining=float(_field(wire, "grant_remaining", NUMBER, where, default=0.0)),
             lease_remaining=leases,
-            error=_field(wire, "error", OPTIONAL_STR, where),
-            last_action=_field(wire, "last_action", OPTIONAL_STR, where),
+            error=_field(wire, "error", OPTIONAL_STR, where, text=True),
+            last_action=_field(wire, "last_action", OPTIONAL_STR, where, text=True),
         )
 
     def to_wire(self) -> dict:
@@ -165,7 +174,7 @@ class Instruction:
         instruction = cls(
             epoch=_field(wire, "epoch", int, where, required=True),
             role=role,
-            reason=_field(wire, "reason", OPTIONAL_STR, where),
+            reason=_field(wire, "reason", OPTIONAL_STR, where, text=True),
             primary=_field(wire, "primary", OPTIONAL_STR, where),
             primary_address=None if primary_address is None
             else Address.from_wire(primary_address, "instruction.primary_address"),
@@ -201,6 +210,12 @@ class Instruction:
 
 NUMBER = (int, float)
 OPTIONAL_STR = (str, type(None))
+# What a report may carry, so that the arbiter's status reply (every node's
+# last report) always fits protocol.MAX_FRAME: a maximal report is ~10 KB.
+MAX_STRING = 200
+MAX_REPLICATION_ROWS = 8
+MAX_LEASE_SOURCES = 8
+INT_RANGE = (-2 ** 63, 2 ** 64)      # LSNs are unsigned 64-bit; nothing else is larger
 
 
 def _require_object(wire: Any, where: str) -> None:
@@ -209,7 +224,9 @@ def _require_object(wire: Any, where: str) -> None:
 
 
 def _field(wire: Mapping[str, Any], name: str, kind: Any, where: str, required: bool = False,
-           default: Any = None) -> Any:
+           default: Any = None, text: bool = False) -> Any:
+    """wire[name] checked to be of `kind`; strings at most MAX_STRING long (free
+    `text` is cut to it, anything else refused), integers within 64 bits."""
     if name not in wire:
         if required:
             raise ProtocolError(f"{where} needs field {name!r}")
@@ -220,6 +237,12 @@ def _field(wire: Mapping[str, Any], name: str, kind: Any, where: str, required: 
         names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
         raise ProtocolError(f"{where} field {name!r} must be {names}, got {shown}")
+    if isinstance(value, str) and len(value) > MAX_STRING:
+        if not text:
+            raise ProtocolError(f"{where} field {name!r} is longer than {MAX_STRING} characters")
+        value = value[:MAX_STRING - 1] + "…"
+    if isinstance(value, int) and not isinstance(value, bool) and not INT_RANGE[0] <= value < INT_RANGE[1]:
+        raise ProtocolError(f"{where} field {name!r} is out of the 64-bit range")
     return value
 
 

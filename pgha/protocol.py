@@ -11,17 +11,27 @@ tool -> arbiter   {"v":1,"type":"status"} | {"v":1,"type":"switchover","to":NAME
 node -> node      {"v":1,"type":"lease","node":NAME,"epoch":N}
                   -> {"v":1,"type":"grant","granted":bool,"reason":...}
 any error         {"v":1,"type":"error","error":TEXT}; after a protocol error
-                  (malformed, oversized, unknown) the server closes the connection.
+                  (malformed, oversized, nested deeper than limits.MAX_JSON_DEPTH,
+                  unknown, incomplete limits.MESSAGE_DEADLINE after its first
+                  byte) the server closes the connection.
+
+Servers (LineServer) admit connections through limits.Slots: members (a
+connection whose valid request is_member() accepts) keep their slot; every
+other connection shares a bounded pool and is dropped first.
 """
 from __future__ import annotations
 
 import json
+import re
 import socket
 import socketserver
-from typing import IO, Any, Protocol
+import time
+import traceback
+from typing import IO, Any, Callable, Protocol
 
-from pgha import logs
+from pgha import limits, logs
 from pgha.errors import ProtocolError
+from pgha.limits import clip
 from pgha.messages import Report, check_type
 
 log = logs.get("protocol")
@@ -42,17 +52,52 @@ def decode(line: bytes) -> dict[str, Any]:
     """Parse one frame (without its newline) into a dict, or raise ProtocolError."""
     if len(line) > MAX_FRAME:
         raise ProtocolError(f"frame of {len(line)} bytes exceeds the {MAX_FRAME}-byte limit")
+    if nesting_depth(line) > limits.MAX_JSON_DEPTH:
+        # json.loads recurses once per level: refuse before it runs out of stack.
+        raise ProtocolError(f"JSON nested deeper than {limits.MAX_JSON_DEPTH} levels")
     try:
-        message = json.loads(line.decode("utf-8"))
+        message = json.loads(line.decode("utf-8"), parse_constant=_no_nan)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"not a JSON line: {exc}") from None
+        raise ProtocolError(f"not a JSON line: {clip(str(exc))}") from None
     if not isinstance(message, dict):
         raise ProtocolError("a message must be a JSON object")
     if type(message.get("v")) is not int or message["v"] != VERSION:   # not True, not 1.0
-        raise ProtocolError(f"unsupported protocol version {message.get('v')!r} (expected {VERSION})")
+        raise ProtocolError(f"unsupported protocol version {clip(repr(message.get('v')))} (expected {VERSION})")
     if not isinstance(message.get("type"), str):
         raise ProtocolError("a message needs a string 'type'")
     return message
+
+
+def _no_nan(constant: str) -> float:
+    # Infinity is on the wire (a standby that never answered); NaN compares
+    # false with everything, so it would slip past every rule.
+    if constant == "NaN":
+        raise ValueError("NaN is not a number the protocol accepts")
+    return float(constant)
+
+
+# A string (closed, or running to the end of the line, so every match
+# succeeds and the scan stays linear) or a bracket.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.|\\\Z)*+(?:"|\Z)|[\[\]{}]', re.DOTALL)
+
+
+def nesting_depth(line: bytes) -> int:
+    """How deep the JSON in `line` nests (brackets inside strings do not count);
+    stops counting past limits.MAX_JSON_DEPTH."""
+    if line.count(b"[") + line.count(b"{") <= limits.MAX_JSON_DEPTH:
+        return 0 if b"[" not in line and b"{" not in line else 1   # cannot be deeper than the limit
+    depth = deepest = 0
+    for match in _TOKENS.finditer(line):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limits.MAX_JSON_DEPTH:
+                    break
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
 
 
 def validate_request(message: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +108,7 @@ def validate_request(message: dict[str, Any]) -> dict[str, Any]:
     """
     kind = message["type"]
     if kind not in REQUEST_TYPES:
-        raise ProtocolError(f"unknown message type {kind!r}")
+        raise ProtocolError(f"unknown message type {clip(repr(kind))}")
     if kind in ("heartbeat", "lease"):
         check_type(message.get("node"), str, "node")
         check_type(message.get("epoch"), int, "epoch")
@@ -142,43 +187,202 @@ def call(host: str, port: int, message: dict[str, Any], timeout: float = 3.0) ->
         conn.close()
 
 
+class MessageDeadline(ProtocolError):
+    """A frame began but did not complete within limits.MESSAGE_DEADLINE."""
+
+
+class FrameReader:
+    """Reads frames from a socket with two clocks: between frames the idle
+    timeout (None: block), and once a frame has begun a deadline for all of
+    it (a byte every few seconds does not keep a connection)."""
+
+    def __init__(self, sock: socket.socket, clock: Callable[[], float] = time.monotonic) -> None:
+        self.sock = sock
+        self.clock = clock
+        self.received = 0           # bytes so far, on this connection
+        self._buffer = bytearray()
+
+    def next_line(self, idle_timeout: float | None, deadline: float | None = None,
+                  started: float | None = None) -> bytes | None:
+        """The next frame without its newline; None at a clean end of stream or
+        an idle timeout. `started`: when the deadline starts if no byte came yet.
+        Raises ProtocolError (MessageDeadline) or OSError."""
+        deadline = limits.MESSAGE_DEADLINE if deadline is None else deadline
+        if self._buffer:
+            started = self.clock()      # a pipelined frame has begun
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[:end + 1]
+                if len(line) > MAX_FRAME:
+                    raise ProtocolError(f"frame exceeds the {MAX_FRAME}-byte limit")
+                return line
+            if len(self._buffer) > MAX_FRAME:
+                raise ProtocolError(f"frame exceeds the {MAX_FRAME}-byte limit")
+            timeout = idle_timeout if started is None else started + deadline - self.clock()
+            if timeout is not None and timeout <= 0:
+                raise MessageDeadline(f"message not complete within {deadline:g}s")
+            self.sock.settimeout(timeout)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                if started is None:
+                    return None
+                raise MessageDeadline(f"message not complete within {deadline:g}s") from None
+            if not chunk:
+                if self._buffer:
+                    raise ProtocolError("connection closed in the middle of a frame")
+                return None
+            if started is None:
+                started = self.clock()
+            self.received += len(chunk)
+            self._buffer += chunk
+
+
 class LineHandler(socketserver.StreamRequestHandler):
     """Serves one connection: a JSON request per line, a reply to each.
 
     Subclasses implement answer(message). A message that breaks the
     protocol (or an answer that raises ProtocolError) gets one error reply,
-    one log line, and the connection is closed; other clients are unaffected.
+    one log line (rate-limited per source and reason, client input clipped),
+    and the connection is closed; other clients are unaffected. So does any
+    other exception an answer raises (an "internal error" reply).
+
+    A connection starts as a stranger: its first frame must complete within
+    limits.MESSAGE_DEADLINE of connecting. Once the server's is_member()
+    accepts one of its requests it holds a member's slot, which no stranger
+    can take, and waits between messages for the server's idle timeout.
     """
+
+    server: LineServer
 
     def answer(self, message: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
     def handle(self) -> None:
-        self.connection.settimeout(getattr(self.server, "idle_timeout", 30.0))
+        slot = self.server.slot_of(self.request)
+        source = str(self.client_address[0])
         peer = "%s:%s" % self.client_address[:2]
-        while True:
-            try:
-                message = read_frame(self.rfile)
-                if message is None:
+        reader = FrameReader(self.connection)
+        idle = float(getattr(self.server, "idle_timeout", 30.0))
+        started: float | None = time.monotonic()     # a stranger's first frame: from connecting
+        try:
+            while True:
+                line = reader.next_line(idle, started=started)
+                started = None
+                if slot is not None:
+                    slot.talking = True
+                if line is None:
                     return
-                reply = self.answer(validate_request(message))
-            except ProtocolError as exc:
-                log.warning("closing connection from %s: %s", peer, exc)
-                self._send({"type": "error", "error": str(exc)})
-                return
-            except OSError:     # timeouts and resets: the client is gone
-                return
-            if not self._send(reply):
-                return
+                message = validate_request(decode(line))
+                reply = self.answer(message)
+                if slot is not None and not slot.member and self.server.is_member(message):
+                    self.server.slots.promote(slot)
+                if not self._send(reply):
+                    return
+        except ProtocolError as exc:
+            reason = "deadline" if isinstance(exc, MessageDeadline) else "protocol"
+            self.server.warn(source, reason, f"closing connection from {peer}: {clip(str(exc), 200)}")
+            self._send({"type": "error", "error": clip(str(exc), 200)})
+        except OSError:     # timeouts and resets: the client is gone
+            return
+        except Exception as exc:        # noqa: BLE001 -- a bug must cost one connection, not the server
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            self.server.warn(source, "internal", f"internal error answering {peer}: {type(exc).__name__}: "
+                             f"{clip(str(exc), 200)} (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})")
+            self._send({"type": "error", "error": "internal error"})
 
     def _send(self, message: dict[str, Any]) -> bool:
         try:
-            self.wfile.write(encode(message))
+            data = encode(message)
+        except ProtocolError as exc:    # a reply must fit the frame: say so rather than go silent
+            peer = "%s:%s" % self.client_address[:2]
+            self.server.warn(str(self.client_address[0]), "reply", f"reply to {peer} not sent: {exc}")
+            data = encode({"type": "error", "error": "reply too large"})
+        try:
+            self.connection.settimeout(limits.MESSAGE_DEADLINE)    # a client that never reads
+            self.wfile.write(data)
             return True
-        except (OSError, ProtocolError):
+        except OSError:
             return False
 
 
 class LineServer(socketserver.ThreadingTCPServer):
+    """A threaded server that admits connections through limits.Slots.
+
+    Admission runs in the accept loop, so a refused connection costs an
+    accept, one non-blocking error line and a close, never a thread.
+    Subclasses say who is a member (is_member); by default nobody is, and
+    every connection shares the strangers' pool.
+    """
+
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = limits.LISTEN_BACKLOG
+
+    def __init__(self, server_address: tuple[str, int], handler: type[LineHandler],
+                 bind_and_activate: bool = True) -> None:
+        self.slots = limits.Slots()
+        self.warnings = limits.RateLimitedLog(log)
+        self._slot_of: dict[socket.socket, limits.Slot] = {}
+        super().__init__(server_address, handler, bind_and_activate)
+
+    def is_member(self, message: dict[str, Any]) -> bool:
+        """Whether a validated request that was answered without error
+        comes from a member of the cluster (the hook authentication tightens)."""
+        return False
+
+    def warn(self, source: str, reason: str, text: str) -> None:
+        self.warnings.warning(source, reason, text)
+
+    def slot_of(self, sock: Any) -> limits.Slot | None:
+        return self._slot_of.get(sock)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        source = str(client_address[0])
+        try:
+            talking = bool(request.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except (BlockingIOError, InterruptedError):
+            talking = False
+        except OSError:
+            self.shutdown_request(request)
+            return
+        slot, evicted = self.slots.admit(source, time.monotonic(), lambda: _wake(request), talking)
+        for gone in evicted:
+            gone.close()
+        if evicted:
+            self.warn(source, "evicted", f"strangers' slots full: dropped the least connection from "
+                                         f"{evicted[0].source} for one from {source}")
+        if slot is None:
+            self.warn(source, "refused", f"refusing connection from {source}: "
+                                         f"{self.slots.per_source} strangers' slots in use")
+            try:
+                request.send(encode({"type": "error", "error": "too many connections"}), socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        self._slot_of[request] = slot
+        try:
+            super().process_request(request, client_address)
+        except Exception:       # noqa: BLE001 -- no thread to be had: this connection only
+            self._forget(request)
+            self.shutdown_request(request)
+
+    def close_request(self, request: Any) -> None:
+        self._forget(request)
+        super().close_request(request)
+
+    def _forget(self, request: Any) -> None:
+        slot = self._slot_of.pop(request, None)
+        if slot is not None:
+            self.slots.release(slot)
+
+
+def _wake(sock: socket.socket) -> None:
+    """Make a connection's handler see the end of its stream."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
