@@ -61,6 +61,7 @@ class LocalCluster(ClusterHandle):
         self.hosts = {name: "127.0.0.1" for name in NODES}
         self.pg_ports = {name: base_port + 1 + i for i, name in enumerate(NODES)}
         self.peer_ports = {name: base_port + 11 + i for i, name in enumerate(NODES)}
+        self.api_ports = {name: base_port + 21 + i for i, name in enumerate(NODES)}    # REST API
         self._pgdata = {name: os.path.join(self.dir, name, "data") for name in NODES}
         self._daemon_pids = {}     # daemons this object did not start (loaded from cluster.json)
         self._dsn = None           # a loaded cluster's own DSN
@@ -88,6 +89,7 @@ class LocalCluster(ClusterHandle):
         nodes = config["nodes"]
         cluster.hosts = {name: n.get("host", "127.0.0.1") for name, n in nodes.items()}
         cluster.pg_ports = {name: n["pg_port"] for name, n in nodes.items() if "pg_port" in n}
+        cluster.api_ports = {name: n["api_port"] for name, n in nodes.items() if "api_port" in n}
         cluster._pgdata = {name: n["pgdata"] for name, n in nodes.items() if "pgdata" in n}
         cluster._daemon_pids = {name: n["pid"] for name, n in nodes.items() if n.get("pid")}
         return cluster
@@ -136,6 +138,7 @@ class LocalCluster(ClusterHandle):
         for name in NODES:
             self._write_settings(f"{name}.py", {
                 "name": name, "pg_port": self.pg_ports[name], "peer_port": self.peer_ports[name],
+                "api_port": self.api_ports[name],
                 "slot_name": SLOTS[name], "arbiter_port": self.arbiter_port,
                 "pgdata": self.pgdata(name), "admin_password": PASSWORD, "replication_password": PASSWORD,
                 "log_file": os.path.join(self.dir, f"{name}.log"),
@@ -363,6 +366,7 @@ class LocalCluster(ClusterHandle):
             "arbiter": {"host": "127.0.0.1", "port": self.arbiter_port,
                         "pid": self.procs["arbiter"].pid if "arbiter" in self.procs else None},
             "nodes": {name: {"host": "127.0.0.1", "pg_port": self.pg_ports[name], "pgdata": self.pgdata(name),
+                             "api_port": self.api_ports[name],
                              "pid": self.procs[name].pid if name in self.procs else None,
                              "log": os.path.join(self.dir, f"{name}.log")} for name in NODES},
         }
@@ -422,7 +426,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Run a complete HA cluster on this machine")
     parser.add_argument("--dir", default=default_dir(), help="working folder (default %(default)s)")
     parser.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
-                        help="arbiter port; PostgreSQL on +1/+2, lease links on +11/+12")
+                        help="arbiter port; PostgreSQL on +1/+2, lease links on +11/+12, REST APIs on +21/+22")
     parser.add_argument("--fresh", action="store_true", help="wipe the working folder first")
     parser.add_argument("--demo", action="store_true",
                         help="once healthy, run tests.py with a primary kill and leave a report and plot")
