@@ -132,3 +132,45 @@ class HAProxy:
             if len(fields) > status and fields[svname] not in ("FRONTEND", "BACKEND"):
                 result[(fields[pxname], fields[svname])] = fields[status].split()[0]
         return result
+
+
+def main(argv=None):
+    """Run HAProxy in the foreground in front of a running local cluster
+    (bin/cluster), with the configuration of docs/haproxy.cfg."""
+    import argparse
+    import signal
+    import sys
+
+    from harness.cluster import FaultError
+    from harness.localcluster import LocalCluster, default_dir
+
+    parser = argparse.ArgumentParser(prog="python -m harness.haproxy", description=main.__doc__)
+    parser.add_argument("--cluster", default=default_dir(), help="local cluster folder (default %(default)s)")
+    parser.add_argument("--rw-port", type=int, default=5000, help="read-write port (default %(default)s)")
+    parser.add_argument("--ro-port", type=int, default=5001, help="read-only port (default %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        cluster = LocalCluster.load(args.cluster)
+        if set(cluster.api_ports) != set(cluster.nodes):
+            raise FaultError(f"{args.cluster}/cluster.json names no REST API ports (a cluster started "
+                             "before they existed: restart it with bin/cluster)")
+        proxy = HAProxy(cluster, os.path.join(cluster.dir, "haproxy"), args.rw_port, args.ro_port).start()
+    except (FaultError, HAProxyError, OSError) as exc:
+        print(f"haproxy: {exc}", file=sys.stderr)
+        return 1
+    print(f"HAProxy: writes on 127.0.0.1:{args.rw_port}, reads on 127.0.0.1:{args.ro_port} "
+          f"(config {proxy.config}, log {proxy.log}); Ctrl-C stops it.\n"
+          f"  python tests.py --cluster {cluster.dir} --dsn \"{proxy.dsn()}\" "
+          "--fault kill-primary-host --duration 20", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: proxy.proc.terminate())
+    try:
+        proxy.proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        proxy.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
