@@ -149,7 +149,11 @@ def start(host: str | None, port: int, state: StatePublisher) -> ApiServer | Non
     """Start the REST API, or return None when it is disabled (no host)."""
     if not host:
         return None
-    server = ApiServer(host, port, state)
+    try:
+        server = ApiServer(host, port, state)
+    except OSError as exc:
+        raise OSError(f"REST API cannot listen on {host}:{port}: {exc.strerror or exc} "
+                      "(settings api_bind, api_port)") from None
     server.start()
     log.info("REST API on http://%s:%d/ (health checks, /metrics)", host, port)
     return server

@@ -66,6 +66,7 @@ class Node:
     # -- life cycle ------------------------------------------------------------
 
     def run(self):
+        api_server, watcher = self._start_api()    # first: a taken port stops the daemon before it acts
         self.pg.prepare_folders()
         adopted = self.fencer.start()
         log.info("fencer %s (pid %d)", "adopted" if adopted else "started", self.fencer.pid)
@@ -87,7 +88,6 @@ class Node:
         else:
             self.fencer.disarm()    # an adopted fencer's old deadline must not hit a standby
         threading.Thread(target=self._watchdog, daemon=True, name="watchdog").start()
-        api_server, watcher = self._start_api()
         log.info("node %s started (last epoch acted on: %d); asking the arbiter at %s:%s before "
                  "starting PostgreSQL", self.s.name, self.acted_epoch, self.s.arbiter_host, self.s.arbiter_port)
         try:

@@ -329,3 +329,8 @@ def test_cluster_view_parses_the_arbiter_status():
     assert view.member("pgsql-1").report is None and view.member("pgsql-2").report.lsn == 7
     with pytest.raises(ValueError):
         ClusterView.from_status({"type": "error", "error": "no"}, NOW)
+
+
+def test_a_taken_port_is_one_clear_error(server):
+    with pytest.raises(OSError, match=r"REST API cannot listen on 127.0.0.1:\d+: .*api_port"):
+        api.start("127.0.0.1", server.server_address[1], StatePublisher("pgsql-1"))
