@@ -13,6 +13,10 @@ peer_bind = "127.0.0.1"         # address the lease link listens on ("0.0.0.0" f
 listen_addresses = "127.0.0.1"  # PostgreSQL listen_addresses
 slot_name = "rep177"            # replication slot this node streams through when it is the standby
 
+# REST API (Patroni's health-check paths, /metrics): see README, "REST API and HAProxy"
+api_bind = "127.0.0.1"          # address it listens on ("0.0.0.0" for HAProxy on another host; None: off)
+api_port = 8008
+
 # The arbiter
 arbiter_host = "127.0.0.1"
 arbiter_port = 5430

@@ -52,7 +52,7 @@ class LocalCluster(ClusterHandle):
     loaded from a running one's cluster.json (load) to inject faults."""
 
     def __init__(self, workdir=None, base_port=DEFAULT_BASE_PORT, os_user="postgres", echo=False,
-                 arbiter_overrides=None, passwords=None):
+                 arbiter_overrides=None, passwords=None, node_overrides=None):
         """passwords: {setting: password} for PASSWORD_SETTINGS; by default
         random ones made at the first prepare() and kept in DIR/secrets.json."""
         self.dir = os.path.abspath(workdir or default_dir())
@@ -61,6 +61,7 @@ class LocalCluster(ClusterHandle):
         self.base_port = base_port
         self.echo = echo
         self.arbiter_overrides = arbiter_overrides or {}
+        self.node_overrides = node_overrides or {}     # settings for both nodes, e.g. {"api_bind": None}
         self.user = pwd.getpwnam(os_user) if os_user and os.geteuid() == 0 else None
         self.procs = {}
         self.arbiter_port = base_port
@@ -68,6 +69,7 @@ class LocalCluster(ClusterHandle):
         self.hosts = {name: "127.0.0.1" for name in NODES}
         self.pg_ports = {name: base_port + 1 + i for i, name in enumerate(NODES)}
         self.peer_ports = {name: base_port + 11 + i for i, name in enumerate(NODES)}
+        self.api_ports = {name: base_port + 21 + i for i, name in enumerate(NODES)}    # REST API
         self._pgdata = {name: os.path.join(self.dir, name, "data") for name in NODES}
         self._daemon_pids = {}     # daemons this object did not start (loaded from cluster.json)
         self._dsn = None           # a loaded cluster's own DSN
@@ -95,6 +97,7 @@ class LocalCluster(ClusterHandle):
         nodes = config["nodes"]
         cluster.hosts = {name: n.get("host", "127.0.0.1") for name, n in nodes.items()}
         cluster.pg_ports = {name: n["pg_port"] for name, n in nodes.items() if "pg_port" in n}
+        cluster.api_ports = {name: n["api_port"] for name, n in nodes.items() if "api_port" in n}
         cluster._pgdata = {name: n["pgdata"] for name, n in nodes.items() if "pgdata" in n}
         cluster._daemon_pids = {name: n["pid"] for name, n in nodes.items() if n.get("pid")}
         return cluster
@@ -155,10 +158,11 @@ class LocalCluster(ClusterHandle):
         for name in NODES:
             self._write_settings(f"{name}.py", {
                 "name": name, "pg_port": self.pg_ports[name], "peer_port": self.peer_ports[name],
+                "api_port": self.api_ports[name],
                 "slot_name": SLOTS[name], "arbiter_port": self.arbiter_port,
                 "pgdata": self.pgdata(name), "admin_user": ADMIN_USER, "app_user": APP_USER,
                 **{setting: self.passwords[setting] for setting in PASSWORD_SETTINGS},
-                "log_file": os.path.join(self.dir, f"{name}.log"),
+                "log_file": os.path.join(self.dir, f"{name}.log"), **self.node_overrides,
             })
         self._chown_tree(self.dir)
 
@@ -426,6 +430,7 @@ class LocalCluster(ClusterHandle):
             "arbiter": {"host": "127.0.0.1", "port": self.arbiter_port,
                         "pid": self.procs["arbiter"].pid if "arbiter" in self.procs else None},
             "nodes": {name: {"host": "127.0.0.1", "pg_port": self.pg_ports[name], "pgdata": self.pgdata(name),
+                             "api_port": self.api_ports[name],
                              "pid": self.procs[name].pid if name in self.procs else None,
                              "log": os.path.join(self.dir, f"{name}.log")} for name in NODES},
         }
@@ -486,7 +491,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Run a complete HA cluster on this machine")
     parser.add_argument("--dir", default=default_dir(), help="working folder (default %(default)s)")
     parser.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
-                        help="arbiter port; PostgreSQL on +1/+2, lease links on +11/+12")
+                        help="arbiter port; PostgreSQL on +1/+2, lease links on +11/+12, REST APIs on +21/+22")
     parser.add_argument("--fresh", action="store_true", help="wipe the working folder first")
     parser.add_argument("--demo", action="store_true",
                         help="once healthy, run tests.py with a primary kill and leave a report and plot")

@@ -284,6 +284,16 @@ def node_of(conn):
     return f"{conn.info.host}:{conn.info.port}"
 
 
+def server_address(conn):
+    """The PostgreSQL server a connection really reached (through HAProxy,
+    say): one query, so use it only where the proxy is under test."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT host(inet_server_addr()), inet_server_port()")
+        host, port = cur.fetchone()
+    conn.rollback()
+    return f"{host}:{port}"
+
+
 def first_line(exc):
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
@@ -380,7 +390,7 @@ class Writer:
     """
 
     def __init__(self, dsn, writers=4, count=None, duration=None, interval=0.0,
-                 commit_timeout=10.0, connect_timeout=2.0):
+                 commit_timeout=10.0, connect_timeout=2.0, server_of=None):
         if not 1 <= writers <= MAX_WRITERS:
             raise ValueError(f"writers must be between 1 and {MAX_WRITERS}")
         self.dsn = dsn
@@ -390,6 +400,9 @@ class Writer:
         self.interval = interval
         self.commit_timeout = commit_timeout
         self.connect_timeout = connect_timeout
+        # conn -> "host:port" of the server that answers; the default names the
+        # DSN's host, which behind a proxy is the proxy (see server_address).
+        self.server_of = server_of or node_of
         self.run = None
         self.attempts = []
         self.started_at = None         # wall clock (epoch seconds) of the run start
@@ -473,7 +486,7 @@ class Writer:
             fresh = conn is None
             if fresh:
                 conn = connect(self.dsn, self.connect_timeout)
-            node = node_of(conn)
+            node = self.server_of(conn)
             with _Watch(self, w, conn), conn.cursor() as cur:
                 if fresh:
                     cur.execute("SET statement_timeout = 0")   # a server-side cancel would fake acks

@@ -42,6 +42,11 @@ class Leases:
         with self._lock:
             return max(self._until["arbiter"], self._until["standby"])
 
+    def until(self) -> dict[str, float]:
+        """When each granted lease runs out (monotonic seconds), for the REST API."""
+        with self._lock:
+            return {source: self._until[source] for source in ("arbiter", "standby")}
+
     def held(self) -> bool:
         now = self.clock()
         return any(until > now for until in self._until.values())

@@ -13,13 +13,14 @@ import threading
 import time
 from dataclasses import replace
 
-from pgha import logs
+from pgha import api, logs
 from pgha import protocol, store
 from pgha.fencing import Fencer
 from pgha.lease import Grants, Leases, LeaseRenewer, PeerServer
-from pgha.messages import PG_RUNNING, PG_STOPPED, PRIMARY, STANDBY, WAIT, Instruction
+from pgha.messages import PG_RUNNING, PG_STOPPED, PRIMARY, STANDBY, WAIT, Instruction, ReplicationRow
 from pgha.node_rules import (CRASH_RESTART_WINDOW, STANDBY_STREAM_DEADLINE, IDLE, Action, DataDir,
                              HandOver, NodeView, decide)
+from pgha.node_state import ClusterWatcher, LoopStats, NodeSnapshot, StatePublisher
 from pgha.postgres import PostgresError
 
 log = logs.get("node")
@@ -52,12 +53,23 @@ class Node:
         self._said = {}
         self._stop = threading.Event()
         self._wake = threading.Event()  # run the next heartbeat now, not at the next tick
+        # What the REST API serves: a snapshot published after each heartbeat.
+        self.state = StatePublisher(settings.name, clock)
+        self.status = {"pg": PG_STOPPED}    # PostgreSQL as the last heartbeat saw it
+        self.failovers = 0                  # promotions carried out
+        self.fences = 0                     # fences by the watchdog
+        self.loop_stats = LoopStats()
+        self.heartbeat_rtt = None
+        self.arbiter_reachable = False
+        self.grant_reported = 0.0           # not grants.remaining_for_report(): that pauses grants
 
     # -- life cycle ------------------------------------------------------------
 
     def run(self):
-        # First, before anything starts: a damaged state file stops the node (store.NodeStateError).
+        # First, before anything starts: a damaged state file stops the node (store.NodeStateError),
+        # and a taken API port stops it before it acts.
         self.acted_epoch = store.load_acted_epoch(self.state_file)
+        api_server, watcher = self._start_api()
         self.pg.prepare_folders()
         adopted = self.fencer.start()
         log.info("fencer %s (pid %d)", "adopted" if adopted else "started", self.fencer.pid)
@@ -90,11 +102,15 @@ class Node:
                     self._say("postgres", "error", str(exc))
                 except Exception:   # a bug must not take the daemon (and its fencing) down
                     log.exception("unexpected error in the HA loop; carrying on")
+                self._publish(self.clock() - started)
                 if (self.acting_primary, self.pg.postmaster_pid()) != acting_before:
                     continue    # a role or process change: report it at once
                 self._wake.wait(max(0.05, self.heartbeat_interval - (self.clock() - started)))
                 self._wake.clear()
         finally:
+            if api_server:
+                api_server.stop()
+                watcher.stop()
             renewer.stop()
             peer.shutdown()
             peer.server_close()
@@ -116,8 +132,9 @@ class Node:
     # -- one heartbeat -----------------------------------------------------------
 
     def step(self):
-        status = self.pg.status()
+        status = self.status = self.pg.status()
         report = self._report(status)
+        self.grant_reported = report["grant_remaining"]
         sent_at = self.clock()
         instruction = self._heartbeat(report)
         view = self._view(instruction, status)
@@ -194,9 +211,12 @@ class Node:
 
     def _heartbeat(self, report):
         """The arbiter's Instruction, or None (logged) when there is none to act on."""
+        self.arbiter_reachable = False
+        sent = self.clock()
         try:
             reply = self.arbiter.request({"type": "heartbeat", "node": self.s.name,
                                           "epoch": self.acted_epoch, "report": report})
+            self.heartbeat_rtt = self.clock() - sent
         except (OSError, protocol.ProtocolError) as exc:
             self._say("arbiter", "warning", f"arbiter {self.s.arbiter_host}:{self.s.arbiter_port} "
                                             f"unreachable: {exc}")
@@ -210,6 +230,7 @@ class Node:
             self.arbiter.close()
             return None
         self._say("arbiter", "info", "arbiter reachable")
+        self.arbiter_reachable = True
         return instruction
 
     # -- actions: one method per node_rules.Action, named after its value --------
@@ -267,6 +288,7 @@ class Node:
         self.pg.start()
         self.pg.write_settings(PRIMARY, sync_standby=d.sync_standby)
         self.pg.promote()
+        self.failovers += 1
         self._running_as_primary(d)
 
     def _start_primary(self, d):
@@ -289,6 +311,7 @@ class Node:
         self.pg.write_settings(PRIMARY, sync_standby=d.sync_standby)   # standby.signal: PostgreSQL removes it
         self.pg.reload()    # the sync name holds from the first commit after the promotion
         self.pg.promote()
+        self.failovers += 1
         self.acting_primary = True
         self.slot_ensured = None
         log.failover("this node is now the primary (epoch %d)", d.remember_epoch)
@@ -417,10 +440,48 @@ class Node:
                 if not self.leases.held():
                     self.acting_primary = False
                     log.failover("no lease from the arbiter or the standby: fencing PostgreSQL")
+                    self.fences += 1
                     self.pg.fence()
                 elif self.pg.postmaster_pid() is None:
                     self._wake.set()    # PostgreSQL died: don't wait for the next tick
             self._stop.wait(0.1)
+
+    # -- the REST API's view -------------------------------------------------------
+
+    def _start_api(self):
+        """The REST API and the thread that fetches the arbiter's status for
+        it; (None, None) when api_bind is empty."""
+        server = api.start(self.s.api_bind, self.s.api_port, self.state)
+        if server is None:
+            return None, None
+        watcher = ClusterWatcher(self.state, lambda: protocol.call(
+            self.s.arbiter_host, self.s.arbiter_port, {"type": "status"}, timeout=1.0))
+        watcher.start()
+        return server, watcher
+
+    def _publish(self, duration):
+        """Publish what this heartbeat saw; readers never wait for it."""
+        self.loop_stats = self.loop_stats.add(duration)
+        status, instruction = self.status, self.instruction
+        running = status.get("pg") == PG_RUNNING
+        self.state.publish(NodeSnapshot(
+            name=self.s.name, taken_at=self.clock(), pg=status.get("pg", PG_STOPPED),
+            running_as=status.get("role") if running else None, lsn=status.get("lsn") or 0,
+            receive_lsn=status.get("receive_lsn") or 0, timeline=status.get("timeline"),
+            sync_standby=status.get("sync_standby"), receiver=status.get("receiver"),
+            replication=tuple(ReplicationRow.from_wire(row) for row in status.get("replication") or ()),
+            acting_primary=self.acting_primary,
+            instruction_role=instruction.role if instruction else None,
+            instruction_epoch=instruction.epoch if instruction else None,
+            instruction_reason=instruction.reason if instruction else None,
+            primary=(self.s.name if instruction.role == PRIMARY else instruction.primary) if instruction else None,
+            primary_address=instruction.primary_address if instruction else None,
+            upstream=self.upstream, acted_epoch=self.acted_epoch,
+            lease_until=self.leases.until(), grant_remaining=self.grant_reported,
+            heartbeat_interval=self.heartbeat_interval, lease_time=self.lease_time,
+            arbiter_reachable=self.arbiter_reachable, heartbeat_rtt=self.heartbeat_rtt,
+            last_action=self.last_action, failovers=self.failovers, fences=self.fences,
+            loop=self.loop_stats, started_at=self.state.snapshot.started_at))
 
     def _say(self, topic, level, text):
         """Log a line only when it differs from the last one on the same topic."""

@@ -218,6 +218,8 @@ NODE_SPECS = {
     "pg_parameters": Spec(dict, unmanaged_parameters),
     "log_level": Spec(str, log_level),
     "log_file": Spec(str, non_empty, optional=True),
+    "api_bind": Spec(str, optional=True),       # None or "": no REST API
+    "api_port": Spec(int, port),
 }
 
 ARBITER_SPECS = {

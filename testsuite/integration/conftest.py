@@ -20,9 +20,9 @@ _ports = itertools.count(int(os.environ.get("PGHA_TEST_PORT_BASE", "7430")), 40)
 
 
 def next_port():
-    """A base port whose cluster ports (base .. base+12) are all free now."""
+    """A base port whose cluster ports (base .. base+22) are all free now."""
     for base in _ports:
-        if all(_free(base + offset) for offset in (0, 1, 2, 11, 12)):
+        if all(_free(base + offset) for offset in (0, 1, 2, 11, 12, 21, 22)):
             return base
     raise RuntimeError("no free ports")
 

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""REST API benchmark on a local cluster.
+
+    python -m harness.bench_api [--rate 200] [--seconds 10] [--idle-seconds 20]
+
+Starts a local cluster, then asks the primary's REST API at a steady
+`--rate` requests/s for `--seconds` (each path in turn: /primary, /replica
+and /metrics, a new connection per request as HAProxy's checks make) and
+prints the answer time's median, p99 and worst. Then the node daemon's
+idle CPU and RSS with the API on, and again on a cluster started with
+api_bind = None (API off). Measured here, never asserted in the tests.
+"""
+import argparse
+import http.client
+import statistics
+import sys
+import time
+
+from harness.bench_failover import idle_footprint
+from harness.localcluster import NODES, LocalCluster
+
+PATHS = ("/primary", "/replica", "/metrics")
+
+
+def hammer(port, path, rate, seconds):
+    """Answer times (s) of requests sent every 1/rate s; late starts are not skipped."""
+    times, errors = [], 0
+    start = time.monotonic()
+    for i in range(int(rate * seconds)):
+        due = start + i / rate
+        pause = due - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        t0 = time.perf_counter()
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            conn.getresponse().read()
+            conn.close()
+        except OSError:
+            errors += 1
+            continue
+        times.append(time.perf_counter() - t0)
+    return times, errors, time.monotonic() - start
+
+
+def percentile(values, share):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def footprints(cluster, seconds):
+    return {name: idle_footprint(cluster.procs[name].pid, seconds) for name in NODES}
+
+
+def run_cluster(args, api_on):
+    overrides = {} if api_on else {"api_bind": None}
+    cluster = LocalCluster(f"{args.dir}-{'on' if api_on else 'off'}", base_port=args.base_port,
+                           node_overrides=overrides)
+    cluster.prepare(fresh=True)
+    cluster.start()
+    return cluster
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second (default %(default)s)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per path (default %(default)s)")
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--dir", default="/var/tmp/pgha-bench-api")
+    parser.add_argument("--base-port", type=int, default=8430)
+    args = parser.parse_args()
+
+    results, idle = {}, {}
+    for api_on in (True, False):
+        cluster = run_cluster(args, api_on)
+        try:
+            status = cluster.wait_healthy(timeout=180)
+            time.sleep(3)
+            idle[api_on] = footprints(cluster, args.idle_seconds)
+            if api_on:
+                primary = status["primary"]
+                for path in PATHS:
+                    results[path] = hammer(cluster.api_ports[primary], path, args.rate, args.seconds)
+                    times = results[path][0]
+                    print(f"{path}: {len(times)} answers, median {statistics.median(times) * 1000:.2f} ms",
+                          file=sys.stderr, flush=True)
+        finally:
+            cluster.stop()
+
+    print(f"\nREST API of the primary, {args.rate:g} requests/s for {args.seconds:g} s per path "
+          "(a new TCP connection each):")
+    print(f"{'path':10s} {'answers':>8s} {'errors':>6s} {'median':>9s} {'p99':>9s} {'worst':>9s} {'achieved':>9s}")
+    for path, (times, errors, took) in results.items():
+        print(f"{path:10s} {len(times):8d} {errors:6d} {statistics.median(times) * 1000:7.2f}ms "
+              f"{percentile(times, 0.99) * 1000:7.2f}ms {max(times) * 1000:7.2f}ms "
+              f"{(len(times) + errors) / took:7.1f}/s")
+    print(f"\nnode daemon idle ({args.idle_seconds:g} s sample), CPU share of one core and RSS:")
+    for api_on in (True, False):
+        row = ", ".join(f"{name} {cpu:.2f}% {rss:.1f} MB" for name, (cpu, rss) in idle[api_on].items())
+        print(f"  API {'on ' if api_on else 'off'}: {row}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The node's REST API: Patroni's health-check paths and status codes,
+the node and cluster as JSON, role history and Prometheus metrics.
+
+A threaded HTTP server in the node daemon. Every answer is computed from
+the HA loop's last published snapshot (node_state.StatePublisher) by the
+pure functions in health.py and metrics.py: it never waits on PostgreSQL
+or the arbiter. GET, HEAD and OPTIONS (HAProxy's default check method)
+are served; anything else is 405. A request body is never read, each
+connection closes after one answer, a silent client is dropped after
+REQUEST_TIMEOUT, and at most MAX_CLIENTS are served at once.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from pgha import health, logs, metrics
+from pgha.node_state import StatePublisher
+
+log = logs.get("api")
+
+REQUEST_TIMEOUT = 5.0
+MAX_CLIENTS = 32
+JSON_TYPE = "application/json"
+
+
+class ApiServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(self, host: str, port: int, state: StatePublisher) -> None:
+        self.state = state
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        super().__init__((host, port), _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # A flood gets closed connections, not a thread each.
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("REST API request from %s failed", client_address[0] if client_address else "?",
+                  exc_info=True)
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
+                                  name="rest-api")
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ApiServer
+    timeout = REQUEST_TIMEOUT          # socket timeout: a slow client cannot hold a thread
+    server_version = "pgha"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        self._answer(head=False)
+
+    def do_HEAD(self) -> None:
+        self._answer(head=True)
+
+    def do_OPTIONS(self) -> None:     # HAProxy's `option httpchk` without a method sends OPTIONS
+        self._answer(head=False)
+
+    def _not_allowed(self) -> None:
+        self._send(405, JSON_TYPE, b'{"error": "only GET, HEAD and OPTIONS are served"}\n',
+                   head=False, extra={"Allow": "GET, HEAD, OPTIONS"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
+
+    def _answer(self, head: bool) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        path = url.path.rstrip("/") or "/"
+        state = self.server.state
+        snapshot, view, now = state.snapshot, state.cluster, state.clock()
+        try:
+            query = urllib.parse.parse_qs(url.query, keep_blank_values=True, max_num_fields=8)
+        except ValueError:
+            return self._json(400, {"error": "malformed query string"}, head)
+        if path == "/metrics":
+            body = metrics.render(snapshot, view, now).encode()
+            return self._send(200, metrics.CONTENT_TYPE, body, head)
+        if path in ("/", "/patroni"):
+            return self._json(200, health.node_json(snapshot, view, now), head)
+        if path == "/cluster":
+            return self._json(200, health.cluster_json(snapshot, view, now), head)
+        if path == "/history":
+            return self._json(200, health.history_json(state.history.events()), head)
+        check = health.check_for(path)
+        if check is None:
+            return self._json(404, {"error": f"no such path: {path[:80]}"}, head)
+        try:
+            max_lag = health.query_lag(query)
+        except ValueError as exc:
+            return self._json(400, {"error": str(exc)}, head)
+        ok = check(snapshot, view, now, max_lag)
+        # The body is the node's JSON, as Patroni answers its health checks.
+        self._json(200 if ok else 503, health.node_json(snapshot, view, now), head)
+
+    def _json(self, code: int, body: Any, head: bool) -> None:
+        self._send(code, JSON_TYPE, (json.dumps(body) + "\n").encode(), head)
+
+    def _send(self, code: int, content_type: str, body: bytes, head: bool,
+              extra: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-cache")
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass    # a check every 500 ms per HAProxy: not worth a log line each
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except (socket.timeout, ConnectionError):
+            self.close_connection = True
+
+
+def start(host: str | None, port: int, state: StatePublisher) -> ApiServer | None:
+    """Start the REST API, or return None when it is disabled (no host)."""
+    if not host:
+        return None
+    try:
+        server = ApiServer(host, port, state)
+    except OSError as exc:
+        raise OSError(f"REST API cannot listen on {host}:{port}: {exc.strerror or exc} "
+                      "(settings api_bind, api_port)") from None
+    server.start()
+    log.info("REST API on http://%s:%d/ (health checks, /metrics)", host, port)
+    return server

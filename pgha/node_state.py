@@ -1,0 +1,195 @@
+"""What the node's REST API serves: the HA loop's last observation.
+
+The HA loop builds a NodeSnapshot after each heartbeat and publishes it
+into a StatePublisher: one attribute swap, so a reader (an API thread)
+always sees a whole snapshot and never waits for PostgreSQL or the
+arbiter. Role changes go into a bounded History. The ClusterWatcher asks
+the arbiter for its status now and then, in its own thread, for /cluster,
+the standby's lag and whether the standby is promotable.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from pgha import logs
+from pgha.messages import Address, ReplicationRow, Report
+
+log = logs.get("api")
+
+HISTORY_LENGTH = 100
+CLUSTER_POLL_INTERVAL = 2.0     # seconds between two status requests to the arbiter
+
+
+@dataclass(frozen=True)
+class LoopStats:
+    """HA loop turns: how many, their total and last duration (seconds)."""
+    count: int = 0
+    total: float = 0.0
+    last: float = 0.0
+
+    def add(self, duration: float) -> LoopStats:
+        return LoopStats(self.count + 1, self.total + duration, duration)
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    """The node as its HA loop last saw it. Times are monotonic seconds of
+    the daemon's clock, so a reader can tell how old each one is."""
+    name: str
+    taken_at: float                         # when the loop finished this turn
+    pg: str = "stopped"                     # running | starting | stopped (messages.PG_*)
+    running_as: str | None = None           # primary | standby, while running
+    lsn: int = 0                            # current (primary) or replayed (standby) WAL position
+    receive_lsn: int = 0
+    timeline: int | None = None
+    sync_standby: str | None = None         # synchronous_standby_names, on a primary
+    receiver: str | None = None             # the standby's WAL receiver status
+    replication: tuple[ReplicationRow, ...] = ()
+    acting_primary: bool = False            # running as primary under this node's leases
+    instruction_role: str | None = None     # the last current instruction: primary | standby | wait
+    instruction_epoch: int | None = None
+    instruction_reason: str | None = None
+    primary: str | None = None              # whom the arbiter names primary
+    primary_address: Address | None = None  # where a standby must stream from
+    upstream: Address | None = None         # where this standby was told to stream from
+    acted_epoch: int = 0
+    lease_until: Mapping[str, float] = field(default_factory=dict)   # arbiter/standby lease ends
+    grant_remaining: float = 0.0            # this standby's outstanding grant to the primary
+    heartbeat_interval: float = 0.5
+    lease_time: float = 3.0
+    arbiter_reachable: bool = False
+    heartbeat_rtt: float | None = None      # last answered heartbeat's round trip, s
+    last_action: str | None = None
+    failovers: int = 0                      # promotions this daemon carried out
+    fences: int = 0                         # times its watchdog fenced PostgreSQL
+    loop: LoopStats = LoopStats()
+    started_at: float = 0.0                 # when the daemon started
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member as the arbiter last heard of it."""
+    name: str
+    report: Report | None
+    last_seen_ago: float | None
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """The arbiter's status, as fetched at `fetched_at` (monotonic)."""
+    fetched_at: float
+    epoch: int
+    primary: str | None
+    promotable: bool
+    members: tuple[Member, ...] = ()
+
+    def member(self, name: str) -> Member | None:
+        return next((m for m in self.members if m.name == name), None)
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any], fetched_at: float) -> ClusterView:
+        """Parse the arbiter's status reply; raises ValueError (or ProtocolError) when malformed."""
+        if status.get("type") != "status" or not isinstance(status.get("nodes"), dict):
+            raise ValueError(f"not a status reply: {str(status.get('error', status.get('type')))[:80]}")
+        members = []
+        for name, entry in status["nodes"].items():
+            entry = entry or {}
+            report = entry.get("report")
+            seen = entry.get("last_seen_ago")
+            members.append(Member(str(name), None if report is None else Report.from_wire(report),
+                                  float(seen) if isinstance(seen, (int, float)) else None))
+        epoch = status.get("epoch")
+        return cls(fetched_at=fetched_at, epoch=epoch if isinstance(epoch, int) else 0,
+                   primary=status.get("primary") if isinstance(status.get("primary"), str) else None,
+                   promotable=status.get("promotable") is True, members=tuple(members))
+
+
+@dataclass(frozen=True)
+class RoleChange:
+    at: float                   # wall clock (epoch seconds)
+    epoch: int
+    old: str
+    new: str
+    reason: str | None
+
+
+def role_of(snapshot: NodeSnapshot) -> str:
+    """The coarse role history tracks: primary, standby, starting or stopped."""
+    if snapshot.pg == "running" and snapshot.running_as:
+        return snapshot.running_as
+    return snapshot.pg
+
+
+class History:
+    """The last HISTORY_LENGTH role changes this node saw (in memory)."""
+
+    def __init__(self, length: int = HISTORY_LENGTH, wall: Callable[[], float] = time.time) -> None:
+        self._events: collections.deque[RoleChange] = collections.deque(maxlen=length)
+        self._lock = threading.Lock()
+        self._wall = wall
+
+    def add(self, epoch: int, old: str, new: str, reason: str | None) -> None:
+        with self._lock:
+            self._events.append(RoleChange(self._wall(), epoch, old, new, reason))
+
+    def events(self) -> tuple[RoleChange, ...]:
+        with self._lock:
+            return tuple(self._events)
+
+
+class StatePublisher:
+    """The HA loop's latest snapshot and the cluster view, swapped whole."""
+
+    def __init__(self, name: str, clock: Callable[[], float] = time.monotonic,
+                 history: History | None = None) -> None:
+        self.clock = clock
+        self.history = history or History()
+        self.snapshot: NodeSnapshot = NodeSnapshot(name=name, taken_at=clock(), started_at=clock())
+        self.cluster: ClusterView | None = None
+        self._published = False
+
+    def publish(self, snapshot: NodeSnapshot) -> None:
+        old, new = role_of(self.snapshot), role_of(snapshot)
+        if self._published and old != new:
+            fenced = snapshot.fences > self.snapshot.fences
+            reason = "fenced: no lease left" if fenced else snapshot.last_action or snapshot.instruction_reason
+            self.history.add(snapshot.acted_epoch, old, new, reason)
+        self.snapshot = snapshot    # one reference swap: readers see the old or the new one
+        self._published = True
+
+    def set_cluster(self, view: ClusterView | None) -> None:
+        self.cluster = view
+
+
+class ClusterWatcher(threading.Thread):
+    """Asks the arbiter for its status every CLUSTER_POLL_INTERVAL seconds.
+    `fetch` returns the status reply (a dict); a failure keeps the last view."""
+
+    def __init__(self, publisher: StatePublisher, fetch: Callable[[], Mapping[str, Any]],
+                 interval: float = CLUSTER_POLL_INTERVAL) -> None:
+        super().__init__(daemon=True, name="cluster-watcher")
+        self.publisher = publisher
+        self.fetch = fetch
+        self.interval = interval
+        self._stop_event = threading.Event()
+        self._failing: str | None = None
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                view = ClusterView.from_status(self.fetch(), self.publisher.clock())
+                self.publisher.set_cluster(view)
+                self._failing = None
+            except Exception as exc:    # an unreachable arbiter is the HA loop's news, not ours
+                text = f"{type(exc).__name__}: {exc}"[:200]
+                if text != self._failing:
+                    log.debug("arbiter status for the REST API unavailable: %s", text)
+                    self._failing = text
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()

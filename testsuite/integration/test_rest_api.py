@@ -1,0 +1,85 @@
+"""The nodes' REST API on a real local cluster: health codes and /metrics
+(parsed by prometheus_client) before and after a planned switchover, never
+two nodes answering /primary with 200 at once, and the role history."""
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from pgha import ctl
+from testsuite.integration.conftest import wait_for
+from testsuite.integration.test_cluster import primary_is
+
+
+def get(cluster, node, path):
+    url = f"http://127.0.0.1:{cluster.api_ports[node]}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return None, b""
+
+
+def codes(cluster, node, paths=("/primary", "/replica", "/read-only", "/health", "/liveness", "/readiness")):
+    return {path: get(cluster, node, path)[0] for path in paths}
+
+
+def role_metric(cluster, node):
+    status, body = get(cluster, node, "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    roles = {s.labels["role"]: s.value for s in families["pgha_role"].samples}
+    return max(roles, key=roles.get), families
+
+
+def test_health_codes_and_metrics_follow_a_switchover(local_cluster):
+    cluster = local_cluster
+    everything = {"/health": 200, "/liveness": 200, "/readiness": 200, "/read-only": 200}
+    wait_for(lambda: codes(cluster, "pgsql-2")["/replica"] == 200, 20, "pgsql-2 /replica 200")
+    assert codes(cluster, "pgsql-1") == {**everything, "/primary": 200, "/replica": 503}
+    assert codes(cluster, "pgsql-2") == {**everything, "/primary": 503, "/replica": 200}
+    role, families = role_metric(cluster, "pgsql-1")
+    assert role == "primary"
+    assert [s.value for s in families["pgha_epoch"].samples] == [1]
+    assert [s.value for s in families["pgha_sync_standby"].samples] == [1]
+    assert role_metric(cluster, "pgsql-2")[0] == "standby"
+
+    both = []       # moments both nodes said 200 on /primary
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            if get(cluster, "pgsql-1", "/primary")[0] == 200 and get(cluster, "pgsql-2", "/primary")[0] == 200:
+                both.append(time.monotonic())
+            time.sleep(0.02)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        assert ctl.main(["--arbiter", f"127.0.0.1:{cluster.arbiter_port}", "switchover"]) == 0
+        wait_for(primary_is(cluster, "pgsql-2", epoch=2), 60, "switchover to pgsql-2")
+        wait_for(lambda: codes(cluster, "pgsql-2")["/primary"] == 200, 20, "pgsql-2 /primary 200")
+        wait_for(lambda: codes(cluster, "pgsql-1")["/replica"] == 200, 60, "pgsql-1 /replica 200")
+    finally:
+        stop.set()
+        watcher.join()
+    assert both == [], "two nodes answered /primary with 200 at once"
+    assert codes(cluster, "pgsql-2") == {**everything, "/primary": 200, "/replica": 503}
+    assert codes(cluster, "pgsql-1") == {**everything, "/primary": 503, "/replica": 200}
+
+    role, families = role_metric(cluster, "pgsql-2")
+    assert role == "primary"
+    assert [s.value for s in families["pgha_epoch"].samples] == [2]
+    assert [s.value for s in families["pgha_failovers"].samples] == [1]
+    assert role_metric(cluster, "pgsql-1")[0] == "standby"
+
+    history = json.loads(get(cluster, "pgsql-2", "/history")[1])
+    assert any(e["from"] == "standby" and e["to"] == "primary" and e["epoch"] == 2 for e in history), history
+    wait_for(lambda: json.loads(get(cluster, "pgsql-1", "/cluster")[1]).get("epoch") == 2, 10,
+             "pgsql-1's /cluster at epoch 2")
+    members = {m["name"]: m for m in json.loads(get(cluster, "pgsql-1", "/cluster")[1])["members"]}
+    assert members["pgsql-2"]["role"] == "leader"
