@@ -8,8 +8,8 @@ import signal
 import sys
 
 from pgha import logs as logger
-from pgha import cli, settings as settings_mod
-from pgha.arbiter import Arbiter, ArbiterServer, StateFileError
+from pgha import cli, keys, settings as settings_mod
+from pgha.arbiter import Arbiter, ArbiterServer, StateFileError, verifier
 
 DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arbiter_settings.py")
 
@@ -17,11 +17,13 @@ DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arbiter_set
 def main(argv=None):
     settings = cli.load_settings("arbiter", "PostgreSQL HA arbiter", DEFAULTS, settings_mod.ARBITER_SPECS,
                                  settings_mod.ARBITER_CHECKS, argv=argv)
+    keyring = cli.load_keys("arbiter", keys.arbiter_keys, settings.key_file, settings.nodes)
     log = logger.setup("arbiter", settings.log_level, settings.log_file)
     try:
         arbiter = Arbiter(settings)
         server = ArbiterServer(arbiter, settings.listen_host, settings.listen_port,
-                               idle_timeout=max(10.0, 20 * settings.heartbeat_interval))
+                               idle_timeout=max(10.0, 20 * settings.heartbeat_interval),
+                               verifier=verifier(keyring, settings.nodes))
     except StateFileError as exc:
         log.error("%s", exc)
         return 1

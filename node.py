@@ -8,13 +8,14 @@ import signal
 import sys
 
 from pgha import logs as logger
-from pgha import cli, settings as settings_mod
+from pgha import cli, keys, settings as settings_mod
 
 DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_settings.py")
 
 
 def main(argv=None):
     settings = cli.load_settings("node", "PostgreSQL HA node daemon", DEFAULTS, settings_mod.NODE_SPECS, argv=argv)
+    node_keys = cli.load_keys("node", keys.node_keys, settings.key_file, settings.name)
     log = logger.setup(settings.name, settings.log_level, settings.log_file)
     try:
         import psycopg2  # noqa: F401  (checked here for one clear line, not a traceback)
@@ -24,7 +25,7 @@ def main(argv=None):
     from pgha.node import Node
     from pgha.postgres import Postgres, PostgresError
     try:
-        node = Node(settings, Postgres(settings))
+        node = Node(settings, Postgres(settings), node_keys)
     except PostgresError as exc:
         log.error("%s", exc)
         return 1

@@ -2,6 +2,7 @@
 import argparse
 import sys
 
+from pgha import keys as keys_mod
 from pgha import settings as settings_mod
 
 
@@ -13,5 +14,14 @@ def load_settings(program, description, defaults, specs, checks=(), argv=None):
     try:
         return settings_mod.load(defaults, specs, args.settings, checks)
     except settings_mod.SettingsError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def load_keys(program, loader, *args):
+    """loader(*args) from pgha.keys; exit 2 with one line when the key file is missing or unsafe."""
+    try:
+        return loader(*args)
+    except keys_mod.KeyFileError as exc:
         print(f"{program}: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -11,6 +11,12 @@ node -> node      {"v":1,"type":"lease","node":NAME,"epoch":N}
                   -> {"v":1,"type":"grant","granted":bool,"reason":...}
 any error         {"v":1,"type":"error","error":TEXT}; after a protocol error
                   (malformed, oversized, unknown) the server closes the connection.
+
+Authentication (auth.py): a client with a Credential signs each request and
+checks each reply; a server with a Verifier checks each request before
+answering it and signs the reply. A request that fails the check gets one
+{"type":"error","error":"authentication failed"}, is logged (rate-limited)
+and the connection is closed.
 """
 from __future__ import annotations
 
@@ -19,8 +25,9 @@ import socket
 import socketserver
 from typing import IO, Any, Protocol
 
-from pgha import logs
+from pgha import auth, logs
 from pgha.errors import ProtocolError
+from pgha.ratelog import RateLimitedLog
 from pgha.messages import Report, check_type
 
 log = logs.get("protocol")
@@ -97,9 +104,10 @@ class Connection:
     request opens a new one.
     """
 
-    def __init__(self, host: str, port: int, timeout: float) -> None:
+    def __init__(self, host: str, port: int, timeout: float, credential: auth.Credential | None = None) -> None:
         self.address = (host, port)
         self.timeout = timeout
+        self.credential = credential    # None: unsigned requests (a server without a Verifier)
         self._sock: socket.socket | None = None
         self._file: IO[bytes] | None = None
 
@@ -109,10 +117,15 @@ class Connection:
                 self._sock = socket.create_connection(self.address, timeout=self.timeout)
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._file = self._sock.makefile("rb")
-            self._sock.sendall(encode(message))
+            request = {"v": VERSION, **message}
+            if self.credential is not None:
+                request = self.credential.sign(request)
+            self._sock.sendall(encode(request))
             reply = read_frame(self._file)
             if reply is None:
                 raise ConnectionError("closed by peer")
+            if self.credential is not None:
+                reply = self.credential.check_reply(reply, request)
             return reply
         except (OSError, ProtocolError):
             self.close()
@@ -129,9 +142,10 @@ class Connection:
         self._sock = self._file = None
 
 
-def call(host: str, port: int, message: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
+def call(host: str, port: int, message: dict[str, Any], timeout: float = 3.0,
+         credential: auth.Credential | None = None) -> dict[str, Any]:
     """One request on a fresh connection (for tools and tests)."""
-    conn = Connection(host, port, timeout)
+    conn = Connection(host, port, timeout, credential)
     try:
         return conn.request(message)
     finally:
@@ -144,10 +158,23 @@ class LineHandler(socketserver.StreamRequestHandler):
     Subclasses implement answer(message). A message that breaks the
     protocol (or an answer that raises ProtocolError) gets one error reply,
     one log line, and the connection is closed; other clients are unaffected.
+    With a server Verifier, answer() only ever sees authenticated requests.
     """
 
     def answer(self, message: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def verify(self, message: dict[str, Any]) -> auth.Sender | None:
+        """The authenticated sender (AuthError if not authentic); None when
+        the server has no Verifier."""
+        verifier: auth.Verifier | None = getattr(self.server, "verifier", None)
+        return None if verifier is None else verifier.verify(message)
+
+    def sign(self, reply: dict[str, Any], sender: auth.Sender | None) -> dict[str, Any]:
+        verifier: auth.Verifier | None = getattr(self.server, "verifier", None)
+        if verifier is None or sender is None:
+            return reply
+        return verifier.sign_reply({"v": VERSION, **reply}, sender)
 
     def handle(self) -> None:
         self.connection.settimeout(getattr(self.server, "idle_timeout", 30.0))
@@ -157,7 +184,14 @@ class LineHandler(socketserver.StreamRequestHandler):
                 message = read_frame(self.rfile)
                 if message is None:
                     return
-                reply = self.answer(validate_request(message))
+                sender = self.verify(message)
+                reply = self.sign(self.answer(validate_request(message)), sender)
+            except auth.AuthError as exc:
+                # Nothing changed; say only that it failed, log why (once a minute per source and check).
+                auth_log(self.server).warning((self.client_address[0], exc.check),
+                                              f"refused a request from {peer}: {exc}")
+                self._send({"type": "error", "error": auth.FAILED})
+                return
             except ProtocolError as exc:
                 log.warning("closing connection from %s: %s", peer, exc)
                 self._send({"type": "error", "error": str(exc)})
@@ -175,6 +209,16 @@ class LineHandler(socketserver.StreamRequestHandler):
             return False
 
 
+_AUTH_LOG = RateLimitedLog(log)
+
+
+def auth_log(server: object) -> RateLimitedLog:
+    """The server's rate-limited log of refused requests (one per process by default)."""
+    limiter: RateLimitedLog = getattr(server, "auth_log", _AUTH_LOG)
+    return limiter
+
+
 class LineServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    verifier: auth.Verifier | None = None   # set it to authenticate every request
