@@ -25,8 +25,11 @@ message is accepted at most once; outside it the timestamp refuses it. So
 the replay cache only needs the nonces of the last 2 * WINDOW seconds:
 bounded by the members' own rate (about 240 heartbeats a minute), since only
 messages with a valid MAC are remembered. A restarted server has lost its
-cache, so it also refuses messages stamped before it started. The window
-only has to cover clock skew between the hosts plus transit time.
+cache, so it also refuses messages stamped before it started (less
+START_SKEW, for clock skew and the millisecond stamps): a node whose clock
+runs more than that behind is heard again once its clock passes the
+server's start. The window only has to cover clock skew between the hosts
+plus transit time.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ from pgha.errors import ProtocolError
 WINDOW = 30.0                # seconds a timestamp may be off, either way
 NONCE_BYTES = 16
 MAX_NONCES = 65536           # far above any honest rate; full = refuse, never forget
+START_SKEW = 1.0             # a fresh server hears messages stamped this long before it started
 AUTH_FIELDS = ("from", "ts", "nonce", "mac")
 REPLY_FIELDS = AUTH_FIELDS + ("re",)
 FAILED = "authentication failed"     # all a refused client is told
@@ -221,8 +225,8 @@ class Verifier:
             raise AuthError(f"{sender}: no nonce", "malformed")
         now = self.clock()
         if not abs(now - ts) <= self.window:    # also refuses NaN
-            raise AuthError(f"{sender}: timestamp {now - ts:+.1f}s off (window {self.window:.0f}s)", "stale")
-        if ts < self.started:
+            raise AuthError(f"{sender}: timestamp {ts - now:+.1f}s off our clock (window {self.window:.0f}s)", "stale")
+        if ts < self.started - START_SKEW:
             raise AuthError(f"{sender}: stamped before this server started (a replay, or a clock behind)",
                             "stale")
         key = _mac_matches(keys, message)
