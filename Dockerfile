@@ -26,7 +26,11 @@ WORKDIR /app
 # The app: node.py arbiter.py logger.py *_settings.py tests.py pgha/ docker/
 # (.dockerignore keeps tests, benchmarks and VCS data out of the context).
 COPY . /app/
-RUN chmod 0755 /app/docker/entrypoint.sh
+# Test project only: one fresh key set per image build, baked in; each
+# container deletes at start the keyrings it must not hold (entrypoint.sh).
+# A real deployment runs pgha-keys once and copies each file to its host.
+RUN chmod 0755 /app/docker/entrypoint.sh \
+ && python3 -m pgha.keys generate --dir /etc/pgha/keys --nodes pgsql-1,pgsql-2 >/dev/null
 
 ENTRYPOINT ["/app/docker/entrypoint.sh"]
 CMD ["node"]

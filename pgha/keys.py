@@ -57,6 +57,11 @@ def load(path: str) -> dict[str, Keys]:
             raise KeyFileError(f"key file {path} is readable by group or others (mode "
                                f"{stat.S_IMODE(info.st_mode):04o}): chmod 600 {path}")
         data = f.read(1 << 20)
+    return parse(data, path)
+
+
+def parse(data: bytes, path: str) -> dict[str, Keys]:
+    """A keyring from a key file's bytes (`path` names it in errors)."""
     try:
         raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -103,7 +108,10 @@ def arbiter_keys(path: str, nodes: Sequence[str]) -> dict[str, Keys]:
 
 def client_credential(path: str) -> Credential:
     """A tool's credential: the operator's if the file holds it, else the reader's."""
-    ring = load(path)
+    return credential_in(load(path), path)
+
+
+def credential_in(ring: Mapping[str, Keys], path: str) -> Credential:
     for identity in (OPERATOR, READER):
         if identity in ring:
             return Credential(identity, ring[identity])
