@@ -27,8 +27,12 @@ WORKDIR /app
 # (.dockerignore keeps tests, benchmarks and VCS data out of the context).
 COPY . /app/
 # The node's settings hold passwords: readable by its user only, or node.py refuses them.
+# Test project only: one fresh key set per image build, baked in; each
+# container deletes at start the keyrings it must not hold (entrypoint.sh).
+# A real deployment runs pgha-keys once and copies each file to its host.
 RUN chmod 0755 /app/docker/entrypoint.sh \
- && chown postgres:postgres /app/docker/node.py && chmod 0600 /app/docker/node.py
+ && chown postgres:postgres /app/docker/node.py && chmod 0600 /app/docker/node.py \
+ && python3 -m pgha.keys generate --dir /etc/pgha/keys --nodes pgsql-1,pgsql-2 >/dev/null
 
 ENTRYPOINT ["/app/docker/entrypoint.sh"]
 CMD ["node"]

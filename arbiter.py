@@ -11,8 +11,8 @@ import signal
 import sys
 
 from pgha import logs as logger
-from pgha import cli, limits, settings as settings_mod
-from pgha.arbiter import Arbiter, ArbiterServer, StateFileError
+from pgha import cli, keys, limits, settings as settings_mod
+from pgha.arbiter import Arbiter, ArbiterServer, StateFileError, verifier
 
 DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arbiter_settings.py")
 
@@ -26,12 +26,14 @@ def main(argv=None):
     if flags.init and flags.rebuild:
         print("arbiter: --init and --rebuild exclude each other", file=sys.stderr)
         return 2
+    keyring = cli.load_keys("arbiter", keys.arbiter_keys, settings.key_file, settings.nodes)
     log = logger.setup("arbiter", settings.log_level, settings.log_file)
     limits.raise_open_files_limit()     # a connection flood must meet the connection cap, not EMFILE
     try:
         arbiter = Arbiter(settings, init=flags.init, rebuild=flags.rebuild)
         server = ArbiterServer(arbiter, settings.listen_host, settings.listen_port,
-                               idle_timeout=max(10.0, 20 * settings.heartbeat_interval))
+                               idle_timeout=max(10.0, 20 * settings.heartbeat_interval),
+                               verifier=verifier(keyring, settings.nodes))
     except StateFileError as exc:
         log.error("%s", exc)
         return 1

@@ -16,5 +16,9 @@ strict_sync = False             # True: never drop synchronous replication, even
 sync_stall_timeout = 1.5        # commits waiting this long on the standby let the primary drop sync
 standby_reply_timeout = 2.0     # a standby silent this long on the replication link counts as gone
 
+# Authentication: every node's key and the operator's (and the reader's),
+# 0600; made by `pgha-keys generate`.
+key_file = "/etc/pgha/arbiter.keys"
+
 log_level = "INFO"
 log_file = None

@@ -8,7 +8,7 @@ import signal
 import sys
 
 from pgha import logs as logger
-from pgha import cli, settings as settings_mod
+from pgha import cli, keys, settings as settings_mod
 
 DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_settings.py")
 
@@ -16,6 +16,7 @@ DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_settin
 def main(argv=None):
     settings = cli.load_settings("node", "PostgreSQL HA node daemon", DEFAULTS, settings_mod.NODE_SPECS,
                                  settings_mod.NODE_CHECKS, argv=argv)
+    node_keys = cli.load_keys("node", keys.node_keys, settings.key_file, settings.name)
     log = logger.setup(settings.name, settings.log_level, settings.log_file)
     try:
         import psycopg2  # noqa: F401  (checked here for one clear line, not a traceback)
@@ -26,7 +27,7 @@ def main(argv=None):
     from pgha.postgres import Postgres, PostgresError
     from pgha.store import NodeStateError
     try:
-        node = Node(settings, Postgres(settings))
+        node = Node(settings, Postgres(settings), node_keys)
     except PostgresError as exc:
         log.error("%s", exc)
         return 1

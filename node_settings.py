@@ -21,6 +21,10 @@ api_port = 8008
 arbiter_host = "127.0.0.1"
 arbiter_port = 5430
 
+# Authentication: this node's keyring (its own key and the node-to-node pair
+# key), 0600, owned by pg_os_user; made by `pgha-keys generate`.
+key_file = "/etc/pgha/pgsql-1.keys"
+
 # PostgreSQL
 pgdata = "/var/lib/postgresql/pgha/data"   # created by initdb/pg_basebackup when empty
 socket_dir = None               # unix socket folder; default: "run" beside pgdata

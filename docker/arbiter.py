@@ -8,4 +8,5 @@ heartbeat_interval = 0.5
 lease_time = 3.0
 failover_margin = 1.0
 strict_sync = False
+key_file = "/etc/pgha/keys/arbiter.keys"   # baked into the test image; see the Dockerfile
 log_level = "INFO"

@@ -5,6 +5,15 @@
 #   entrypoint.sh ANYTHING ELSE     exec it (e.g. "bash")
 set -eu
 
+# The image holds the test project's whole key set (see the Dockerfile); a
+# container keeps only the keyrings its member holds.
+keys=/etc/pgha/keys
+keep_only() {
+    for f in "$keys"/*.keys; do
+        case " $* " in *" $(basename "$f") "*) ;; *) rm -f "$f" ;; esac
+    done
+}
+
 role=${1:-node}
 [ $# -gt 0 ] && shift
 
@@ -21,6 +30,9 @@ node)
     # running now, so a postmaster.pid / socket lock left by "docker kill" is
     # stale. Remove them, or a recycled pid could make PostgreSQL refuse to start.
     rm -f /var/lib/pgha/data/postmaster.pid /var/lib/pgha/run/.s.PGSQL.*
+    # A node holds its own key and the pair key, never the operator's.
+    keep_only "$(hostname).keys"
+    [ -f "$keys/$(hostname).keys" ] && chown postgres:postgres "$keys" "$keys/$(hostname).keys"
     cd /app
     # The daemon is this shell's child, not PID 1's: killed alone (OOM, crash,
     # the fault suite) it leaves PostgreSQL and its fencer running, as on a
@@ -54,6 +66,8 @@ arbiter)
         init="--init"
         touch /var/lib/pgha-arbiter/.volume-initialised
     fi
+    # The arbiter container doubles as the operators' host in this test project.
+    keep_only arbiter.keys operator.keys reader.keys
     cd /app
     exec python3 /app/arbiter.py --settings "$settings" $init
     ;;

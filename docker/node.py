@@ -27,5 +27,6 @@ app_user = "app"                # the DSN's role: no superuser, owns the databas
 app_password = "app-secret"
 database = "testdb"
 hba_networks = ["127.0.0.1/32", "172.28.0.0/24"]
+key_file = f"/etc/pgha/keys/{name}.keys"   # baked into the test image; see the Dockerfile
 log_level = "INFO"
 log_file = None

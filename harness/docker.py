@@ -36,7 +36,7 @@ import psycopg2
 import psycopg2.extensions
 
 from harness.cluster import ClusterHandle, FaultError
-from pgha import protocol
+from pgha import keys, protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -270,12 +270,17 @@ def free_subnet(project=PROJECT, log=print):
 
 # Run inside the arbiter container: one request to the arbiter on its loopback,
 # so the arbiter can be asked wherever the compose network is not routable.
+# Run in the arbiter container, which holds the operator's key in this test project.
 _ARBITER_CALL = """
-import json, socket, sys
-with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3) as s:
-    s.sendall(sys.stdin.buffer.read())
-    print(s.makefile("rb").readline().decode(), end="")
+import json, os, sys
+sys.path.insert(0, "/app")
+from pgha import keys, protocol
+message = json.loads(sys.stdin.buffer.read())
+path = "/etc/pgha/keys/operator.keys"   # without it, unsigned: the arbiter answers "authentication failed"
+credential = keys.client_credential(path) if os.path.exists(path) else None
+print(json.dumps(protocol.call("127.0.0.1", int(sys.argv[1]), message, timeout=3, credential=credential)))
 """
+KEYS_DIR = "/etc/pgha/keys"            # baked into the image for this test project (docker/README.md)
 PGDATA = "/var/lib/pgha/data"          # in the node containers (docker/node.py)
 SOCKET_DIR = "/var/lib/pgha/run"
 
@@ -297,6 +302,7 @@ class ComposeCluster(ClusterHandle):
         self.arbiter_service = arbiter_service
         self.arbiter_port = arbiter_port
         self.dsn = dsn     # credentials for the in-container writable check
+        self._reader_credential = None     # status() over the network: the reader's key, read once
         folder = Path(self.compose_file).resolve().parent.name
         self.network = f"{project or re.sub(r'[^-_a-z0-9]', '', folder.lower())}_{NETWORK_KEY}"
         self.disconnected = set()
@@ -491,12 +497,23 @@ class ComposeCluster(ClusterHandle):
 
     # -- observing
 
+    def _reader(self):
+        """The reader's credential (status only), read from the arbiter
+        container once; it stays in memory, never on this host's disk."""
+        if self._reader_credential is None:
+            data = self.compose("exec", "-T", self.arbiter_service, "cat", f"{KEYS_DIR}/reader.keys",
+                                timeout=30).stdout
+            where = f"{self.arbiter_service}:{KEYS_DIR}/reader.keys"
+            self._reader_credential = keys.credential_in(keys.parse(data.encode(), where), where)
+        return self._reader_credential
+
     def status(self, timeout=2.0):
         """The arbiter's status reply over the project network, or None when
         it does not answer there (paused, cut off, down)."""
         try:
-            reply = protocol.call(ADDR["arbiter"], ARBITER_PORT, {"type": "status"}, timeout=timeout)
-        except (OSError, protocol.ProtocolError):
+            reply = protocol.call(ADDR["arbiter"], ARBITER_PORT, {"type": "status"}, timeout=timeout,
+                                  credential=self._reader())
+        except (OSError, protocol.ProtocolError, CommandError, keys.KeyFileError):
             return None
         return reply if reply.get("type") == "status" else None
 

@@ -25,7 +25,7 @@ import psycopg2
 import psycopg2.extensions
 
 from harness.cluster import ARBITER_TIMEOUT, ClusterHandle, FaultError
-from pgha import protocol
+from pgha import keys, protocol
 from pgha.postgres import pgpass_line, process_alive, read_postmaster_pid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,6 +73,8 @@ class LocalCluster(ClusterHandle):
         self._pgdata = {name: os.path.join(self.dir, name, "data") for name in NODES}
         self._daemon_pids = {}     # daemons this object did not start (loaded from cluster.json)
         self._dsn = None           # a loaded cluster's own DSN
+        self.keys_dir = os.path.join(self.dir, "keys")     # pgha-keys output, 0700/0600
+        self._operator = None      # the operator's auth.Credential, loaded when first needed
 
     @classmethod
     def load(cls, cluster_dir, arbiter=None):
@@ -154,6 +156,7 @@ class LocalCluster(ClusterHandle):
                         ignore=shutil.ignore_patterns("__pycache__"))
         arbiter = {"listen_port": self.arbiter_port, "state_file": state_file,
                    "log_file": os.path.join(self.dir, "arbiter.log"), **self.arbiter_overrides}
+        arbiter.setdefault("key_file", self.key_file("arbiter"))
         self._write_settings("arbiter.py", arbiter)
         for name in NODES:
             self._write_settings(f"{name}.py", {
@@ -162,9 +165,26 @@ class LocalCluster(ClusterHandle):
                 "slot_name": SLOTS[name], "arbiter_port": self.arbiter_port,
                 "pgdata": self.pgdata(name), "admin_user": ADMIN_USER, "app_user": APP_USER,
                 **{setting: self.passwords[setting] for setting in PASSWORD_SETTINGS},
-                "log_file": os.path.join(self.dir, f"{name}.log"), **self.node_overrides,
+                "log_file": os.path.join(self.dir, f"{name}.log"), "key_file": self.key_file(name),
+                **self.node_overrides,
             })
         self._chown_tree(self.dir)
+        self._make_keys()
+
+    def key_file(self, member):
+        return os.path.join(self.keys_dir, member + keys.SUFFIX)
+
+    def _make_keys(self):
+        """One keyring per member, made once per cluster folder. The daemons
+        (run as the postgres user) own theirs; the operator's and reader's
+        stay with the harness's user, as an operator's would."""
+        if not os.path.exists(self.key_file("arbiter")):
+            keys.generate(self.keys_dir, NODES)
+        if self.user:
+            for path in [self.keys_dir] + [self.key_file(m) for m in ("arbiter",) + NODES]:
+                os.chown(path, self.user.pw_uid, self.user.pw_gid)
+            for member in ("operator", "reader"):   # _chown_tree gave them away on a restart
+                os.chown(self.key_file(member), os.getuid(), os.getgid())
 
     def _check_owned(self):
         ours = any(os.path.exists(os.path.join(self.dir, name)) for name in (MARKER, "cluster.json"))
@@ -366,7 +386,17 @@ class LocalCluster(ClusterHandle):
     def arbiter_call(self, message):
         if self.arbiter is None:
             raise FaultError("cluster.json names no arbiter")
-        return protocol.call(*self.arbiter, message, timeout=ARBITER_TIMEOUT)
+        return protocol.call(*self.arbiter, message, timeout=ARBITER_TIMEOUT, credential=self.operator())
+
+    def operator(self):
+        """The operator's credential (keys/operator.keys), or None when this
+        folder has none (the arbiter then refuses every call)."""
+        if self._operator is None and os.path.exists(self.key_file("operator")):
+            try:
+                self._operator = keys.client_credential(self.key_file("operator"))
+            except keys.KeyFileError as exc:
+                raise FaultError(str(exc)) from None
+        return self._operator
 
     def labels(self):
         return {f"{self.hosts[name]}:{port}": name for name, port in self.pg_ports.items()}
@@ -510,7 +540,9 @@ def main(argv=None):
         print(f"\ncluster healthy: primary {status['primary']} (epoch {status['epoch']})\n"
               f"connect with (the password is in the pgpass file, never printed):\n"
               f"  PGPASSFILE={cluster.write_pgpass()} psql \"{cluster.dsn_for(*NODES, password=None)}\"\n"
-              f"folder: {cluster.dir} (settings, logs, cluster.json)\nCtrl-C stops everything.\n",
+              f"ask the arbiter with:\n  python -m pgha.ctl --arbiter 127.0.0.1:{cluster.arbiter_port} "
+              f"--key-file {cluster.key_file('operator')} status\n"
+              f"folder: {cluster.dir} (settings, logs, cluster.json, keys/)\nCtrl-C stops everything.\n",
               file=sys.stderr, flush=True)
         if args.demo:
             run_demo(cluster)

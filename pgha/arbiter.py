@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 
 from pgha import logs
-from pgha import decision, protocol, rebuild, store
+from pgha import auth, decision, protocol, rebuild, store
 from pgha.limits import clip
 from pgha.topology import Topology
 
@@ -18,6 +18,12 @@ log = logs.get("arbiter")
 
 # The name the entry point (arbiter.py) and the tests know the store's error by.
 StateFileError = store.StateStoreError
+
+
+def verifier(keyring, nodes):
+    """Who is heard on the arbiter port: each node as itself, the operator,
+    the reader (status only)."""
+    return auth.Verifier(auth.ARBITER, auth.arbiter_lookup(keyring, nodes))
 
 
 class StateMissingError(StateFileError):
@@ -188,9 +194,14 @@ class _Handler(protocol.LineHandler):
 
 
 class ArbiterServer(protocol.LineServer):
-    def __init__(self, arbiter, host, port, idle_timeout=30.0):
+    """verifier: an auth.Verifier (auth.arbiter_lookup says who may send
+    what); None only in tests of other behaviour: the entry point always
+    passes one."""
+
+    def __init__(self, arbiter, host, port, idle_timeout=30.0, verifier=None):
         self.arbiter = arbiter
         self.idle_timeout = idle_timeout
+        self.verifier = verifier
         super().__init__((host, port), _Handler)
 
     def is_member(self, message):

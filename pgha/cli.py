@@ -2,6 +2,7 @@
 import argparse
 import sys
 
+from pgha import keys as keys_mod
 from pgha import settings as settings_mod
 
 
@@ -30,3 +31,12 @@ def load_settings_and_flags(program, description, defaults, specs, checks=(), ar
               file=sys.stderr)
         sys.exit(2)
     return settings, args
+
+
+def load_keys(program, loader, *args):
+    """loader(*args) from pgha.keys; exit 2 with one line when the key file is missing or unsafe."""
+    try:
+        return loader(*args)
+    except keys_mod.KeyFileError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        sys.exit(2)

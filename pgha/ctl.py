@@ -1,19 +1,27 @@
 """Operator commands against the arbiter.
 
-    python -m pgha.ctl [--arbiter HOST:PORT] status
-    python -m pgha.ctl [--arbiter HOST:PORT] switchover [NODE]
-    python -m pgha.ctl [--arbiter HOST:PORT] rebuild --confirm --epoch N --primary NODE
+    python -m pgha.ctl [--arbiter HOST:PORT] [--key-file FILE] status
+    python -m pgha.ctl [--arbiter HOST:PORT] [--key-file FILE] switchover [NODE]
+    python -m pgha.ctl [--arbiter HOST:PORT] [--key-file FILE] rebuild --confirm --epoch N --primary NODE
+The credential is the operator's key file (operator.keys from pgha-keys
+generate), or the reader's for status only; --key-file, else the
+environment variable PGHA_OPERATOR_KEY_FILE.
 """
 import argparse
 import json
+import os
 import sys
 
-from pgha import protocol
+from pgha import keys, protocol
+
+KEY_FILE_ENV = "PGHA_OPERATOR_KEY_FILE"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pgha.ctl", description="Ask the arbiter")
     parser.add_argument("--arbiter", default="127.0.0.1:5430", help="HOST:PORT (default %(default)s)")
+    parser.add_argument("--key-file", default=os.environ.get(KEY_FILE_ENV),
+                        help=f"operator (or reader) key file (default: ${KEY_FILE_ENV})")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="the cluster's decision and each node's last report")
     switch = sub.add_parser("switchover", help="planned hand-over to the standby (or NODE)")
@@ -23,11 +31,18 @@ def main(argv=None):
     host, _, port = args.arbiter.rpartition(":")
     if not host or not port.isdigit():
         parser.error(f"--arbiter must be HOST:PORT, got {args.arbiter!r}")
+    if not args.key_file:
+        parser.error(f"no credential: pass --key-file or set {KEY_FILE_ENV}")
+    try:
+        credential = keys.client_credential(args.key_file)
+    except keys.KeyFileError as exc:
+        print(f"ctl: {exc}", file=sys.stderr)
+        return 2
     if args.command == "rebuild":
-        return rebuild(parser, args, host, int(port))
+        return rebuild(parser, args, host, int(port), credential)
     message = {"type": "status"} if args.command == "status" else {"type": "switchover", "to": args.node}
     try:
-        reply = protocol.call(host, int(port), message, timeout=5.0)
+        reply = protocol.call(host, int(port), message, timeout=5.0, credential=credential)
     except (OSError, protocol.ProtocolError) as exc:
         print(f"ctl: arbiter {args.arbiter} unreachable: {exc}", file=sys.stderr)
         return 1
@@ -64,10 +79,10 @@ def add_rebuild_command(sub):
     rebuild_cmd.add_argument("--primary", required=True, help="the proposed primary, as shown by status")
 
 
-def rebuild(parser, args, host, port):
+def rebuild(parser, args, host, port, credential):
     message = {"type": "rebuild", "epoch": args.epoch, "primary": args.primary}
     try:
-        reply = protocol.call(host, port, message, timeout=5.0)
+        reply = protocol.call(host, port, message, timeout=5.0, credential=credential)
     except (OSError, protocol.ProtocolError) as exc:
         print(f"ctl: arbiter {args.arbiter} unreachable: {exc}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from pgha import logs
+from pgha import auth, logs
 from pgha import protocol
 
 log = logs.get("lease")
@@ -116,9 +116,13 @@ class _PeerHandler(protocol.LineHandler):
 class PeerServer(protocol.LineServer):
     idle_timeout = 10.0
 
-    def __init__(self, host: str, port: int, grants: Grants, duration: Callable[[], float]) -> None:
+    def __init__(self, host: str, port: int, grants: Grants, duration: Callable[[], float],
+                 verifier: auth.Verifier | None = None) -> None:
         self.grants = grants
         self.duration = duration    # callable: the cluster's lease time, from the arbiter
+        # auth.peer_verifier: only the other node, as itself, with the pair key.
+        # None only in tests of other behaviour: the node always passes one.
+        self.verifier = verifier
         super().__init__((host, port), _PeerHandler)
 
     def is_member(self, message: dict[str, Any]) -> bool:
@@ -126,14 +130,24 @@ class PeerServer(protocol.LineServer):
         return message["type"] == "lease" and message["node"] == self.grants.allowed_primary()
 
 
+def peer_verifier(own_name: str, pair_keys: auth.Keys) -> auth.Verifier:
+    return auth.Verifier(own_name, auth.peer_lookup(own_name, pair_keys))
+
+
+def peer_credential(own_name: str, pair_keys: auth.Keys) -> auth.Credential:
+    """What the primary signs lease requests with; grants must come from the other pair-key holder."""
+    return auth.Credential(own_name, pair_keys, server=None)
+
+
 class LeaseRenewer(threading.Thread):
     """On the primary: asks the standby for a lease every heartbeat."""
 
     def __init__(self, name: str, leases: Leases,
                  target: Callable[[], tuple[str, int, int, float] | None],
-                 interval: Callable[[], float]) -> None:
+                 interval: Callable[[], float], credential: auth.Credential | None = None) -> None:
         super().__init__(daemon=True, name="lease-renewer")
         self.node_name = name
+        self.credential = credential
         self.leases = leases
         self.target = target        # callable -> (host, port, epoch, duration) or None
         self.interval = interval    # callable -> seconds
@@ -155,7 +169,8 @@ class LeaseRenewer(threading.Thread):
         if self._conn is None or self._address != (host, port):
             if self._conn:
                 self._conn.close()
-            self._conn = protocol.Connection(host, port, timeout=min(1.0, duration / 3))
+            self._conn = protocol.Connection(host, port, timeout=min(1.0, duration / 3),
+                                             credential=self.credential)
             self._address = (host, port)
         sent_at = time.monotonic()
         try:

@@ -14,9 +14,9 @@ import time
 from dataclasses import replace
 
 from pgha import api, logs
-from pgha import protocol, store
+from pgha import auth, protocol, store
 from pgha.fencing import Fencer
-from pgha.lease import Grants, Leases, LeaseRenewer, PeerServer
+from pgha.lease import Grants, Leases, LeaseRenewer, PeerServer, peer_credential, peer_verifier
 from pgha.messages import PG_RUNNING, PG_STOPPED, PRIMARY, STANDBY, WAIT, Instruction, ReplicationRow
 from pgha.node_rules import (CRASH_RESTART_WINDOW, STANDBY_STREAM_DEADLINE, IDLE, Action, DataDir,
                              HandOver, NodeView, decide)
@@ -27,7 +27,9 @@ log = logs.get("node")
 
 
 class Node:
-    def __init__(self, settings, pg, clock=time.monotonic):
+    def __init__(self, settings, pg, keys, clock=time.monotonic):
+        """keys: (auth.Credential towards the arbiter, pair keys of the lease
+        link), from pgha.keys.node_keys."""
         self.s = settings
         self.pg = pg
         self.clock = clock
@@ -35,7 +37,12 @@ class Node:
         # Fences PostgreSQL at the lease end even if this daemon dies or freezes.
         self.fencer = Fencer(pg.state_dir, pg.pgdata, getattr(settings, "log_file", None))
         self.grants = Grants(clock)
-        self.arbiter = protocol.Connection(settings.arbiter_host, settings.arbiter_port, timeout=1.0)
+        credential, pair_keys = keys
+        self.credential = credential
+        self.arbiter = protocol.Connection(settings.arbiter_host, settings.arbiter_port, timeout=1.0,
+                                           credential=credential)
+        self.peer_verifier = peer_verifier(settings.name, pair_keys)
+        self.peer_credential = peer_credential(settings.name, pair_keys)
         self.state_file = os.path.join(pg.state_dir, "node-state.json")
         self.acted_epoch = 0
         self.instruction = None         # the last Instruction taken (the lease renewer reads it)
@@ -73,10 +80,12 @@ class Node:
         self.pg.prepare_folders()
         adopted = self.fencer.start()
         log.info("fencer %s (pid %d)", "adopted" if adopted else "started", self.fencer.pid)
-        peer = PeerServer(self.s.peer_bind, self.s.peer_port, self.grants, lambda: self.lease_time)
+        peer = PeerServer(self.s.peer_bind, self.s.peer_port, self.grants, lambda: self.lease_time,
+                          verifier=self.peer_verifier)
         threading.Thread(target=peer.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
                          name="peer-server").start()
-        renewer = LeaseRenewer(self.s.name, self.leases, self._renew_target, lambda: self.heartbeat_interval)
+        renewer = LeaseRenewer(self.s.name, self.leases, self._renew_target, lambda: self.heartbeat_interval,
+                               credential=self.peer_credential)
         renewer.start()
         if self.pg.status().get("role") == "primary":
             # PostgreSQL outlived a previous node daemon: it gets one lease
@@ -217,6 +226,9 @@ class Node:
             reply = self.arbiter.request({"type": "heartbeat", "node": self.s.name,
                                           "epoch": self.acted_epoch, "report": report})
             self.heartbeat_rtt = self.clock() - sent
+        except auth.AuthError as exc:   # not the arbiter's reply to this heartbeat: act on nothing
+            self._say("arbiter", "error", f"ignoring a reply that is not the arbiter's: {exc}")
+            return None
         except (OSError, protocol.ProtocolError) as exc:
             self._say("arbiter", "warning", f"arbiter {self.s.arbiter_host}:{self.s.arbiter_port} "
                                             f"unreachable: {exc}")
@@ -455,7 +467,8 @@ class Node:
         if server is None:
             return None, None
         watcher = ClusterWatcher(self.state, lambda: protocol.call(
-            self.s.arbiter_host, self.s.arbiter_port, {"type": "status"}, timeout=1.0))
+            self.s.arbiter_host, self.s.arbiter_port, {"type": "status"}, timeout=1.0,
+            credential=self.credential))
         watcher.start()
         return server, watcher
 

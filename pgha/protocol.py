@@ -18,6 +18,12 @@ any error         {"v":1,"type":"error","error":TEXT}; after a protocol error
 Servers (LineServer) admit connections through limits.Slots: members (a
 connection whose valid request is_member() accepts) keep their slot; every
 other connection shares a bounded pool and is dropped first.
+
+Authentication (auth.py): a client with a Credential signs each request and
+checks each reply; a server with a Verifier checks each request before
+answering it and signs the reply. A request that fails the check gets one
+{"type":"error","error":"authentication failed"}, is logged (rate-limited)
+and the connection is closed.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ import time
 import traceback
 from typing import IO, Any, Callable, Protocol
 
-from pgha import limits, logs
+from pgha import auth, limits, logs
 from pgha.errors import ProtocolError
 from pgha.limits import clip
 from pgha.messages import Report, check_type
@@ -146,9 +152,10 @@ class Connection:
     request opens a new one.
     """
 
-    def __init__(self, host: str, port: int, timeout: float) -> None:
+    def __init__(self, host: str, port: int, timeout: float, credential: auth.Credential | None = None) -> None:
         self.address = (host, port)
         self.timeout = timeout
+        self.credential = credential    # None: unsigned requests (a server without a Verifier)
         self._sock: socket.socket | None = None
         self._file: IO[bytes] | None = None
 
@@ -158,10 +165,15 @@ class Connection:
                 self._sock = socket.create_connection(self.address, timeout=self.timeout)
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._file = self._sock.makefile("rb")
-            self._sock.sendall(encode(message))
+            request = {"v": VERSION, **message}
+            if self.credential is not None:
+                request = self.credential.sign(request)
+            self._sock.sendall(encode(request))
             reply = read_frame(self._file)
             if reply is None:
                 raise ConnectionError("closed by peer")
+            if self.credential is not None:
+                reply = self.credential.check_reply(reply, request)
             return reply
         except (OSError, ProtocolError):
             self.close()
@@ -178,9 +190,10 @@ class Connection:
         self._sock = self._file = None
 
 
-def call(host: str, port: int, message: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
+def call(host: str, port: int, message: dict[str, Any], timeout: float = 3.0,
+         credential: auth.Credential | None = None) -> dict[str, Any]:
     """One request on a fresh connection (for tools and tests)."""
-    conn = Connection(host, port, timeout)
+    conn = Connection(host, port, timeout, credential)
     try:
         return conn.request(message)
     finally:
@@ -253,12 +266,25 @@ class LineHandler(socketserver.StreamRequestHandler):
     limits.MESSAGE_DEADLINE of connecting. Once the server's is_member()
     accepts one of its requests it holds a member's slot, which no stranger
     can take, and waits between messages for the server's idle timeout.
+    With a server Verifier, answer() only ever sees authenticated requests.
     """
 
     server: LineServer
 
     def answer(self, message: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def verify(self, message: dict[str, Any]) -> auth.Sender | None:
+        """The authenticated sender (AuthError if not authentic); None when
+        the server has no Verifier."""
+        verifier: auth.Verifier | None = getattr(self.server, "verifier", None)
+        return None if verifier is None else verifier.verify(message)
+
+    def sign(self, reply: dict[str, Any], sender: auth.Sender | None) -> dict[str, Any]:
+        verifier: auth.Verifier | None = getattr(self.server, "verifier", None)
+        if verifier is None or sender is None:
+            return reply
+        return verifier.sign_reply({"v": VERSION, **reply}, sender)
 
     def handle(self) -> None:
         slot = self.server.slot_of(self.request)
@@ -275,12 +301,18 @@ class LineHandler(socketserver.StreamRequestHandler):
                     slot.talking = True
                 if line is None:
                     return
-                message = validate_request(decode(line))
-                reply = self.answer(message)
+                message = decode(line)
+                sender = self.verify(message)       # over the wire form: before parsing
+                message = validate_request(message)
+                reply = self.sign(self.answer(message), sender)
                 if slot is not None and not slot.member and self.server.is_member(message):
                     self.server.slots.promote(slot)
                 if not self._send(reply):
                     return
+        except auth.AuthError as exc:
+            # Nothing changed; tell the client only that it failed, log why (rate-limited).
+            self.server.warn(source, f"auth:{exc.check}", f"refused a request from {peer}: {clip(str(exc), 200)}")
+            self._send({"type": "error", "error": auth.FAILED})
         except ProtocolError as exc:
             reason = "deadline" if isinstance(exc, MessageDeadline) else "protocol"
             self.server.warn(source, reason, f"closing connection from {peer}: {clip(str(exc), 200)}")
@@ -320,6 +352,7 @@ class LineServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = limits.LISTEN_BACKLOG
+    verifier: auth.Verifier | None = None   # set it to authenticate every request
 
     def __init__(self, server_address: tuple[str, int], handler: type[LineHandler],
                  bind_and_activate: bool = True) -> None:

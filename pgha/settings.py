@@ -216,6 +216,7 @@ NODE_SPECS = {
     "database": Spec(str, identifier),
     "hba_networks": Spec(list, networks),
     "pg_parameters": Spec(dict, unmanaged_parameters),
+    "key_file": Spec(str, non_empty),
     "log_level": Spec(str, log_level),
     "log_file": Spec(str, non_empty, optional=True),
     "api_bind": Spec(str, optional=True),       # None or "": no REST API
@@ -234,6 +235,7 @@ ARBITER_SPECS = {
     "strict_sync": Spec(bool),
     "sync_stall_timeout": Spec(NUMBER, positive),
     "standby_reply_timeout": Spec(NUMBER, positive),
+    "key_file": Spec(str, non_empty),
     "log_level": Spec(str, log_level),
     "log_file": Spec(str, non_empty, optional=True),
 }

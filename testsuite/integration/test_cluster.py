@@ -214,7 +214,8 @@ def test_planned_switchover_loses_nothing(local_cluster):
     with WriteRun(local_cluster) as run:
         assert run.wait_for_acks(10, timeout=30)
         run.mark_fault()
-        assert ctl.main(["--arbiter", f"127.0.0.1:{local_cluster.arbiter_port}", "switchover"]) == 0
+        assert ctl.main(["--arbiter", f"127.0.0.1:{local_cluster.arbiter_port}",
+                         "--key-file", local_cluster.key_file("operator"), "switchover"]) == 0
         wait_for(primary_is(local_cluster, "pgsql-2", epoch=2), 60, "switchover to pgsql-2")
         assert run.wait_for_acks(20, timeout=60)
     run.check()

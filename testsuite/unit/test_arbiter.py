@@ -82,12 +82,12 @@ class Client:
 
 
 class Running:
-    def __init__(self, tmp_path, **overrides):
+    def __init__(self, tmp_path, verifier=None, **overrides):
         self.clock = FakeClock()
         self.state_file = tmp_path / "arbiter-state.json"
         self.settings = make_settings(self.state_file, **overrides)
         self.arbiter = Arbiter(self.settings, clock=self.clock, init=True)
-        self.server = ArbiterServer(self.arbiter, "127.0.0.1", 0, idle_timeout=10.0)
+        self.server = ArbiterServer(self.arbiter, "127.0.0.1", 0, idle_timeout=10.0, verifier=verifier)
         self.address = self.server.server_address
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)

@@ -48,8 +48,12 @@ def test_init_keeps_an_existing_state(tmp_path):
 
 
 def _arbiter_program(tmp_path, *flags):
+    from pgha import keys
+    if not (tmp_path / "keys").exists():
+        keys.generate(str(tmp_path / "keys"), ["pgsql-1", "pgsql-2"])
     settings = tmp_path / "arbiter-settings.py"
-    settings.write_text(f"state_file = {str(tmp_path / 'state.json')!r}\nlisten_port = 1\n")
+    settings.write_text(f"state_file = {str(tmp_path / 'state.json')!r}\nlisten_port = 1\n"
+                        f"key_file = {str(tmp_path / 'keys' / 'arbiter.keys')!r}\n")
     return subprocess.run([sys.executable, os.path.join(ROOT, "arbiter.py"), "--settings", str(settings),
                            *flags], capture_output=True, text=True, timeout=30, cwd=tmp_path)
 
@@ -166,7 +170,11 @@ def test_rebuild_refuses_an_existing_state(tmp_path):
         Arbiter(make_settings(state_file), clock=FakeClock(), rebuild=True)
 
 
-def test_ctl_rebuild_and_status(rebuilding, capsys):
+def test_ctl_rebuild_and_status(rebuilding, capsys, monkeypatch):
+    # The rebuild commands' wording and checks; signing is test_auth's and test_security's.
+    from pgha import keys
+    monkeypatch.setattr(keys, "client_credential", lambda path: None)
+    monkeypatch.setenv("PGHA_OPERATOR_KEY_FILE", "operator.keys")
     c = rebuilding.client()
     c.ask(heartbeat(P, 1, primary_report()))
     c.ask(heartbeat(S, 1, standby_report()))
@@ -203,9 +211,12 @@ def test_the_node_stops_with_one_line_on_a_truncated_state_file(tmp_path):
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     (state_dir / "node-state.json").write_text('{"acted_ep')
+    from pgha import keys
+    keys.generate(str(tmp_path / "keys"), ["pgsql-1", "pgsql-2"])
     settings = tmp_path / "node-settings.py"
     settings.write_text(f"pgdata = {str(tmp_path / 'data')!r}\nstate_dir = {str(state_dir)!r}\n"
-                        "admin_password = 'a'\nreplication_password = 'b'\napp_password = 'c'\narbiter_port = 1\n")
+                        "admin_password = 'a'\nreplication_password = 'b'\napp_password = 'c'\narbiter_port = 1\n"
+                        f"key_file = {str(tmp_path / 'keys' / 'pgsql-1.keys')!r}\n")
     os.chmod(settings, 0o600)
     result = subprocess.run([sys.executable, os.path.join(ROOT, "node.py"), "--settings", str(settings)],
                             capture_output=True, text=True, timeout=30, cwd=tmp_path)

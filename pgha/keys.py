@@ -1,0 +1,230 @@
+"""Key files: generate them, rotate them, load them (refusing unsafe ones).
+
+    python -m pgha.keys generate --dir DIR --nodes pgsql-1,pgsql-2 [--no-reader]
+    python -m pgha.keys rotate   --dir DIR --member NAME   (add a next key)
+    python -m pgha.keys retire   --dir DIR --member NAME   (the next key becomes the only one)
+
+A key file is a keyring: a small JSON object, principal -> list of hex keys,
+the current key first and, during a rotation, the next one after it:
+
+    DIR/arbiter.keys    every node's key, "operator", and "reader" (if made)
+    DIR/NODE.keys       the node's own key and "pair" (the node-to-node key)
+    DIR/operator.keys   "operator": for pgha-ctl, held by operators only
+    DIR/reader.keys     "reader": status only
+
+Every file is created 0600 and refused when group- or world-readable. A
+member accepts any key of a principal and signs with the first, so a key is
+rotated in two rounds, each installed on every holder in any order:
+`rotate` (everyone still signs with the old key, accepts both), then
+`retire` (everyone signs with the new one).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import stat
+import sys
+from typing import Mapping, Sequence
+
+from pgha.auth import OPERATOR, PAIR, READER, RESERVED, Credential, Keys, is_member_name
+
+KEY_BYTES = 32
+MIN_KEY_BYTES = 16
+SUFFIX = ".keys"
+
+
+class KeyFileError(Exception):
+    """A key file is missing, unsafe or malformed; the message names it (never a key)."""
+
+
+# -- loading -------------------------------------------------------------------------------
+
+def load(path: str) -> dict[str, Keys]:
+    """The keyring in `path`; KeyFileError when missing, readable by others, or malformed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise KeyFileError(f"key file {path} does not exist (make one with pgha-keys generate)") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot open key file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyFileError(f"key file {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise KeyFileError(f"key file {path} is readable by group or others (mode "
+                               f"{stat.S_IMODE(info.st_mode):04o}): chmod 600 {path}")
+        data = f.read(1 << 20)
+    return parse(data, path)
+
+
+def parse(data: bytes, path: str) -> dict[str, Keys]:
+    """A keyring from a key file's bytes (`path` names it in errors)."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise KeyFileError(f"key file {path} is not a JSON keyring") from None
+    if not isinstance(raw, dict) or not raw:
+        raise KeyFileError(f"key file {path} must hold a JSON object of principal -> [hex keys]")
+    ring: dict[str, Keys] = {}
+    for principal, keys in raw.items():
+        if not isinstance(keys, list) or not keys or len(keys) > 2:
+            raise KeyFileError(f"key file {path}: {principal!r} must list one or two keys")
+        decoded = []
+        for key in keys:
+            try:
+                value = bytes.fromhex(key) if isinstance(key, str) else b""
+            except ValueError:
+                value = b""
+            if len(value) < MIN_KEY_BYTES:
+                raise KeyFileError(f"key file {path}: a key of {principal!r} is not hex of at least "
+                                   f"{MIN_KEY_BYTES} bytes")
+            decoded.append(value)
+        ring[principal] = tuple(decoded)
+    return ring
+
+
+def _need(ring: Mapping[str, Keys], path: str, principal: str) -> Keys:
+    if principal not in ring:
+        raise KeyFileError(f"key file {path} holds no key for {principal!r}")
+    return ring[principal]
+
+
+def node_keys(path: str, name: str) -> tuple[Credential, Keys]:
+    """A node's credential towards the arbiter, and the pair keys of the lease link."""
+    ring = load(path)
+    return Credential(name, _need(ring, path, name)), _need(ring, path, PAIR)
+
+
+def arbiter_keys(path: str, nodes: Sequence[str]) -> dict[str, Keys]:
+    """The arbiter's keyring: every node's key and the operator's (reader optional)."""
+    ring = load(path)
+    for principal in (*nodes, OPERATOR):
+        _need(ring, path, principal)
+    return ring
+
+
+def client_credential(path: str) -> Credential:
+    """A tool's credential: the operator's if the file holds it, else the reader's."""
+    return credential_in(load(path), path)
+
+
+def credential_in(ring: Mapping[str, Keys], path: str) -> Credential:
+    for identity in (OPERATOR, READER):
+        if identity in ring:
+            return Credential(identity, ring[identity])
+    raise KeyFileError(f"key file {path} holds neither an {OPERATOR!r} nor a {READER!r} key")
+
+
+# -- writing -------------------------------------------------------------------------------
+
+def _write_new(path: str, ring: Mapping[str, Sequence[bytes]]) -> None:
+    """Create `path` 0600 (never wider, even for a moment) and fsync it."""
+    body = json.dumps({p: [k.hex() for k in keys] for p, keys in ring.items()}, indent=1) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(body)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replace(path: str, ring: Mapping[str, Sequence[bytes]]) -> None:
+    tmp = path + ".tmp"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    _write_new(tmp, ring)
+    info = os.stat(path)
+    os.chown(tmp, info.st_uid, info.st_gid)     # a node's file stays its user's
+    os.replace(tmp, path)
+
+
+def generate(folder: str, nodes: Sequence[str], reader: bool = True) -> list[str]:
+    """Write a fresh set of key files into `folder`; refuse to overwrite any."""
+    if len(nodes) != 2 or len(set(nodes)) != 2:
+        raise KeyFileError(f"--nodes must name two different nodes, got {','.join(nodes)!r}")
+    for node in nodes:
+        if not is_member_name(node) or node in RESERVED:
+            raise KeyFileError(f"node name {node!r} is not allowed (letters, digits, '_-.'; "
+                               f"not one of {', '.join(RESERVED)})")
+    new = lambda: secrets.token_bytes(KEY_BYTES)    # noqa: E731
+    node_key = {node: (new(),) for node in nodes}
+    pair, operator = (new(),), (new(),)
+    files: dict[str, dict[str, Keys]] = {
+        "arbiter": {**node_key, OPERATOR: operator},
+        OPERATOR: {OPERATOR: operator},
+    }
+    for node in nodes:
+        files[node] = {node: node_key[node], PAIR: pair}
+    if reader:
+        files[READER] = {READER: (new(),)}
+        files["arbiter"][READER] = files[READER][READER]
+    paths = {member: os.path.join(folder, member + SUFFIX) for member in files}
+    existing = [p for p in paths.values() if os.path.lexists(p)]
+    if existing:
+        raise KeyFileError(f"{existing[0]} already exists: remove the old key files or choose another --dir")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    for member, ring in files.items():
+        _write_new(paths[member], ring)
+    return list(paths.values())
+
+
+def _holders(folder: str, member: str) -> list[tuple[str, dict[str, Keys]]]:
+    names = sorted(n for n in os.listdir(folder) if n.endswith(SUFFIX))
+    holders = [(p, load(p)) for p in (os.path.join(folder, n) for n in names)]
+    holders = [(p, ring) for p, ring in holders if member in ring]
+    if not holders:
+        raise KeyFileError(f"no key file in {folder} holds {member!r}")
+    return holders
+
+
+def rotate(folder: str, member: str) -> list[str]:
+    """Add a next key for `member` in every file of `folder` that holds it."""
+    holders = _holders(folder, member)
+    if any(len(ring[member]) > 1 for _, ring in holders):
+        raise KeyFileError(f"{member!r} already has a next key: run retire first")
+    key = secrets.token_bytes(KEY_BYTES)
+    for path, ring in holders:
+        _replace(path, {**ring, member: (ring[member][0], key)})
+    return [p for p, _ in holders]
+
+
+def retire(folder: str, member: str) -> list[str]:
+    """Make `member`'s next key its only key, in every file that holds it."""
+    holders = _holders(folder, member)
+    if any(len(ring[member]) < 2 for _, ring in holders):
+        raise KeyFileError(f"{member!r} has no next key in every file: run rotate first")
+    for path, ring in holders:
+        _replace(path, {**ring, member: (ring[member][1],)})
+    return [p for p, _ in holders]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pgha-keys", description="Generate and rotate the cluster's keys")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="a fresh set of key files, one per member")
+    gen.add_argument("--dir", required=True)
+    gen.add_argument("--nodes", required=True, help="the two node names, comma-separated")
+    gen.add_argument("--no-reader", action="store_true", help="make no read-only (status) credential")
+    for name in ("rotate", "retire"):
+        cmd = sub.add_parser(name, help="add a next key" if name == "rotate" else "keep only the next key")
+        cmd.add_argument("--dir", required=True)
+        cmd.add_argument("--member", required=True, help="a node name, operator, reader or pair")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            written = generate(args.dir, [n.strip() for n in args.nodes.split(",")], reader=not args.no_reader)
+        else:
+            written = (rotate if args.command == "rotate" else retire)(args.dir, args.member)
+    except (KeyFileError, OSError) as exc:
+        print(f"pgha-keys: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
