@@ -104,9 +104,13 @@ class HAProxy:
                 self.proc.kill()
                 self.proc.wait()
 
-    def dsn(self, port=None, password=None):
-        secret = f" password={password}" if password else ""
-        return f"host=127.0.0.1 port={port or self.rw_port} dbname=testdb user=kronos{secret} connect_timeout=2"
+    def dsn(self, port=None, password=True):
+        """The application's DSN through HAProxy (the app role; password=False:
+        left out, for the pgpass file)."""
+        from harness.localcluster import APP_USER
+        from pgha.postgres import conninfo
+        secret = f" {conninfo(password=self.cluster.passwords['app_password'])}" if password else ""
+        return f"host=127.0.0.1 port={port or self.rw_port} dbname=testdb user={APP_USER}{secret} connect_timeout=2"
 
     def command(self, text):
         with socket.socket(socket.AF_UNIX) as sock:

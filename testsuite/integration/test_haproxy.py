@@ -9,7 +9,6 @@ import pytest
 
 from harness import workload
 from harness.haproxy import HAProxy, binary
-from harness.localcluster import PASSWORD
 from testsuite.integration.test_cluster import primary_is
 from testsuite.integration.conftest import wait_for
 
@@ -34,7 +33,7 @@ def test_writes_through_haproxy_follow_a_failover(local_cluster):
         wait_for(routes(proxy, {("primary", "pgsql-1"): "UP", ("primary", "pgsql-2"): "DOWN",
                                 ("replicas", "pgsql-1"): "DOWN", ("replicas", "pgsql-2"): "UP"}),
                  20, "HAProxy routing writes to pgsql-1 and reads to pgsql-2")
-        writer = workload.Writer(proxy.dsn(password=PASSWORD), writers=2, interval=0.05, commit_timeout=15,
+        writer = workload.Writer(proxy.dsn(), writers=2, interval=0.05, commit_timeout=15,
                                  server_of=workload.server_address)
         writer.start()
         try:
