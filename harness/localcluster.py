@@ -49,11 +49,12 @@ class LocalCluster(ClusterHandle):
     loaded from a running one's cluster.json (load) to inject faults."""
 
     def __init__(self, workdir=None, base_port=DEFAULT_BASE_PORT, os_user="postgres", echo=False,
-                 arbiter_overrides=None):
+                 arbiter_overrides=None, node_overrides=None):
         self.dir = os.path.abspath(workdir or default_dir())
         self.base_port = base_port
         self.echo = echo
         self.arbiter_overrides = arbiter_overrides or {}
+        self.node_overrides = node_overrides or {}     # settings for both nodes (e.g. pg_parameters)
         self.user = pwd.getpwnam(os_user) if os_user and os.geteuid() == 0 else None
         self.procs = {}
         self.arbiter_port = base_port
@@ -138,7 +139,7 @@ class LocalCluster(ClusterHandle):
                 "name": name, "pg_port": self.pg_ports[name], "peer_port": self.peer_ports[name],
                 "slot_name": SLOTS[name], "arbiter_port": self.arbiter_port,
                 "pgdata": self.pgdata(name), "admin_password": PASSWORD, "replication_password": PASSWORD,
-                "log_file": os.path.join(self.dir, f"{name}.log"),
+                "log_file": os.path.join(self.dir, f"{name}.log"), **self.node_overrides,
             })
         self._chown_tree(self.dir)
 
