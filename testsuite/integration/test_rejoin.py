@@ -73,6 +73,24 @@ class CheckpointWatch:
 
 
 def test_busy_primary_host_dies_old_primary_rejoins_by_rewind():
+    log = busy_primary_dies_then_rejoins()
+    assert "path rewind" in log, "rewound with the WAL kept on the old primary"
+
+
+def test_rewind_fetches_the_wal_the_old_primary_lost_from_the_new_primary():
+    """The old primary kept no WAL (wal_keep_size 0 in its own config): its
+    crash recovery removes what pg_rewind needs, which the restore command
+    fetches from the new primary."""
+    def keep_nothing(cluster):
+        conf = os.path.join(cluster.pgdata("pgsql-1"), "pgha.conf")
+        with open(conf, "a") as f:
+            f.write("wal_keep_size = 0\n")
+    log = busy_primary_dies_then_rejoins(before_rejoin=keep_nothing)
+    assert "missing WAL segment(s) fetched from pgsql-2" in log
+
+
+def busy_primary_dies_then_rejoins(before_rejoin=None):
+    """Returns the old primary's node log."""
     cluster = LocalCluster(os.path.join(BASE, "rejoin-busy"), base_port=next_port(),
                            node_overrides={"pg_parameters": SMALL_WAL})
     cluster.prepare(fresh=True)
@@ -93,7 +111,8 @@ def test_busy_primary_host_dies_old_primary_rejoins_by_rewind():
             wait_for(primary_is(cluster, "pgsql-2", epoch=2), 60, "pgsql-2 promoted")
             assert run.wait_for_acks(20, timeout=60), "writes did not resume on the new primary"
             loader.join(timeout=30)
-
+            if before_rejoin:
+                before_rejoin(cluster)
             cluster.start_node("pgsql-1")
             status = cluster.wait_healthy(timeout=300)
             assert status["primary"] == "pgsql-2" and status["epoch"] == 2
@@ -106,5 +125,6 @@ def test_busy_primary_host_dies_old_primary_rejoins_by_rewind():
         assert rows >= loader.acknowledged * BATCH_ROWS, "acknowledged bulk batches lost"
         assert sql(cluster, "pgsql-2", "SELECT application_name, sync_state FROM pg_stat_replication") \
             == [("pgsql-1", "sync")]
+        return log
     finally:
         cluster.stop()
