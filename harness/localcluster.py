@@ -61,7 +61,7 @@ class LocalCluster(ClusterHandle):
         self.base_port = base_port
         self.echo = echo
         self.arbiter_overrides = arbiter_overrides or {}
-        self.node_overrides = node_overrides or {}     # settings for both nodes, e.g. {"api_bind": None}
+        self.node_overrides = node_overrides or {}     # settings for both nodes (e.g. pg_parameters, api_bind)
         self.user = pwd.getpwnam(os_user) if os_user and os.geteuid() == 0 else None
         self.procs = {}
         self.arbiter_port = base_port

@@ -58,9 +58,12 @@ def main(argv=None):
             report = node.get("report") or {}
             seen = node.get("last_seen_ago")
             action = report.get("last_action")
+            clone = report.get("clone_progress") or {}
+            cloning = f", cloning {clone.get('percent')}% of {clone.get('total_bytes', 0) / 2**20:.0f} MB" \
+                if clone else ""
             print(f"  {name}: {report.get('pg', 'unknown')} {report.get('role') or ''}"
                   f"{'' if seen is None else f', last report {seen:.1f}s ago'}"
-                  f"{'' if action is None else f', last action {action}'}")
+                  f"{'' if action is None else f', last action {action}'}{cloning}")
         if "-v" in (argv or sys.argv):
             print(json.dumps(reply, indent=1))
     else:

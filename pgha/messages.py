@@ -80,6 +80,7 @@ class Report:
     lease_remaining: Mapping[str, float] | None = None  # the primary's leases, s, by source
     error: str | None = None
     last_action: str | None = None          # the node's last action (node_rules), for status
+    clone_progress: Mapping[str, int] | None = None  # a clone under way: done_bytes, total_bytes, percent
 
     @property
     def running_as(self) -> str | None:
@@ -108,6 +109,10 @@ class Report:
                        for v in leases.values()):
                 raise ProtocolError("report field 'lease_remaining' must map sources to seconds")
             leases = {source: float(seconds) for source, seconds in leases.items()}
+        clone = _field(wire, "clone_progress", (dict, type(None)), where)
+        if clone is not None and (len(clone) > MAX_LEASE_SOURCES or not all(
+                isinstance(v, int) and not isinstance(v, bool) and abs(v) < INT_RANGE[1] for v in clone.values())):
+            raise ProtocolError("report field 'clone_progress' must map a few names to integers")
         return cls(
             pg=_field(wire, "pg", str, where, default=PG_STOPPED),
             role=_field(wire, "role", OPTIONAL_STR, where),
@@ -124,6 +129,7 @@ class Report:
             lease_remaining=leases,
             error=_field(wire, "error", OPTIONAL_STR, where, text=True),
             last_action=_field(wire, "last_action", OPTIONAL_STR, where, text=True),
+            clone_progress=clone,
         )
 
     def to_wire(self) -> dict:
@@ -135,9 +141,10 @@ class Report:
                         syncrep_wait=self.syncrep_wait, replication=[r.to_wire() for r in self.replication])
         if self.address is not None:
             wire["address"] = self.address.to_wire()
-        for name in ("lease_remaining", "error", "last_action"):
-            if getattr(self, name) is not None:
-                wire[name] = dict(self.lease_remaining or {}) if name == "lease_remaining" else getattr(self, name)
+        for name in ("lease_remaining", "error", "last_action", "clone_progress"):
+            value = getattr(self, name)
+            if value is not None:
+                wire[name] = dict(value) if isinstance(value, Mapping) else value
         return wire
 
 

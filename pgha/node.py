@@ -24,6 +24,7 @@ from pgha.node_state import ClusterWatcher, LoopStats, NodeSnapshot, StatePublis
 from pgha.postgres import PostgresError
 
 log = logs.get("node")
+CLONE_LOG_INTERVAL = 5.0    # seconds between progress lines of a clone
 
 
 class Node:
@@ -56,6 +57,7 @@ class Node:
         self.rejoin_failures = 0       # rejoins that did not end streaming: next one clones afresh
         self.slot_ensured = None
         self.last_action = None         # the last action other than a steady one (node_rules.IDLE)
+        self.clone_progress = None      # a rewind.CloneProgress while pg_basebackup runs
         self._actions = {action: getattr(self, "_" + action.value) for action in Action}
         self._said = {}
         self._stop = threading.Event()
@@ -213,6 +215,8 @@ class Node:
         report["relinquished"] = self.hand_over is not HandOver.NONE
         report["grant_remaining"] = round(self.grants.remaining_for_report(), 3)
         report["last_action"] = self.last_action
+        if self.clone_progress is not None:
+            report["clone_progress"] = self.clone_progress.to_wire()
         if self.acting_primary:
             report["lease_remaining"] = {source: round(self.leases.remaining(source), 3)
                                          for source in ("arbiter", "standby")}
@@ -388,18 +392,49 @@ class Node:
             log.failover("rejoining as standby of %s: a fresh pg_basebackup (earlier attempt could not "
                          "follow it)", d.primary)
         self.pg.prepare_upstream(d.address, self.s.slot_name)
-        self.pg.basebackup(d.address)       # into a temporary folder, swapped in when complete
+        self._basebackup(d)
         self._run_as_standby(d)
 
     def _rewind(self, d):
         log.failover("rejoining as standby of %s: pg_rewind", d.primary)
         self.pg.prepare_upstream(d.address, self.s.slot_name, checkpoint=True)
         try:
-            self.pg.rewind(d.address)
+            outcome = self.pg.rewind(d.address)
         except PostgresError as exc:
-            log.warning("%s; falling back to a fresh pg_basebackup", exc)
-            self.pg.basebackup(d.address)
+            # Only when pg_rewind itself gave up: the WAL kept here and on the
+            # new primary (wal_keep_size) did not reach back far enough.
+            log.warning("%s; rewinding is not possible: falling back to a fresh pg_basebackup", exc)
+            self._basebackup(d)
+        else:
+            fetched = (f"{outcome.fetched_segments} missing WAL segment(s) fetched from {d.primary}"
+                       if outcome.fetched_segments else "with the WAL kept here")
+            log.failover("pg_rewind done in %.1fs (%s): path %s", outcome.seconds, fetched, outcome.path)
         self._run_as_standby(d)
+
+    def _basebackup(self, d):
+        """pg_basebackup into a temporary folder, saying its progress in the
+        log every CLONE_LOG_INTERVAL and in the report. The HA loop is busy
+        meanwhile, so the progress callback also sends the arbiter a
+        heartbeat; its instruction is acted on once the clone is done."""
+        started = self.clock()
+        said_at = heartbeat_at = started
+
+        def progress(p):
+            nonlocal said_at, heartbeat_at
+            self.clone_progress = p
+            now = self.clock()
+            if now - said_at >= CLONE_LOG_INTERVAL:
+                said_at = now
+                log.info("clone from %s: %s after %.0fs", d.primary, p.describe(), now - started)
+            if now - heartbeat_at >= self.heartbeat_interval:
+                heartbeat_at = now
+                self._heartbeat(self._report({"pg": PG_STOPPED}))
+
+        try:
+            self.pg.basebackup(d.address, on_progress=progress)
+        finally:
+            self.clone_progress = None
+        log.failover("clone from %s complete in %.1fs", d.primary, self.clock() - started)
 
     def _start_standby(self, d):
         if d.why == "switchover":

@@ -12,12 +12,14 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
 
 import psycopg2
 from psycopg2 import sql
 
-from pgha import logs, store
+from pgha import logs, rewind as rejoin, store
 
 log = logs.get("postgres")
 
@@ -193,6 +195,7 @@ class Postgres:
             "unix_socket_directories": self.socket_dir, "cluster_name": self.s.name,
             "wal_level": "replica", "max_wal_senders": 10, "max_replication_slots": 10,
             "wal_log_hints": "on", "hot_standby": "on", "synchronous_commit": "on",
+            "wal_keep_size": rejoin.wal_keep_size(self.s.pg_parameters),  # pg_rewind after a crash
             "wal_sender_timeout": "5s", "wal_receiver_timeout": "5s",
             "wal_receiver_status_interval": "1s", "wal_retrieve_retry_interval": "1s",
             "recovery_target_timeline": "latest",
@@ -358,19 +361,32 @@ class Postgres:
             self.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                 sql.Identifier(self.s.database), sql.Identifier(self.s.app_user)))
 
-    def basebackup(self, address):
-        """Clone the primary into a temporary folder; swap it in only when complete."""
+    def basebackup(self, address, on_progress=None):
+        """Clone the primary into a temporary folder; swap it in only when complete.
+
+        pg_basebackup cannot resume, so an interrupted clone starts again;
+        the old data stays in place until the new copy is whole. on_progress
+        gets a rewind.CloneProgress about once a second.
+        """
         tmp = self.pgdata + ".basebackup"
         self._remove_tree(tmp)
-        result = self._run(["pg_basebackup", "-h", address.host, "-p", str(address.pg_port),
-                            "-U", self.s.replication_user, "-D", tmp, "-X", "stream", "-c", "fast",
-                            "-S", self.s.slot_name, "--no-password"],
-                           env={"PGPASSWORD": self.s.replication_password, "PGCONNECT_TIMEOUT": "5"},
-                           timeout=3600)
-        if result.returncode != 0:
+        args = ["pg_basebackup", "-h", address.host, "-p", str(address.pg_port),
+                "-U", self.s.replication_user, "-D", tmp, "-X", "stream", "-c", "fast",
+                "-S", self.s.slot_name, "--no-password", "--progress"]
+
+        def progress_line(line):
+            progress = rejoin.parse_progress(line)
+            if progress and on_progress:
+                on_progress(progress)
+
+        returncode, lines = self._run_reading_stderr(
+            args, progress_line, env={"PGPASSWORD": self.s.replication_password, "PGCONNECT_TIMEOUT": "5"},
+            timeout=24 * 3600)
+        if returncode != 0:
             self._remove_tree(tmp)
+            errors = "\n".join(line for line in lines if not rejoin.parse_progress(line))
             raise PostgresError(f"pg_basebackup from {address.host}:{address.pg_port} failed: "
-                                f"{_last_lines(result.stderr)}")
+                                f"{_last_lines(errors)}")
         self._swap_in(tmp)
 
     def _wait_postmaster_gone(self, timeout=10.0):
@@ -381,13 +397,42 @@ class Postgres:
             wait_until(lambda: not process_exists(pid), timeout, 0.02)
 
     def rewind(self, address):
+        """pg_rewind from the new primary; returns a rewind.RewindOutcome.
+
+        With --restore-target-wal, a segment the target lacks (its crash
+        recovery removed it) is fetched from the source by pgha/fetch_wal.py,
+        set as restore_command for this run only (write_settings drops it).
+        """
         source = conninfo(host=address.host, port=address.pg_port, user=self.s.admin_user,
                           dbname="postgres", connect_timeout=5)
         self._wait_postmaster_gone()
-        result = self._run(["pg_rewind", "-D", self.pgdata, f"--source-server={source}"],
-                           env={"PGPASSWORD": self.s.admin_password}, timeout=3600)
+        passfile = os.path.join(self.state_dir, "rewind.pgpass")
+        self._write(passfile, rejoin.pgpass_line(address.host, address.pg_port, self.s.admin_user,
+                                                 self.s.admin_password))
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fetch_wal.py")
+        self._set_restore_command(rejoin.restore_command(sys.executable, script, address.host, address.pg_port,
+                                                         self.s.admin_user, passfile))
+        started = time.monotonic()
+        try:
+            result = self._run(["pg_rewind", "-D", self.pgdata, "--restore-target-wal",
+                                f"--source-server={source}"],
+                               env={"PGPASSFILE": passfile}, timeout=3600)    # the restore command's too
+        finally:
+            os.unlink(passfile)
         if result.returncode != 0:
             raise PostgresError(f"pg_rewind failed: {_last_lines(result.stderr)}")
+        return rejoin.RewindOutcome(round(time.monotonic() - started, 2), rejoin.fetched_segments(result.stderr))
+
+    def _set_restore_command(self, command):
+        """Append restore_command to the managed settings (a later line wins)."""
+        path = os.path.join(self.pgdata, CONF_FILE)
+        try:
+            with open(path) as f:
+                text = f.read()
+        except FileNotFoundError:
+            text = ""
+        self._ensure_include()
+        self._write(path, text + f"restore_command = {quote_conf(command)}\t# pgha: for pg_rewind only\n")
 
     def _swap_in(self, new_dir):
         """Replace pgdata by new_dir; the old data is kept aside until the swap is done."""
@@ -517,6 +562,38 @@ class Postgres:
         if check and result.returncode != 0:
             raise PostgresError(f"{args[0]} failed: {_last_lines(result.stderr)}")
         return result
+
+    def _run_reading_stderr(self, args, on_line, env=None, timeout=120):
+        """Run a tool, calling on_line for each line of its stderr as it
+        comes; returns (returncode, stderr lines)."""
+        cmd = [os.path.join(self.bindir, args[0])] + args[1:]
+        full_env = {**os.environ, "LC_ALL": "C", **(env or {})}
+        kwargs = {}
+        if self._as_root:
+            full_env.update(HOME=self._user.pw_dir, USER=self._user.pw_name)
+            kwargs = dict(user=self._user.pw_uid, group=self._user.pw_gid, extra_groups=[])
+        log.debug("running %s", " ".join(args[:2]))
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                    env=full_env, cwd="/", **kwargs)
+        except OSError as exc:
+            raise PostgresError(f"cannot run {cmd[0]}: {exc.strerror}") from None
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        lines = []
+        try:
+            for line in proc.stderr:
+                line = line.rstrip("\r\n")
+                lines.append(line)
+                del lines[:-50]
+                try:
+                    on_line(line)
+                except Exception:   # a reporting problem must not stall the tool on a full pipe
+                    log.exception("while reading %s output", args[0])
+        finally:
+            timer.cancel()
+            proc.wait()
+        return proc.returncode, lines
 
     def _tail_log(self, lines=5):
         try:
