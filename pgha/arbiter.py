@@ -114,8 +114,11 @@ class Arbiter:
                 # Durable before anyone hears of it (invariant 3): the state,
                 # then its history event.
                 self.store.save(outcome.state, expected_epoch=self.state.epoch)
-                self._record_change(before, outcome, memory_before)
             self.state, self.memory = outcome.state, outcome.memory
+            if outcome.state != before:
+                # The state is saved and adopted first: a history that cannot be
+                # written fails this reply, never the next compare-and-set.
+                self._record_change(before, outcome, memory_before)
         for level, text in outcome.events:
             getattr(log, level)(text)
         return outcome.instruction.to_wire()
@@ -233,10 +236,10 @@ class Arbiter:
             state, memory = decision.set_paused(self.state, self.memory, paused)
             # Durable before anyone hears of it (invariant 3).
             self.store.save(state, expected_epoch=self.state.epoch)
-            self._record("pause" if paused else "resume", epoch=state.epoch, primary=state.primary)
             self.state, self.memory = state, memory
             if paused:
                 self.scheduled = None
+            self._record("pause" if paused else "resume", epoch=state.epoch, primary=state.primary)
         log.failover("%s", "maintenance mode ON (paused): no failover or switchover; nodes leave PostgreSQL "
                            "alone; leases and fencing still run" if paused
                      else "maintenance mode OFF (resumed): failover and switchover enabled again")
