@@ -5,9 +5,11 @@ reports and the clock, stores every changed decision durably *before*
 replying (through the StateStore interface), and keeps serving everyone else
 when one client misbehaves.
 """
+import json
 import threading
 import time
 from dataclasses import asdict
+from datetime import datetime, timezone
 
 from pgha import logs
 from pgha import auth, decision, protocol, rebuild, store
@@ -35,12 +37,18 @@ class Arbiter:
     rebuild: there is no state; collect the nodes' reports and wait for an
     operator's confirmation (pgha.rebuild)."""
 
-    def __init__(self, settings, clock=time.monotonic, state_store=None, init=False, rebuild=False):
+    def __init__(self, settings, clock=time.monotonic, state_store=None, init=False, rebuild=False,
+                 wall=time.time):
         self.topology = Topology(tuple(settings.nodes))
         self.timings = decision.Timings.from_settings(settings)
         self.store = state_store if state_store is not None else store.FileStore(settings.state_file)
         self.clock = clock
+        self.wall = wall            # event times and scheduled switchovers (operators think in wall time)
         self.lock = threading.Lock()
+        self.acted_epochs = {}      # node -> the epoch its last heartbeat said it acted on (for list)
+        # A scheduled switchover (pgha.ctl switchover --at): (wall time, target or None).
+        # In memory only: an arbiter restart forgets it (the operator is told so).
+        self.scheduled = None
         self.rebuilding = None      # a rebuild.Rebuild while the state is being rebuilt
         if rebuild:
             self.state = None
@@ -59,13 +67,15 @@ class Arbiter:
         if state is None:
             state = decision.ClusterState(epoch=1, primary=initial_primary, promotable=False)
             self.store.save(state, expected_epoch=None)
+            self._record("initialised", epoch=1, primary=initial_primary)
             log.info("first start: %s is the initial primary (epoch 1), state in %s", initial_primary, self.store)
             return state
         if state.primary not in self.topology:
             raise StateFileError(f"state file {self.store} names primary {state.primary!r}, "
                                  f"which is not in 'nodes' {list(self.topology.members)}")
-        log.info("state loaded: epoch %d, primary %s, standby %s", state.epoch, state.primary,
-                 "promotable" if state.promotable else "not promotable")
+        log.info("state loaded: epoch %d, primary %s, standby %s%s", state.epoch, state.primary,
+                 "promotable" if state.promotable else "not promotable",
+                 "; PAUSED (maintenance mode: no failover until resume)" if state.paused else "")
         return state
 
     def handle(self, message):
@@ -78,7 +88,15 @@ class Arbiter:
         if kind == "status":
             return self._status()
         if kind == "switchover":
+            if message.get("at") is not None:
+                return self._schedule_switchover(message.get("to"), message["at"])
             return self._switchover(message.get("to"))
+        if kind == "failover":
+            return self._failover(message["to"], message.get("force", False))
+        if kind in ("pause", "resume"):
+            return self._set_paused(kind == "pause")
+        if kind == "history":
+            return self._history(message.get("limit"))
         raise protocol.ProtocolError(f"the arbiter does not serve {kind!r} messages")
 
     def _heartbeat(self, message):
@@ -86,16 +104,56 @@ class Arbiter:
         if node not in self.topology:
             raise protocol.ProtocolError(f"unknown node {clip(repr(node))} "
                                          f"(configured: {', '.join(self.topology.members)})")
+        self._start_due_switchover()
         with self.lock:
+            self.acted_epochs[node] = message["epoch"]
+            before, memory_before = self.state, self.memory
             outcome = decision.on_heartbeat(self.state, self.memory, self.topology, node, message["epoch"],
                                             message["report"], self.clock(), self.timings)
             if outcome.state != self.state:
-                # Durable before anyone hears of it (invariant 3).
+                # Durable before anyone hears of it (invariant 3): the state,
+                # then its history event.
                 self.store.save(outcome.state, expected_epoch=self.state.epoch)
             self.state, self.memory = outcome.state, outcome.memory
+            if outcome.state != before:
+                # The state is saved and adopted first: a history that cannot be
+                # written fails this reply, never the next compare-and-set.
+                self._record_change(before, outcome, memory_before)
         for level, text in outcome.events:
             getattr(log, level)(text)
         return outcome.instruction.to_wire()
+
+    # -- history (StateStore.append_event / history) -----------------------------------------
+
+    def _record(self, kind, **fields):
+        """Append one event to the durable history (before the decision it
+        belongs to is announced: the caller holds the reply until this returns)."""
+        when = datetime.fromtimestamp(self.wall(), timezone.utc).isoformat(timespec="milliseconds")
+        self.store.append_event({"time": when.replace("+00:00", "Z"), "event": kind, **fields})
+
+    def _record_change(self, before, outcome, memory_before):
+        after = outcome.state
+        if after.epoch != before.epoch:
+            old_report = memory_before.reports.get(before.primary)
+            new_report = outcome.memory.reports.get(after.primary)
+            reason = next((text for level, text in outcome.events if level == "failover"), None)
+            self._record("failover", epoch=after.epoch, old_primary=before.primary, new_primary=after.primary,
+                         reason=reason,
+                         old_primary_lsn=old_report.lsn if old_report and old_report.lsn else None,
+                         new_primary_lsn=_standby_lsn(new_report))
+        elif after.promotable != before.promotable:
+            reason = next((text for level, text in outcome.events if level in ("info", "warning")), None)
+            self._record("promotable", epoch=after.epoch, primary=after.primary, promotable=after.promotable,
+                         reason=reason)
+
+    def _history(self, limit):
+        limit = HISTORY_DEFAULT if limit is None else max(1, min(limit, HISTORY_MAX))
+        events = self.store.history(limit)
+        # The reply must fit one frame: drop the oldest until it does.
+        truncated = False
+        while events and len(json.dumps(events)) > HISTORY_REPLY_BYTES:
+            events, truncated = events[1:], True
+        return {"type": "history", "events": events, "truncated": truncated}
 
     def _status(self):
         with self.lock:
@@ -105,17 +163,87 @@ class Arbiter:
                 seen, report = self.memory.last_seen.get(name), self.memory.reports.get(name)
                 nodes[name] = {"last_seen_ago": None if seen is None else round(now - seen, 3),
                                "report": None if report is None else report.to_wire()}
+                nodes[name]["epoch"] = self.acted_epochs.get(name)
+            scheduled = None
+            if self.scheduled is not None:
+                at, target = self.scheduled
+                scheduled = {"at": _iso(at), "in": round(at - self.wall(), 1), "to": target}
             return {"type": "status", **asdict(self.state), "nodes": nodes,
-                    "switchover_to": self.memory.switchover_to}
+                    "switchover_to": self.memory.switchover_to, "switchover_scheduled": scheduled,
+                    "failover_to": self.memory.failover_to}
 
-    def _switchover(self, target):
+    def _switchover(self, target, scheduled_for=None):
         with self.lock:
             memory, error = decision.request_switchover(self.state, self.memory, self.topology, target)
+            if error:
+                self._record("switchover_refused", epoch=self.state.epoch, to=target, reason=error,
+                             **({"scheduled_for": scheduled_for} if scheduled_for else {}))
+            else:
+                self._record("switchover_requested", epoch=self.state.epoch, primary=self.state.primary,
+                             to=memory.switchover_to)
             self.memory = memory
         if error:
             return {"type": "error", "error": f"switchover refused: {error}"}
         log.failover("switchover to %s requested: the primary will hand over", memory.switchover_to)
         return {"type": "ok", "switchover_to": memory.switchover_to}
+
+    def _schedule_switchover(self, target, at):
+        with self.lock:
+            # Checked now, so a typo is refused at once; checked again when due.
+            _, error = decision.request_switchover(self.state, self.memory, self.topology, target)
+            if error and "not promotable" not in error:
+                return {"type": "error", "error": f"switchover refused: {error}"}
+            self.scheduled = (float(at), target)
+            self._record("switchover_scheduled", epoch=self.state.epoch, primary=self.state.primary, to=target,
+                         at=_iso(at))
+        log.failover("switchover to %s scheduled at %s", target or "the standby", _iso(at))
+        return {"type": "ok", "switchover_to": target, "at": _iso(at)}
+
+    def _start_due_switchover(self):
+        """A scheduled switchover whose time has come becomes a request (refused
+        then, with a history event, if the standby is not promotable)."""
+        with self.lock:
+            due = self.scheduled is not None and self.wall() >= self.scheduled[0]
+            if not due:
+                return
+            at, target = self.scheduled
+            self.scheduled = None
+        reply = self._switchover(target, scheduled_for=_iso(at))
+        if reply["type"] == "error":
+            log.warning("scheduled %s", reply["error"])
+
+    def _failover(self, target, force):
+        with self.lock:
+            memory, error, how = decision.request_failover(self.state, self.memory, self.topology, target,
+                                                           force, self.clock(), self.timings)
+            if error:
+                return {"type": "error", "error": f"failover refused: {error}"}
+            self._record("failover_requested", epoch=self.state.epoch, primary=self.state.primary, to=target,
+                         force=bool(force), promotable=self.state.promotable, how=how)
+            self.memory = memory
+        if how == "switchover":
+            log.failover("manual failover to %s with a live primary: switching over", target)
+        else:
+            log.failover("manual failover to %s requested%s: it is promoted once the primary's lease has run "
+                         "out", target, " (FORCED: it may lack acknowledged commits)" if memory.failover_forced
+                         else "")
+        return {"type": "ok", "to": target, "how": how, "forced": memory.failover_forced}
+
+    def _set_paused(self, paused):
+        with self.lock:
+            if self.state.paused == paused:
+                return {"type": "ok", "paused": paused, "changed": False}
+            state, memory = decision.set_paused(self.state, self.memory, paused)
+            # Durable before anyone hears of it (invariant 3).
+            self.store.save(state, expected_epoch=self.state.epoch)
+            self.state, self.memory = state, memory
+            if paused:
+                self.scheduled = None
+            self._record("pause" if paused else "resume", epoch=state.epoch, primary=state.primary)
+        log.failover("%s", "maintenance mode ON (paused): no failover or switchover; nodes leave PostgreSQL "
+                           "alone; leases and fencing still run" if paused
+                     else "maintenance mode OFF (resumed): failover and switchover enabled again")
+        return {"type": "ok", "paused": paused, "changed": True}
 
 
     # -- rebuilding a lost state (arbiter.py --rebuild, pgha.rebuild) ----------------------
@@ -178,10 +306,27 @@ class Arbiter:
             # Durable before normal service starts (invariant 3); a state that
             # appeared meanwhile is not overwritten (StaleStateError).
             self.store.save(state, expected_epoch=None)
+            self._record("rebuilt", epoch=state.epoch, primary=state.primary)
             self.state, self.memory, self.rebuilding = state, decision.Memory.at_start(self.clock()), None
         log.failover("state rebuilt by the operator: epoch %d, primary %s, standby not promotable until it "
                      "is synchronous again; normal service", state.epoch, state.primary)
         return {"type": "ok", "epoch": state.epoch, "primary": state.primary}
+
+
+HISTORY_DEFAULT = 20
+HISTORY_MAX = 1000
+HISTORY_REPLY_BYTES = protocol.MAX_FRAME - 4096   # room for the envelope and signature
+
+
+def _iso(wall):
+    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _standby_lsn(report):
+    """The promoted standby's last reported position: what it had received."""
+    if report is None:
+        return None
+    return max(report.lsn, report.receive_lsn) or None
 
 
 class _Handler(protocol.LineHandler):

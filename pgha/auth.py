@@ -62,9 +62,10 @@ RESERVED = (ARBITER, OPERATOR, READER, PAIR)
 # Message types a sender may only send in its own name: message["node"] == "from".
 SELF_TYPES = frozenset({"heartbeat", "lease"})
 # Who may send what to the arbiter (a node name maps to NODE_TYPES).
-NODE_TYPES = frozenset({"heartbeat", "status"})   # status: the node's REST API shows the cluster
-OPERATOR_TYPES = frozenset({"status", "switchover", "rebuild"})    # every state-changing command
-READER_TYPES = frozenset({"status"})
+NODE_TYPES = frozenset({"heartbeat", "status", "history"})   # status: the node's REST API shows the cluster
+# Every state-changing command (switchover, failover, pause, resume, rebuild) and the reads.
+OPERATOR_TYPES = frozenset({"status", "history", "switchover", "failover", "pause", "resume", "rebuild"})
+READER_TYPES = frozenset({"status", "history"})
 PEER_TYPES = frozenset({"lease"})
 
 Keys = tuple[bytes, ...]     # current key first, then the next one during a rotation

@@ -1,32 +1,80 @@
-"""Operator commands against the arbiter.
+"""Operator commands against the arbiter (console script `pgha-ctl`, or `python -m pgha.ctl`).
 
-    python -m pgha.ctl [--arbiter HOST:PORT] [--key-file FILE] status
-    python -m pgha.ctl [--arbiter HOST:PORT] [--key-file FILE] switchover [NODE]
-    python -m pgha.ctl [--arbiter HOST:PORT] [--key-file FILE] rebuild --confirm --epoch N --primary NODE
+    pgha-ctl [--arbiter HOST:PORT] [--key-file FILE] COMMAND
+      list [--json] [--watch [SECONDS]]    members as a table (like patronictl list)
+      status [-v]                          the decision and each node's last report
+      history [--json] [--limit N]         the arbiter's durable event log
+      switchover [--to NODE] [--at TIME]   planned hand-over (TIME: ISO 8601 or +30s, +5m)
+      failover --to NODE [--force]         manual failover (refused if NODE could lose data)
+      pause | resume                       maintenance mode: no failover, nodes leave PostgreSQL alone
+      rebuild --confirm --epoch N --primary NODE
+
 The credential is the operator's key file (operator.keys from pgha-keys
-generate), or the reader's for status only; --key-file, else the
-environment variable PGHA_OPERATOR_KEY_FILE.
+generate), or the reader's (or a node's) for list, status and history;
+--key-file, else the environment variable PGHA_OPERATOR_KEY_FILE.
+
+Exit codes: 0 done; 1 refused by the arbiter or arbiter unreachable;
+2 usage error or no usable credential. Errors are one line on stderr.
 """
+from __future__ import annotations
+
 import argparse
 import json
 import os
+import re
 import sys
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
 
 from pgha import keys, protocol
 
 KEY_FILE_ENV = "PGHA_OPERATOR_KEY_FILE"
+OK, REFUSED, USAGE = 0, 1, 2
+MB = 1024 * 1024
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pgha.ctl", description="Ask the arbiter")
+class Refused(Exception):
+    """The arbiter refused or could not be reached: exit code 1, one line."""
+
+
+class Usage(Exception):
+    """A bad argument found after parsing (e.g. --at): exit code 2, one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgha-ctl", description="Ask the arbiter")
     parser.add_argument("--arbiter", default="127.0.0.1:5430", help="HOST:PORT (default %(default)s)")
     parser.add_argument("--key-file", default=os.environ.get(KEY_FILE_ENV),
                         help=f"operator (or reader) key file (default: ${KEY_FILE_ENV})")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", help="the cluster's decision and each node's last report")
-    switch = sub.add_parser("switchover", help="planned hand-over to the standby (or NODE)")
-    switch.add_argument("node", nargs="?")
+    lister = sub.add_parser("list", help="the members as a table")
+    lister.add_argument("--json", action="store_true", help="machine-readable output")
+    lister.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                        help="redraw every SECONDS (default 2) until Ctrl-C")
+    status = sub.add_parser("status", help="the cluster's decision and each node's last report")
+    status.add_argument("-v", action="store_true", help="also the arbiter's whole reply as JSON")
+    history = sub.add_parser("history", help="the arbiter's event log (failovers, switchovers, pauses)")
+    history.add_argument("--json", action="store_true")
+    history.add_argument("--limit", type=int, default=20, help="the last N events (default %(default)s)")
+    switch = sub.add_parser("switchover", help="planned hand-over to the standby (or --to NODE)")
+    switch.add_argument("node", nargs="?", help=argparse.SUPPRESS)    # the old positional form
+    switch.add_argument("--to", help="the node to hand over to (default: the standby)")
+    switch.add_argument("--at", help="when: ISO 8601 time (UTC unless it has an offset) or +30s, +5m, +1h")
+    fail = sub.add_parser("failover", help="manual failover to NODE (a switchover while the primary lives)")
+    fail.add_argument("--to", required=True, help="the node to promote")
+    fail.add_argument("--force", action="store_true",
+                      help="promote it even if it may lack acknowledged commits (DATA LOSS)")
+    sub.add_parser("pause", help="maintenance mode on: no failover; nodes leave PostgreSQL alone")
+    sub.add_parser("resume", help="maintenance mode off")
     add_rebuild_command(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None,
+         call: Callable[..., dict[str, Any]] | None = None) -> int:
+    """call(host, port, message, timeout=, credential=): protocol.call unless a test passes another."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     host, _, port = args.arbiter.rpartition(":")
     if not host or not port.isdigit():
@@ -37,43 +85,275 @@ def main(argv=None):
         credential = keys.client_credential(args.key_file)
     except keys.KeyFileError as exc:
         print(f"ctl: {exc}", file=sys.stderr)
-        return 2
-    if args.command == "rebuild":
-        return rebuild(parser, args, host, int(port), credential)
-    message = {"type": "status"} if args.command == "status" else {"type": "switchover", "to": args.node}
+        return USAGE
+    send = call or protocol.call
+
+    def ask(message: dict[str, Any]) -> dict[str, Any]:
+        try:
+            reply = send(host, int(port), message, timeout=5.0, credential=credential)
+        except (OSError, protocol.ProtocolError) as exc:
+            raise Refused(f"arbiter {args.arbiter} unreachable: {exc}") from None
+        if reply.get("type") == "error":
+            raise Refused(str(reply.get("error")))
+        return reply
+
     try:
-        reply = protocol.call(host, int(port), message, timeout=5.0, credential=credential)
-    except (OSError, protocol.ProtocolError) as exc:
-        print(f"ctl: arbiter {args.arbiter} unreachable: {exc}", file=sys.stderr)
-        return 1
-    if reply.get("type") == "error":
-        print(f"ctl: {reply['error']}", file=sys.stderr)
-        return 1
-    if args.command == "status" and reply.get("rebuilding"):
-        print_rebuild_status(reply)
-    elif args.command == "status":
-        print(f"epoch {reply['epoch']}, primary {reply['primary']}, standby "
-              f"{'promotable' if reply['promotable'] else 'NOT promotable'}")
-        for name, node in reply["nodes"].items():
-            report = node.get("report") or {}
-            seen = node.get("last_seen_ago")
-            action = report.get("last_action")
-            clone = report.get("clone_progress") or {}
-            cloning = f", cloning {clone.get('percent')}% of {clone.get('total_bytes', 0) / 2**20:.0f} MB" \
-                if clone else ""
-            print(f"  {name}: {report.get('pg', 'unknown')} {report.get('role') or ''}"
-                  f"{'' if seen is None else f', last report {seen:.1f}s ago'}"
-                  f"{'' if action is None else f', last action {action}'}{cloning}")
-        if "-v" in (argv or sys.argv):
-            print(json.dumps(reply, indent=1))
+        return COMMANDS[args.command](args, ask)
+    except Refused as exc:
+        print(f"ctl: {' '.join(str(exc).split())}", file=sys.stderr)
+        return REFUSED
+    except Usage as exc:
+        print(f"ctl: {exc}", file=sys.stderr)
+        return USAGE
+    except KeyboardInterrupt:
+        return OK
+
+
+Ask = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+# -- list ------------------------------------------------------------------------------------
+
+def cmd_list(args: argparse.Namespace, ask: Ask) -> int:
+    if args.watch is None:
+        print(render_list(ask({"type": "status"}), args.json))
+        return OK
+    if args.watch <= 0:
+        raise Usage(f"--watch needs a positive number of seconds, got {args.watch}")
+    while True:     # Ctrl-C ends it (main returns 0)
+        try:
+            text = render_list(ask({"type": "status"}), args.json)
+        except Refused as exc:
+            text = f"ctl: {exc}"
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        sys.stdout.write("\x1b[H\x1b[2J" if sys.stdout.isatty() else "")
+        print(f"{stamp} (every {args.watch:g}s, Ctrl-C to stop)\n{text}", flush=True)
+        time.sleep(args.watch)
+
+
+COLUMNS = ("Member", "Host", "Role", "State", "TL", "Lag in MB", "Lease left", "Epoch", "Last action")
+
+
+def list_rows(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """One dict per member from the arbiter's status reply (what --json prints)."""
+    nodes = status.get("nodes") or {}
+    primary_name = status.get("primary")
+    primary = (nodes.get(primary_name) or {}).get("report") or {} if primary_name else {}
+    primary_lsn = primary.get("lsn") if primary.get("pg") == "running" and primary.get("role") == "primary" \
+        else None
+    rows = []
+    for name, node in nodes.items():
+        node = node or {}
+        report = node.get("report") or {}
+        running = report.get("pg") == "running"
+        role = report.get("role") if running else None
+        lag = None
+        if role == "standby" and primary_lsn is not None:
+            lag = max(0, primary_lsn - max(report.get("lsn") or 0, report.get("receive_lsn") or 0))
+        leases = report.get("lease_remaining")
+        address = report.get("address") or {}
+        rows.append({
+            "member": name,
+            "host": f"{address['host']}:{address['pg_port']}" if address.get("host") else None,
+            "role": _role(name, role, primary_name, primary.get("sync_standby")),
+            "state": ("streaming" if report.get("receiver") == "streaming" else report.get("pg", "unknown"))
+            if report else "unknown",
+            "timeline": report.get("timeline"),
+            "lag_bytes": lag,
+            "lease_left": max(leases.values()) if leases else None,
+            "epoch": node.get("epoch"),
+            "last_action": report.get("last_action"),
+            "last_seen_ago": node.get("last_seen_ago"),
+        })
+    return rows
+
+
+def _role(name: str, running_as: str | None, primary: str | None, sync_name: str | None) -> str:
+    if running_as == "primary":
+        return "Leader" if name == primary else "Primary (NOT the arbiter's)"
+    if running_as == "standby":
+        return "Sync Standby" if name == sync_name else "Replica"
+    return "Leader (down)" if name == primary else "-"
+
+
+def render_list(status: dict[str, Any], as_json: bool = False) -> str:
+    if status.get("rebuilding"):
+        return "\n".join(rebuild_status_lines(status))
+    rows = list_rows(status)
+    header = cluster_header(status)
+    if as_json:
+        return json.dumps({"epoch": status.get("epoch"), "primary": status.get("primary"),
+                           "promotable": status.get("promotable"), "paused": bool(status.get("paused")),
+                           "switchover_to": status.get("switchover_to"),
+                           "switchover_scheduled": status.get("switchover_scheduled"), "members": rows},
+                          indent=1)
+    cells = [[r["member"], r["host"] or "-", r["role"], r["state"], _show(r["timeline"]),
+              "-" if r["lag_bytes"] is None else f"{r['lag_bytes'] / MB:.1f}",
+              "-" if r["lease_left"] is None else f"{r['lease_left']:.1f}s",
+              _show(r["epoch"]), r["last_action"] or "-"] for r in rows]
+    return header + "\n" + table(COLUMNS, cells)
+
+
+def cluster_header(status: dict[str, Any]) -> str:
+    line = (f"+ Cluster: epoch {status.get('epoch')}, primary {status.get('primary')}, standby "
+            f"{'promotable' if status.get('promotable') else 'NOT promotable'}"
+            f"{', PAUSED (maintenance mode)' if status.get('paused') else ', not paused'}")
+    if status.get("switchover_to"):
+        line += f", switchover to {status['switchover_to']} pending"
+    scheduled = status.get("switchover_scheduled")
+    if scheduled:
+        line += f", switchover to {scheduled.get('to') or 'the standby'} scheduled at {scheduled.get('at')}"
+    return line + " +"
+
+
+def table(columns: tuple[str, ...], rows: list[list[str]]) -> str:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(cells: list[str] | tuple[str, ...]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    return "\n".join([rule, line(columns), rule, *(line(r) for r in rows), rule])
+
+
+def _show(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+# -- status ----------------------------------------------------------------------------------
+
+def cmd_status(args: argparse.Namespace, ask: Ask) -> int:
+    reply = ask({"type": "status"})
+    if reply.get("rebuilding"):
+        print("\n".join(rebuild_status_lines(reply)))
+        return OK
+    print(f"epoch {reply['epoch']}, primary {reply['primary']}, standby "
+          f"{'promotable' if reply['promotable'] else 'NOT promotable'}, "
+          f"{'PAUSED (maintenance mode)' if reply.get('paused') else 'not paused'}")
+    for name, node in reply["nodes"].items():
+        report = node.get("report") or {}
+        seen = node.get("last_seen_ago")
+        action = report.get("last_action")
+        clone = report.get("clone_progress") or {}
+        cloning = f", cloning {clone.get('percent')}% of {clone.get('total_bytes', 0) / MB:.0f} MB" if clone else ""
+        print(f"  {name}: {report.get('pg', 'unknown')} {report.get('role') or ''}"
+              f"{'' if seen is None else f', last report {seen:.1f}s ago'}"
+              f"{'' if action is None else f', last action {action}'}{cloning}")
+    if args.v:
+        print(json.dumps(reply, indent=1))
+    return OK
+
+
+# -- history ---------------------------------------------------------------------------------
+
+def cmd_history(args: argparse.Namespace, ask: Ask) -> int:
+    if args.limit < 1:
+        raise Usage(f"--limit must be at least 1, got {args.limit}")
+    reply = ask({"type": "history", "limit": args.limit})
+    events = reply.get("events") or []
+    if args.json:
+        print(json.dumps(events, indent=1))
+    else:
+        print(render_history(events))
+    return OK
+
+
+HISTORY_COLUMNS = ("Time", "Epoch", "Event", "Old primary", "New primary", "Old LSN", "New LSN", "Details")
+
+
+def render_history(events: list[dict[str, Any]]) -> str:
+    if not events:
+        return "no events recorded yet"
+    rows = []
+    for e in events:
+        kind = e.get("event", "?")
+        old = e.get("old_primary") or e.get("primary")
+        new = e.get("new_primary") or e.get("to")
+        details = e.get("reason") or ""
+        if kind == "promotable":
+            details = ("on" if e.get("promotable") else "off") + (f": {details}" if details else "")
+        elif kind == "failover_requested":
+            details = f"{e.get('how')}{', FORCED' if e.get('force') else ''}"
+        elif kind == "switchover_scheduled":
+            details = f"at {e.get('at')}"
+        rows.append([str(e.get("time", "?")), _show(e.get("epoch")), kind, old or "-", new or "-",
+                     format_lsn(e.get("old_primary_lsn")), format_lsn(e.get("new_primary_lsn")), details])
+    return table(HISTORY_COLUMNS, rows)
+
+
+def format_lsn(value: Any) -> str:
+    """PostgreSQL's X/Y form of an LSN integer."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return "-"
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+# -- switchover, failover, pause, resume -----------------------------------------------------
+
+def cmd_switchover(args: argparse.Namespace, ask: Ask) -> int:
+    if args.node and args.to and args.node != args.to:
+        raise Usage(f"two targets: {args.node} and --to {args.to}")
+    target = args.to or args.node
+    message: dict[str, Any] = {"type": "switchover", "to": target}
+    if args.at:
+        message["at"] = parse_at(args.at, time.time())
+    reply = ask(message)
+    if args.at:
+        print(f"switchover to {reply.get('switchover_to') or 'the standby'} scheduled at {reply.get('at')} "
+              "(held in the arbiter's memory: an arbiter restart forgets it)")
     else:
         print(f"switchover to {reply['switchover_to']} requested: the primary hands over at its next heartbeat")
-    return 0
+    return OK
+
+
+_RELATIVE = re.compile(r"^\+(\d+(?:\.\d+)?)([smh]?)$")
+
+
+def parse_at(text: str, now: float) -> float:
+    """Wall-clock seconds from "+30s", "+5m", "+1h", "+10" (seconds) or an ISO
+    8601 time (UTC when it names no offset). A Usage error names the forms."""
+    match = _RELATIVE.match(text.strip())
+    if match:
+        return now + float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise Usage(f"--at {text!r}: expected an ISO 8601 time (2024-05-01T12:00:00Z) or +30s, +5m, +1h") \
+            from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def cmd_failover(args: argparse.Namespace, ask: Ask) -> int:
+    if args.force:
+        print(f"WARNING: forced failover to {args.to}: if it is not promotable it may lack acknowledged "
+              "commits, which are then lost. The arbiter still waits for the old primary's lease to run out.",
+              file=sys.stderr)
+    reply = ask({"type": "failover", "to": args.to, "force": bool(args.force)})
+    if reply.get("how") == "switchover":
+        print(f"the primary is alive: switching over to {args.to} (the primary hands over at its next heartbeat)")
+    else:
+        print(f"failover to {args.to} requested{' (FORCED)' if reply.get('forced') else ''}: it is promoted once "
+              "the old primary's lease has run out")
+    return OK
+
+
+def cmd_pause(args: argparse.Namespace, ask: Ask) -> int:
+    reply = ask({"type": "pause"})
+    print("paused (maintenance mode): no failover or switchover; the nodes leave PostgreSQL alone; "
+          "leases and fencing still run" + ("" if reply.get("changed") else " (it already was)"))
+    return OK
+
+
+def cmd_resume(args: argparse.Namespace, ask: Ask) -> int:
+    reply = ask({"type": "resume"})
+    print("resumed: failover and switchover enabled" + ("" if reply.get("changed") else " (it was not paused)"))
+    return OK
 
 
 # -- rebuilding a lost arbiter state (arbiter.py --rebuild; pgha.rebuild) -----------------
 
-def add_rebuild_command(sub):
+def add_rebuild_command(sub: Any) -> None:
     rebuild_cmd = sub.add_parser("rebuild", help="confirm the rebuild proposal of an arbiter started "
                                                  "with --rebuild (see `status` for it)")
     rebuild_cmd.add_argument("--confirm", action="store_true", required=True,
@@ -82,36 +362,41 @@ def add_rebuild_command(sub):
     rebuild_cmd.add_argument("--primary", required=True, help="the proposed primary, as shown by status")
 
 
-def rebuild(parser, args, host, port, credential):
-    message = {"type": "rebuild", "epoch": args.epoch, "primary": args.primary}
-    try:
-        reply = protocol.call(host, port, message, timeout=5.0, credential=credential)
-    except (OSError, protocol.ProtocolError) as exc:
-        print(f"ctl: arbiter {args.arbiter} unreachable: {exc}", file=sys.stderr)
-        return 1
+def cmd_rebuild(args: argparse.Namespace, ask: Ask) -> int:
+    reply = ask({"type": "rebuild", "epoch": args.epoch, "primary": args.primary})
     if reply.get("type") != "ok":
-        print(f"ctl: {reply.get('error', reply)}", file=sys.stderr)
-        return 1
+        raise Refused(str(reply.get("error", reply)))
     print(f"state rebuilt: epoch {reply['epoch']}, primary {reply['primary']}; the arbiter serves normally")
-    return 0
+    return OK
 
 
-def print_rebuild_status(reply):
+def rebuild_status_lines(reply: dict[str, Any]) -> list[str]:
     proposal = reply.get("proposal")
-    print("REBUILDING: the arbiter lost its state and tells every node to wait")
+    lines = ["REBUILDING: the arbiter lost its state and tells every node to wait"]
     if proposal:
-        print(f"proposal: epoch {proposal['epoch']}, primary {proposal['primary']}\n"
-              f"confirm with: python -m pgha.ctl rebuild --confirm --epoch {proposal['epoch']} "
-              f"--primary {proposal['primary']}")
+        lines.append(f"proposal: epoch {proposal['epoch']}, primary {proposal['primary']}\n"
+                     f"confirm with: python -m pgha.ctl rebuild --confirm --epoch {proposal['epoch']} "
+                     f"--primary {proposal['primary']}")
     else:
-        print(f"no proposal: {reply.get('proposal_problem')}")
+        lines.append(f"no proposal: {reply.get('proposal_problem')}")
     for name, node in (reply.get("nodes") or {}).items():
         if node is None:
-            print(f"  {name}: not heard from")
+            lines.append(f"  {name}: not heard from")
             continue
         report = node.get("report") or {}
-        print(f"  {name}: acted on epoch {node['acted_epoch']}, PostgreSQL {report.get('pg', 'unknown')} "
-              f"{report.get('role') or ''}, last report {node['last_seen_ago']:.1f}s ago")
+        lines.append(f"  {name}: acted on epoch {node['acted_epoch']}, PostgreSQL {report.get('pg', 'unknown')} "
+                     f"{report.get('role') or ''}, last report {node['last_seen_ago']:.1f}s ago")
+    return lines
+
+
+def print_rebuild_status(reply: dict[str, Any]) -> None:
+    print("\n".join(rebuild_status_lines(reply)))
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Ask], int]] = {
+    "list": cmd_list, "status": cmd_status, "history": cmd_history, "switchover": cmd_switchover,
+    "failover": cmd_failover, "pause": cmd_pause, "resume": cmd_resume, "rebuild": cmd_rebuild,
+}
 
 
 if __name__ == "__main__":

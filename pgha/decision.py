@@ -10,6 +10,8 @@ Durable state (written before any instruction that depends on it is sent):
     epoch       bumped by every change of primary
     primary     the node that may run PostgreSQL as primary
     promotable  the standby holds every acknowledged commit (invariant 1)
+    paused      maintenance mode: no failover, no switchover; the nodes leave
+                PostgreSQL alone (node_rules row M1); leases and fencing run on
 
 Observations (memory only, rebuilt conservatively after an arbiter restart):
     when each node was last heard, its last report, and the bookkeeping of
@@ -56,6 +58,7 @@ class ClusterState:
     epoch: int
     primary: str
     promotable: bool = False
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,10 @@ class Memory:
     # the new primary keeps it as synchronous standby from its first commit.
     handover_from: str | None = None
     handover_at: float = 0.0
+    # An operator's failover to this node while the primary is silent
+    # (request_failover); forced: even when it is not promotable.
+    failover_to: str | None = None
+    failover_forced: bool = False
 
     @classmethod
     def at_start(cls, now: float) -> Memory:
@@ -113,7 +120,8 @@ def on_heartbeat(state: ClusterState, memory: Memory, topology: Topology, node: 
 def _observe_primary(state: ClusterState, memory: Memory, topology: Topology, node: str,
                      previous: Report | None, report: Report, now: float,
                      timings: Timings) -> tuple[ClusterState, Memory, Events]:
-    memory = replace(memory, primary_seen_at=now)
+    # A primary that reports is alive: an operator's pending failover is void.
+    memory = replace(memory, primary_seen_at=now, failover_to=None, failover_forced=False)
     standby = topology.standby_of(node)
     if report.relinquished:
         blocker = failover_blocker(state, memory, standby, now, timings, primary_relinquished=True)
@@ -139,7 +147,9 @@ def _observe_standby(state: ClusterState, memory: Memory, node: str, now: float,
                      timings: Timings) -> tuple[ClusterState, Memory, Events]:
     if failover_blocker(state, memory, node, now, timings) is None:
         silent = now - memory.primary_seen_at
-        return _failover(state, memory, node, now, f"primary {state.primary} silent for {silent:.1f}s "
+        manual = ("" if memory.failover_to != node else
+                  "operator's forced failover: " if memory.failover_forced else "operator's failover: ")
+        return _failover(state, memory, node, now, f"{manual}primary {state.primary} silent for {silent:.1f}s "
                                                    f"and its lease from {node} expired")
     return state, memory, ()
 
@@ -153,20 +163,27 @@ def instruction_for(state: ClusterState, memory: Memory, topology: Topology, nod
             epoch=state.epoch, role=PRIMARY, standby=standby,
             standby_address=standby_report.address if standby_report else None,
             sync_standby=desired_sync_standby(state, memory, standby, now, timings),
-            relinquish=memory.switchover_to == standby and state.promotable,
-            lease_time=timings.lease_time, heartbeat_interval=timings.heartbeat_interval)
+            relinquish=memory.switchover_to == standby and state.promotable and not state.paused,
+            lease_time=timings.lease_time, heartbeat_interval=timings.heartbeat_interval,
+            paused=state.paused)
     primary_report = memory.reports.get(state.primary)
     if primary_report is None or primary_report.address is None:
         return _wait(state, f"waiting for primary {state.primary} to report")
     return Instruction(epoch=state.epoch, role=STANDBY, primary=state.primary,
                        primary_address=primary_report.address,
-                       lease_time=timings.lease_time, heartbeat_interval=timings.heartbeat_interval)
+                       lease_time=timings.lease_time, heartbeat_interval=timings.heartbeat_interval,
+                       paused=state.paused)
 
 
 def failover_blocker(state: ClusterState, memory: Memory, standby: str, now: float, timings: Timings,
                      primary_relinquished: bool = False) -> str | None:
-    """Why `standby` may not be promoted now, or None when it may (invariants 1 and 2)."""
-    if not state.promotable:
+    """Why `standby` may not be promoted now, or None when it may (invariants 1 and 2).
+    An operator's forced failover (memory.failover_forced) waives only
+    invariant 1's check, never the lease checks of invariant 2."""
+    if state.paused:
+        return "the cluster is paused (maintenance mode)"
+    forced = memory.failover_forced and memory.failover_to == standby
+    if not state.promotable and not forced:
         return "the standby is not known to hold every acknowledged commit"
     report = memory.reports.get(standby)
     seen = memory.last_seen.get(standby)
@@ -186,11 +203,12 @@ def failover_blocker(state: ClusterState, memory: Memory, standby: str, now: flo
 
 def _failover(state: ClusterState, memory: Memory, new_primary: str, now: float,
               why: str) -> tuple[ClusterState, Memory, Events]:
-    new_state = ClusterState(epoch=state.epoch + 1, primary=new_primary, promotable=False)
+    new_state = ClusterState(epoch=state.epoch + 1, primary=new_primary, promotable=False, paused=state.paused)
     # The new primary's lease starts now; the old primary is the standby-to-be,
     # about which nothing is known yet.
     new_memory = replace(memory, primary_seen_at=now, sync_since_lsn=None, sync_dropped_at=None,
-                         switchover_to=None, reconnect_grace_until=None, handover_from=None)
+                         switchover_to=None, reconnect_grace_until=None, handover_from=None,
+                         failover_to=None, failover_forced=False)
     event = ("failover", f"epoch {new_state.epoch}: promoting {new_primary} "
                          f"(was standby of {state.primary}): {why}")
     return new_state, new_memory, (event,)
@@ -265,6 +283,49 @@ def request_switchover(state: ClusterState, memory: Memory, topology: Topology,
         return memory, f"unknown node {target!r}"
     if target == state.primary:
         return memory, f"{target} is already the primary"
+    if state.paused:
+        return memory, "the cluster is paused (maintenance mode): resume first"
     if not state.promotable:
         return memory, f"{target} is not promotable (not synchronous and caught up)"
     return replace(memory, switchover_to=target), None
+
+
+def primary_alive(memory: Memory, now: float, timings: Timings) -> bool:
+    """The primary reported within a lease: its leases may still run."""
+    return now - memory.primary_seen_at < timings.lease_time
+
+
+def request_failover(state: ClusterState, memory: Memory, topology: Topology, target: str, force: bool,
+                     now: float, timings: Timings) -> tuple[Memory, str | None, str]:
+    """An operator's manual failover to `target`: (memory, error, how).
+
+    With a live primary it is a switchover (how "switchover"): the primary
+    hands over cleanly, and only to a promotable standby. With a silent one
+    (how "failover") the standby is promoted once the primary's lease has
+    run out, like the automatic failover; `force` waives invariant 1 (the
+    standby may lack acknowledged commits), never the lease wait of
+    invariant 2."""
+    if target not in topology:
+        return memory, f"unknown node {target!r}", ""
+    if target == state.primary:
+        return memory, f"{target} is already the primary", ""
+    if state.paused:
+        return memory, "the cluster is paused (maintenance mode): resume first", ""
+    if primary_alive(memory, now, timings):
+        if not state.promotable:
+            return memory, (f"{target} is not promotable (not synchronous and caught up) and the primary "
+                            f"{state.primary} is alive: a failover now could lose acknowledged commits; "
+                            "wait until it is synchronous"), ""
+        return replace(memory, switchover_to=target), None, "switchover"
+    if not state.promotable and not force:
+        return memory, (f"{target} is not promotable: it may lack acknowledged commits; "
+                        "use --force to promote it anyway (data loss)"), ""
+    return replace(memory, failover_to=target, failover_forced=force and not state.promotable), None, "failover"
+
+
+def set_paused(state: ClusterState, memory: Memory, paused: bool) -> tuple[ClusterState, Memory]:
+    """Maintenance mode on or off. Pausing drops any pending switchover or
+    manual failover, so none fires at the resume."""
+    if paused:
+        memory = replace(memory, switchover_to=None, failover_to=None, failover_forced=False)
+    return replace(state, paused=paused), memory

@@ -157,6 +157,7 @@ def node_json(s: NodeSnapshot, view: ClusterView | None, now: float) -> dict[str
         "failovers": s.failovers,
         "fences": s.fences,
         "promotable": None if current is None else current.promotable,
+        "pause": None if current is None else current.paused,      # Patroni's name for it
     }
     return body
 
@@ -192,7 +193,7 @@ def cluster_json(s: NodeSnapshot, view: ClusterView | None, now: float) -> dict[
             entry["lease_remaining"] = dict(r.lease_remaining)
         members.append(entry)
     return {"source": "arbiter", "age": round(now - view.fetched_at, 3), "epoch": view.epoch,
-            "primary": view.primary, "promotable": view.promotable, "members": members}
+            "primary": view.primary, "promotable": view.promotable, "pause": view.paused, "members": members}
 
 
 def _member_role(running_as: str | None, named_primary: bool, named_sync: bool) -> str | None:

@@ -162,6 +162,7 @@ class Instruction:
     relinquish: bool = False                # primary: stop PostgreSQL and hand over (switchover)
     lease_time: float | None = None         # the cluster's timings, for the node's leases
     heartbeat_interval: float | None = None
+    paused: bool = False                    # maintenance mode: leave PostgreSQL alone (node_rules M1)
 
     @property
     def standby_slot(self) -> str | None:
@@ -192,6 +193,7 @@ class Instruction:
             relinquish=_field(wire, "relinquish", bool, where, default=False),
             lease_time=_positive(wire, "lease_time", where),
             heartbeat_interval=_positive(wire, "heartbeat_interval", where),
+            paused=_field(wire, "paused", bool, where, default=False),
         )
         if role == STANDBY and (instruction.primary is None or instruction.primary_address is None):
             raise ProtocolError("a standby instruction must name the primary and its address")
@@ -199,6 +201,8 @@ class Instruction:
 
     def to_wire(self) -> dict:
         wire: dict[str, Any] = {"type": "instruction", "epoch": self.epoch, "role": self.role}
+        if self.paused:
+            wire["paused"] = True
         if self.role == WAIT:
             wire["reason"] = self.reason
             return wire

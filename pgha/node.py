@@ -263,6 +263,9 @@ class Node:
     def _await_start(self, d):
         pass
 
+    def _paused(self, d):
+        pass    # maintenance mode: PostgreSQL is left alone (node_rules M1)
+
     def _await_streaming(self, d):
         pass
 

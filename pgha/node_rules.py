@@ -8,6 +8,9 @@ order; the first that matches wins.
     no answer from the arbiter ........................ NO_ANSWER (leases lapse; the watchdog fences)
     epoch older than the one acted on ................. IGNORE_OLD_EPOCH
     role wait ......................................... WAIT
+    M1  paused, and the row below would start, stop,
+        promote, demote, rewind or clone PostgreSQL ... PAUSED (maintenance mode: leave it alone;
+                                                        keep reporting; leases and fencing run on)
 
   Primary at epoch E (a hand-over ends: the arbiter kept this node, so it starts again)
     P1  PostgreSQL starting ........................... AWAIT_START
@@ -80,6 +83,16 @@ class Action(Enum):
     CLONE = "clone"
     REWIND = "rewind"
     START_STANDBY = "start_standby"
+    PAUSED = "paused"
+
+
+# What maintenance mode holds back: every action that starts, stops,
+# promotes, demotes, rewinds or clones PostgreSQL. Reporting, sync and slot
+# management (writes go on) and the steady states are left as they are.
+TOUCHES_POSTGRES = frozenset({Action.BOOTSTRAP, Action.HAND_OVER, Action.RESTART_AFTER_CRASH,
+                              Action.PROMOTE_STOPPED_STANDBY, Action.START_PRIMARY,
+                              Action.PROMOTE_RUNNING_STANDBY, Action.RELINQUISH, Action.DEMOTE, Action.FOLLOW,
+                              Action.RESTART_REJOIN, Action.CLONE, Action.REWIND, Action.START_STANDBY})
 
 
 # Steady states: nothing changes. The node's report keeps the last other action.
@@ -148,10 +161,17 @@ def decide(view: NodeView) -> Decision:
     if instruction.epoch < view.acted_epoch:
         return Decision(Action.IGNORE_OLD_EPOCH, "-", hand_over=view.hand_over)
     if instruction.role == PRIMARY:
-        return _as_primary(view, instruction)
-    if instruction.role == STANDBY:
-        return _as_standby(view, instruction)
-    return Decision(Action.WAIT, "-", hand_over=view.hand_over, why=instruction.reason or "")
+        chosen = _as_primary(view, instruction)
+    elif instruction.role == STANDBY:
+        chosen = _as_standby(view, instruction)
+    else:
+        return Decision(Action.WAIT, "-", hand_over=view.hand_over, why=instruction.reason or "")
+    if instruction.paused and chosen.action in TOUCHES_POSTGRES:
+        # Nothing is made durable and the hand-over state is kept: on resume
+        # the same row is chosen again.
+        return Decision(Action.PAUSED, "M1", hand_over=view.hand_over,
+                        why=f"{chosen.row} {chosen.action.value} held back")
+    return chosen
 
 
 def _as_primary(view: NodeView, ins: Instruction) -> Decision:

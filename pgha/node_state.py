@@ -86,6 +86,7 @@ class ClusterView:
     primary: str | None
     promotable: bool
     members: tuple[Member, ...] = ()
+    paused: bool = False                    # maintenance mode (pgha.ctl pause)
 
     def member(self, name: str) -> Member | None:
         return next((m for m in self.members if m.name == name), None)
@@ -105,7 +106,8 @@ class ClusterView:
         epoch = status.get("epoch")
         return cls(fetched_at=fetched_at, epoch=epoch if isinstance(epoch, int) else 0,
                    primary=status.get("primary") if isinstance(status.get("primary"), str) else None,
-                   promotable=status.get("promotable") is True, members=tuple(members))
+                   promotable=status.get("promotable") is True, members=tuple(members),
+                   paused=status.get("paused") is True)
 
 
 @dataclass(frozen=True)

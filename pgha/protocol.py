@@ -44,7 +44,8 @@ log = logs.get("protocol")
 
 VERSION = 1
 MAX_FRAME = 64 * 1024
-REQUEST_TYPES = {"heartbeat", "status", "switchover", "lease", "rebuild"}
+REQUEST_TYPES = {"heartbeat", "status", "switchover", "lease", "rebuild", "failover", "pause", "resume",
+                 "history"}
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -124,8 +125,16 @@ def validate_request(message: dict[str, Any]) -> dict[str, Any]:
     if kind == "rebuild":     # an operator's confirmation of the rebuild proposal (pgha.rebuild)
         check_type(message.get("epoch"), int, "epoch")
         check_type(message.get("primary"), str, "primary")
-    if kind == "switchover" and message.get("to") is not None:
+    if kind in ("switchover", "failover") and message.get("to") is not None:
         check_type(message["to"], str, "to")
+    if kind == "switchover" and message.get("at") is not None:    # wall-clock seconds (scheduled)
+        check_type(message["at"], (int, float), "at")
+    if kind == "failover":
+        check_type(message.get("to"), str, "to")
+        if message.get("force") is not None:
+            check_type(message["force"], bool, "force")
+    if kind == "history" and message.get("limit") is not None:
+        check_type(message["limit"], int, "limit")
     return message
 
 

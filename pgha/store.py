@@ -6,14 +6,16 @@ old content or the new, never a torn write, and once a write returns the new
 content survives a crash or power loss.
 
 StateStore: where the arbiter keeps its decision (epoch, primary,
-promotable). The arbiter uses only this interface; FileStore is today's
-implementation, one JSON file.
+promotable, paused) and its event history. The arbiter uses only this
+interface; FileStore is today's implementation, one JSON file plus a
+JSON-lines history beside it.
 """
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -107,6 +109,23 @@ class StateStore(ABC):
         writing nothing, when it does not; StateStoreError when it cannot write.
         When save() returns, the decision survives a crash (invariant 3)."""
 
+    # -- history: what happened, for operators (pgha.ctl history) ------------
+    # An event is a flat JSON object: "time" (ISO 8601 UTC), "event" (its
+    # kind: failover, switchover_requested, promotable, pause, resume, ...),
+    # "epoch", and fields of its kind. The store keeps at least the last
+    # HISTORY_KEEP events; older ones may be dropped.
+
+    @abstractmethod
+    def append_event(self, event: dict[str, Any]) -> None:
+        """Add `event` at the end of the history. When it returns the event
+        survives a crash (the arbiter appends a decision's event before it
+        announces the decision). Raises StateStoreError when it cannot write."""
+
+    @abstractmethod
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The last `limit` events (all kept ones when None), oldest first.
+        Raises StateStoreError when the history cannot be read."""
+
 
 def check_state(value: Any) -> ClusterState | None:
     """A ClusterState from its stored form, or None if any field is missing or
@@ -115,9 +134,10 @@ def check_state(value: Any) -> ClusterState | None:
     if not isinstance(value, dict):
         return None
     epoch, primary, promotable = value.get("epoch"), value.get("primary"), value.get("promotable")
+    paused = value.get("paused", False)     # absent in states saved before maintenance mode
     if type(epoch) is int and epoch >= 1 and isinstance(primary, str) and primary \
-            and type(promotable) is bool:
-        return ClusterState(epoch=epoch, primary=primary, promotable=promotable)
+            and type(promotable) is bool and type(paused) is bool:
+        return ClusterState(epoch=epoch, primary=primary, promotable=promotable, paused=paused)
     return None
 
 
@@ -125,19 +145,33 @@ def state_to_stored(state: ClusterState) -> dict[str, Any]:
     """The stored form of `state`; a TypeError for anything load() would call damaged."""
     if not isinstance(state, ClusterState):
         raise TypeError(f"not a ClusterState: {state!r}")
-    stored = {"epoch": state.epoch, "primary": state.primary, "promotable": state.promotable}
+    stored: dict[str, Any] = {"epoch": state.epoch, "primary": state.primary, "promotable": state.promotable}
+    if state.paused:    # absent when off: files stay as they were before maintenance mode
+        stored["paused"] = True
     if check_state(stored) != state:
         raise TypeError(f"not a valid cluster state: {state!r}")
     return stored
 
 
+HISTORY_KEEP = 1000     # events every store keeps at least
+
+
 class FileStore(StateStore):
     """One JSON file, replaced durably (save_json). Compare-and-set holds an
     exclusive lock on the file's folder, so two processes pointed at the same
-    file cannot both win the same epoch."""
+    file cannot both win the same epoch.
+
+    History: `<path>.history.jsonl` beside it, one event per line, appended
+    and fsynced. Once it holds 2 * HISTORY_KEEP lines it is rewritten
+    durably with the last HISTORY_KEEP (a crash leaves the old or the new
+    file, never a torn one); a torn last line (a crash mid-append) is skipped
+    when read."""
 
     def __init__(self, path: str) -> None:
         self.path = str(path)
+        self.history_path = self.path + ".history.jsonl"
+        self._history_lines: int | None = None     # counted at the first append
+        self._history_lock = threading.Lock()
 
     def __str__(self) -> str:
         return self.path
@@ -168,6 +202,65 @@ class FileStore(StateStore):
                 save_json(self.path, stored)
         except OSError as exc:
             raise StateStoreError(f"cannot write state file {self.path}: {_one_line(exc)}") from None
+
+
+    def append_event(self, event: dict[str, Any]) -> None:
+        line = json.dumps(event, sort_keys=True, separators=(",", ":")) + "\n"
+        try:
+            with self._history_lock:
+                if self._history_lines is None:
+                    self._history_lines = len(self._read_history_lines())
+                if self._history_lines >= 2 * HISTORY_KEEP:
+                    kept = self._read_history_lines()[-(HISTORY_KEEP - 1):]
+                    write_durably(self.history_path, "".join(kept) + line)
+                    self._history_lines = len(kept) + 1
+                    return
+                created = not os.path.exists(self.history_path)
+                fd = os.open(self.history_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    size = os.fstat(fd).st_size
+                    # After a torn append, start on a line of our own.
+                    lead = "\n" if size and os.pread(fd, 1, size - 1) != b"\n" else ""
+                    os.write(fd, (lead + line).encode("utf-8"))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                if created:     # the new name must survive a crash too
+                    _fsync_folder(self.history_path)
+                self._history_lines += 1
+        except OSError as exc:
+            raise StateStoreError(f"cannot append to history file {self.history_path}: {_one_line(exc)}") from None
+
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        try:
+            lines = self._read_history_lines()
+        except OSError as exc:
+            raise StateStoreError(f"cannot read history file {self.history_path}: {_one_line(exc)}") from None
+        events = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue        # a torn line from a crash mid-append
+            if isinstance(event, dict):
+                events.append(event)
+        return events[-limit:] if limit is not None and limit > 0 else events if limit is None else []
+
+    def _read_history_lines(self) -> list[str]:
+        """Whole lines only (ending in a newline): a torn tail is left out."""
+        try:
+            with open(self.history_path, encoding="utf-8", errors="replace") as f:
+                return [line for line in f if line.endswith("\n")]
+        except FileNotFoundError:
+            return []
+
+
+def _fsync_folder(path: str) -> None:
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 class _locked_folder:

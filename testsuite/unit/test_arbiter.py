@@ -215,7 +215,8 @@ def test_first_start_writes_the_initial_state(tmp_path):
     arbiter = Arbiter(make_settings(state_file, initial_primary=S), clock=FakeClock(), init=True)
     assert json.loads(state_file.read_text()) == {"epoch": 1, "primary": S, "promotable": False}
     assert (arbiter.state.epoch, arbiter.state.primary) == (1, S)
-    assert os.listdir(tmp_path) == ["state.json"]             # no temporary file left behind
+    # no temporary file left behind (the history file lives beside the state)
+    assert sorted(os.listdir(tmp_path)) == ["state.json", "state.json.history.jsonl"]
 
 
 def fail_over(running, client):
@@ -234,7 +235,7 @@ def test_decisions_are_durable_and_reloaded(running, tmp_path):
     reply = c.ask(heartbeat(S, 1, standby_report()))
     assert (reply["role"], reply["epoch"]) == ("primary", 2)
     assert running.saved() == {"epoch": 2, "primary": S, "promotable": False}
-    assert sorted(os.listdir(tmp_path)) == ["arbiter-state.json"]
+    assert sorted(os.listdir(tmp_path)) == ["arbiter-state.json", "arbiter-state.json.history.jsonl"]
 
     # A restarted arbiter on the same file knows the failover; initial_primary no longer matters.
     restarted = Arbiter(running.settings, clock=FakeClock(5.0))
@@ -396,7 +397,14 @@ def test_the_arbiter_uses_any_state_store(tmp_path):
             assert expected_epoch == (self.saved[-1].epoch if self.saved else None)
             self.saved.append(new)
 
+        def append_event(self, event):
+            self.events.append(event)
+
+        def history(self, limit=None):
+            return self.events[-limit:] if limit else list(self.events)
+
     memory_store = MemoryStore()
+    memory_store.events = []
     arbiter = Arbiter(make_settings(tmp_path / "unused.json"), clock=FakeClock(), state_store=memory_store,
                       init=True)
     assert memory_store.saved == [arbiter.state] and arbiter.state.epoch == 1

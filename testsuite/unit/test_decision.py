@@ -638,3 +638,111 @@ def test_an_old_primary_that_does_not_rejoin_costs_sync_only_after_a_stall_or_a_
     quiet = on_heartbeat(done.state, done.memory, TOPOLOGY, "b", 4,
                          primary_report(name="b", sync_standby="a", replication=[]), NOW + T.lease_time + 0.1, T)
     assert quiet.instruction.sync_standby is None
+
+
+# -- maintenance mode (paused) ----------------------------------------------------------
+
+from pgha.decision import request_failover, set_paused  # noqa: E402
+
+
+@pytest.mark.parametrize("case", [c for c in FAILOVER_TABLE if c[5]], ids=[c[0] for c in FAILOVER_TABLE if c[5]])
+def test_paused_no_failover_in_any_row_that_would_promote(case):
+    """Every row of the failover table that promotes does not while paused;
+    the standby is told to stay a standby, with paused=True."""
+    _, promotable, silent, report, node_epoch, _ = case
+    state = ClusterState(epoch=3, primary="a", promotable=promotable, paused=True)
+    memory = steady_memory(primary_seen_at=NOW - silent, standby_seen_at=NOW - 0.5)
+    outcome = on_heartbeat(state, memory, TOPOLOGY, "b", node_epoch, report, NOW, T)
+    assert_no_failover(state, outcome)
+    i = outcome.instruction
+    assert (i.role, i.epoch, i.paused) == ("standby", 3, True)
+    assert i.to_wire()["paused"] is True
+
+
+def test_paused_primary_keeps_managing_sync_and_its_instruction_says_paused():
+    state = ClusterState(epoch=3, primary="a", promotable=True, paused=True)
+    memory = steady_memory()
+    outcome = on_heartbeat(state, memory, TOPOLOGY, "a", 3, primary_report(replication=[]), NOW, T)
+    assert outcome.state == replace(state, promotable=False)     # invariant 5 still runs: writes go on
+    assert outcome.state.paused and outcome.instruction.paused
+    assert outcome.instruction.sync_standby is None
+
+
+def test_paused_relinquish_does_not_hand_over():
+    state = ClusterState(epoch=5, primary="a", promotable=True, paused=True)
+    memory = steady_memory(primary_seen_at=NOW - 0.5, switchover_to="b")
+    outcome = on_heartbeat(state, memory, TOPOLOGY, "a", 5, primary_report(pg="stopped", relinquished=True), NOW, T)
+    assert_no_failover(state, outcome)
+
+
+def test_pause_drops_a_pending_switchover_and_refuses_new_ones():
+    state = ClusterState(3, "a", promotable=True)
+    memory, _ = request_switchover(state, steady_memory(), TOPOLOGY, "b")
+    paused, memory = set_paused(state, memory, True)
+    assert paused.paused and memory.switchover_to is None
+    primary = on_heartbeat(paused, memory, TOPOLOGY, "a", 3, primary_report(), NOW, T)
+    assert primary.instruction.relinquish is False
+    assert "paused" in request_switchover(paused, memory, TOPOLOGY, "b")[1]
+    assert "paused" in request_failover(paused, memory, TOPOLOGY, "b", True, NOW, T)[1]
+
+
+def test_resume_lets_the_held_back_failover_happen():
+    state = ClusterState(epoch=3, primary="a", promotable=True, paused=True)
+    memory = steady_memory(primary_seen_at=NOW - 60, standby_seen_at=NOW - 0.5)
+    held = on_heartbeat(state, memory, TOPOLOGY, "b", 3, standby_report(), NOW, T)
+    assert_no_failover(state, held)
+    resumed, memory = set_paused(held.state, held.memory, False)
+    outcome = on_heartbeat(resumed, memory, TOPOLOGY, "b", 3, standby_report(), NOW + 0.5, T)
+    assert_failover(resumed, outcome, "b")
+    assert outcome.instruction.paused is False
+
+
+# -- manual failover (pgha.ctl failover --to) -----------------------------------------
+
+@pytest.mark.parametrize("promotable, silent, force, error, how", [
+    (True, 0.5, False, None, "switchover"),
+    (True, 0.5, True, None, "switchover"),
+    (False, 0.5, False, "primary a is alive", ""),
+    (False, 0.5, True, "primary a is alive", ""),       # force never drops commits of a live primary
+    (True, 10.0, False, None, "failover"),
+    (False, 10.0, False, "use --force", ""),
+    (False, 10.0, True, None, "failover"),
+], ids=["live-promotable", "live-promotable-forced", "live-not-promotable", "live-not-promotable-forced",
+        "silent-promotable", "silent-not-promotable", "silent-not-promotable-forced"])
+def test_manual_failover_request(promotable, silent, force, error, how):
+    state = ClusterState(3, "a", promotable)
+    memory = steady_memory(primary_seen_at=NOW - silent)
+    new_memory, problem, kind = request_failover(state, memory, TOPOLOGY, "b", force, NOW, T)
+    if error:
+        assert error in problem and new_memory == memory
+    else:
+        assert problem is None and kind == how
+        if how == "switchover":
+            assert new_memory.switchover_to == "b" and new_memory.failover_to is None
+        else:
+            assert new_memory.failover_to == "b" and new_memory.failover_forced == (force and not promotable)
+
+
+def test_forced_failover_waits_for_the_lease_and_then_promotes_a_non_promotable_standby():
+    state = ClusterState(3, "a", promotable=False)
+    memory = steady_memory(primary_seen_at=NOW - 3.5, standby_seen_at=NOW - 0.5)
+    memory, problem, how = request_failover(state, memory, TOPOLOGY, "b", True, NOW, T)
+    assert problem is None and how == "failover"
+    early = on_heartbeat(state, memory, TOPOLOGY, "b", 3, standby_report(), NOW, T)    # 3.5 s < lease + margin
+    assert_no_failover(state, early)
+    granting = on_heartbeat(state, early.memory, TOPOLOGY, "b", 3, standby_report(grant_remaining=0.5), NOW + 1, T)
+    assert_no_failover(state, granting)                                                 # invariant 2 holds
+    done = on_heartbeat(state, granting.memory, TOPOLOGY, "b", 3, standby_report(), NOW + 1.5, T)
+    assert_failover(state, done, "b")
+    assert "forced" in failover_events(done)[0]
+    assert done.memory.failover_to is None and not done.memory.failover_forced
+
+
+def test_a_primary_that_reports_voids_a_pending_manual_failover():
+    state = ClusterState(3, "a", promotable=False)
+    memory = steady_memory(primary_seen_at=NOW - 10)
+    memory, _, _ = request_failover(state, memory, TOPOLOGY, "b", True, NOW, T)
+    back = on_heartbeat(state, memory, TOPOLOGY, "a", 3, primary_report(), NOW + 0.1, T)
+    assert back.memory.failover_to is None and not back.memory.failover_forced
+    later = on_heartbeat(back.state, back.memory, TOPOLOGY, "b", 3, standby_report(), NOW + 20, T)
+    assert_no_failover(state, later)

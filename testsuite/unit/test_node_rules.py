@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 
 from pgha.messages import Address, Instruction
-from pgha.node_rules import (CRASH_RESTART_WINDOW, READ_WRITE, STANDBY_STREAM_DEADLINE, Action, DataDir,
-                             HandOver, NodeView, decide)
+from pgha.node_rules import (CRASH_RESTART_WINDOW, READ_WRITE, STANDBY_STREAM_DEADLINE, TOUCHES_POSTGRES,
+                             Action, DataDir, HandOver, NodeView, decide)
 
 NOW = 10_000.0
 A = Address("a.example", 5432, 5433, "slot_a")
@@ -94,6 +94,16 @@ TABLE = [
     ("S11", view(standby(epoch=4), data=DataDir.WAS_PRIMARY, hand_over=HandOver.HANDED_OVER),
      Action.REWIND, 4),
     ("S12", view(standby(epoch=5), data=DataDir.WAS_STANDBY), Action.START_STANDBY, 5),
+    # Maintenance mode (instruction.paused): PostgreSQL is left alone, nothing is made durable.
+    ("M1", view(replace(primary(), paused=True), data=DataDir.WAS_PRIMARY, acting_primary=True,
+                last_crash_restart=NOW - CRASH_RESTART_WINDOW - 1), Action.PAUSED, None),
+    ("M1", view(replace(primary(), paused=True), **RUNNING_STANDBY), Action.PAUSED, None),
+    ("M1", view(replace(standby(epoch=4), paused=True), **RUNNING_PRIMARY), Action.PAUSED, None),
+    ("M1", view(replace(standby(), paused=True), data=DataDir.WAS_PRIMARY), Action.PAUSED, None),
+    ("M1", view(replace(standby(), paused=True), data=DataDir.EMPTY), Action.PAUSED, None),
+    ("P11", view(replace(primary(sync=None), paused=True), **RUNNING_PRIMARY), Action.SET_SYNC, 3),
+    ("P13", view(replace(primary(), paused=True), **RUNNING_PRIMARY), Action.STAY_PRIMARY, 3),
+    ("S4", view(replace(standby(), paused=True), **RUNNING_STANDBY), Action.STAY_STANDBY, 3),
 ]
 
 
@@ -109,6 +119,22 @@ def test_table_row(row, situation, action, remember):
 
 def test_every_action_is_reachable_from_the_table():
     assert {action for _, _, action, _ in TABLE} == set(Action)
+
+
+@pytest.mark.parametrize("row, situation, action, remember", [r for r in TABLE if r[0][0] in "PS"],
+                         ids=[f"{r[0]}-{r[2].value}" for r in TABLE if r[0][0] in "PS"])
+def test_paused_leaves_postgres_alone_in_every_row(row, situation, action, remember):
+    """Row M1 over the whole table: paused, no row starts, stops, promotes,
+    demotes, rewinds or clones PostgreSQL, and one that would is held back
+    without making its epoch durable; every other row is unchanged."""
+    paused = replace(situation, instruction=replace(situation.instruction, paused=True))
+    decision = decide(paused)
+    if action in TOUCHES_POSTGRES:
+        assert (decision.action, decision.row, decision.remember_epoch) == (Action.PAUSED, "M1", None)
+        assert decision.hand_over is situation.hand_over
+    else:
+        assert decision == decide(situation)
+
 
 
 def test_restart_after_crash_names_the_start_its_data_needs():

@@ -4,6 +4,7 @@ Every implementation runs the interface tests through the `backend` fixture
 (today only FileStore); the file-specific ones (damaged content, a crash in
 the middle of a write) follow.
 """
+import json
 import os
 import threading
 from dataclasses import replace
@@ -121,6 +122,44 @@ def test_values_of_the_wrong_type_are_refused_and_nothing_is_written(backend, ba
     assert writer.load() is None
 
 
+def test_paused_round_trips_and_old_states_load_unpaused(backend):
+    writer = backend.open()
+    writer.save(FIRST, expected_epoch=None)
+    writer.save(replace(FIRST, paused=True), expected_epoch=1)
+    assert backend.open().load() == replace(FIRST, paused=True)
+    writer.save(FIRST, expected_epoch=1)
+    assert backend.open().load().paused is False
+
+
+# -- history (append_event / history) --------------------------------------------------------
+
+def event(n, kind="failover"):
+    return {"time": f"2024-01-01T00:00:{n % 60:02d}.000Z", "event": kind, "epoch": n, "reason": f"because {n}"}
+
+
+def test_history_is_empty_at_first(backend):
+    assert backend.open().history() == [] and backend.open().history(5) == []
+
+
+def test_history_keeps_events_in_order_across_handles(backend):
+    writer = backend.open()
+    for n in range(1, 6):
+        writer.append_event(event(n))
+    assert backend.open().history() == [event(n) for n in range(1, 6)]     # a restarted arbiter reads it
+    assert backend.open().history(2) == [event(4), event(5)]
+    assert backend.open().history(100) == [event(n) for n in range(1, 6)]
+
+
+def test_history_is_bounded_but_keeps_at_least_the_last_history_keep(backend, monkeypatch):
+    monkeypatch.setattr(store, "HISTORY_KEEP", 10)
+    writer = backend.open()
+    for n in range(1, 36):
+        writer.append_event(event(n))
+        kept = backend.open().history()
+        assert len(kept) <= 2 * 10 and kept[-min(n, 10):] == [event(m) for m in range(max(1, n - 9), n + 1)]
+    assert kept[-1] == event(35)
+
+
 # -- FileStore: what is on disk ---------------------------------------------------------------
 
 def test_file_store_writes_plain_json_and_no_temporary_file(tmp_path):
@@ -228,3 +267,32 @@ def test_a_file_in_a_missing_folder(tmp_path):
     assert writer.load() is None
     with pytest.raises(StateStoreError, match="cannot write state file"):
         writer.save(FIRST, expected_epoch=None)
+
+
+def test_file_history_is_fsynced_json_lines_beside_the_state(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    writer = FileStore(str(tmp_path / "state.json"))
+    writer.append_event(event(1))
+    assert synced, "an appended event must be fsynced before append_event returns"
+    path = tmp_path / "state.json.history.jsonl"
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [event(1)]
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_file_history_skips_a_torn_last_line_and_appends_after_it(tmp_path):
+    writer = FileStore(str(tmp_path / "state.json"))
+    writer.append_event(event(1))
+    with open(tmp_path / "state.json.history.jsonl", "a") as f:
+        f.write('{"time": "2024-01-01T00:00:0')         # a crash in the middle of an append
+    assert FileStore(str(tmp_path / "state.json")).history() == [event(1)]
+    FileStore(str(tmp_path / "state.json")).append_event(event(2))
+    assert FileStore(str(tmp_path / "state.json")).history() == [event(1), event(2)]
+
+
+def test_file_history_unwritable_is_a_one_line_store_error(tmp_path):
+    (tmp_path / "state.json.history.jsonl").mkdir()       # in the way: not a file
+    with pytest.raises(StateStoreError) as err:
+        FileStore(str(tmp_path / "state.json")).append_event(event(1))
+    assert "history" in str(err.value) and "\n" not in str(err.value)
