@@ -63,7 +63,7 @@ RESERVED = (ARBITER, OPERATOR, READER, PAIR)
 SELF_TYPES = frozenset({"heartbeat", "lease"})
 # Who may send what to the arbiter (a node name maps to NODE_TYPES).
 NODE_TYPES = frozenset({"heartbeat", "status"})   # status: the node's REST API shows the cluster
-OPERATOR_TYPES = frozenset({"status", "switchover", "rebuild"})    # every state-changing command
+OPERATOR_TYPES = frozenset({"status", "switchover", "rebuild", "reload"})    # every state-changing command
 READER_TYPES = frozenset({"status"})
 PEER_TYPES = frozenset({"lease"})
 

@@ -155,6 +155,7 @@ class Instruction:
     relinquish: bool = False                # primary: stop PostgreSQL and hand over (switchover)
     lease_time: float | None = None         # the cluster's timings, for the node's leases
     heartbeat_interval: float | None = None
+    reload_generation: int = 0              # a node seeing it grow re-reads its settings (pgha.ctl reload)
 
     @property
     def standby_slot(self) -> str | None:
@@ -185,6 +186,7 @@ class Instruction:
             relinquish=_field(wire, "relinquish", bool, where, default=False),
             lease_time=_positive(wire, "lease_time", where),
             heartbeat_interval=_positive(wire, "heartbeat_interval", where),
+            reload_generation=_field(wire, "reload_generation", int, where, default=0),
         )
         if role == STANDBY and (instruction.primary is None or instruction.primary_address is None):
             raise ProtocolError("a standby instruction must name the primary and its address")
@@ -192,6 +194,8 @@ class Instruction:
 
     def to_wire(self) -> dict:
         wire: dict[str, Any] = {"type": "instruction", "epoch": self.epoch, "role": self.role}
+        if self.reload_generation:
+            wire["reload_generation"] = self.reload_generation
         if self.role == WAIT:
             wire["reason"] = self.reason
             return wire
