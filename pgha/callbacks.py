@@ -116,7 +116,7 @@ def run_script(path: str, event: str, role: str, name: str, timeout: float) -> i
     took = time.monotonic() - started
     said = f"; stderr: {tail}" if tail else ""
     if code is None:
-        log.error("callback %s %s %s: killed after the %.0fs timeout (callback_timeout)%s",
+        log.error("callback %s %s %s: killed after the %gs timeout (callback_timeout)%s",
                   path, event, role, timeout, said)
     elif code != 0:
         log.warning("callback %s %s %s: exit status %d after %.1fs%s", path, event, role, code, took, said)

@@ -3,6 +3,7 @@
     python -m pgha.ctl [--arbiter HOST:PORT] [--key-file FILE] status
     python -m pgha.ctl [--arbiter HOST:PORT] [--key-file FILE] switchover [NODE]
     python -m pgha.ctl [--arbiter HOST:PORT] [--key-file FILE] rebuild --confirm --epoch N --primary NODE
+    python -m pgha.ctl [--arbiter HOST:PORT] [--key-file FILE] reload [--print-signed]
 The credential is the operator's key file (operator.keys from pgha-keys
 generate), or the reader's for status only; --key-file, else the
 environment variable PGHA_OPERATOR_KEY_FILE.
@@ -27,6 +28,7 @@ def main(argv=None):
     switch = sub.add_parser("switchover", help="planned hand-over to the standby (or NODE)")
     switch.add_argument("node", nargs="?")
     add_rebuild_command(sub)
+    add_reload_command(sub)
     args = parser.parse_args(argv)
     host, _, port = args.arbiter.rpartition(":")
     if not host or not port.isdigit():
@@ -40,6 +42,8 @@ def main(argv=None):
         return 2
     if args.command == "rebuild":
         return rebuild(parser, args, host, int(port), credential)
+    if args.command == "reload":
+        return reload(args, host, int(port), credential)
     message = {"type": "status"} if args.command == "status" else {"type": "switchover", "to": args.node}
     try:
         reply = protocol.call(host, int(port), message, timeout=5.0, credential=credential)
@@ -90,6 +94,37 @@ def rebuild(parser, args, host, port, credential):
         print(f"ctl: {reply.get('error', reply)}", file=sys.stderr)
         return 1
     print(f"state rebuilt: epoch {reply['epoch']}, primary {reply['primary']}; the arbiter serves normally")
+    return 0
+
+
+# -- reload (pgha.reload): the arbiter now, the nodes at their next heartbeat ------------
+
+def add_reload_command(sub):
+    cmd = sub.add_parser("reload", help="the arbiter re-reads its settings and tells every node to re-read "
+                                        "its own (like SIGHUP to each daemon)")
+    cmd.add_argument("--print-signed", action="store_true",
+                     help="print the signed request instead of sending it (a body for POST /reload on a "
+                          "node's REST API; valid for auth.WINDOW seconds, once)")
+
+
+def reload(args, host, port, credential):
+    message = {"type": "reload"}
+    if args.print_signed:
+        print(json.dumps(credential.sign({"v": protocol.VERSION, **message})))
+        return 0
+    try:
+        reply = protocol.call(host, port, message, timeout=5.0, credential=credential)
+    except (OSError, protocol.ProtocolError) as exc:
+        print(f"ctl: arbiter {args.arbiter} unreachable: {exc}", file=sys.stderr)
+        return 1
+    if reply.get("type") != "ok":
+        print(f"ctl: {reply.get('error', reply)}", file=sys.stderr)
+        return 1
+    applied = ", ".join(reply.get("applied") or ()) or "none"
+    print(f"arbiter reloaded (changed: {applied}); the nodes reload at their next heartbeat "
+          f"(generation {reply['reload_generation']})")
+    if reply.get("restart_needed"):
+        print(f"arbiter settings that need a restart: {', '.join(reply['restart_needed'])}")
     return 0
 
 
