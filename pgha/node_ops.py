@@ -15,7 +15,7 @@ from pgha import logs, reload
 from pgha.postgres import PostgresError
 from pgha.settings import NODE_SPECS
 
-log = logs.get("reload")
+log = logs.get("node")
 
 
 def callback_scripts(settings: Any) -> tuple[dict[str, str | None], float]:
@@ -28,10 +28,12 @@ class NodeReloader:
     def __init__(self, loader: Callable[[], Any] | None) -> None:
         self.loader = loader        # None: no settings file to re-read (tests)
         self._asked = threading.Event()
+        self.asked_by = "SIGHUP"
         self.generation: int | None = None     # the arbiter's reload_generation last seen
 
-    def ask(self) -> None:
+    def ask(self, by: str = "SIGHUP") -> None:
         """Reload before the next heartbeat (safe from a signal handler)."""
+        self.asked_by = by
         self._asked.set()
 
     def note_generation(self, generation: int) -> None:
@@ -40,13 +42,14 @@ class NodeReloader:
         (a restarted arbiter), only sets the mark."""
         if self.generation is not None and generation > self.generation:
             log.info("the arbiter asks the nodes to reload (generation %d)", generation)
-            self.ask()
+            self.ask(f"the arbiter, generation {generation}")
         self.generation = generation
 
     def reload_if_asked(self, node: Any) -> reload.Diff | None:
         if not self._asked.is_set():
             return None
         self._asked.clear()
+        log.debug("reload: reading the settings again (asked by %s)", self.asked_by)
         if self.loader is None:
             log.warning("reload asked, but this node has no settings file to re-read")
             return None
