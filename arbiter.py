@@ -9,6 +9,7 @@ arbiter (README: Arbiter state loss).
 import os
 import signal
 import sys
+import threading
 
 from pgha import logs as logger
 from pgha import cli, keys, limits, settings as settings_mod
@@ -45,6 +46,12 @@ def main(argv=None):
         log.info("stopping on %s", signal.Signals(signum).name)
         raise SystemExit(0)
 
+    def reload_on_hup(_signum, _frame):   # off the signal handler: it takes the arbiter's lock
+        threading.Thread(target=arbiter.reload_settings, name="reload", daemon=True).start()
+
+    arbiter.settings_loader = cli.settings_loader(DEFAULTS, settings_mod.ARBITER_SPECS,
+                                                  settings_mod.ARBITER_CHECKS, flags.settings)
+    signal.signal(signal.SIGHUP, reload_on_hup)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("listening on %s:%s for nodes %s", settings.listen_host, settings.listen_port,

@@ -14,8 +14,8 @@ DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_settin
 
 
 def main(argv=None):
-    settings = cli.load_settings("node", "PostgreSQL HA node daemon", DEFAULTS, settings_mod.NODE_SPECS,
-                                 settings_mod.NODE_CHECKS, argv=argv)
+    settings, args = cli.load_settings_and_flags("node", "PostgreSQL HA node daemon", DEFAULTS,
+                                                 settings_mod.NODE_SPECS, settings_mod.NODE_CHECKS, argv=argv)
     node_keys = cli.load_keys("node", keys.node_keys, settings.key_file, settings.name)
     log = logger.setup(settings.name, settings.log_level, settings.log_file)
     try:
@@ -27,7 +27,9 @@ def main(argv=None):
     from pgha.postgres import Postgres, PostgresError
     from pgha.store import NodeStateError
     try:
-        node = Node(settings, Postgres(settings), node_keys)
+        loader = cli.settings_loader(DEFAULTS, settings_mod.NODE_SPECS, settings_mod.NODE_CHECKS,
+                                     args.settings)
+        node = Node(settings, Postgres(settings), node_keys, settings_loader=loader)
     except PostgresError as exc:
         log.error("%s", exc)
         return 1
@@ -36,6 +38,10 @@ def main(argv=None):
         log.info("stopping on %s", signal.Signals(signum).name)
         node.stop()
 
+    def reload_on_hup(_signum, _frame):
+        node.request_reload()   # applied between two heartbeats, on the HA loop's thread
+
+    signal.signal(signal.SIGHUP, reload_on_hup)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:

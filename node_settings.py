@@ -47,3 +47,12 @@ pg_parameters = {}              # extra postgresql.conf parameters, e.g. {"share
 # Logging
 log_level = "INFO"
 log_file = None
+
+# Callbacks: executables run as `SCRIPT EVENT ROLE NODE_NAME` (like Patroni's),
+# off the HA loop, one at a time, killed after callback_timeout seconds.
+# on_role_change: ROLE primary (promoted or started as primary), replica
+# (started as standby), demoted or fenced. on_start / on_stop: the daemon.
+on_role_change = None
+on_start = None
+on_stop = None
+callback_timeout = 30.0

@@ -5,9 +5,17 @@ A threaded HTTP server in the node daemon. Every answer is computed from
 the HA loop's last published snapshot (node_state.StatePublisher) by the
 pure functions in health.py and metrics.py: it never waits on PostgreSQL
 or the arbiter. GET, HEAD and OPTIONS (HAProxy's default check method)
-are served; anything else is 405. A request body is never read, each
-connection closes after one answer, a silent client is dropped after
-REQUEST_TIMEOUT, and at most MAX_CLIENTS are served at once.
+are served, and POST on the operator's paths (RELAYED); anything else is
+405. Each connection closes after one answer, a silent client is dropped
+after REQUEST_TIMEOUT, and at most MAX_CLIENTS are served at once.
+
+POST /switchover, /reload, /pause, /resume, /failover: the node holds no
+operator key, so it cannot sign. The body must be the operator-signed
+request itself (one JSON object, e.g. from pgha.ctl --print-signed or any
+client holding operator.keys) whose "type" is the path's name; the node
+relays it unchanged to the arbiter, which verifies it, and answers with the
+arbiter's reply: 200 when it is ok, 403 when the signature was refused, 409
+for any other refusal, 503 when the arbiter is unreachable.
 """
 from __future__ import annotations
 
@@ -16,9 +24,9 @@ import socket
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
-from pgha import health, logs, metrics
+from pgha import auth, health, logs, metrics, protocol
 from pgha.node_state import StatePublisher
 
 log = logs.get("api")
@@ -26,6 +34,10 @@ log = logs.get("api")
 REQUEST_TIMEOUT = 5.0
 MAX_CLIENTS = 32
 JSON_TYPE = "application/json"
+RELAYED = frozenset({"switchover", "reload", "pause", "resume", "failover"})   # POST /<type>
+
+# Sends one already-signed request to the arbiter and returns its reply.
+Relay = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class ApiServer(ThreadingHTTPServer):
@@ -33,8 +45,9 @@ class ApiServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, host: str, port: int, state: StatePublisher) -> None:
+    def __init__(self, host: str, port: int, state: StatePublisher, relay: Relay | None = None) -> None:
         self.state = state
+        self.relay = relay
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
         super().__init__((host, port), _Handler)
 
@@ -86,10 +99,37 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(head=False)
 
     def _not_allowed(self) -> None:
-        self._send(405, JSON_TYPE, b'{"error": "only GET, HEAD and OPTIONS are served"}\n',
-                   head=False, extra={"Allow": "GET, HEAD, OPTIONS"})
+        allowed = "GET, HEAD, OPTIONS" + (", POST" if self.server.relay is not None else "")
+        body = json.dumps({"error": f"only {allowed} are served"
+                           + (" (POST on /" + ", /".join(sorted(RELAYED)) + ")" if self.server.relay else "")})
+        self._send(405, JSON_TYPE, (body + "\n").encode(), head=False, extra={"Allow": allowed})
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
+    do_PUT = do_DELETE = do_PATCH = _not_allowed
+
+    def do_POST(self) -> None:
+        kind = urllib.parse.urlsplit(self.path).path.strip("/")
+        if kind not in RELAYED or self.server.relay is None:
+            return self._not_allowed()
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return self._json(411, {"error": "a POST needs a Content-Length"}, False)
+        if not 0 < length <= protocol.MAX_FRAME:
+            return self._json(413, {"error": f"the body must hold 1 to {protocol.MAX_FRAME} bytes"}, False)
+        try:
+            request = protocol.decode(self.rfile.read(length).strip())
+        except protocol.ProtocolError as exc:
+            return self._json(400, {"error": f"the body must be the operator-signed request: {exc}"}, False)
+        if request.get("type") != kind:
+            return self._json(400, {"error": f"POST /{kind} relays a {kind!r} request, the body holds "
+                                             f"{str(request.get('type'))[:40]!r}"}, False)
+        try:
+            reply = self.server.relay(request)
+        except (OSError, protocol.ProtocolError) as exc:
+            return self._json(503, {"error": f"arbiter unreachable: {exc}"}, False)
+        if reply.get("type") != "error":
+            return self._json(200, reply, False)
+        self._json(403 if reply.get("error") == auth.FAILED else 409, reply, False)
 
     def _answer(self, head: bool) -> None:
         url = urllib.parse.urlsplit(self.path)
@@ -145,12 +185,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-def start(host: str | None, port: int, state: StatePublisher) -> ApiServer | None:
+def arbiter_relay(host: str, port: int, timeout: float = 5.0) -> Relay:
+    """Send an already-signed request to the arbiter unchanged (no signing
+    here: the arbiter verifies the operator's own signature); the reply's
+    signature answers the operator's nonce, so it is passed on unchecked."""
+    def relay(request: dict[str, Any]) -> dict[str, Any]:
+        return protocol.call(host, port, request, timeout=timeout, credential=None)
+    return relay
+
+
+def start(host: str | None, port: int, state: StatePublisher, relay: Relay | None = None) -> ApiServer | None:
     """Start the REST API, or return None when it is disabled (no host)."""
     if not host:
         return None
     try:
-        server = ApiServer(host, port, state)
+        server = ApiServer(host, port, state, relay)
     except OSError as exc:
         raise OSError(f"REST API cannot listen on {host}:{port}: {exc.strerror or exc} "
                       "(settings api_bind, api_port)") from None

@@ -8,11 +8,11 @@ when one client misbehaves.
 import json
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 
 from pgha import logs
-from pgha import auth, decision, protocol, rebuild, store
+from pgha import auth, decision, protocol, rebuild, reload, settings as settings_mod, store
 from pgha.limits import clip
 from pgha.topology import Topology
 
@@ -40,7 +40,11 @@ class Arbiter:
     def __init__(self, settings, clock=time.monotonic, state_store=None, init=False, rebuild=False,
                  wall=time.time):
         self.topology = Topology(tuple(settings.nodes))
+        self.settings = settings
         self.timings = decision.Timings.from_settings(settings)
+        self.settings_loader = None     # () -> new settings (arbiter.py sets it): reload_settings
+        self.reload_generation = 0      # instructions carry it; pgha.ctl reload bumps it
+        self.lease_transition = None    # a reload.LeaseTransition while a shrunk lease_time settles
         self.store = state_store if state_store is not None else store.FileStore(settings.state_file)
         self.clock = clock
         self.wall = wall            # event times and scheduled switchovers (operators think in wall time)
@@ -97,6 +101,8 @@ class Arbiter:
             return self._set_paused(kind == "pause")
         if kind == "history":
             return self._history(message.get("limit"))
+        if kind == "reload":
+            return self._reload_request()
         raise protocol.ProtocolError(f"the arbiter does not serve {kind!r} messages")
 
     def _heartbeat(self, message):
@@ -108,8 +114,10 @@ class Arbiter:
         with self.lock:
             self.acted_epochs[node] = message["epoch"]
             before, memory_before = self.state, self.memory
+            now = self.clock()
             outcome = decision.on_heartbeat(self.state, self.memory, self.topology, node, message["epoch"],
-                                            message["report"], self.clock(), self.timings)
+                                            message["report"], now, self._rules_timings(now))
+            outcome = replace(outcome, instruction=self._stamp_instruction(outcome.instruction))
             if outcome.state != self.state:
                 # Durable before anyone hears of it (invariant 3): the state,
                 # then its history event.
@@ -214,8 +222,9 @@ class Arbiter:
 
     def _failover(self, target, force):
         with self.lock:
+            now = self.clock()
             memory, error, how = decision.request_failover(self.state, self.memory, self.topology, target,
-                                                           force, self.clock(), self.timings)
+                                                           force, now, self._rules_timings(now))
             if error:
                 return {"type": "error", "error": f"failover refused: {error}"}
             self._record("failover_requested", epoch=self.state.epoch, primary=self.state.primary, to=target,
@@ -245,6 +254,70 @@ class Arbiter:
                      else "maintenance mode OFF (resumed): failover and switchover enabled again")
         return {"type": "ok", "paused": paused, "changed": True}
 
+    # -- reload (SIGHUP, pgha.ctl reload) ------------------------------------------------
+
+    def _rules_timings(self, now):
+        """The timings the rules use: while a shrunk lease_time settles they
+        still wait the old lease (reload.LeaseTransition)."""
+        transition = self.lease_transition
+        if transition is None:
+            return self.timings
+        if now >= transition.until:
+            self.lease_transition = None
+            log.info("reload: lease_time %.3gs now in full effect (every longer lease has run out)",
+                     self.timings.lease_time)
+            return self.timings
+        return replace(self.timings, lease_time=transition.rules_lease(self.timings.lease_time, now))
+
+    def _stamp_instruction(self, instruction):
+        """The nodes' leases use the current lease_time at once; a node
+        seeing reload_generation grow re-reads its settings."""
+        changes = {"reload_generation": self.reload_generation}
+        if instruction.lease_time is not None:
+            changes["lease_time"] = self.timings.lease_time
+        return replace(instruction, **changes)
+
+    def reload_settings(self):
+        """Re-read the settings file (SIGHUP, pgha.ctl reload) and apply what
+        can change at run time; (reload.Diff, None) or (None, error text)."""
+        if self.settings_loader is None:
+            return None, "this arbiter was started without a settings loader"
+        problems = []
+        new = reload.load_or_refuse(self.settings_loader, problems.append)
+        if new is None:
+            log.error("%s", problems[0])
+            return None, problems[0]
+        old = self.settings
+        diff = reload.settings_diff(old, new, settings_mod.ARBITER_SPECS, reload.ARBITER_RUNTIME)
+        merged = reload.merge(old, new, diff)
+        with self.lock:
+            now = self.clock()
+            self.lease_transition = reload.LeaseTransition.after_change(
+                old.lease_time, merged.lease_time, merged.failover_margin, now, self.lease_transition)
+            self.settings, self.timings = merged, decision.Timings.from_settings(merged)
+        logs.reconfigure(merged.log_level, merged.log_file)
+        for line in reload.change_lines(old, new, diff, settings_mod.ARBITER_SPECS):
+            log.info("%s", line)
+        if self.lease_transition is not None and "lease_time" in diff.applied:
+            log.warning("reload: lease_time shrinks; the arbiter still waits the old %.3gs lease before a "
+                        "failover until every lease granted under it has run out (%.1fs)",
+                        self.lease_transition.old_lease, self.lease_transition.until - now)
+        if not diff.applied and not diff.restart_needed:
+            log.info("reload: no setting changed")
+        return diff, None
+
+    def _reload_request(self):
+        """pgha.ctl reload: reload the arbiter, then the nodes (their next instruction)."""
+        diff, error = self.reload_settings()
+        if error:
+            return {"type": "error", "error": error}
+        with self.lock:
+            self.reload_generation += 1
+            generation = self.reload_generation
+        log.info("reload requested by the operator: nodes reload at their next heartbeat (generation %d)",
+                 generation)
+        return {"type": "ok", "reload_generation": generation, "applied": list(diff.applied),
+                "restart_needed": list(diff.restart_needed)}
 
     # -- rebuilding a lost state (arbiter.py --rebuild, pgha.rebuild) ----------------------
 

@@ -63,8 +63,9 @@ RESERVED = (ARBITER, OPERATOR, READER, PAIR)
 SELF_TYPES = frozenset({"heartbeat", "lease"})
 # Who may send what to the arbiter (a node name maps to NODE_TYPES).
 NODE_TYPES = frozenset({"heartbeat", "status", "history"})   # status: the node's REST API shows the cluster
-# Every state-changing command (switchover, failover, pause, resume, rebuild) and the reads.
-OPERATOR_TYPES = frozenset({"status", "history", "switchover", "failover", "pause", "resume", "rebuild"})
+# Every state-changing command (switchover, failover, pause, resume, rebuild, reload) and the reads.
+OPERATOR_TYPES = frozenset({"status", "history", "switchover", "failover", "pause", "resume", "rebuild",
+                            "reload"})
 READER_TYPES = frozenset({"status", "history"})
 PEER_TYPES = frozenset({"lease"})
 

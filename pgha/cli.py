@@ -33,6 +33,19 @@ def load_settings_and_flags(program, description, defaults, specs, checks=(), ar
     return settings, args
 
 
+def settings_loader(defaults, specs, checks, path):
+    """A function that loads the settings again (for a reload), raising
+    SettingsError with one line, placeholders included."""
+    def load():
+        settings = settings_mod.load(defaults, specs, path, checks)
+        placeholders = settings_mod.placeholder_passwords(settings, specs)
+        if placeholders:
+            raise settings_mod.SettingsError(f"setting {placeholders[0]!r} is the shipped placeholder "
+                                             f"{settings_mod.PLACEHOLDER_PASSWORD!r}")
+        return settings
+    return load
+
+
 def load_keys(program, loader, *args):
     """loader(*args) from pgha.keys; exit 2 with one line when the key file is missing or unsafe."""
     try:

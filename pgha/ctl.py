@@ -9,6 +9,8 @@
       pause | resume                       maintenance mode: no failover, nodes leave PostgreSQL alone
       rebuild --confirm --epoch N --primary NODE
 
+      reload [--print-signed]              re-read the settings: the arbiter, then the nodes
+
 The credential is the operator's key file (operator.keys from pgha-keys
 generate), or the reader's (or a node's) for list, status and history;
 --key-file, else the environment variable PGHA_OPERATOR_KEY_FILE.
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("pause", help="maintenance mode on: no failover; nodes leave PostgreSQL alone")
     sub.add_parser("resume", help="maintenance mode off")
     add_rebuild_command(sub)
+    add_reload_command(sub)
     return parser
 
 
@@ -86,6 +89,8 @@ def main(argv: list[str] | None = None,
     except keys.KeyFileError as exc:
         print(f"ctl: {exc}", file=sys.stderr)
         return USAGE
+    if args.command == "reload":
+        return reload(args, host, int(port), credential)
     send = call or protocol.call
 
     def ask(message: dict[str, Any]) -> dict[str, Any]:
@@ -368,6 +373,37 @@ def cmd_rebuild(args: argparse.Namespace, ask: Ask) -> int:
         raise Refused(str(reply.get("error", reply)))
     print(f"state rebuilt: epoch {reply['epoch']}, primary {reply['primary']}; the arbiter serves normally")
     return OK
+
+
+# -- reload (pgha.reload): the arbiter now, the nodes at their next heartbeat ------------
+
+def add_reload_command(sub: Any) -> None:
+    cmd = sub.add_parser("reload", help="the arbiter re-reads its settings and tells every node to re-read "
+                                        "its own (like SIGHUP to each daemon)")
+    cmd.add_argument("--print-signed", action="store_true",
+                     help="print the signed request instead of sending it (a body for POST /reload on a "
+                          "node's REST API; valid for auth.WINDOW seconds, once)")
+
+
+def reload(args: argparse.Namespace, host: str, port: int, credential: Any) -> int:
+    message = {"type": "reload"}
+    if args.print_signed:
+        print(json.dumps(credential.sign({"v": protocol.VERSION, **message})))
+        return 0
+    try:
+        reply = protocol.call(host, port, message, timeout=5.0, credential=credential)
+    except (OSError, protocol.ProtocolError) as exc:
+        print(f"ctl: arbiter {args.arbiter} unreachable: {exc}", file=sys.stderr)
+        return 1
+    if reply.get("type") != "ok":
+        print(f"ctl: {reply.get('error', reply)}", file=sys.stderr)
+        return 1
+    applied = ", ".join(reply.get("applied") or ()) or "none"
+    print(f"arbiter reloaded (changed: {applied}); the nodes reload at their next heartbeat "
+          f"(generation {reply['reload_generation']})")
+    if reply.get("restart_needed"):
+        print(f"arbiter settings that need a restart: {', '.join(reply['restart_needed'])}")
+    return 0
 
 
 def rebuild_status_lines(reply: dict[str, Any]) -> list[str]:

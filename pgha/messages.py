@@ -163,6 +163,7 @@ class Instruction:
     lease_time: float | None = None         # the cluster's timings, for the node's leases
     heartbeat_interval: float | None = None
     paused: bool = False                    # maintenance mode: leave PostgreSQL alone (node_rules M1)
+    reload_generation: int = 0              # a node seeing it grow re-reads its settings (pgha.ctl reload)
 
     @property
     def standby_slot(self) -> str | None:
@@ -194,6 +195,7 @@ class Instruction:
             lease_time=_positive(wire, "lease_time", where),
             heartbeat_interval=_positive(wire, "heartbeat_interval", where),
             paused=_field(wire, "paused", bool, where, default=False),
+            reload_generation=_field(wire, "reload_generation", int, where, default=0),
         )
         if role == STANDBY and (instruction.primary is None or instruction.primary_address is None):
             raise ProtocolError("a standby instruction must name the primary and its address")
@@ -203,6 +205,8 @@ class Instruction:
         wire: dict[str, Any] = {"type": "instruction", "epoch": self.epoch, "role": self.role}
         if self.paused:
             wire["paused"] = True
+        if self.reload_generation:
+            wire["reload_generation"] = self.reload_generation
         if self.role == WAIT:
             wire["reason"] = self.reason
             return wire

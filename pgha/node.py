@@ -14,7 +14,8 @@ import time
 from dataclasses import replace
 
 from pgha import api, logs
-from pgha import auth, protocol, store
+from pgha import auth, node_ops, protocol, store
+from pgha.callbacks import CallbackRunner
 from pgha.fencing import Fencer
 from pgha.lease import Grants, Leases, LeaseRenewer, PeerServer, peer_credential, peer_verifier
 from pgha.messages import PG_RUNNING, PG_STOPPED, PRIMARY, STANDBY, WAIT, Instruction, ReplicationRow
@@ -28,9 +29,10 @@ CLONE_LOG_INTERVAL = 5.0    # seconds between progress lines of a clone
 
 
 class Node:
-    def __init__(self, settings, pg, keys, clock=time.monotonic):
+    def __init__(self, settings, pg, keys, clock=time.monotonic, settings_loader=None):
         """keys: (auth.Credential towards the arbiter, pair keys of the lease
-        link), from pgha.keys.node_keys."""
+        link), from pgha.keys.node_keys. settings_loader: () -> settings, for
+        a reload (SIGHUP, pgha.ctl reload)."""
         self.s = settings
         self.pg = pg
         self.clock = clock
@@ -71,6 +73,8 @@ class Node:
         self.heartbeat_rtt = None
         self.arbiter_reachable = False
         self.grant_reported = 0.0           # not grants.remaining_for_report(): that pauses grants
+        self.reloader = node_ops.NodeReloader(settings_loader)
+        self.callbacks = CallbackRunner(settings.name, lambda: node_ops.callback_scripts(self.s))
 
     # -- life cycle ------------------------------------------------------------
 
@@ -100,6 +104,7 @@ class Node:
         else:
             self.fencer.disarm()    # an adopted fencer's old deadline must not hit a standby
         threading.Thread(target=self._watchdog, daemon=True, name="watchdog").start()
+        self._callback("on_start", self.pg.status().get("role") or "stopped")
         log.info("node %s started (last epoch acted on: %d); asking the arbiter at %s:%s before "
                  "starting PostgreSQL", self.s.name, self.acted_epoch, self.s.arbiter_host, self.s.arbiter_port)
         try:
@@ -107,6 +112,7 @@ class Node:
                 started = self.clock()
                 acting_before = self.acting_primary, self.pg.postmaster_pid()
                 try:
+                    self.reloader.reload_if_asked(self)
                     self.step()
                     self._said.pop("postgres", None)
                 except PostgresError as exc:    # logged once until it changes or clears
@@ -128,9 +134,16 @@ class Node:
             self.shutdown_postgres()
             if self.pg.postmaster_pid() is None:
                 self.fencer.stop()      # nothing left to fence; else it stays, armed
+            self._callback("on_stop", "stopped")
+            self.callbacks.stop()       # the queued callbacks, at most a timeout each
 
     def stop(self):
         self._stop.set()
+        self._wake.set()
+
+    def request_reload(self):
+        """Re-read the settings before the next heartbeat (SIGHUP)."""
+        self.reloader.ask()
         self._wake.set()
 
     def shutdown_postgres(self):
@@ -172,6 +185,7 @@ class Node:
     def _take(self, instruction, sent_at):
         """Adopt a current instruction: its timings, and the leases and grants its role calls for."""
         self.instruction = instruction
+        self.reloader.note_generation(instruction.reload_generation)
         self.lease_time = instruction.lease_time or self.lease_time
         self.heartbeat_interval = instruction.heartbeat_interval or self.heartbeat_interval
         role = instruction.role
@@ -288,12 +302,14 @@ class Node:
         self.pg.create_roles()
         self.acting_primary = True
         log.failover("new cluster created; running as primary (epoch %d)", d.remember_epoch)
+        self._callback("on_role_change", "primary")
 
     def _hand_over(self, d):
         log.failover("handing over to the standby: %s", d.why)
         self.acting_primary = False
         self.pg.stop("immediate")
         self.hand_over = HandOver.HANDED_OVER
+        self._callback("on_role_change", "demoted")
 
     def _restart_after_crash(self, d):
         self.last_crash_restart = self.clock()
@@ -324,6 +340,7 @@ class Node:
         self.acting_primary = True
         self.slot_ensured = None
         log.failover("PostgreSQL running as primary (epoch %d)", d.remember_epoch)
+        self._callback("on_role_change", "primary")
 
     def _promote_running_standby(self, d):
         log.failover("promoting this node to primary at epoch %d", d.remember_epoch)
@@ -334,6 +351,7 @@ class Node:
         self.acting_primary = True
         self.slot_ensured = None
         log.failover("this node is now the primary (epoch %d)", d.remember_epoch)
+        self._callback("on_role_change", "primary")
 
     def _relinquish(self, d):
         self.acting_primary = True
@@ -341,6 +359,7 @@ class Node:
         self.pg.stop("fast")
         self.acting_primary = False
         self.hand_over = HandOver.SWITCHED_OVER
+        self._callback("on_role_change", "demoted")
 
     def _set_sync(self, d):
         self.acting_primary = True
@@ -368,6 +387,7 @@ class Node:
                      "its standby", d.primary, d.remember_epoch)
         self.acting_primary = False
         self.pg.stop("fast")
+        self._callback("on_role_change", "demoted")
 
     def _follow(self, d):
         self.pg.write_settings(STANDBY, primary_address=d.address)
@@ -456,6 +476,7 @@ class Node:
             raise
         self.upstream, self.standby_since = d.address, self.clock()
         log.failover("PostgreSQL running as standby of %s", d.primary)
+        self._callback("on_role_change", "replica")
 
     # -- helpers -------------------------------------------------------------------
 
@@ -492,6 +513,7 @@ class Node:
                     log.failover("no lease from the arbiter or the standby: fencing PostgreSQL")
                     self.fences += 1
                     self.pg.fence()
+                    self._callback("on_role_change", "fenced")
                 elif self.pg.postmaster_pid() is None:
                     self._wake.set()    # PostgreSQL died: don't wait for the next tick
             self._stop.wait(0.1)
@@ -501,7 +523,8 @@ class Node:
     def _start_api(self):
         """The REST API and the thread that fetches the arbiter's status for
         it; (None, None) when api_bind is empty."""
-        server = api.start(self.s.api_bind, self.s.api_port, self.state)
+        server = api.start(self.s.api_bind, self.s.api_port, self.state,
+                           relay=api.arbiter_relay(self.s.arbiter_host, self.s.arbiter_port))
         if server is None:
             return None, None
         watcher = ClusterWatcher(self.state, lambda: protocol.call(
@@ -533,6 +556,10 @@ class Node:
             arbiter_reachable=self.arbiter_reachable, heartbeat_rtt=self.heartbeat_rtt,
             last_action=self.last_action, failovers=self.failovers, fences=self.fences,
             loop=self.loop_stats, started_at=self.state.snapshot.started_at))
+
+    def _callback(self, event, role):
+        """Queue a user callback (pgha.callbacks): returns at once."""
+        self.callbacks.fire(event, role)
 
     def _say(self, topic, level, text):
         """Log a line only when it differs from the last one on the same topic."""

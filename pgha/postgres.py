@@ -158,6 +158,7 @@ class Postgres:
                 raise PostgresError(f"OS user {settings.pg_os_user!r} (setting 'pg_os_user') does not exist; "
                                     "PostgreSQL cannot run as root") from None
         self._conn = None
+        self._written = None    # write_settings' last arguments: a reload rewrites the same role
 
     # -- files and folders ---------------------------------------------------
 
@@ -190,6 +191,7 @@ class Postgres:
         starts in recovery is set apart, by set_recovery_signal.
         """
         standby = role == "standby"
+        self._written = (role, primary_address, sync_standby)
         params = {
             "listen_addresses": self.s.listen_addresses, "port": self.s.pg_port,
             "unix_socket_directories": self.socket_dir, "cluster_name": self.s.name,
@@ -320,6 +322,22 @@ class Postgres:
 
     def reload(self):
         self.execute("SELECT pg_reload_conf()")
+
+    def rewrite_settings(self):
+        """Rewrite pgha.conf and pg_hba.conf from the (reloaded) settings for the
+        role last written; False when none was written by this daemon yet (the
+        next start writes them)."""
+        if self._written is None:
+            return False
+        self.write_settings(*self._written)
+        return True
+
+    def pending_restart(self, wait=0.3):
+        """The parameters PostgreSQL has read but can apply only at a restart.
+        The reload is a signal: give it `wait` to reach this backend (short:
+        this runs in the HA loop)."""
+        time.sleep(wait)
+        return [row[0] for row in self.query("SELECT name FROM pg_settings WHERE pending_restart ORDER BY 1")]
 
     # -- creating data directories --------------------------------------------
 

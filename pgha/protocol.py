@@ -8,6 +8,7 @@ node -> arbiter   {"v":1,"type":"heartbeat","node":NAME,"epoch":N,"report":{...}
 arbiter -> node   {"v":1,"type":"instruction","epoch":N,"role":...,...}
 tool -> arbiter   {"v":1,"type":"status"} | {"v":1,"type":"switchover","to":NAME}
                   | {"v":1,"type":"rebuild","epoch":N,"primary":NAME} (confirms a rebuild proposal)
+                  | {"v":1,"type":"reload"} (the arbiter and, through reload_generation, the nodes)
 node -> node      {"v":1,"type":"lease","node":NAME,"epoch":N}
                   -> {"v":1,"type":"grant","granted":bool,"reason":...}
 any error         {"v":1,"type":"error","error":TEXT}; after a protocol error
@@ -45,7 +46,7 @@ log = logs.get("protocol")
 VERSION = 1
 MAX_FRAME = 64 * 1024
 REQUEST_TYPES = {"heartbeat", "status", "switchover", "lease", "rebuild", "failover", "pause", "resume",
-                 "history"}
+                 "history", "reload"}
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -221,6 +221,10 @@ NODE_SPECS = {
     "log_file": Spec(str, non_empty, optional=True),
     "api_bind": Spec(str, optional=True),       # None or "": no REST API
     "api_port": Spec(int, port),
+    "on_role_change": Spec(str, non_empty, optional=True),   # callbacks (pgha.callbacks): executables
+    "on_start": Spec(str, non_empty, optional=True),
+    "on_stop": Spec(str, non_empty, optional=True),
+    "callback_timeout": Spec(NUMBER, positive),
 }
 
 ARBITER_SPECS = {

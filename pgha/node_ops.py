@@ -1,0 +1,96 @@
+"""The node daemon's operations beside the HA loop: reload and callbacks.
+
+NodeReloader re-reads the settings when asked (SIGHUP, or the arbiter's
+reload_generation growing: pgha.ctl reload) and applies them between two
+heartbeats, on the HA loop's own thread, so no action ever sees half-applied
+settings. A settings file with an error is refused with one line; the node
+keeps running with the settings it had.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from pgha import logs, reload
+from pgha.postgres import PostgresError
+from pgha.settings import NODE_SPECS
+
+log = logs.get("node")
+
+
+def callback_scripts(settings: Any) -> tuple[dict[str, str | None], float]:
+    """The callbacks and their timeout from the settings (read at each event)."""
+    return ({"on_role_change": settings.on_role_change, "on_start": settings.on_start,
+             "on_stop": settings.on_stop}, float(settings.callback_timeout))
+
+
+class NodeReloader:
+    def __init__(self, loader: Callable[[], Any] | None) -> None:
+        self.loader = loader        # None: no settings file to re-read (tests)
+        self._asked = threading.Event()
+        self.asked_by = "SIGHUP"
+        self.generation: int | None = None     # the arbiter's reload_generation last seen
+
+    def ask(self, by: str = "SIGHUP") -> None:
+        """Reload before the next heartbeat (safe from a signal handler)."""
+        self.asked_by = by
+        self._asked.set()
+
+    def note_generation(self, generation: int) -> None:
+        """The arbiter's reload_generation from an instruction: growing means
+        an operator asked for a reload. The first one seen, or a smaller one
+        (a restarted arbiter), only sets the mark."""
+        if self.generation is not None and generation > self.generation:
+            log.info("the arbiter asks the nodes to reload (generation %d)", generation)
+            self.ask(f"the arbiter, generation {generation}")
+        self.generation = generation
+
+    def reload_if_asked(self, node: Any) -> reload.Diff | None:
+        if not self._asked.is_set():
+            return None
+        self._asked.clear()
+        log.debug("reload: reading the settings again (asked by %s)", self.asked_by)
+        if self.loader is None:
+            log.warning("reload asked, but this node has no settings file to re-read")
+            return None
+        new = reload.load_or_refuse(self.loader, log.error)
+        if new is None:
+            return None
+        return apply(node, new)
+
+
+def apply(node: Any, new: Any) -> reload.Diff:
+    """Apply `new` settings to a running node: what can change now changes,
+    the rest is named as needing a restart."""
+    old = node.s
+    diff = reload.settings_diff(old, new, NODE_SPECS)
+    for line in reload.change_lines(old, new, diff, NODE_SPECS):
+        log.info("%s", line)
+    if not diff.applied and not diff.restart_needed:
+        log.info("reload: no setting changed")
+        return diff
+    merged = reload.merge(old, new, diff)
+    node.s = node.pg.s = merged     # callbacks read node.s at each event
+    logs.reconfigure(merged.log_level, merged.log_file)
+    if {"hba_networks", "pg_parameters"} & set(diff.applied):
+        _reload_postgres(node.pg)
+    return diff
+
+
+def _reload_postgres(pg: Any) -> None:
+    if pg.postmaster_pid() is None:
+        log.info("reload: PostgreSQL is not running; its new settings apply when it starts")
+        return
+    try:
+        if not pg.rewrite_settings():
+            log.info("reload: PostgreSQL's files are written at its next start (this daemon has not "
+                     "written them yet)")
+            return
+        pg.reload()
+        pending = pg.pending_restart()
+    except PostgresError as exc:
+        log.error("reload: could not reload PostgreSQL: %s", exc)
+        return
+    log.info("reload: PostgreSQL reloaded (pgha.conf, pg_hba.conf)")
+    if pending:
+        log.warning("reload: PostgreSQL applies these parameters only after a restart: %s", ", ".join(pending))
