@@ -14,7 +14,8 @@ import time
 from dataclasses import replace
 
 from pgha import api, logs
-from pgha import auth, protocol, store
+from pgha import arbiter_link, auth, protocol, store
+from pgha.arbiter_link import ArbiterLink, addresses_from_settings
 from pgha.fencing import Fencer
 from pgha.lease import Grants, Leases, LeaseRenewer, PeerServer, peer_credential, peer_verifier
 from pgha.messages import PG_RUNNING, PG_STOPPED, PRIMARY, STANDBY, WAIT, Instruction, ReplicationRow
@@ -39,8 +40,8 @@ class Node:
         self.grants = Grants(clock)
         credential, pair_keys = keys
         self.credential = credential
-        self.arbiter = protocol.Connection(settings.arbiter_host, settings.arbiter_port, timeout=1.0,
-                                           credential=credential)
+        # One arbiter, or several of which one leads (pgha.arbiter_link finds it).
+        self.arbiter = ArbiterLink(addresses_from_settings(settings), timeout=1.0, credential=credential)
         self.peer_verifier = peer_verifier(settings.name, pair_keys)
         self.peer_credential = peer_credential(settings.name, pair_keys)
         self.state_file = os.path.join(pg.state_dir, "node-state.json")
@@ -230,8 +231,7 @@ class Node:
             self._say("arbiter", "error", f"ignoring a reply that is not the arbiter's: {exc}")
             return None
         except (OSError, protocol.ProtocolError) as exc:
-            self._say("arbiter", "warning", f"arbiter {self.s.arbiter_host}:{self.s.arbiter_port} "
-                                            f"unreachable: {exc}")
+            self._say("arbiter", "warning", f"arbiter {self.arbiter} unreachable: {exc}")
             return None
         try:
             if reply.get("type") != "instruction":
@@ -466,9 +466,8 @@ class Node:
         server = api.start(self.s.api_bind, self.s.api_port, self.state)
         if server is None:
             return None, None
-        watcher = ClusterWatcher(self.state, lambda: protocol.call(
-            self.s.arbiter_host, self.s.arbiter_port, {"type": "status"}, timeout=1.0,
-            credential=self.credential))
+        watcher = ClusterWatcher(self.state, lambda: arbiter_link.call(
+            self.arbiter.addresses, {"type": "status"}, timeout=1.0, credential=self.credential))
         watcher.start()
         return server, watcher
 
