@@ -47,6 +47,17 @@ def leading(cluster):
     return next(key for key, p in cluster.arbiter_ports.items() if p == port)
 
 
+def both_heard(cluster):
+    """The leader has heard both nodes within the last second (they found it)."""
+    try:
+        status = cluster.status()
+    except OSError:
+        return False
+    nodes = status.get("nodes") or {}
+    return (status.get("arbiter") or {}).get("leader") and all(
+        (nodes.get(n) or {}).get("last_seen_ago") is not None and nodes[n]["last_seen_ago"] < 1 for n in NODES)
+
+
 def acting_intervals(cluster):
     """(first, last) wall time each term acted, from every arbiter's record, by term."""
     terms = {}
@@ -111,6 +122,7 @@ def test_leadership_moves_back_and_forth_while_a_writer_runs(etcd_cluster):
             leader = wait_for(lambda: leading(cluster), 20, "a leading arbiter")
             cluster.kill(leader)
             wait_for(lambda: leading(cluster) not in (None, leader), 20, "the other arbiter leading")
+            wait_for(lambda: both_heard(cluster), 20, "both nodes found the new leader")
             cluster.start_arbiter(key=leader)
             assert run.wait_for_acks(5, timeout=30), "writes stalled"
         monitor.stop()
