@@ -12,7 +12,7 @@ import sys
 import threading
 
 from pgha import logs as logger
-from pgha import cli, keys, limits, settings as settings_mod
+from pgha import arbiter_backend as backend, cli, keys, limits, settings as settings_mod
 from pgha.arbiter import Arbiter, ArbiterServer, StateFileError, verifier
 
 DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arbiter_settings.py")
@@ -30,8 +30,12 @@ def main(argv=None):
     keyring = cli.load_keys("arbiter", keys.arbiter_keys, settings.key_file, settings.nodes)
     log = logger.setup("arbiter", settings.log_level, settings.log_file)
     limits.raise_open_files_limit()     # a connection flood must meet the connection cap, not EMFILE
+    leadership = None
     try:
-        arbiter = Arbiter(settings, init=flags.init, rebuild=flags.rebuild)
+        state_store = backend.make_store(settings)
+        arbiter = Arbiter(settings, state_store=state_store, init=flags.init, rebuild=flags.rebuild)
+        if settings.state_backend == "etcd":
+            arbiter, leadership = backend.lead(arbiter, settings)
         server = ArbiterServer(arbiter, settings.listen_host, settings.listen_port,
                                idle_timeout=max(10.0, 20 * settings.heartbeat_interval),
                                verifier=verifier(keyring, settings.nodes))
@@ -44,6 +48,8 @@ def main(argv=None):
 
     def stop(signum, _frame):
         log.info("stopping on %s", signal.Signals(signum).name)
+        if leadership is not None:
+            leadership.stop()       # another arbiter takes over now, not after a lease TTL
         raise SystemExit(0)
 
     def reload_on_hup(_signum, _frame):   # off the signal handler: it takes the arbiter's lock
@@ -56,6 +62,8 @@ def main(argv=None):
     signal.signal(signal.SIGINT, stop)
     log.info("listening on %s:%s for nodes %s", settings.listen_host, settings.listen_port,
              ", ".join(settings.nodes))
+    if leadership is not None:
+        leadership.start()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

@@ -20,5 +20,22 @@ standby_reply_timeout = 2.0     # a standby silent this long on the replication 
 # 0600; made by `pgha-keys generate`.
 key_file = "/etc/pgha/arbiter.keys"
 
+# Where the decision is kept. "file": state_file, one arbiter process.
+# "etcd": a key per cluster in etcd; run several arbiter processes, one leads
+# (README: The arbiter on etcd). Nodes then list them all in arbiter_hosts.
+state_backend = "file"
+cluster_name = "main"           # the cluster's name: its etcd keys are <etcd_prefix>/<cluster_name>/...
+etcd_endpoints = ["http://127.0.0.1:2379"]
+etcd_prefix = "/pgha"
+etcd_lease_ttl = 2              # seconds; a dead leader is replaced after at most this (<= lease_time + failover_margin)
+etcd_timeout = 1.0              # seconds per etcd request and endpoint
+etcd_ca_file = None             # TLS: the CA that signed etcd's certificates (https:// endpoints)
+etcd_cert_file = None           # TLS client certificate and its key, when etcd asks for one
+etcd_key_file = None
+etcd_user = None                # etcd authentication; the password is a secret (this file then 0600)
+etcd_password = None
+advertise_address = None        # "host:port" other arbiters send nodes to; None: listen_host:listen_port
+acting_record_file = None       # tests: a line per term start and per decision answered as leader
+
 log_level = "INFO"
 log_file = None

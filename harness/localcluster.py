@@ -1,7 +1,11 @@
 """A complete cluster on this one machine: the arbiter, two nodes and two
 PostgreSQL instances on loopback ports, with generated settings.
 
-    python -m harness.localcluster [--dir DIR] [--base-port N] [--fresh] [--demo]
+    python -m harness.localcluster [--dir DIR] [--base-port N] [--fresh] [--demo] [--etcd]
+
+--etcd: the arbiter's state in etcd (a 3-member etcd on loopback in DIR/etcd,
+client ports base+30, +32, +34) and two arbiter processes ("arbiter" on the
+base port, "arbiter-2" on base+9), one of which leads.
 
 Stays in the foreground and stops everything on Ctrl-C. As root it runs the
 daemons (and so PostgreSQL) as the `postgres` OS user, from a copy of the
@@ -16,6 +20,7 @@ import pwd
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +30,8 @@ import psycopg2
 import psycopg2.extensions
 
 from harness.cluster import ARBITER_TIMEOUT, ClusterHandle, FaultError
-from pgha import keys, protocol
+from harness.etcd import EtcdCluster
+from pgha import arbiter_link, keys, protocol
 from pgha.postgres import pgpass_line, process_alive, read_postmaster_pid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +58,7 @@ class LocalCluster(ClusterHandle):
     loaded from a running one's cluster.json (load) to inject faults."""
 
     def __init__(self, workdir=None, base_port=DEFAULT_BASE_PORT, os_user="postgres", echo=False,
-                 arbiter_overrides=None, passwords=None, node_overrides=None):
+                 arbiter_overrides=None, passwords=None, node_overrides=None, etcd=False):
         """passwords: {setting: password} for PASSWORD_SETTINGS; by default
         random ones made at the first prepare() and kept in DIR/secrets.json."""
         self.dir = os.path.abspath(workdir or default_dir())
@@ -75,6 +81,9 @@ class LocalCluster(ClusterHandle):
         self._dsn = None           # a loaded cluster's own DSN
         self.keys_dir = os.path.join(self.dir, "keys")     # pgha-keys output, 0700/0600
         self._operator = None      # the operator's auth.Credential, loaded when first needed
+        # --etcd: the etcd members and the arbiter processes (name -> port)
+        self.etcd = EtcdCluster(os.path.join(self.dir, "etcd"), base_port + 30, members=3) if etcd else None
+        self.arbiter_ports = {"arbiter": base_port, "arbiter-2": base_port + 9} if etcd else {"arbiter": base_port}
 
     @classmethod
     def load(cls, cluster_dir, arbiter=None):
@@ -154,15 +163,24 @@ class LocalCluster(ClusterHandle):
                 shutil.copy2(os.path.join(ROOT, name), app)
         shutil.copytree(os.path.join(ROOT, "pgha"), os.path.join(app, "pgha"),
                         ignore=shutil.ignore_patterns("__pycache__"))
-        arbiter = {"listen_port": self.arbiter_port, "state_file": state_file,
-                   "log_file": os.path.join(self.dir, "arbiter.log"), **self.arbiter_overrides}
-        arbiter.setdefault("key_file", self.key_file("arbiter"))
-        self._write_settings("arbiter.py", arbiter)
+        if self.etcd is not None:
+            # The decision lives in etcd: a fresh etcd folder is a new cluster too.
+            self._init_arbiter = not os.path.exists(self.etcd.folder) and all(
+                not os.path.exists(self.pgdata(name)) for name in NODES)
+        for key, port in self.arbiter_ports.items():
+            arbiter = {"listen_port": port, "state_file": state_file,
+                       "log_file": os.path.join(self.dir, f"{key}.log"), **self.arbiter_overrides}
+            if self.etcd is not None:
+                arbiter.update(state_backend="etcd", etcd_endpoints=self.etcd.endpoints,
+                               acting_record_file=os.path.join(self.dir, f"{key}.acting"))
+            arbiter.setdefault("key_file", self.key_file("arbiter"))
+            self._write_settings(f"{key}.py", arbiter)
         for name in NODES:
             self._write_settings(f"{name}.py", {
                 "name": name, "pg_port": self.pg_ports[name], "peer_port": self.peer_ports[name],
                 "api_port": self.api_ports[name],
                 "slot_name": SLOTS[name], "arbiter_port": self.arbiter_port,
+                "arbiter_hosts": [f"127.0.0.1:{p}" for p in self.arbiter_ports.values()] if self.etcd else None,
                 "pgdata": self.pgdata(name), "admin_user": ADMIN_USER, "app_user": APP_USER,
                 **{setting: self.passwords[setting] for setting in PASSWORD_SETTINGS},
                 "log_file": os.path.join(self.dir, f"{name}.log"), "key_file": self.key_file(name),
@@ -263,19 +281,37 @@ class LocalCluster(ClusterHandle):
                                f"({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'failed'}); "
                                "start the cluster with bin/cluster, which makes a virtualenv it can use")
 
-    def start_arbiter(self, *flags):
-        """flags: extra arguments (--rebuild); --init is added on a new cluster's first start."""
+    def start_arbiter(self, *flags, key="arbiter"):
+        """flags: extra arguments (--rebuild); --init is added on a new cluster's first start.
+        key: which arbiter process (--etcd: "arbiter" or "arbiter-2")."""
         if self._init_arbiter:
             flags = ("--init",) + flags
             self._init_arbiter = False
-        return self._spawn("arbiter", "arbiter.py", "arbiter.py", flags)
+        return self._spawn(key, "arbiter.py", f"{key}.py", flags)
+
+    def _wait_listening(self, port, timeout=15):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise ClusterError(f"no arbiter listening on port {port} after {timeout}s; see {self.dir}/arbiter.log")
 
     def start_node(self, name):
         return self._spawn(name, "node.py", f"{name}.py")
 
     def start(self):
         self.check_runtime()
-        self.start_arbiter()
+        if self.etcd is not None:
+            self.etcd.start()
+            self.start_arbiter()
+            self._wait_listening(self.arbiter_port)     # it has created the state (--init) by then
+            for key in list(self.arbiter_ports)[1:]:
+                self.start_arbiter(key=key)
+        else:
+            self.start_arbiter()
         for name in NODES:
             self.start_node(name)
 
@@ -364,7 +400,7 @@ class LocalCluster(ClusterHandle):
             self.kill(name)    # reap it, forget it: start_node() brings the host back
 
     def stop(self, timeout=60):
-        for key in list(NODES) + ["arbiter"]:
+        for key in list(NODES) + list(self.arbiter_ports):
             self.send_signal(key, signal.SIGCONT)    # a frozen daemon could not stop
             self.send_signal(key, signal.SIGTERM)
             proc = self.procs.get(key)
@@ -377,6 +413,8 @@ class LocalCluster(ClusterHandle):
             self.kill_fencer(name)
             if self.postmaster_pid(name):
                 self.kill_postgres(name)
+        if self.etcd is not None:
+            self.etcd.stop()
 
     # -- observing -------------------------------------------------------------
 
@@ -386,6 +424,9 @@ class LocalCluster(ClusterHandle):
     def arbiter_call(self, message):
         if self.arbiter is None:
             raise FaultError("cluster.json names no arbiter")
+        if len(self.arbiter_ports) > 1:     # the leading arbiter, wherever it is
+            return arbiter_link.call([("127.0.0.1", p) for p in self.arbiter_ports.values()], message,
+                                     timeout=ARBITER_TIMEOUT, credential=self.operator())
         return protocol.call(*self.arbiter, message, timeout=ARBITER_TIMEOUT, credential=self.operator())
 
     def operator(self):
@@ -525,9 +566,12 @@ def main(argv=None):
     parser.add_argument("--fresh", action="store_true", help="wipe the working folder first")
     parser.add_argument("--demo", action="store_true",
                         help="once healthy, run tests.py with a primary kill and leave a report and plot")
+    parser.add_argument("--etcd", action="store_true",
+                        help="the arbiter's state in a 3-member etcd on loopback (base+30..35), two arbiters "
+                             "(base and base+9), one leading")
     args = parser.parse_args(argv)
     try:
-        cluster = LocalCluster(args.dir, args.base_port, echo=True)
+        cluster = LocalCluster(args.dir, args.base_port, echo=True, etcd=args.etcd)
         cluster.prepare(fresh=args.fresh)
         cluster.start()
     except (ClusterError, KeyError, OSError) as exc:

@@ -14,7 +14,8 @@ import time
 from dataclasses import replace
 
 from pgha import api, logs
-from pgha import auth, node_ops, protocol, store
+from pgha import arbiter_link, auth, node_ops, protocol, store
+from pgha.arbiter_link import ArbiterLink, addresses_from_settings
 from pgha.callbacks import CallbackRunner
 from pgha.fencing import Fencer
 from pgha.lease import Grants, Leases, LeaseRenewer, PeerServer, peer_credential, peer_verifier
@@ -42,8 +43,8 @@ class Node:
         self.grants = Grants(clock)
         credential, pair_keys = keys
         self.credential = credential
-        self.arbiter = protocol.Connection(settings.arbiter_host, settings.arbiter_port, timeout=1.0,
-                                           credential=credential)
+        # One arbiter, or several of which one leads (pgha.arbiter_link finds it).
+        self.arbiter = ArbiterLink(addresses_from_settings(settings), timeout=1.0, credential=credential)
         self.peer_verifier = peer_verifier(settings.name, pair_keys)
         self.peer_credential = peer_credential(settings.name, pair_keys)
         self.state_file = os.path.join(pg.state_dir, "node-state.json")
@@ -248,8 +249,7 @@ class Node:
             self._say("arbiter", "error", f"ignoring a reply that is not the arbiter's: {exc}")
             return None
         except (OSError, protocol.ProtocolError) as exc:
-            self._say("arbiter", "warning", f"arbiter {self.s.arbiter_host}:{self.s.arbiter_port} "
-                                            f"unreachable: {exc}")
+            self._say("arbiter", "warning", f"arbiter {self.arbiter} unreachable: {exc}")
             return None
         try:
             if reply.get("type") != "instruction":
@@ -524,12 +524,11 @@ class Node:
         """The REST API and the thread that fetches the arbiter's status for
         it; (None, None) when api_bind is empty."""
         server = api.start(self.s.api_bind, self.s.api_port, self.state,
-                           relay=api.arbiter_relay(self.s.arbiter_host, self.s.arbiter_port))
+                           relay=lambda request: arbiter_link.call(self.arbiter.addresses, request, timeout=5.0))
         if server is None:
             return None, None
-        watcher = ClusterWatcher(self.state, lambda: protocol.call(
-            self.s.arbiter_host, self.s.arbiter_port, {"type": "status"}, timeout=1.0,
-            credential=self.credential))
+        watcher = ClusterWatcher(self.state, lambda: arbiter_link.call(
+            self.arbiter.addresses, {"type": "status"}, timeout=1.0, credential=self.credential))
         watcher.start()
         return server, watcher
 

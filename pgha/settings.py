@@ -95,6 +95,15 @@ def unmanaged_parameters(value):
     return None
 
 
+def addresses(value):
+    """A list of "host:port" strings."""
+    for item in value:
+        host, sep, number = item.rpartition(":")
+        if not sep or not host.strip("[]") or not number.isdigit() or not 0 < int(number) < 65536:
+            return f"holds {item!r}, which is not an address host:port"
+    return None if value else "must name at least one address"
+
+
 def log_level(value):
     ok = value.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
     return None if ok else "must be DEBUG, INFO, WARNING or ERROR"
@@ -225,6 +234,8 @@ NODE_SPECS = {
     "on_start": Spec(str, non_empty, optional=True),
     "on_stop": Spec(str, non_empty, optional=True),
     "callback_timeout": Spec(NUMBER, positive),
+    # Several arbiter processes (state on etcd): every one's "host:port"; None: arbiter_host:arbiter_port.
+    "arbiter_hosts": Spec(list, addresses, optional=True),
 }
 
 ARBITER_SPECS = {
@@ -242,7 +253,40 @@ ARBITER_SPECS = {
     "key_file": Spec(str, non_empty),
     "log_level": Spec(str, log_level),
     "log_file": Spec(str, non_empty, optional=True),
+    # Where the decision is kept: "file" (state_file) or "etcd" (several arbiters, one leads).
+    "state_backend": Spec(str, lambda v: None if v in ("file", "etcd") else 'must be "file" or "etcd"'),
+    "cluster_name": Spec(str, identifier),
+    "etcd_endpoints": Spec(list),
+    "etcd_prefix": Spec(str, lambda v: None if v.startswith("/") and v.strip("/") else
+                        'must be a key prefix such as "/pgha"'),
+    "etcd_lease_ttl": Spec(int, lambda v: None if v >= 2 else "must be at least 2 (seconds; etcd's minimum)"),
+    "etcd_timeout": Spec(NUMBER, positive),
+    "etcd_ca_file": Spec(str, non_empty, optional=True),
+    "etcd_cert_file": Spec(str, non_empty, optional=True),
+    "etcd_key_file": Spec(str, non_empty, optional=True),
+    "etcd_user": Spec(str, non_empty, optional=True),
+    "etcd_password": Spec(str, password, optional=True, secret=True),
+    "advertise_address": Spec(str, lambda v: addresses([v]), optional=True),
+    "acting_record_file": Spec(str, non_empty, optional=True),
 }
+
+
+def _etcd_settings(settings):
+    if settings.state_backend != "etcd":
+        return None
+    if not settings.etcd_endpoints:
+        return "setting 'etcd_endpoints' must list at least one URL when state_backend is \"etcd\""
+    for url in settings.etcd_endpoints:
+        if not (url.startswith("http://") or url.startswith("https://")):
+            return f"setting 'etcd_endpoints' holds {url!r}, which is not an http:// or https:// URL"
+    if settings.etcd_lease_ttl > settings.lease_time + settings.failover_margin:
+        return ("setting 'etcd_lease_ttl' must be at most lease_time + failover_margin: a dead arbiter's "
+                "lease must not delay a failover longer than a failover takes anyway")
+    if bool(settings.etcd_user) != bool(settings.etcd_password):
+        return "settings 'etcd_user' and 'etcd_password' go together"
+    if bool(settings.etcd_cert_file) != bool(settings.etcd_key_file):
+        return "settings 'etcd_cert_file' and 'etcd_key_file' go together"
+    return None
 
 
 def _two_distinct_nodes(settings):
@@ -256,7 +300,7 @@ def _two_distinct_nodes(settings):
     return None
 
 
-ARBITER_CHECKS = (_two_distinct_nodes,)
+ARBITER_CHECKS = (_two_distinct_nodes, _etcd_settings)
 
 
 def _distinct_roles(settings):

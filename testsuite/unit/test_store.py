@@ -1,12 +1,14 @@
 """The arbiter's state store (pgha/store.py), against the StateStore interface.
 
 Every implementation runs the interface tests through the `backend` fixture
-(today only FileStore); the file-specific ones (damaged content, a crash in
-the middle of a write) follow.
+(FileStore, and EtcdStore against a real etcd: the session's etcd_server);
+the file-specific ones (damaged content, a crash in the middle of a write)
+follow, then the etcd-specific ones.
 """
 import json
 import os
 import threading
+import uuid
 from dataclasses import replace
 
 import pytest
@@ -26,9 +28,25 @@ class FileBackend:
         return FileStore(str(self.path))
 
 
-@pytest.fixture(params=[FileBackend], ids=["file"])
+class EtcdBackend:
+    """A fresh cluster name (so a fresh key) in the session's etcd; open() is a new client."""
+
+    def __init__(self, server):
+        self.server = server
+        self.cluster = "t-" + uuid.uuid4().hex[:12]
+
+    def open(self) -> StateStore:
+        from pgha.etcd_client import EtcdClient, EtcdOptions
+        from pgha.etcd_store import EtcdStore
+        return EtcdStore(EtcdClient(EtcdOptions(tuple(self.server.endpoints), timeout=2.0)), "/pgha-test",
+                         self.cluster)
+
+
+@pytest.fixture(params=["file", "etcd"])
 def backend(request, tmp_path):
-    return request.param(tmp_path)
+    if request.param == "file":
+        return FileBackend(tmp_path)
+    return EtcdBackend(request.getfixturevalue("etcd_server"))
 
 
 FIRST = ClusterState(epoch=1, primary="pgsql-1", promotable=False)
@@ -296,3 +314,69 @@ def test_file_history_unwritable_is_a_one_line_store_error(tmp_path):
     with pytest.raises(StateStoreError) as err:
         FileStore(str(tmp_path / "state.json")).append_event(event(1))
     assert "history" in str(err.value) and "\n" not in str(err.value)
+
+
+# -- EtcdStore: what only etcd does ---------------------------------------------------------------
+
+def _etcd_store(endpoints, cluster, guard=None, timeout=2.0):
+    from pgha.etcd_client import EtcdClient, EtcdOptions
+    from pgha.etcd_store import EtcdStore
+    return EtcdStore(EtcdClient(EtcdOptions(tuple(endpoints), timeout=timeout)), "/pgha-test", cluster, guard)
+
+
+def test_etcd_unreachable_is_one_clear_line_and_nothing_is_decided():
+    writer = _etcd_store(["http://127.0.0.1:9", "http://127.0.0.1:1"], "gone", timeout=0.5)
+    for attempt in (writer.load, lambda: writer.save(FIRST, expected_epoch=None)):
+        with pytest.raises(StateStoreError) as err:
+            attempt()
+        message = str(err.value)
+        assert "etcd unreachable" in message and "127.0.0.1:9" in message and "127.0.0.1:1" in message
+        assert "\n" not in message and not isinstance(err.value, StaleStateError)
+
+
+def test_etcd_a_dead_endpoint_is_skipped(etcd_server):
+    writer = _etcd_store(["http://127.0.0.1:9"] + etcd_server.endpoints, "t-" + uuid.uuid4().hex[:12])
+    writer.save(FIRST, expected_epoch=None)
+    assert writer.load() == FIRST
+
+
+def test_etcd_damaged_value_is_a_clear_error_and_never_overwritten(etcd_server):
+    from pgha.etcd_client import EtcdClient, EtcdOptions
+    cluster = "t-" + uuid.uuid4().hex[:12]
+    client = EtcdClient(EtcdOptions(tuple(etcd_server.endpoints)))
+    client.post("/kv/put", {"key": store_key_b64(cluster), "value": "e30="})   # "{}"
+    writer = _etcd_store(etcd_server.endpoints, cluster)
+    with pytest.raises(StateStoreError, match="is damaged") as err:
+        writer.load()
+    assert "\n" not in str(err.value) and f"/pgha-test/{cluster}/state" in str(err.value)
+    with pytest.raises(StateStoreError):
+        writer.save(FIRST, expected_epoch=None)
+    assert client.get(f"/pgha-test/{cluster}/state").value == b"{}"
+
+
+def store_key_b64(cluster):
+    from pgha.etcd_client import b64
+    return b64(f"/pgha-test/{cluster}/state")
+
+
+def test_etcd_an_arbiter_whose_leadership_ended_cannot_write(etcd_server):
+    """The guard compares the leader key's create_revision in the same transaction."""
+    from pgha.etcd_client import EtcdClient, EtcdOptions, b64
+    from pgha.etcd_store import leader_key, leadership_guard
+    cluster = "t-" + uuid.uuid4().hex[:12]
+    client = EtcdClient(EtcdOptions(tuple(etcd_server.endpoints)))
+    key = leader_key("/pgha-test", cluster)
+    reply = client.post("/kv/put", {"key": b64(key), "value": b64("a:1")})
+    term = int(reply["header"]["revision"])
+    writer = _etcd_store(etcd_server.endpoints, cluster, guard=leadership_guard(key, lambda: term))
+    writer.save(FIRST, expected_epoch=None)                      # our term: written
+    client.post("/kv/deleterange", {"key": b64(key)})             # lease expired ...
+    client.post("/kv/put", {"key": b64(key), "value": b64("b:2")})    # ... another arbiter won
+    with pytest.raises(StateStoreError, match="leadership ended") as err:
+        writer.save(ClusterState(2, "pgsql-2"), expected_epoch=1)
+    assert not isinstance(err.value, StaleStateError)
+    assert writer.load() == FIRST
+    idle = _etcd_store(etcd_server.endpoints, cluster, guard=leadership_guard(key, lambda: None))
+    with pytest.raises(StateStoreError, match="not the leader"):
+        idle.save(ClusterState(2, "pgsql-2"), expected_epoch=1)
+    assert writer.load() == FIRST

@@ -1,0 +1,150 @@
+"""The arbiter's state on etcd: a 3-member etcd on loopback, two arbiter
+processes of which one leads (LocalCluster(etcd=True))."""
+import os
+import time
+
+import pytest
+
+from harness import etcd
+from harness.exposure import ExposureMonitor
+from harness.localcluster import LocalCluster
+from testsuite import helpers
+from testsuite.integration.conftest import BASE, WriteRun, _show_logs, next_port, wait_for
+
+pytestmark = pytest.mark.skipif(not etcd.available(), reason="etcd is not installed (apt-get install etcd-server)")
+
+NODES = ("pgsql-1", "pgsql-2")
+
+
+@pytest.fixture
+def etcd_cluster(request):
+    cluster = LocalCluster(os.path.join(BASE, request.node.name[:40]), base_port=next_port(), etcd=True)
+    cluster.prepare(fresh=True)
+    cluster.start()
+    try:
+        cluster.wait_healthy(timeout=120)
+        yield cluster
+    finally:
+        cluster.stop()
+        if helpers.failed(request.node):
+            _show_logs(cluster)
+            for key in ("arbiter-2",):
+                path = os.path.join(cluster.dir, f"{key}.log")
+                if os.path.exists(path):
+                    print(f"\n----- {path} -----\n" + "".join(open(path).readlines()[-40:]))
+
+
+def leading(cluster):
+    """The key ("arbiter", "arbiter-2") of the arbiter that leads, or None."""
+    try:
+        status = cluster.status()
+    except OSError:
+        return None
+    role = status.get("arbiter") or {}
+    if not role.get("leader"):
+        return None
+    port = int(role["address"].rpartition(":")[2])
+    return next(key for key, p in cluster.arbiter_ports.items() if p == port)
+
+
+def both_heard(cluster):
+    """The leader has heard both nodes within the last second (they found it)."""
+    try:
+        status = cluster.status()
+    except OSError:
+        return False
+    nodes = status.get("nodes") or {}
+    return (status.get("arbiter") or {}).get("leader") and all(
+        (nodes.get(n) or {}).get("last_seen_ago") is not None and nodes[n]["last_seen_ago"] < 1 for n in NODES)
+
+
+def acting_intervals(cluster):
+    """(first, last) wall time each term acted, from every arbiter's record, by term."""
+    terms = {}
+    for key in cluster.arbiter_ports:
+        path = os.path.join(cluster.dir, f"{key}.acting")
+        if not os.path.exists(path):
+            continue
+        for line in open(path):
+            at, event, term = line.split()
+            if event == "act":
+                first, last = terms.get(int(term), (float(at), float(at)))
+                terms[int(term)] = (min(first, float(at)), max(last, float(at)))
+    return dict(sorted(terms.items()))
+
+
+def assert_never_two_acting(cluster):
+    intervals = list(acting_intervals(cluster).items())
+    assert intervals, "no arbiter recorded acting as leader"
+    for (term_a, (_, end_a)), (term_b, (start_b, _)) in zip(intervals, intervals[1:]):
+        assert end_a < start_b, f"term {term_a} acted until {end_a:.3f}, after term {term_b} began at {start_b:.3f}"
+    return intervals
+
+
+def primary_is(cluster, node, epoch):
+    def check():
+        try:
+            status = cluster.status()
+        except OSError:
+            return False
+        report = ((status.get("nodes") or {}).get(node) or {}).get("report") or {}
+        return status.get("primary") == node and status.get("epoch") == epoch and report.get("role") == "primary"
+    return check
+
+
+def test_leading_arbiter_and_primary_host_killed_together_the_other_arbiter_fails_over(etcd_cluster):
+    cluster = etcd_cluster
+    leader = wait_for(lambda: leading(cluster), 10, "a leading arbiter")
+    with WriteRun(cluster) as run:
+        assert run.wait_for_acks(10, timeout=30)
+        run.mark_fault()
+        started = time.monotonic()
+        cluster.kill(leader)
+        cluster.kill_host("pgsql-1")
+        wait_for(primary_is(cluster, "pgsql-2", 2), 40, "pgsql-2 promoted at epoch 2 by the other arbiter")
+        took = time.monotonic() - started
+        assert run.wait_for_acks(20, timeout=60), "writes did not resume on the new primary"
+    run.check()
+    assert took < 20, f"failover took {took:.1f}s"
+    assert leading(cluster) != leader
+    assert_never_two_acting(cluster)
+
+
+def test_leadership_moves_back_and_forth_while_a_writer_runs(etcd_cluster):
+    cluster = etcd_cluster
+    monitor = ExposureMonitor({n: cluster.dsn_for(n) for n in NODES}, interval=0.05)
+    moves = 5
+    with WriteRun(cluster) as run:
+        assert run.wait_for_acks(10, timeout=30)
+        monitor.start()
+        run.mark_fault()
+        for _ in range(moves):
+            leader = wait_for(lambda: leading(cluster), 20, "a leading arbiter")
+            cluster.kill(leader)
+            wait_for(lambda: leading(cluster) not in (None, leader), 20, "the other arbiter leading")
+            wait_for(lambda: both_heard(cluster), 20, "both nodes found the new leader")
+            cluster.start_arbiter(key=leader)
+            assert run.wait_for_acks(5, timeout=30), "writes stalled"
+        monitor.stop()
+    run.check()
+    assert monitor.split_brain_seconds() == 0
+    status = cluster.status()
+    assert status["epoch"] == 1 and status["primary"] == "pgsql-1", "no failover: the primary was healthy"
+    intervals = assert_never_two_acting(cluster)
+    assert len(intervals) >= moves + 1
+
+
+def test_etcd_majority_lost_writes_go_on_no_failover_status_says_so(etcd_cluster):
+    cluster = etcd_cluster
+    with WriteRun(cluster) as run:
+        assert run.wait_for_acks(10, timeout=30)
+        run.mark_fault()
+        for name in cluster.etcd.names[:2]:
+            cluster.etcd.kill_member(name)
+        time.sleep(6)       # past the leader's lease, the arbiter lease and a failover's wait
+        assert run.wait_for_acks(40, timeout=30), "writes stopped without a majority in etcd"
+        status = cluster.status()
+    run.check()
+    assert cluster.writable("pgsql-1") and not cluster.writable("pgsql-2")
+    assert status["arbiter"]["leader"] is False
+    assert status["arbiter"]["state_store"].startswith("unreachable"), status["arbiter"]
