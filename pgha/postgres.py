@@ -17,7 +17,7 @@ import time
 import psycopg2
 from psycopg2 import sql
 
-from pgha import logs, store
+from pgha import logs, reaper, store
 
 log = logs.get("postgres")
 
@@ -309,11 +309,26 @@ class Postgres:
                 pass
 
     def promote(self, timeout=60):
-        self.close()
-        result = self._run(["pg_ctl", "promote", "-w", "-t", str(timeout), "-D", self.pgdata],
-                           timeout=timeout + 10)
-        if result.returncode != 0:
-            raise PostgresError(f"pg_ctl promote failed: {result.stderr.strip() or result.stdout.strip()}")
+        """Promote and return once PostgreSQL accepts writes. pg_promote()
+        without its wait, then a 10 ms poll: pg_ctl promote -w and
+        pg_promote(true) both check only every 100 ms."""
+        try:
+            self.execute("SELECT pg_promote(wait => false)")
+        except PostgresError:   # not reachable by SQL: the signal file way
+            self.close()
+            result = self._run(["pg_ctl", "promote", "-w", "-t", str(timeout), "-D", self.pgdata],
+                               timeout=timeout + 10)
+            if result.returncode != 0:
+                raise PostgresError(f"pg_ctl promote failed: {result.stderr.strip() or result.stdout.strip()}")
+            return
+        if not wait_until(self._promoted, timeout, 0.01):
+            raise PostgresError(f"PostgreSQL still in recovery {timeout}s after pg_promote()")
+
+    def _promoted(self):
+        try:
+            return not self.query("SELECT pg_is_in_recovery()")[0][0]
+        except PostgresError:
+            return False
 
     def reload(self):
         self.execute("SELECT pg_reload_conf()")
@@ -375,10 +390,11 @@ class Postgres:
 
     def _wait_postmaster_gone(self, timeout=10.0):
         """A killed postmaster stays a zombie until its parent (often init)
-        reaps it, and PostgreSQL's tools refuse the data directory until then."""
+        reaps it, and PostgreSQL's tools refuse the data directory until then.
+        The node daemon is a subreaper (pgha.reaper): it is often that parent."""
         pid = read_postmaster_pid(self.pgdata)
         if pid is not None and not process_alive(pid):
-            wait_until(lambda: not process_exists(pid), timeout, 0.02)
+            wait_until(lambda: reaper.reap_postgres() >= 0 and not process_exists(pid), timeout, 0.02)
 
     def rewind(self, address):
         source = conninfo(host=address.host, port=address.pg_port, user=self.s.admin_user,
