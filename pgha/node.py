@@ -29,6 +29,8 @@ log = logs.get("node")
 # Seconds the watchdog sleeps when nothing wakes it (a lease renewal, the
 # end of a heartbeat, the postmaster's exit and the lease's end all do).
 WATCHDOG_IDLE = 1.0
+# Heartbeat interval of a standby a switchover is handing over to, until it is promoted.
+HURRY_INTERVAL = 0.02
 
 
 class Node:
@@ -126,7 +128,10 @@ class Node:
                 self._poke_watchdog()   # the role or the postmaster may have changed
                 if (self.acting_primary, self.pg.postmaster_pid()) != acting_before:
                     continue    # a role or process change: report it at once
-                self._wake.wait(max(0.05, self.heartbeat_interval - (self.clock() - started)))
+                instruction = self.instruction
+                interval = HURRY_INTERVAL if instruction and instruction.hurry and instruction.role == STANDBY \
+                    else self.heartbeat_interval
+                self._wake.wait(max(0.02, interval - (self.clock() - started)))
                 self._wake.clear()
         finally:
             if api_server:
