@@ -194,7 +194,7 @@ class Postgres:
             "wal_level": "replica", "max_wal_senders": 10, "max_replication_slots": 10,
             "wal_log_hints": "on", "hot_standby": "on", "synchronous_commit": "on",
             "wal_sender_timeout": "5s", "wal_receiver_timeout": "5s",
-            "wal_receiver_status_interval": "1s", "wal_retrieve_retry_interval": "1s",
+            "wal_receiver_status_interval": "1s", "wal_retrieve_retry_interval": "200ms",
             "recovery_target_timeline": "latest",
             "synchronous_standby_names": f'"{sync_standby}"' if sync_standby and not standby else "",
             "primary_conninfo": self._primary_conninfo(primary_address) if primary_address else "",
