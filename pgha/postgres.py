@@ -496,6 +496,13 @@ class Postgres:
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
+                # The arbiter names the new primary before it has promoted: rewinding
+                # from (or following) a server still in recovery finds "nothing to
+                # rewind" and leaves a copy that cannot follow its new timeline.
+                cur.execute("SELECT pg_is_in_recovery()")
+                if cur.fetchone()[0]:
+                    raise PostgresError(f"primary {address.host}:{address.pg_port} is not promoted yet; "
+                                        "retrying at the next heartbeat")
                 if checkpoint:
                     cur.execute("CHECKPOINT")
                 cur.execute(ENSURE_SLOT_SQL, (slot, slot))
