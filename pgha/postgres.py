@@ -499,8 +499,7 @@ class Postgres:
                 # The arbiter names the new primary before it has promoted: rewinding
                 # from (or following) a server still in recovery finds "nothing to
                 # rewind" and leaves a copy that cannot follow its new timeline.
-                cur.execute("SELECT pg_is_in_recovery()")
-                if cur.fetchone()[0]:
+                if not wait_until(lambda: not _in_recovery(cur), PROMOTION_WAIT, 0.02):
                     raise PostgresError(f"primary {address.host}:{address.pg_port} is not promoted yet; "
                                         "retrying at the next heartbeat")
                 if checkpoint:
@@ -547,6 +546,14 @@ class Postgres:
                 return " | ".join(line.strip() for line in f.readlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+PROMOTION_WAIT = 2.0    # seconds a rejoin waits for the named primary to finish its promotion
+
+
+def _in_recovery(cur):
+    cur.execute("SELECT pg_is_in_recovery()")
+    return cur.fetchone()[0]
 
 
 def _last_lines(text, count=3):
