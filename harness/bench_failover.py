@@ -16,11 +16,24 @@ and prints per fault the median and worst of:
                stopped taking writes (its fencer, within the 3 s lease)
   two primaries  seconds two servers were writable at once (must be 0)
 
-and the rows lost, and the node daemon's idle CPU and RSS. Speed is measured
-here, never asserted in the test suite.
+and the rows lost, and the node daemon's idle CPU and RSS. Then the per-phase
+breakdown of each fault that moves the primary, from the daemons' logs (ms
+timestamps) and the writer:
+
+  decided      fault -> the arbiter's decision is durable (detection + decision
+               + fsync; the arbiter logs "epoch N: promoting" after the write)
+  heard        -> the new primary's node starts acting on it (its next heartbeat)
+  writable     -> PostgreSQL accepts writes ("now the primary" / "running as primary")
+  first write  -> the writer's first acknowledged commit after that (reconnect)
+
+For a killed PostgreSQL restarted in place there is no decision: "heard" is
+the node seeing the death. Speed is measured here, never asserted in the
+test suite.
 """
 import argparse
+import datetime
 import os
+import re
 import statistics
 import sys
 import time
@@ -80,6 +93,51 @@ def wait_primary_other_than(cluster, node, timeout=60):
         time.sleep(0.1)
 
 
+# Markers in the logs (FAILOVER and WARNING lines), in phase order.
+PHASES = (
+    ("decided", "arbiter", re.compile(r"epoch \d+: promoting")),
+    ("heard", "node", re.compile(r"promoting this node|starting the former standby|"
+                                 r"PostgreSQL stopped unexpectedly")),
+    ("writable", "node", re.compile(r"this node is now the primary|PostgreSQL running as primary")),
+)
+_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \S+\s+(\S+) ")
+
+
+def log_lines(path, since):
+    """(wall time, program, text) of the log lines at or after `since` (epoch seconds)."""
+    found = []
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                match = _LINE.match(line)
+                if not match:
+                    continue
+                at = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+                if at >= since - 0.001:
+                    found.append((at, match.group(2), line))
+    except OSError:
+        pass
+    return found
+
+
+def phases(cluster, fault_wall, first_ack_wall):
+    """Seconds from the fault to each phase marker, and to the first write after it."""
+    lines = sorted(log_lines(os.path.join(cluster.dir, "arbiter.log"), fault_wall)
+                   + [x for n in NODES for x in log_lines(os.path.join(cluster.dir, f"{n}.log"), fault_wall)])
+    found, after = {}, fault_wall
+    for name, program, pattern in PHASES:
+        for at, who, text in lines:
+            if at >= after and (who == "arbiter") == (program == "arbiter") and pattern.search(text):
+                found[name], after = at - fault_wall, at
+                break
+    writable = found.get("writable")
+    if writable is not None and first_ack_wall:
+        later = [t for t in first_ack_wall if t - fault_wall >= writable]
+        if later:
+            found["first write"] = min(later) - fault_wall
+    return found
+
+
 def trial(cluster, fault):
     primary = cluster.wait_healthy(timeout=180)["primary"]
     monitor = ExposureMonitor({n: cluster.dsn_for(n) for n in NODES})
@@ -87,7 +145,7 @@ def trial(cluster, fault):
     monitor.start()
     writer.start()
     time.sleep(SETTLE)
-    fault_at, fault_mono = writer.elapsed(), time.monotonic()
+    fault_at, fault_mono, fault_wall = writer.elapsed(), time.monotonic(), time.time()
     heal = inject(cluster, fault, primary)
     acked = writer.counts[workload.ACK]
     deadline = time.monotonic() + 120
@@ -103,7 +161,9 @@ def trial(cluster, fault):
     gap = max((g.length for g in _gaps_after(writer.attempts, fault_at)), default=float("nan"))
     last = monitor.last_writable(primary, since=fault_mono)
     refused = (last - fault_mono) if fault == "node daemon killed alone" and last is not None else None
-    return {"gap": gap, "unprotected": monitor.unprotected_seconds(since=fault_mono),
+    acks = [fault_wall + a.end - fault_at for a in writer.attempts if a.outcome == workload.ACK and a.end > fault_at]
+    breakdown = phases(cluster, fault_wall, acks)
+    return {"phases": breakdown, "gap": gap, "unprotected": monitor.unprotected_seconds(since=fault_mono),
             "two primaries": monitor.split_brain_seconds(since=fault_mono), "refused": refused,
             "lost": len(report.lost), "unexpected": len(report.unexpected)}
 
@@ -164,7 +224,8 @@ def main():
                 row = trial(cluster, fault)
                 results.setdefault(fault, []).append(row)
                 print(f"{fault:26s} trial {i + 1}: " + " ".join(
-                    f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+                    f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                    if k != "phases") + " | " + " ".join(f"{k} {v:.3f}" for k, v in row["phases"].items()),
                       file=sys.stderr, flush=True)
     finally:
         cluster.stop()
@@ -176,6 +237,12 @@ def main():
         cells = [" / ".join(summary([r[c] for r in rows])) for c in columns]
         print(f"{fault:26s} " + " ".join(f"{c:>22s}" for c in cells)
               + f" {sum(r['lost'] for r in rows):5d} {sum(r['unexpected'] for r in rows):6d} {len(rows)}")
+    print(f"\nphases (seconds from the fault, median / worst)\n{'fault':26s} "
+          + " ".join(f"{name:>16s}" for name in ("decided", "heard", "writable", "first write")))
+    for fault, rows in results.items():
+        cells = [" / ".join(summary([r["phases"].get(name) for r in rows]))
+                 for name in ("decided", "heard", "writable", "first write")]
+        print(f"{fault:26s} " + " ".join(f"{c:>16s}" for c in cells))
     for name, (cpu, rss) in footprint.items():
         print(f"{'node daemon' if name != 'arbiter' else 'arbiter'} idle: {cpu:.2f}% of one core, "
               f"{rss:.1f} MB RSS ({args.idle_seconds:.0f}s sample)")

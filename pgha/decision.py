@@ -169,8 +169,11 @@ def instruction_for(state: ClusterState, memory: Memory, topology: Topology, nod
     primary_report = memory.reports.get(state.primary)
     if primary_report is None or primary_report.address is None:
         return _wait(state, f"waiting for primary {state.primary} to report")
+    # hurry: the target of a switchover heartbeats at once until promoted, so the
+    # hand-over is not kept waiting up to a heartbeat interval.
     return Instruction(epoch=state.epoch, role=STANDBY, primary=state.primary,
                        primary_address=primary_report.address,
+                       hurry=memory.switchover_to == node and state.promotable,
                        lease_time=timings.lease_time, heartbeat_interval=timings.heartbeat_interval,
                        paused=state.paused)
 

@@ -21,8 +21,10 @@ log = logs.get("lease")
 class Leases:
     """The primary's view: when each lease runs out (monotonic seconds)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 on_renew: Callable[[], None] | None = None) -> None:
         self.clock = clock
+        self.on_renew = on_renew    # wakes the node's watchdog: the fencer follows the new deadline
         # "grace": a restarted daemon's one lease period for a PostgreSQL it
         # found running as primary. Not granted by anyone, so never handed to
         # the fencer (see deadline()).
@@ -32,6 +34,8 @@ class Leases:
     def renew(self, source: str, sent_at: float, duration: float) -> None:
         with self._lock:
             self._until[source] = max(self._until[source], sent_at + duration)
+        if self.on_renew is not None:
+            self.on_renew()
 
     def remaining(self, source: str) -> float:
         return max(0.0, self._until[source] - self.clock())
@@ -48,8 +52,13 @@ class Leases:
             return {source: self._until[source] for source in ("arbiter", "standby")}
 
     def held(self) -> bool:
-        now = self.clock()
-        return any(until > now for until in self._until.values())
+        return self.held_until() > self.clock()
+
+    def held_until(self) -> float:
+        """When the last lease of any kind, grace included, runs out: when
+        the watchdog must look again."""
+        with self._lock:
+            return max(self._until.values())
 
 
 class Grants:

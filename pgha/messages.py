@@ -160,6 +160,7 @@ class Instruction:
     standby_address: Address | None = None
     sync_standby: str | None = None         # primary: the name synchronous_standby_names must hold
     relinquish: bool = False                # primary: stop PostgreSQL and hand over (switchover)
+    hurry: bool = False                     # standby: a switchover to you is under way: heartbeat at once
     lease_time: float | None = None         # the cluster's timings, for the node's leases
     heartbeat_interval: float | None = None
     paused: bool = False                    # maintenance mode: leave PostgreSQL alone (node_rules M1)
@@ -192,6 +193,7 @@ class Instruction:
             else Address.from_wire(standby_address, "instruction.standby_address"),
             sync_standby=_field(wire, "sync_standby", OPTIONAL_STR, where),
             relinquish=_field(wire, "relinquish", bool, where, default=False),
+            hurry=_field(wire, "hurry", bool, where, default=False),
             lease_time=_positive(wire, "lease_time", where),
             heartbeat_interval=_positive(wire, "heartbeat_interval", where),
             paused=_field(wire, "paused", bool, where, default=False),
@@ -217,6 +219,8 @@ class Instruction:
         else:
             wire.update(primary=self.primary,
                         primary_address=self.primary_address.to_wire() if self.primary_address else None)
+            if self.hurry:
+                wire["hurry"] = True
         wire.update(lease_time=self.lease_time, heartbeat_interval=self.heartbeat_interval)
         return wire
 

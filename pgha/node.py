@@ -9,12 +9,13 @@ and the lease renewer asks the standby for its lease. The standby answers
 those requests from the peer server.
 """
 import os
+import select
 import threading
 import time
 from dataclasses import replace
 
 from pgha import api, logs
-from pgha import arbiter_link, auth, node_ops, protocol, store
+from pgha import arbiter_link, auth, node_ops, protocol, reaper, store
 from pgha.arbiter_link import ArbiterLink, addresses_from_settings
 from pgha.callbacks import CallbackRunner
 from pgha.fencing import Fencer
@@ -28,6 +29,12 @@ from pgha.postgres import PostgresError
 log = logs.get("node")
 CLONE_LOG_INTERVAL = 5.0    # seconds between progress lines of a clone
 
+# Seconds the watchdog sleeps when nothing wakes it (a lease renewal, the
+# end of a heartbeat, the postmaster's exit and the lease's end all do).
+WATCHDOG_IDLE = 1.0
+# Heartbeat interval of a standby a switchover is handing over to, until it is promoted.
+HURRY_INTERVAL = 0.02
+
 
 class Node:
     def __init__(self, settings, pg, keys, clock=time.monotonic, settings_loader=None):
@@ -37,7 +44,11 @@ class Node:
         self.s = settings
         self.pg = pg
         self.clock = clock
-        self.leases = Leases(clock)
+        # The watchdog sleeps on this pipe (and the postmaster's pidfd) instead of polling.
+        self._watch_r, self._watch_w = os.pipe()
+        os.set_blocking(self._watch_r, False)
+        os.set_blocking(self._watch_w, False)
+        self.leases = Leases(clock, on_renew=self._poke_watchdog)
         # Fences PostgreSQL at the lease end even if this daemon dies or freezes.
         self.fencer = Fencer(pg.state_dir, pg.pgdata, getattr(settings, "log_file", None))
         self.grants = Grants(clock)
@@ -85,6 +96,8 @@ class Node:
         self.acted_epoch = store.load_acted_epoch(self.state_file)
         api_server, watcher = self._start_api()
         self.pg.prepare_folders()
+        if reaper.become_subreaper():   # the postmaster becomes our child: its death is reaped at once
+            reaper.reap_postgres()
         adopted = self.fencer.start()
         log.info("fencer %s (pid %d)", "adopted" if adopted else "started", self.fencer.pid)
         peer = PeerServer(self.s.peer_bind, self.s.peer_port, self.grants, lambda: self.lease_time,
@@ -121,9 +134,13 @@ class Node:
                 except Exception:   # a bug must not take the daemon (and its fencing) down
                     log.exception("unexpected error in the HA loop; carrying on")
                 self._publish(self.clock() - started)
+                self._poke_watchdog()   # the role or the postmaster may have changed
                 if (self.acting_primary, self.pg.postmaster_pid()) != acting_before:
                     continue    # a role or process change: report it at once
-                self._wake.wait(max(0.05, self.heartbeat_interval - (self.clock() - started)))
+                instruction = self.instruction
+                interval = HURRY_INTERVAL if instruction and instruction.hurry and instruction.role == STANDBY \
+                    else self.heartbeat_interval
+                self._wake.wait(max(0.02, interval - (self.clock() - started)))
                 self._wake.clear()
         finally:
             if api_server:
@@ -141,6 +158,7 @@ class Node:
     def stop(self):
         self._stop.set()
         self._wake.set()
+        self._poke_watchdog()
 
     def request_reload(self):
         """Re-read the settings before the next heartbeat (SIGHUP)."""
@@ -498,7 +516,20 @@ class Node:
     def _fence_deadline(self):
         return self.leases.deadline() if self.acting_primary else None
 
+    def _poke_watchdog(self):
+        try:
+            os.write(self._watch_w, b"!")
+        except (BlockingIOError, OSError):
+            pass    # a full pipe wakes it all the same
+
     def _watchdog(self):
+        """Fences at the lease end, keeps the fencer armed to the lease, and
+        wakes the HA loop the moment the primary's PostgreSQL dies.
+
+        Event-driven: it sleeps until the lease ends, a lease is renewed (the
+        fencer follows), a heartbeat ends (the role may have changed), the
+        postmaster exits (its pidfd), or WATCHDOG_IDLE at most."""
+        death = reaper.DeathWatch()
         while not self._stop.is_set():
             try:    # the fencer enforces the same lease should this daemon die or freeze
                 restarted = self.fencer.check()
@@ -507,6 +538,7 @@ class Node:
                 self.fencer.follow(self._fence_deadline)
             except Exception:   # never lose the watchdog to it
                 self._say("fencer", "error", "fencer handle failed; this daemon still fences by itself")
+            timeout, watched = WATCHDOG_IDLE, [self._watch_r]
             if self.acting_primary:
                 if not self.leases.held():
                     self.acting_primary = False
@@ -514,9 +546,27 @@ class Node:
                     self.fences += 1
                     self.pg.fence()
                     self._callback("on_role_change", "fenced")
-                elif self.pg.postmaster_pid() is None:
-                    self._wake.set()    # PostgreSQL died: don't wait for the next tick
-            self._stop.wait(0.1)
+                    continue
+                pid = self.pg.postmaster_pid()
+                if pid is None:
+                    reaper.reap_postgres()
+                    self._wake.set()    # PostgreSQL died: don't wait for the next heartbeat
+                fd = death.watch(pid)
+                if fd is not None:
+                    watched.append(fd)
+                elif pid is not None:
+                    timeout = 0.1       # no pidfd on this system: poll while primary
+                timeout = min(timeout, max(0.0, self.leases.held_until() - self.clock()) + 0.002)
+            else:
+                death.close()
+            readable = select.select(watched, [], [], timeout)[0]
+            if self._watch_r in readable:
+                try:
+                    while os.read(self._watch_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+        death.close()
 
     # -- the REST API's view -------------------------------------------------------
 

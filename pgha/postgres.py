@@ -19,7 +19,7 @@ import time
 import psycopg2
 from psycopg2 import sql
 
-from pgha import logs, rewind as rejoin, store
+from pgha import logs, reaper, rewind as rejoin, store
 
 log = logs.get("postgres")
 
@@ -199,7 +199,7 @@ class Postgres:
             "wal_log_hints": "on", "hot_standby": "on", "synchronous_commit": "on",
             "wal_keep_size": rejoin.wal_keep_size(self.s.pg_parameters),  # pg_rewind after a crash
             "wal_sender_timeout": "5s", "wal_receiver_timeout": "5s",
-            "wal_receiver_status_interval": "1s", "wal_retrieve_retry_interval": "1s",
+            "wal_receiver_status_interval": "1s", "wal_retrieve_retry_interval": "200ms",
             "recovery_target_timeline": "latest",
             "synchronous_standby_names": f'"{sync_standby}"' if sync_standby and not standby else "",
             "primary_conninfo": self._primary_conninfo(primary_address) if primary_address else "",
@@ -314,11 +314,26 @@ class Postgres:
                 pass
 
     def promote(self, timeout=60):
-        self.close()
-        result = self._run(["pg_ctl", "promote", "-w", "-t", str(timeout), "-D", self.pgdata],
-                           timeout=timeout + 10)
-        if result.returncode != 0:
-            raise PostgresError(f"pg_ctl promote failed: {result.stderr.strip() or result.stdout.strip()}")
+        """Promote and return once PostgreSQL accepts writes. pg_promote()
+        without its wait, then a 10 ms poll: pg_ctl promote -w and
+        pg_promote(true) both check only every 100 ms."""
+        try:
+            self.execute("SELECT pg_promote(wait => false)")
+        except PostgresError:   # not reachable by SQL: the signal file way
+            self.close()
+            result = self._run(["pg_ctl", "promote", "-w", "-t", str(timeout), "-D", self.pgdata],
+                               timeout=timeout + 10)
+            if result.returncode != 0:
+                raise PostgresError(f"pg_ctl promote failed: {result.stderr.strip() or result.stdout.strip()}")
+            return
+        if not wait_until(self._promoted, timeout, 0.01):
+            raise PostgresError(f"PostgreSQL still in recovery {timeout}s after pg_promote()")
+
+    def _promoted(self):
+        try:
+            return not self.query("SELECT pg_is_in_recovery()")[0][0]
+        except PostgresError:
+            return False
 
     def reload(self):
         self.execute("SELECT pg_reload_conf()")
@@ -409,10 +424,11 @@ class Postgres:
 
     def _wait_postmaster_gone(self, timeout=10.0):
         """A killed postmaster stays a zombie until its parent (often init)
-        reaps it, and PostgreSQL's tools refuse the data directory until then."""
+        reaps it, and PostgreSQL's tools refuse the data directory until then.
+        The node daemon is a subreaper (pgha.reaper): it is often that parent."""
         pid = read_postmaster_pid(self.pgdata)
         if pid is not None and not process_alive(pid):
-            wait_until(lambda: not process_exists(pid), timeout, 0.02)
+            wait_until(lambda: reaper.reap_postgres() >= 0 and not process_exists(pid), timeout, 0.02)
 
     def rewind(self, address):
         """pg_rewind from the new primary; returns a rewind.RewindOutcome.
@@ -543,6 +559,12 @@ class Postgres:
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
+                # The arbiter names the new primary before it has promoted: rewinding
+                # from (or following) a server still in recovery finds "nothing to
+                # rewind" and leaves a copy that cannot follow its new timeline.
+                if not wait_until(lambda: not _in_recovery(cur), PROMOTION_WAIT, 0.02):
+                    raise PostgresError(f"primary {address.host}:{address.pg_port} is not promoted yet; "
+                                        "retrying at the next heartbeat")
                 if checkpoint:
                     cur.execute("CHECKPOINT")
                 cur.execute(ENSURE_SLOT_SQL, (slot, slot))
@@ -619,6 +641,14 @@ class Postgres:
                 return " | ".join(line.strip() for line in f.readlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+PROMOTION_WAIT = 2.0    # seconds a rejoin waits for the named primary to finish its promotion
+
+
+def _in_recovery(cur):
+    cur.execute("SELECT pg_is_in_recovery()")
+    return cur.fetchone()[0]
 
 
 def _last_lines(text, count=3):

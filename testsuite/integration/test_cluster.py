@@ -240,7 +240,8 @@ def test_after_a_switchover_no_commit_is_acknowledged_without_the_standby(local_
         monitor.start()
         run.mark_fault()
         switched_at = time.monotonic()
-        assert ctl.main(["--arbiter", f"127.0.0.1:{local_cluster.arbiter_port}", "switchover"]) == 0
+        assert ctl.main(["--arbiter", f"127.0.0.1:{local_cluster.arbiter_port}",
+                         "--key-file", local_cluster.key_file("operator"), "switchover"]) == 0
         wait_for(primary_is(local_cluster, "pgsql-2", epoch=2), 60, "switchover to pgsql-2")
         assert run.wait_for_acks(40, timeout=60)
         monitor.stop()

@@ -140,6 +140,17 @@ def test_standby_instruction_carries_timings():
     assert outcome.instruction.heartbeat_interval == T.heartbeat_interval
 
 
+def test_switchover_target_is_told_to_hurry_until_promoted():
+    state = ClusterState(1, "a", promotable=True)
+    plain = on_heartbeat(state, steady_memory(), TOPOLOGY, "b", 1, standby_report(), NOW, T)
+    assert not plain.instruction.hurry
+    memory, error = request_switchover(state, steady_memory(), TOPOLOGY, "b")
+    assert error is None
+    hurried = on_heartbeat(state, memory, TOPOLOGY, "b", 1, standby_report(), NOW, T)
+    assert hurried.instruction.hurry
+    assert Instruction.from_wire(hurried.instruction.to_wire()).hurry
+
+
 def test_standby_waits_until_the_primary_has_reported():
     memory = Memory.at_start(NOW)
     outcome = on_heartbeat(ClusterState(1, "a"), memory, TOPOLOGY, "b", 1, standby_report(), NOW, T)
