@@ -11,7 +11,7 @@ import threading
 import time
 
 from conftest import wait_for
-from pgha import protocol
+from pgha import keys, protocol
 
 SLOW_CLIENTS = 500
 FLOOD = 300
@@ -85,7 +85,16 @@ def raise_nofile():
 
 
 def status(cluster, timeout=3.0):
-    return protocol.call(*cluster.arbiter, {"type": "status"}, timeout=timeout)
+    return protocol.call(*cluster.arbiter, {"type": "status"}, timeout=timeout, credential=operator(cluster))
+
+
+def operator(cluster):
+    return keys.client_credential(cluster.key_file("operator"))
+
+
+def member(cluster, node):
+    """The node's own credential: the messages below are a member's, only oversized."""
+    return keys.node_keys(cluster.key_file(node), node)[0]
 
 
 def test_failover_under_slow_clients_and_a_connection_flood(local_cluster):
@@ -161,14 +170,16 @@ def test_bad_input_gets_error_replies_and_clipped_log_lines(local_cluster):
     standby = next(n for n in current["nodes"] if n != current["primary"])
     report = dict(current["nodes"][standby]["report"], error="e" * 30000, padding="p" * 30000)
     reply = protocol.call(*local_cluster.arbiter, {"type": "heartbeat", "node": standby,
-                                                   "epoch": current["epoch"], "report": report})
+                                                   "epoch": current["epoch"], "report": report},
+                          credential=member(local_cluster, standby))
     assert reply["type"] == "instruction"
     after = status(local_cluster)
     assert len(after["nodes"][standby]["report"].get("error") or "") <= 200
     # Too many replication rows: refused whole.
     rows = [{"name": "x", "state": "streaming"}] * 9
-    reply = json.loads(raw(local_cluster, protocol.encode({"type": "heartbeat", "node": standby,
-                                                           "epoch": current["epoch"],
-                                                           "report": dict(report, error=None, replication=rows)})))
+    signed = member(local_cluster, standby).sign({"v": protocol.VERSION, "type": "heartbeat", "node": standby,
+                                                  "epoch": current["epoch"],
+                                                  "report": dict(report, error=None, replication=rows)})
+    reply = json.loads(raw(local_cluster, protocol.encode(signed)))
     assert reply["type"] == "error" and "rows" in reply["error"]
     wait_for(lambda: local_cluster.healthy(), 30, "the cluster healthy after the bad input")

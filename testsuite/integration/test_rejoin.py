@@ -17,7 +17,7 @@ import psycopg2
 
 from conftest import BASE, WriteRun, next_port, wait_for
 from harness.localcluster import LocalCluster
-from test_cluster import log_text, primary_is, sql
+from test_cluster import log_text, primary_is, sql, sql_dsn
 
 LOAD_BYTES = 300 * 2**20
 INTO_CHECKPOINT = 48 * 2**20    # WAL written since the in-progress checkpoint began
@@ -97,7 +97,7 @@ def busy_primary_dies_then_rejoins(before_rejoin=None):
     cluster.start()
     try:
         cluster.wait_healthy(timeout=120)
-        sql(cluster, "pgsql-1", "CREATE TABLE bulk (id int, pad text); SELECT 1")
+        sql_dsn(cluster, "pgsql-1", "CREATE TABLE bulk (id int, pad text); SELECT 1")    # the app role loads it
         start = wal_bytes(cluster, "pgsql-1")
         with WriteRun(cluster) as run:
             assert run.wait_for_acks(10, timeout=30)
