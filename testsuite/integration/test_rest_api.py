@@ -60,7 +60,8 @@ def test_health_codes_and_metrics_follow_a_switchover(local_cluster):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        assert ctl.main(["--arbiter", f"127.0.0.1:{cluster.arbiter_port}", "switchover"]) == 0
+        assert ctl.main(["--arbiter", f"127.0.0.1:{cluster.arbiter_port}", "--key-file", cluster.key_file("operator"),
+                         "switchover"]) == 0
         wait_for(primary_is(cluster, "pgsql-2", epoch=2), 60, "switchover to pgsql-2")
         wait_for(lambda: codes(cluster, "pgsql-2")["/primary"] == 200, 20, "pgsql-2 /primary 200")
         wait_for(lambda: codes(cluster, "pgsql-1")["/replica"] == 200, 60, "pgsql-1 /replica 200")

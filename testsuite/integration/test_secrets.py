@@ -102,7 +102,7 @@ def test_a_lost_arbiter_state_stops_it_and_a_confirmed_rebuild_carries_on(local_
     with WriteRun(cluster) as run:
         assert run.wait_for_acks(10, timeout=30)
         # a planned switchover first, so the right answer is not the initial primary
-        assert ctl.main(["--arbiter", where, "switchover"]) == 0
+        assert ctl.main(["--arbiter", where, "--key-file", cluster.key_file("operator"), "switchover"]) == 0
         wait_for(lambda: cluster.healthy() and cluster.status()["primary"] == "pgsql-2", 90,
                  "pgsql-2 primary and healthy at epoch 2")
         assert cluster.status()["epoch"] == 2
@@ -121,9 +121,9 @@ def test_a_lost_arbiter_state_stops_it_and_a_confirmed_rebuild_carries_on(local_
         cluster.start_arbiter("--rebuild")
         wait_for(lambda: proposal(cluster) == {"epoch": 2, "primary": "pgsql-2"}, 30, "the rebuild proposal")
         assert not os.path.exists(state_file)
-        assert ctl.main(["--arbiter", where, "rebuild", "--confirm", "--epoch", "2", "--primary", "pgsql-1"]) == 1
+        assert ctl.main(["--arbiter", where, "--key-file", cluster.key_file("operator"), "rebuild", "--confirm", "--epoch", "2", "--primary", "pgsql-1"]) == 1
         assert not os.path.exists(state_file)
-        assert ctl.main(["--arbiter", where, "rebuild", "--confirm", "--epoch", "2", "--primary", "pgsql-2"]) == 0
+        assert ctl.main(["--arbiter", where, "--key-file", cluster.key_file("operator"), "rebuild", "--confirm", "--epoch", "2", "--primary", "pgsql-2"]) == 0
 
         status = cluster.wait_healthy(timeout=60)
         assert (status["epoch"], status["primary"]) == (2, "pgsql-2")
