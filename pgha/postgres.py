@@ -583,18 +583,23 @@ class Postgres:
 
     # -- helpers ---------------------------------------------------------------
 
-    def _run(self, args, check=False, quiet=False, env=None, timeout=120):
+    def _tool(self, args, env=None):
+        """A PostgreSQL tool's command line and the subprocess keywords that
+        run it (as the PostgreSQL OS user when the node runs as root)."""
         cmd = [os.path.join(self.bindir, args[0])] + args[1:]
         full_env = {**os.environ, "LC_ALL": "C", **(env or {})}
-        kwargs = {}
+        kwargs = {"env": full_env}
         if self._as_root:
             full_env.update(HOME=self._user.pw_dir, USER=self._user.pw_name)
-            kwargs = dict(user=self._user.pw_uid, group=self._user.pw_gid, extra_groups=[])
+            kwargs.update(user=self._user.pw_uid, group=self._user.pw_gid, extra_groups=[])
+        return cmd, kwargs
+
+    def _run(self, args, check=False, quiet=False, env=None, timeout=120):
+        cmd, kwargs = self._tool(args, env)
         if not quiet:
             log.debug("running %s", " ".join(args[:2]))
         try:
-            result = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout,
-                                    cwd="/", **kwargs)
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd="/", **kwargs)
         except subprocess.TimeoutExpired:
             raise PostgresError(f"{args[0]} did not finish within {timeout}s") from None
         except OSError as exc:
@@ -606,16 +611,11 @@ class Postgres:
     def _run_reading_stderr(self, args, on_line, env=None, timeout=120):
         """Run a tool, calling on_line for each line of its stderr as it
         comes; returns (returncode, stderr lines)."""
-        cmd = [os.path.join(self.bindir, args[0])] + args[1:]
-        full_env = {**os.environ, "LC_ALL": "C", **(env or {})}
-        kwargs = {}
-        if self._as_root:
-            full_env.update(HOME=self._user.pw_dir, USER=self._user.pw_name)
-            kwargs = dict(user=self._user.pw_uid, group=self._user.pw_gid, extra_groups=[])
+        cmd, kwargs = self._tool(args, env)
         log.debug("running %s", " ".join(args[:2]))
         try:
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                    env=full_env, cwd="/", **kwargs)
+                                    cwd="/", **kwargs)
         except OSError as exc:
             raise PostgresError(f"cannot run {cmd[0]}: {exc.strerror}") from None
         timer = threading.Timer(timeout, proc.kill)

@@ -38,8 +38,13 @@ def _free(port):
 
 @pytest.fixture
 def local_cluster(request):
-    name = request.node.name.replace("/", "_")[:60]
-    cluster = LocalCluster(os.path.join(BASE, name), base_port=next_port())
+    yield from running_cluster(request, request.node.name.replace("/", "_")[:60])
+
+
+def running_cluster(request, name, **options):
+    """A fresh, healthy LocalCluster(options) for the test; stopped after it,
+    with its daemons' logs shown when the test failed."""
+    cluster = LocalCluster(os.path.join(BASE, name), base_port=next_port(), **options)
     cluster.prepare(fresh=True)
     cluster.start()
     try:
@@ -52,7 +57,7 @@ def local_cluster(request):
 
 
 def _show_logs(cluster, lines=40):
-    for name in ("arbiter", "pgsql-1", "pgsql-2"):
+    for name in ("arbiter", "arbiter-2", "pgsql-1", "pgsql-2"):
         path = os.path.join(cluster.dir, f"{name}.log")
         try:
             with open(path) as f:

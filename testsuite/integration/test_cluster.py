@@ -19,7 +19,16 @@ OTHER = {"pgsql-1": "pgsql-2", "pgsql-2": "pgsql-1"}
 
 
 def sql(cluster, node, query):
-    conn = psycopg2.connect(**cluster.superuser_params(node), connect_timeout=3)
+    """As the node's superuser."""
+    return _query(psycopg2.connect(**cluster.superuser_params(node), connect_timeout=3), query)
+
+
+def sql_dsn(cluster, node, query):
+    """As the application, on this node whether primary or standby."""
+    return _query(psycopg2.connect(cluster.dsn_for(node), target_session_attrs="any"), query)
+
+
+def _query(conn, query):
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -258,17 +267,6 @@ def test_after_a_switchover_no_commit_is_acknowledged_without_the_standby(local_
         rows = sql_dsn(local_cluster, node, f"SELECT id FROM {TABLE} WHERE id = ANY(ARRAY{acked}::bigint[])")
         missing = set(acked) - {r[0] for r in rows}
         assert not missing, f"{node} lacks {len(missing)} commits acknowledged after the switchover"
-
-
-def sql_dsn(cluster, node, query):
-    conn = psycopg2.connect(cluster.dsn_for(node), target_session_attrs="any")
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(query)
-            return cur.fetchall()
-    finally:
-        conn.close()
 
 
 def test_node_daemon_restart_keeps_the_running_primary(local_cluster):

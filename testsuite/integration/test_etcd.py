@@ -7,9 +7,7 @@ import pytest
 
 from harness import etcd
 from harness.exposure import ExposureMonitor
-from harness.localcluster import LocalCluster
-from testsuite import helpers
-from testsuite.integration.conftest import BASE, WriteRun, _show_logs, next_port, wait_for
+from testsuite.integration.conftest import WriteRun, running_cluster, wait_for
 
 pytestmark = pytest.mark.skipif(not etcd.available(), reason="etcd is not installed (apt-get install etcd-server)")
 
@@ -18,20 +16,7 @@ NODES = ("pgsql-1", "pgsql-2")
 
 @pytest.fixture
 def etcd_cluster(request):
-    cluster = LocalCluster(os.path.join(BASE, request.node.name[:40]), base_port=next_port(), etcd=True)
-    cluster.prepare(fresh=True)
-    cluster.start()
-    try:
-        cluster.wait_healthy(timeout=120)
-        yield cluster
-    finally:
-        cluster.stop()
-        if helpers.failed(request.node):
-            _show_logs(cluster)
-            for key in ("arbiter-2",):
-                path = os.path.join(cluster.dir, f"{key}.log")
-                if os.path.exists(path):
-                    print(f"\n----- {path} -----\n" + "".join(open(path).readlines()[-40:]))
+    yield from running_cluster(request, request.node.name[:40], etcd=True)
 
 
 def leading(cluster):
