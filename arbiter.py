@@ -28,6 +28,7 @@ def main(argv=None):
         print("arbiter: --init and --rebuild exclude each other", file=sys.stderr)
         return 2
     keyring = cli.load_keys("arbiter", keys.arbiter_keys, settings.key_file, settings.nodes)
+    tls_server = cli.load_tls("arbiter", settings)[0]
     log = logger.setup("arbiter", settings.log_level, settings.log_file)
     limits.raise_open_files_limit()     # a connection flood must meet the connection cap, not EMFILE
     leadership = None
@@ -39,6 +40,7 @@ def main(argv=None):
         server = ArbiterServer(arbiter, settings.listen_host, settings.listen_port,
                                idle_timeout=max(10.0, 20 * settings.heartbeat_interval),
                                verifier=verifier(keyring, settings.nodes))
+        server.tls_context = tls_server
     except StateFileError as exc:
         log.error("%s", exc)
         return 1

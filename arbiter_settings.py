@@ -39,3 +39,9 @@ acting_record_file = None       # tests: a line per term start and per decision 
 
 log_level = "INFO"
 log_file = None
+
+# TLS on the arbiter port (off: None). All three or none: the arbiter's
+# certificate and key (0600) and the cluster's CA; made by `pgha-keys tls`.
+tls_cert_file = None
+tls_key_file = None
+tls_ca_file = None

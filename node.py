@@ -17,6 +17,7 @@ def main(argv=None):
     settings, args = cli.load_settings_and_flags("node", "PostgreSQL HA node daemon", DEFAULTS,
                                                  settings_mod.NODE_SPECS, settings_mod.NODE_CHECKS, argv=argv)
     node_keys = cli.load_keys("node", keys.node_keys, settings.key_file, settings.name)
+    cli.load_tls("node", settings)     # one clear line now for an unsafe or unusable TLS file
     log = logger.setup(settings.name, settings.log_level, settings.log_file)
     try:
         import psycopg2  # noqa: F401  (checked here for one clear line, not a traceback)

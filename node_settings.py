@@ -57,3 +57,10 @@ on_role_change = None
 on_start = None
 on_stop = None
 callback_timeout = 30.0
+
+# TLS on the arbiter link and the node-to-node lease link (off: None). All
+# three or none: this node's certificate and key (0600) and the cluster's CA;
+# made by `pgha-keys tls` (README: Security: authentication).
+tls_cert_file = None
+tls_key_file = None
+tls_ca_file = None

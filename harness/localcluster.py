@@ -32,6 +32,7 @@ import psycopg2.extensions
 from harness.cluster import ARBITER_TIMEOUT, ClusterHandle, FaultError
 from harness.etcd import EtcdCluster
 from pgha import arbiter_link, keys, protocol
+from pgha import tls as tls_mod
 from pgha.postgres import pgpass_line, process_alive, read_postmaster_pid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +59,7 @@ class LocalCluster(ClusterHandle):
     loaded from a running one's cluster.json (load) to inject faults."""
 
     def __init__(self, workdir=None, base_port=DEFAULT_BASE_PORT, os_user="postgres", echo=False,
-                 arbiter_overrides=None, passwords=None, node_overrides=None, etcd=False):
+                 arbiter_overrides=None, passwords=None, node_overrides=None, etcd=False, tls=False):
         """passwords: {setting: password} for PASSWORD_SETTINGS; by default
         random ones made at the first prepare() and kept in DIR/secrets.json."""
         self.dir = os.path.abspath(workdir or default_dir())
@@ -81,6 +82,8 @@ class LocalCluster(ClusterHandle):
         self._dsn = None           # a loaded cluster's own DSN
         self.keys_dir = os.path.join(self.dir, "keys")     # pgha-keys output, 0700/0600
         self._operator = None      # the operator's auth.Credential, loaded when first needed
+        self.tls = tls             # TLS on the control ports: certificates in keys/tls (pgha.tls)
+        self._tls_client = None    # the operator's TLS client context, made when first needed
         # --etcd: the etcd members and the arbiter processes (name -> port)
         self.etcd = EtcdCluster(os.path.join(self.dir, "etcd"), base_port + 30, members=3) if etcd else None
         self.arbiter_ports = {"arbiter": base_port, "arbiter-2": base_port + 9} if etcd else {"arbiter": base_port}
@@ -104,6 +107,7 @@ class LocalCluster(ClusterHandle):
         a = config.get("arbiter") or {}
         cluster = cls(cluster_dir, base_port=a.get("port", DEFAULT_BASE_PORT), os_user=None)
         cluster._dsn = config["dsn"]
+        cluster.tls = os.path.exists(cluster.tls_file("operator", ".crt"))
         cluster.arbiter = arbiter or ((a["host"], a["port"]) if "host" in a and "port" in a else None)
         nodes = config["nodes"]
         cluster.hosts = {name: n.get("host", "127.0.0.1") for name, n in nodes.items()}
@@ -174,6 +178,8 @@ class LocalCluster(ClusterHandle):
                 arbiter.update(state_backend="etcd", etcd_endpoints=self.etcd.endpoints,
                                acting_record_file=os.path.join(self.dir, f"{key}.acting"))
             arbiter.setdefault("key_file", self.key_file("arbiter"))
+            if self.tls:
+                arbiter.update(self.tls_settings("arbiter"))
             self._write_settings(f"{key}.py", arbiter)
         for name in NODES:
             self._write_settings(f"{name}.py", {
@@ -184,6 +190,7 @@ class LocalCluster(ClusterHandle):
                 "pgdata": self.pgdata(name), "admin_user": ADMIN_USER, "app_user": APP_USER,
                 **{setting: self.passwords[setting] for setting in PASSWORD_SETTINGS},
                 "log_file": os.path.join(self.dir, f"{name}.log"), "key_file": self.key_file(name),
+                **(self.tls_settings(name) if self.tls else {}),
                 **self.node_overrides,
             })
         self._chown_tree(self.dir)
@@ -192,15 +199,42 @@ class LocalCluster(ClusterHandle):
     def key_file(self, member):
         return os.path.join(self.keys_dir, member + keys.SUFFIX)
 
+    def tls_file(self, member, ext):
+        return os.path.join(self.keys_dir, "tls", member + ext)
+
+    def tls_settings(self, member):
+        return {"tls_cert_file": self.tls_file(member, ".crt"), "tls_key_file": self.tls_file(member, ".key"),
+                "tls_ca_file": self.tls_file("ca", ".crt")}
+
+    def tls_client(self):
+        """The operator's TLS client context, or None when the cluster runs without TLS."""
+        if self.tls and self._tls_client is None:
+            try:
+                self._tls_client = tls_mod.client_context(self.tls_file("operator", ".crt"),
+                                                          self.tls_file("operator", ".key"),
+                                                          self.tls_file("ca", ".crt"))
+            except tls_mod.TLSError as exc:
+                raise FaultError(str(exc)) from None
+        return self._tls_client
+
     def _make_keys(self):
         """One keyring per member, made once per cluster folder. The daemons
         (run as the postgres user) own theirs; the operator's and reader's
         stay with the harness's user, as an operator's would."""
         if not os.path.exists(self.key_file("arbiter")):
             keys.generate(self.keys_dir, NODES)
+        if self.tls and not os.path.exists(self.tls_file("ca", ".crt")):
+            tls_mod.generate(os.path.join(self.keys_dir, "tls"), ["arbiter", *NODES, "operator"])
         if self.user:
             for path in [self.keys_dir] + [self.key_file(m) for m in ("arbiter",) + NODES]:
                 os.chown(path, self.user.pw_uid, self.user.pw_gid)
+            if self.tls:    # the daemons' certificates are theirs; the CA key and the operator's stay ours
+                os.chown(os.path.join(self.keys_dir, "tls"), self.user.pw_uid, self.user.pw_gid)
+                for member in ("arbiter",) + NODES:
+                    for ext in (".crt", ".key"):
+                        os.chown(self.tls_file(member, ext), self.user.pw_uid, self.user.pw_gid)
+                for name in ("ca.key", "operator.key", "operator.crt"):
+                    os.chown(os.path.join(self.keys_dir, "tls", name), os.getuid(), os.getgid())
             for member in ("operator", "reader"):   # _chown_tree gave them away on a restart
                 os.chown(self.key_file(member), os.getuid(), os.getgid())
 
@@ -426,8 +460,10 @@ class LocalCluster(ClusterHandle):
             raise FaultError("cluster.json names no arbiter")
         if len(self.arbiter_ports) > 1:     # the leading arbiter, wherever it is
             return arbiter_link.call([("127.0.0.1", p) for p in self.arbiter_ports.values()], message,
-                                     timeout=ARBITER_TIMEOUT, credential=self.operator())
-        return protocol.call(*self.arbiter, message, timeout=ARBITER_TIMEOUT, credential=self.operator())
+                                     timeout=ARBITER_TIMEOUT, credential=self.operator(),
+                                     tls_context=self.tls_client())
+        return protocol.call(*self.arbiter, message, timeout=ARBITER_TIMEOUT, credential=self.operator(),
+                             tls_context=self.tls_client())
 
     def operator(self):
         """The operator's credential (keys/operator.keys), or None when this

@@ -9,6 +9,7 @@ most once, so a heartbeat costs at most len(addresses) connection timeouts.
 """
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from pgha import auth, protocol
@@ -45,13 +46,13 @@ def is_not_leader(reply: dict[str, Any]) -> bool:
 
 class ArbiterLink:
     def __init__(self, addresses: list[tuple[str, int]], timeout: float,
-                 credential: auth.Credential | None = None) -> None:
+                 credential: auth.Credential | None = None, tls_context: ssl.SSLContext | None = None) -> None:
         if not addresses:
             raise ValueError("no arbiter address")
         self.addresses = list(dict.fromkeys(addresses))
         self.timeout = timeout
         self.credential = credential
-        self._connections = {a: protocol.Connection(a[0], a[1], timeout, credential) for a in self.addresses}
+        self._connections = {a: protocol.Connection(a[0], a[1], timeout, credential, tls_context) for a in self.addresses}
         self.current = self.addresses[0]     # the last one that answered as leader (or at all)
 
     @property
@@ -109,9 +110,9 @@ def _hinted(reply: dict[str, Any], known: list[tuple[str, int]]) -> tuple[str, i
 
 
 def call(addresses: list[tuple[str, int]], message: dict[str, Any], timeout: float = 3.0,
-         credential: auth.Credential | None = None) -> dict[str, Any]:
+         credential: auth.Credential | None = None, tls_context: ssl.SSLContext | None = None) -> dict[str, Any]:
     """One request to the leading arbiter, on fresh connections (tools, the node's status watcher)."""
-    link = ArbiterLink(addresses, timeout, credential)
+    link = ArbiterLink(addresses, timeout, credential, tls_context)
     try:
         return link.request(message)
     finally:

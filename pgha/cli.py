@@ -4,6 +4,7 @@ import sys
 
 from pgha import keys as keys_mod
 from pgha import settings as settings_mod
+from pgha import tls as tls_mod
 
 
 def load_settings(program, description, defaults, specs, checks=(), argv=None):
@@ -44,6 +45,15 @@ def settings_loader(defaults, specs, checks, path):
                                              f"{settings_mod.PLACEHOLDER_PASSWORD!r}")
         return settings
     return load
+
+
+def load_tls(program, settings):
+    """pgha.tls.contexts(settings); exit 2 with one line when a TLS file is missing or unsafe."""
+    try:
+        return tls_mod.contexts(settings)
+    except tls_mod.TLSError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def load_keys(program, loader, *args):

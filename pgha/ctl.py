@@ -13,7 +13,9 @@
 
 The credential is the operator's key file (operator.keys from pgha-keys
 generate), or the reader's (or a node's) for list, status and history;
---key-file, else the environment variable PGHA_OPERATOR_KEY_FILE.
+--key-file, else the environment variable PGHA_OPERATOR_KEY_FILE. When the
+arbiter port runs TLS (pgha.tls), --tls-ca/--tls-cert/--tls-key (or
+PGHA_TLS_CA/PGHA_TLS_CERT/PGHA_TLS_KEY) name the CA and the operator's certificate.
 
 Exit codes: 0 done; 1 refused by the arbiter or arbiter unreachable;
 2 usage error or no usable credential. Errors are one line on stderr.
@@ -29,9 +31,11 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from pgha import keys, protocol
+from pgha import keys, protocol, tls
 
 KEY_FILE_ENV = "PGHA_OPERATOR_KEY_FILE"
+TLS_OPTIONS = (("ca", "PGHA_TLS_CA", "cluster's CA certificate"), ("cert", "PGHA_TLS_CERT", "operator's certificate"),
+               ("key", "PGHA_TLS_KEY", "operator's certificate key (0600)"))
 OK, REFUSED, USAGE = 0, 1, 2
 MB = 1024 * 1024
 
@@ -49,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arbiter", default="127.0.0.1:5430", help="HOST:PORT (default %(default)s)")
     parser.add_argument("--key-file", default=os.environ.get(KEY_FILE_ENV),
                         help=f"operator (or reader) key file (default: ${KEY_FILE_ENV})")
+    for option, env, what in TLS_OPTIONS:
+        parser.add_argument(f"--tls-{option}", default=os.environ.get(env),
+                            help=f"TLS: the {what} (default: ${env}); all three or none")
     sub = parser.add_subparsers(dest="command", required=True)
     lister = sub.add_parser("list", help="the members as a table")
     lister.add_argument("--json", action="store_true", help="machine-readable output")
@@ -89,13 +96,23 @@ def main(argv: list[str] | None = None,
     except keys.KeyFileError as exc:
         print(f"ctl: {exc}", file=sys.stderr)
         return USAGE
+    given = [args.tls_ca, args.tls_cert, args.tls_key]
+    if any(given) and not all(given):
+        parser.error("--tls-ca, --tls-cert and --tls-key go together (all or none)")
+    extra: dict[str, Any] = {}
+    if all(given):
+        try:
+            extra["tls_context"] = tls.client_context(args.tls_cert, args.tls_key, args.tls_ca)
+        except tls.TLSError as exc:
+            print(f"ctl: {exc}", file=sys.stderr)
+            return USAGE
     if args.command == "reload":
-        return reload(args, host, int(port), credential)
+        return reload(args, host, int(port), credential, extra.get("tls_context"))
     send = call or protocol.call
 
     def ask(message: dict[str, Any]) -> dict[str, Any]:
         try:
-            reply = send(host, int(port), message, timeout=5.0, credential=credential)
+            reply = send(host, int(port), message, timeout=5.0, credential=credential, **extra)
         except (OSError, protocol.ProtocolError) as exc:
             raise Refused(f"arbiter {args.arbiter} unreachable: {exc}") from None
         if reply.get("type") == "error":
@@ -385,13 +402,13 @@ def add_reload_command(sub: Any) -> None:
                           "node's REST API; valid for auth.WINDOW seconds, once)")
 
 
-def reload(args: argparse.Namespace, host: str, port: int, credential: Any) -> int:
+def reload(args: argparse.Namespace, host: str, port: int, credential: Any, tls_context: Any = None) -> int:
     message = {"type": "reload"}
     if args.print_signed:
         print(json.dumps(credential.sign({"v": protocol.VERSION, **message})))
         return 0
     try:
-        reply = protocol.call(host, port, message, timeout=5.0, credential=credential)
+        reply = protocol.call(host, port, message, timeout=5.0, credential=credential, tls_context=tls_context)
     except (OSError, protocol.ProtocolError) as exc:
         print(f"ctl: arbiter {args.arbiter} unreachable: {exc}", file=sys.stderr)
         return 1

@@ -3,6 +3,8 @@
     python -m pgha.keys generate --dir DIR --nodes pgsql-1,pgsql-2 [--no-reader]
     python -m pgha.keys rotate   --dir DIR --member NAME   (add a next key)
     python -m pgha.keys retire   --dir DIR --member NAME   (the next key becomes the only one)
+    python -m pgha.keys tls      --dir DIR --nodes pgsql-1,pgsql-2 [--hosts IP,...]
+                                 (a CA and TLS certificates: pgha.tls)
 
 A key file is a keyring: a small JSON object, principal -> list of hex keys,
 the current key first and, during a rotation, the next one after it:
@@ -28,6 +30,7 @@ import stat
 import sys
 from typing import Mapping, Sequence
 
+from pgha import tls
 from pgha.auth import OPERATOR, PAIR, READER, RESERVED, Credential, Keys, is_member_name
 
 KEY_BYTES = 32
@@ -212,13 +215,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = sub.add_parser(name, help="add a next key" if name == "rotate" else "keep only the next key")
         cmd.add_argument("--dir", required=True)
         cmd.add_argument("--member", required=True, help="a node name, operator, reader or pair")
+    cert = sub.add_parser("tls", help="a CA and a TLS certificate for the arbiter, each node and the operator")
+    cert.add_argument("--dir", required=True)
+    cert.add_argument("--nodes", required=True, help="the two node names, comma-separated")
+    cert.add_argument("--hosts", default="", help="addresses the members are reached at (comma-separated; "
+                                                 "recorded in the certificates, not checked by pgha)")
     args = parser.parse_args(argv)
     try:
-        if args.command == "generate":
+        if args.command == "tls":
+            nodes = [n.strip() for n in args.nodes.split(",")]
+            if len(nodes) != 2 or len(set(nodes)) != 2 or not all(is_member_name(n) for n in nodes):
+                raise KeyFileError(f"--nodes must name two different nodes, got {args.nodes!r}")
+            written = tls.generate(args.dir, ["arbiter", *nodes, OPERATOR],
+                                   [h.strip() for h in args.hosts.split(",") if h.strip()])
+        elif args.command == "generate":
             written = generate(args.dir, [n.strip() for n in args.nodes.split(",")], reader=not args.no_reader)
         else:
             written = (rotate if args.command == "rotate" else retire)(args.dir, args.member)
-    except (KeyFileError, OSError) as exc:
+    except (KeyFileError, tls.TLSError, OSError) as exc:
         print(f"pgha-keys: {exc}", file=sys.stderr)
         return 2
     for path in written:

@@ -8,6 +8,7 @@ grantor, never longer.
 """
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from typing import Any, Callable
@@ -153,10 +154,12 @@ class LeaseRenewer(threading.Thread):
 
     def __init__(self, name: str, leases: Leases,
                  target: Callable[[], tuple[str, int, int, float] | None],
-                 interval: Callable[[], float], credential: auth.Credential | None = None) -> None:
+                 interval: Callable[[], float], credential: auth.Credential | None = None,
+                 tls_context: ssl.SSLContext | None = None) -> None:
         super().__init__(daemon=True, name="lease-renewer")
         self.node_name = name
         self.credential = credential
+        self.tls_context = tls_context
         self.leases = leases
         self.target = target        # callable -> (host, port, epoch, duration) or None
         self.interval = interval    # callable -> seconds
@@ -179,7 +182,7 @@ class LeaseRenewer(threading.Thread):
             if self._conn:
                 self._conn.close()
             self._conn = protocol.Connection(host, port, timeout=min(1.0, duration / 3),
-                                             credential=self.credential)
+                                             credential=self.credential, tls_context=self.tls_context)
             self._address = (host, port)
         sent_at = time.monotonic()
         try:

@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 
 from pgha import api, logs
-from pgha import arbiter_link, auth, node_ops, protocol, reaper, store
+from pgha import arbiter_link, auth, node_ops, protocol, reaper, store, tls
 from pgha.arbiter_link import ArbiterLink, addresses_from_settings
 from pgha.callbacks import CallbackRunner
 from pgha.fencing import Fencer
@@ -55,7 +55,10 @@ class Node:
         credential, pair_keys = keys
         self.credential = credential
         # One arbiter, or several of which one leads (pgha.arbiter_link finds it).
-        self.arbiter = ArbiterLink(addresses_from_settings(settings), timeout=1.0, credential=credential)
+        # TLS on the arbiter link and the lease link when the tls_* settings are set (pgha.tls).
+        self.tls_server, self.tls_client = tls.contexts(settings)
+        self.arbiter = ArbiterLink(addresses_from_settings(settings), timeout=1.0, credential=credential,
+                                   tls_context=self.tls_client)
         self.peer_verifier = peer_verifier(settings.name, pair_keys)
         self.peer_credential = peer_credential(settings.name, pair_keys)
         self.state_file = os.path.join(pg.state_dir, "node-state.json")
@@ -102,10 +105,11 @@ class Node:
         log.info("fencer %s (pid %d)", "adopted" if adopted else "started", self.fencer.pid)
         peer = PeerServer(self.s.peer_bind, self.s.peer_port, self.grants, lambda: self.lease_time,
                           verifier=self.peer_verifier)
+        peer.tls_context = self.tls_server
         threading.Thread(target=peer.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
                          name="peer-server").start()
         renewer = LeaseRenewer(self.s.name, self.leases, self._renew_target, lambda: self.heartbeat_interval,
-                               credential=self.peer_credential)
+                               credential=self.peer_credential, tls_context=self.tls_client)
         renewer.start()
         if self.pg.status().get("role") == "primary":
             # PostgreSQL outlived a previous node daemon: it gets one lease
@@ -574,11 +578,13 @@ class Node:
         """The REST API and the thread that fetches the arbiter's status for
         it; (None, None) when api_bind is empty."""
         server = api.start(self.s.api_bind, self.s.api_port, self.state,
-                           relay=lambda request: arbiter_link.call(self.arbiter.addresses, request, timeout=5.0))
+                           relay=lambda request: arbiter_link.call(self.arbiter.addresses, request, timeout=5.0,
+                                                                      tls_context=self.tls_client))
         if server is None:
             return None, None
         watcher = ClusterWatcher(self.state, lambda: arbiter_link.call(
-            self.arbiter.addresses, {"type": "status"}, timeout=1.0, credential=self.credential))
+            self.arbiter.addresses, {"type": "status"}, timeout=1.0, credential=self.credential,
+            tls_context=self.tls_client))
         watcher.start()
         return server, watcher
 

@@ -25,6 +25,11 @@ checks each reply; a server with a Verifier checks each request before
 answering it and signs the reply. A request that fails the check gets one
 {"type":"error","error":"authentication failed"}, is logged (rate-limited)
 and the connection is closed.
+
+TLS (pgha.tls, optional): a LineServer with a tls_context wraps each accepted
+connection in its handler thread (a handshake that fails costs that
+connection and one rate-limited log line); a Connection with one wraps its
+socket. The signing above stays as it is.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import json
 import re
 import socket
 import socketserver
+import ssl
 import time
 import traceback
 from typing import IO, Any, Callable, Protocol
@@ -162,10 +168,12 @@ class Connection:
     request opens a new one.
     """
 
-    def __init__(self, host: str, port: int, timeout: float, credential: auth.Credential | None = None) -> None:
+    def __init__(self, host: str, port: int, timeout: float, credential: auth.Credential | None = None,
+                 tls_context: ssl.SSLContext | None = None) -> None:
         self.address = (host, port)
         self.timeout = timeout
         self.credential = credential    # None: unsigned requests (a server without a Verifier)
+        self.tls_context = tls_context  # pgha.tls.client_context, or None: plain TCP
         self._sock: socket.socket | None = None
         self._file: IO[bytes] | None = None
 
@@ -174,6 +182,8 @@ class Connection:
             if self._sock is None or self._file is None:
                 self._sock = socket.create_connection(self.address, timeout=self.timeout)
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.tls_context is not None:    # the handshake runs under self.timeout
+                    self._sock = self.tls_context.wrap_socket(self._sock)
                 self._file = self._sock.makefile("rb")
             request = {"v": VERSION, **message}
             if self.credential is not None:
@@ -201,9 +211,9 @@ class Connection:
 
 
 def call(host: str, port: int, message: dict[str, Any], timeout: float = 3.0,
-         credential: auth.Credential | None = None) -> dict[str, Any]:
+         credential: auth.Credential | None = None, tls_context: ssl.SSLContext | None = None) -> dict[str, Any]:
     """One request on a fresh connection (for tools and tests)."""
-    conn = Connection(host, port, timeout, credential)
+    conn = Connection(host, port, timeout, credential, tls_context)
     try:
         return conn.request(message)
     finally:
@@ -281,6 +291,49 @@ class LineHandler(socketserver.StreamRequestHandler):
 
     server: LineServer
 
+    def setup(self) -> None:
+        # With TLS, self.connection is a TLS socket over a duplicate of the
+        # accepted one; self.request stays the plain socket the server's slot
+        # table knows (and _wake shuts down). The handshake runs here, in this
+        # connection's thread, under the stranger's first-message deadline.
+        self.connected_at = time.monotonic()
+        self.tls_refused = False
+        context: ssl.SSLContext | None = getattr(self.server, "tls_context", None)
+        plain = self.request
+        if context is not None:
+            try:
+                self.request = self._handshake(context, plain)
+            except (OSError, ValueError) as exc:     # ssl.SSLError is an OSError
+                peer = "%s:%s" % self.client_address[:2]
+                reason = getattr(exc, "reason", None) or type(exc).__name__
+                self.server.warn(str(self.client_address[0]), "tls",
+                                 f"TLS handshake with {peer} failed: {clip(str(reason), 200)}")
+                self.tls_refused = True
+        try:
+            super().setup()
+        finally:
+            self.request = plain
+
+    @staticmethod
+    def _handshake(context: ssl.SSLContext, plain: socket.socket) -> ssl.SSLSocket:
+        dup = plain.dup()
+        try:
+            dup.settimeout(limits.MESSAGE_DEADLINE)
+            return context.wrap_socket(dup, server_side=True)
+        except BaseException:
+            dup.close()
+            raise
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if self.connection is not self.request:     # the TLS socket over the duplicate
+                try:
+                    self.connection.close()
+                except OSError:
+                    pass
+
     def answer(self, message: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -297,12 +350,14 @@ class LineHandler(socketserver.StreamRequestHandler):
         return verifier.sign_reply({"v": VERSION, **reply}, sender)
 
     def handle(self) -> None:
+        if self.tls_refused:
+            return
         slot = self.server.slot_of(self.request)
         source = str(self.client_address[0])
         peer = "%s:%s" % self.client_address[:2]
         reader = FrameReader(self.connection)
         idle = float(getattr(self.server, "idle_timeout", 30.0))
-        started: float | None = time.monotonic()     # a stranger's first frame: from connecting
+        started: float | None = self.connected_at    # a stranger's first frame: from connecting
         try:
             while True:
                 line = reader.next_line(idle, started=started)
@@ -363,6 +418,7 @@ class LineServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = limits.LISTEN_BACKLOG
     verifier: auth.Verifier | None = None   # set it to authenticate every request
+    tls_context: ssl.SSLContext | None = None   # pgha.tls.server_context: TLS on every connection
 
     def __init__(self, server_address: tuple[str, int], handler: type[LineHandler],
                  bind_and_activate: bool = True) -> None:

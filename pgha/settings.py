@@ -14,6 +14,8 @@ import traceback
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from pgha.tls import settings_problem as tls_settings_problem
+
 
 class SettingsError(Exception):
     """A setting is missing or wrong; the message names it."""
@@ -236,6 +238,10 @@ NODE_SPECS = {
     "callback_timeout": Spec(NUMBER, positive),
     # Several arbiter processes (state on etcd): every one's "host:port"; None: arbiter_host:arbiter_port.
     "arbiter_hosts": Spec(list, addresses, optional=True),
+    # TLS on the control ports (pgha.tls; made by `pgha-keys tls`): all three or none.
+    "tls_cert_file": Spec(str, non_empty, optional=True),
+    "tls_key_file": Spec(str, non_empty, optional=True),
+    "tls_ca_file": Spec(str, non_empty, optional=True),
 }
 
 ARBITER_SPECS = {
@@ -268,6 +274,10 @@ ARBITER_SPECS = {
     "etcd_password": Spec(str, password, optional=True, secret=True),
     "advertise_address": Spec(str, lambda v: addresses([v]), optional=True),
     "acting_record_file": Spec(str, non_empty, optional=True),
+    # TLS on the control ports (pgha.tls; made by `pgha-keys tls`): all three or none.
+    "tls_cert_file": Spec(str, non_empty, optional=True),
+    "tls_key_file": Spec(str, non_empty, optional=True),
+    "tls_ca_file": Spec(str, non_empty, optional=True),
 }
 
 
@@ -289,6 +299,10 @@ def _etcd_settings(settings):
     return None
 
 
+def _tls_settings(settings):
+    return tls_settings_problem(settings)
+
+
 def _two_distinct_nodes(settings):
     nodes = settings.nodes
     if len(nodes) != 2 or len(set(nodes)) != 2 or any(identifier(n) for n in nodes):
@@ -300,7 +314,7 @@ def _two_distinct_nodes(settings):
     return None
 
 
-ARBITER_CHECKS = (_two_distinct_nodes, _etcd_settings)
+ARBITER_CHECKS = (_two_distinct_nodes, _etcd_settings, _tls_settings)
 
 
 def _distinct_roles(settings):
@@ -311,4 +325,4 @@ def _distinct_roles(settings):
     return None
 
 
-NODE_CHECKS = (_distinct_roles,)
+NODE_CHECKS = (_distinct_roles, _tls_settings)
