@@ -120,3 +120,11 @@ def test_pgha_keys_tls(tmp_path, capsys):
         assert (folder / f"{member}.crt").exists() and (folder / f"{member}.key").exists()
     assert keys.main(["tls", "--dir", str(folder), "--nodes", "pgsql-1,pgsql-2"]) == 2     # never overwrites
     assert "already exists" in capsys.readouterr().err
+
+
+def test_the_tls_settings_go_together():
+    from types import SimpleNamespace
+    assert tls.settings_problem(SimpleNamespace(tls_cert_file=None, tls_key_file=None, tls_ca_file=None)) is None
+    assert tls.contexts(SimpleNamespace(tls_cert_file=None)) == (None, None)
+    assert "go together" in tls.settings_problem(
+        SimpleNamespace(tls_cert_file="a.crt", tls_key_file=None, tls_ca_file="ca.crt"))
