@@ -128,3 +128,21 @@ def test_the_tls_settings_go_together():
     assert tls.contexts(SimpleNamespace(tls_cert_file=None)) == (None, None)
     assert "go together" in tls.settings_problem(
         SimpleNamespace(tls_cert_file="a.crt", tls_key_file=None, tls_ca_file="ca.crt"))
+
+
+def test_ctl_takes_the_tls_options(server, certs, tmp_path, capsys, monkeypatch):
+    from pgha import ctl
+    keys.generate(str(tmp_path / "k"), ["pgsql-1", "pgsql-2"])
+    crt, key, ca = _files(certs, "ours", "operator")
+    seen = {}
+
+    def call(host, port, message, timeout, credential, tls_context=None):
+        seen["tls"] = tls_context
+        return {"type": "status", "epoch": 1, "primary": None, "nodes": {}}
+
+    base = ["--arbiter", "127.0.0.1:1", "--key-file", str(tmp_path / "k" / "operator.keys")]
+    ctl.main([*base, "--tls-ca", ca, "--tls-cert", crt, "--tls-key", key, "list", "--json"], call=call)
+    assert isinstance(seen["tls"], ssl.SSLContext)
+    with pytest.raises(SystemExit) as exit_:
+        ctl.main([*base, "--tls-ca", ca, "list"], call=call)
+    assert exit_.value.code == 2 and "go together" in capsys.readouterr().err
