@@ -56,10 +56,13 @@ class Fencer:
         with self._lock:
             pid = running_fencer(self.pidfile, self.fifo)
             if pid is not None:
-                self.pid, self._proc = pid, None
-                self._open_fifo()
-                self._until = _UNKNOWN
-                return True
+                try:
+                    self._open_fifo(wait=READY_TIMEOUT)
+                    self.pid, self._proc = pid, None
+                    self._until = _UNKNOWN
+                    return True
+                except OSError:     # not reading its FIFO: start a fresh one beside it
+                    pass
             self._spawn()
             return False
 
@@ -161,6 +164,13 @@ class Fencer:
         except FileNotFoundError:
             pass
         os.mkfifo(self.fifo, 0o600)
+        # A pid file left by a fencer of an earlier boot (or container) may
+        # hold the very pid the new one gets: it would read as "ready" before
+        # the new fencer has opened the FIFO.
+        try:
+            os.unlink(self.pidfile)
+        except FileNotFoundError:
+            pass
         log = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             proc = subprocess.Popen(
@@ -177,12 +187,21 @@ class Fencer:
                 proc.kill()
                 raise FencerError(errno.EIO, f"the fencer did not start (see {self.log_path})")
             time.sleep(0.005)
-        self._open_fifo()
+        self._open_fifo(wait=max(0.0, ready_by - time.monotonic()))
         self._until = None
 
-    def _open_fifo(self) -> None:
+    def _open_fifo(self, wait: float = 0.0) -> None:
+        """Open the FIFO for writing; ENXIO (no reader yet) is retried for `wait` seconds."""
         self._close_fifo()
-        self._fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        give_up = time.monotonic() + wait
+        while True:
+            try:
+                self._fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+                return
+            except OSError as exc:
+                if exc.errno != errno.ENXIO or time.monotonic() > give_up:
+                    raise
+                time.sleep(0.005)
 
     def _close_fifo(self) -> None:
         if self._fd is not None:

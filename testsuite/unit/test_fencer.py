@@ -221,6 +221,27 @@ def test_check_restarts_a_dead_fencer(site):
     assert dead_within(pg, 0.2 + 0.5), "the restarted fencer does not take commands"
 
 
+def test_a_stale_pid_file_from_an_earlier_boot_is_not_taken_for_readiness(site, monkeypatch):
+    """After a reboot or a container restart the pid file may name the very pid
+    the new fencer gets: the handle must wait for the new one to be ready."""
+    import subprocess
+    pg = site.postmaster()
+    real_popen = subprocess.Popen
+    os.makedirs(site.state, exist_ok=True)
+
+    def popen(*args, **kwargs):      # the stale file names the new fencer's pid, as it may after a boot
+        proc = real_popen(*args, **kwargs)
+        if not os.path.exists(os.path.join(site.state, "fencer.pid")):
+            with open(os.path.join(site.state, "fencer.pid"), "w") as f:
+                f.write(f"{proc.pid}\n")
+        return proc
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    fencer = site.fencer()       # must not fail opening a FIFO nobody reads yet
+    fencer.arm(0.2)
+    assert dead_within(pg, 0.2 + 0.5), "the new fencer does not take commands"
+
+
 def test_exit_ends_the_fencer_and_removes_its_pid_file(site):
     fencer = site.fencer()
     pid = fencer.pid
