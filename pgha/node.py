@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 
 from pgha import api, logs
-from pgha import arbiter_link, auth, footprint, node_ops, protocol, reaper, store
+from pgha import arbiter_link, auth, node_ops, protocol, reaper, store
 from pgha.arbiter_link import ArbiterLink, addresses_from_settings
 from pgha.callbacks import CallbackRunner
 from pgha.fencing import Fencer
@@ -94,7 +94,6 @@ class Node:
         # First, before anything starts: a damaged state file stops the node (store.NodeStateError),
         # and a taken API port stops it before it acts.
         self.acted_epoch = store.load_acted_epoch(self.state_file)
-        footprint.limit_malloc_arenas()     # before the threads start
         api_server, watcher = self._start_api()
         self.pg.prepare_folders()
         if reaper.become_subreaper():   # the postmaster becomes our child: its death is reaped at once
