@@ -2,7 +2,7 @@
 """Commit-path overhead: pgbench on the HA cluster's primary against plain
 PostgreSQL with the same synchronous standby and no daemons.
 
-    python -m harness.bench_pgbench [--runs 3] [--seconds 15] [--scale 10] [--idle-seconds 30]
+    python -m harness.bench_pgbench [--runs 3] [--seconds 15] [--scale 10] [--idle-seconds 30] [--plain-first]
 
 Both setups run on this machine: a local cluster (node daemons, arbiter,
 synchronous replication), then a hand-made primary + standby (initdb,
@@ -17,14 +17,13 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
 
 from harness.bench_failover import idle_footprint
-from harness.localcluster import ADMIN_USER, NODES, LocalCluster
+from harness.localcluster import ADMIN_USER, LocalCluster
 
 PGBENCH = ("-c", "4", "-j", "2", "-N", "-n")
 # The cluster's settings the plain pair does not share: addresses and replication wiring.
@@ -128,6 +127,16 @@ def plain_pair(runner, folder, base_port, settings):
     return p_port, stop
 
 
+def plain_pgbench(runner, args, settings):
+    port, stop = plain_pair(runner, os.path.join(args.dir, "plain"), args.base_port + 50, settings)
+    try:
+        runner.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-qc",
+                    "CREATE DATABASE bench", "postgres"])
+        return pgbench(runner, port, "", "postgres", "bench", args.scale, args.runs, args.seconds)
+    finally:
+        stop()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
@@ -135,6 +144,8 @@ def main():
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--idle-seconds", type=float, default=0)
     parser.add_argument("--idle-only", action="store_true", help="sample the idle daemon only, no pgbench")
+    parser.add_argument("--plain-first", action="store_true",
+                        help="run plain PostgreSQL first, while the cluster idles (same background load)")
     parser.add_argument("--dir", default="/var/tmp/pgha-pgbench")
     parser.add_argument("--base-port", type=int, default=8530)
     args = parser.parse_args()
@@ -154,26 +165,21 @@ def main():
         if args.idle_only:
             return
         settings = cluster_settings(cluster.pgdata(primary))
+        if args.plain_first:    # the cluster idles meanwhile: both setups share the same background
+            rows["plain PostgreSQL (sync standby)"] = plain_pgbench(runner, args, settings)
         rows["HA cluster (daemons, sync standby)"] = pgbench(
             runner, cluster.pg_ports[primary], cluster.passwords["admin_password"], ADMIN_USER, "testdb",
             args.scale, args.runs, args.seconds)
     finally:
         cluster.stop()
-
-    port, stop = plain_pair(runner, os.path.join(args.dir, "plain"), args.base_port + 50, settings)
-    try:
-        runner.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-qc",
-                    "CREATE DATABASE bench", "postgres"])
-        rows["plain PostgreSQL (sync standby)"] = pgbench(runner, port, "", "postgres", "bench", args.scale,
-                                                          args.runs, args.seconds)
-    finally:
-        stop()
+    if not args.plain_first:
+        rows["plain PostgreSQL (sync standby)"] = plain_pgbench(runner, args, settings)
 
     print(f"\npgbench -s {args.scale} {' '.join(PGBENCH)} -T {args.seconds}, median of {args.runs}:")
     print(f"{'setup':38s} {'TPS':>8s} {'latency ms':>11s}  runs (tps)")
     for name, (tps, latency, figures) in rows.items():
         print(f"{name:38s} {tps:8.0f} {latency:11.2f}  {', '.join(f'{t:.0f}' for t, _ in figures)}")
-    (a, _, _), (b, _, _) = rows.values()
+    a, b = rows["HA cluster (daemons, sync standby)"][0], rows["plain PostgreSQL (sync standby)"][0]
     print(f"HA / plain TPS: {a / b * 100:.1f} %")
 
 
