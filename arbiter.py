@@ -67,7 +67,7 @@ def main(argv=None):
     if leadership is not None:
         leadership.start()
     try:
-        server.serve_forever(poll_interval=0.2)
+        server.serve_forever()
     finally:
         server.server_close()
     return 0

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from pgha import auth, health, logs, metrics, protocol
 from pgha.node_state import StatePublisher
+from pgha.serve import WakeOnShutdown
 
 log = logs.get("api")
 
@@ -40,7 +41,7 @@ RELAYED = frozenset({"switchover", "reload", "pause", "resume", "failover"})   #
 Relay = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-class ApiServer(ThreadingHTTPServer):
+class ApiServer(WakeOnShutdown, ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 64
@@ -73,7 +74,7 @@ class ApiServer(ThreadingHTTPServer):
                   exc_info=True)
 
     def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
+        thread = threading.Thread(target=self.serve_forever, daemon=True,
                                   name="rest-api")
         thread.start()
         return thread

@@ -106,7 +106,7 @@ class Node:
         peer = PeerServer(self.s.peer_bind, self.s.peer_port, self.grants, lambda: self.lease_time,
                           verifier=self.peer_verifier)
         peer.tls_context = self.tls_server
-        threading.Thread(target=peer.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
+        threading.Thread(target=peer.serve_forever, daemon=True,
                          name="peer-server").start()
         renewer = LeaseRenewer(self.s.name, self.leases, self._renew_target, lambda: self.heartbeat_interval,
                                credential=self.peer_credential, tls_context=self.tls_client)

@@ -42,12 +42,12 @@ SELECT pg_is_in_recovery(),
        (SELECT coalesce(max(extract(epoch FROM clock_timestamp() - query_start)), 0)
           FROM pg_stat_activity WHERE wait_event = 'SyncRep'),
        CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver)
-            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END
-"""
-REPLICATION_SQL = """
-SELECT application_name, state, sync_state, coalesce(flush_lsn - '0/0', 0),
-       coalesce(extract(epoch FROM clock_timestamp() - reply_time), 1e9)
-  FROM pg_stat_replication
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+       -- the standbys, in the same round trip (a standby's list is ignored)
+       (SELECT coalesce(json_agg(json_build_array(
+                   application_name, state, sync_state, coalesce(flush_lsn - '0/0', 0),
+                   coalesce(extract(epoch FROM clock_timestamp() - reply_time), 1e9))), '[]')
+          FROM pg_stat_replication)
 """
 
 ENSURE_SLOT_SQL = ("SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS "
@@ -527,12 +527,12 @@ class Postgres:
         if self.postmaster_pid() is None:
             return {"pg": "stopped"}
         try:
-            (in_recovery, lsn, receive_lsn, sync_names, receiver, syncrep_wait, timeline), = \
+            (in_recovery, lsn, receive_lsn, sync_names, receiver, syncrep_wait, timeline, standbys), = \
                 self.query(STATUS_SQL)
             replication = [] if in_recovery else [
                 {"name": name, "state": state, "sync_state": sync_state, "flush_lsn": int(flush),
                  "reply_age": round(float(age), 3)}
-                for name, state, sync_state, flush, age in self.query(REPLICATION_SQL)]
+                for name, state, sync_state, flush, age in standbys]
         except PostgresError as exc:
             return {"pg": "starting", "error": str(exc)}
         return {

@@ -46,6 +46,7 @@ from pgha import auth, limits, logs
 from pgha.errors import ProtocolError
 from pgha.limits import clip
 from pgha.messages import Report, check_type
+from pgha.serve import WakeOnShutdown
 
 log = logs.get("protocol")
 
@@ -405,7 +406,7 @@ class LineHandler(socketserver.StreamRequestHandler):
             return False
 
 
-class LineServer(socketserver.ThreadingTCPServer):
+class LineServer(WakeOnShutdown, socketserver.ThreadingTCPServer):
     """A threaded server that admits connections through limits.Slots.
 
     Admission runs in the accept loop, so a refused connection costs an
