@@ -1,7 +1,11 @@
 """Test doubles and builders shared by the suites: a clock tests move by hand,
-the reports a node sends the arbiter (the wire's dict form), and whether a
-test failed (for fixtures that show logs then)."""
-from typing import Any
+the reports a node sends the arbiter (the wire's dict form), whether a test
+failed (for fixtures that show logs then), a line server run in a thread,
+and a raw exchange with a server."""
+import contextlib
+import socket
+import threading
+from typing import Any, Iterator
 
 
 def failed(item: Any, unknown: bool = False) -> bool:
@@ -64,3 +68,30 @@ def standby_report(name: str = "b", pg: str = "running", role: str = "standby", 
     if pg == "running":
         report.update(role=role, lsn=900, sync_standby=None, syncrep_wait=0.0, replication=[])
     return report
+
+
+@contextlib.contextmanager
+def serving(server: Any) -> Iterator[Any]:
+    """Run a socketserver in a daemon thread for the with-block, then shut it down."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def raw_exchange(address: tuple[str, int], data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes on a fresh connection; everything the server says before
+    it closes (a reset or a timeout ends it too)."""
+    received = b""
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.sendall(data)
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except OSError:
+            pass
+    return received

@@ -12,6 +12,7 @@ import time
 
 from conftest import wait_for
 from pgha import keys, protocol
+from testsuite.helpers import raw_exchange
 
 SLOW_CLIENTS = 500
 FLOOD = 300
@@ -134,12 +135,7 @@ def test_failover_under_slow_clients_and_a_connection_flood(local_cluster):
 
 def raw(cluster, data, timeout=5.0):
     """Send raw bytes on a fresh connection; everything the server says before closing."""
-    with socket.create_connection(cluster.arbiter, timeout=timeout) as sock:
-        sock.sendall(data)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
+    return raw_exchange(cluster.arbiter, data, timeout)
 
 
 def arbiter_log(cluster):

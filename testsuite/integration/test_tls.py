@@ -1,12 +1,12 @@
 """A local cluster with TLS on the control ports (pgha.tls): it fails over
 with nothing lost, and its arbiter and lease ports answer no plain JSON."""
 import os
-import socket
 
 import pytest
 
 from conftest import WriteRun, running_cluster, wait_for
 from pgha import protocol
+from testsuite.helpers import raw_exchange
 from test_cluster import primary_is
 
 
@@ -17,15 +17,7 @@ def tls_cluster(request):
 
 def _plain_reply(port):
     """What a plain (non-TLS) status request to `port` gets back: bytes, never a JSON line."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5.0) as sock:
-        sock.sendall(protocol.encode({"type": "status"}))
-        reply = b""
-        try:
-            while chunk := sock.recv(4096):
-                reply += chunk
-        except OSError:
-            pass
-    return reply
+    return raw_exchange(("127.0.0.1", port), protocol.encode({"type": "status"}))
 
 
 def test_tls_cluster_fails_over_and_refuses_plain_requests(tls_cluster):

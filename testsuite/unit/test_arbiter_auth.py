@@ -3,13 +3,12 @@ replayed and mis-attributed messages get one "authentication failed", are
 logged once per source and check, and change no state."""
 import copy
 import logging
-import threading
 
 import pytest
 
 from pgha import arbiter as arbiter_mod, auth, protocol
 from pgha.lease import Grants, PeerServer, peer_credential, peer_verifier
-from testsuite.helpers import FakeClock, row
+from testsuite.helpers import FakeClock, row, serving
 from testsuite.unit.test_arbiter import P, S, Running, address, heartbeat, primary_report, standby_report
 
 KEYS = {P: (b"\x01" * 32,), S: (b"\x02" * 32,), "operator": (b"\x03" * 32,), "reader": (b"\x04" * 32,)}
@@ -146,12 +145,8 @@ def standby_link():
     grants = Grants(FakeClock())
     grants.follow(P, 4)
     server = PeerServer("127.0.0.1", 0, grants, lambda: 3.0, verifier=peer_verifier(S, PAIR))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server, grants
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with serving(server):
+        yield server, grants
 
 
 def lease_reply(server, message):

@@ -1,12 +1,11 @@
 """Leases and grants (pgha/lease.py) with a fake clock, plus the lease link server."""
 import socket
-import threading
 
 import pytest
 
 from pgha import protocol
 from pgha.lease import Grants, Leases, PeerServer
-from testsuite.helpers import FakeClock
+from testsuite.helpers import FakeClock, serving
 
 
 @pytest.fixture
@@ -164,12 +163,8 @@ def test_stop_refuses_everything(clock):
 def peer(clock):
     grants = Grants(clock)
     server = PeerServer("127.0.0.1", 0, grants, lambda: 3.0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server, grants
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with serving(server):
+        yield server, grants
 
 
 def test_peer_server_grants_and_refuses(peer, clock):

@@ -2,7 +2,6 @@
 import json
 import logging
 import socket
-import threading
 import time
 
 import pytest
@@ -12,7 +11,7 @@ from pgha.arbiter import Arbiter, ArbiterServer
 from pgha.limits import RateLimitedLog, Slots, clip
 from pgha.messages import MAX_REPLICATION_ROWS, MAX_STRING, Address, Report, ReplicationRow
 from pgha.protocol import MAX_FRAME, ProtocolError, decode, nesting_depth
-from testsuite.helpers import FakeClock, primary_report
+from testsuite.helpers import FakeClock, primary_report, serving
 
 
 # -- clip ----------------------------------------------------------------------------
@@ -198,12 +197,8 @@ def server(tmp_path, monkeypatch):
     monkeypatch.setattr(protocol.limits, "MESSAGE_DEADLINE", 0.5)
     srv = ArbiterServer(Arbiter(Settings(tmp_path / "state.json"), init=True), "127.0.0.1", 0, idle_timeout=10.0)
     srv.slots = Slots(member_slots=4, stranger_slots=8, per_source=8)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    with serving(srv):
+        yield srv
 
 
 def heartbeat(node="pgsql-1"):

@@ -7,11 +7,11 @@ import shutil
 import socket
 import ssl
 import stat
-import threading
 
 import pytest
 
 from pgha import keys, protocol, tls
+from testsuite.helpers import raw_exchange, serving
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
@@ -38,11 +38,8 @@ def _files(base, folder, member):
 def server(certs):
     srv = protocol.LineServer(("127.0.0.1", 0), _Echo)
     srv.tls_context = tls.server_context(*_files(certs, "ours", "arbiter"))
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(srv):
+        yield srv
 
 
 def _ask(srv, context):
@@ -63,14 +60,7 @@ def test_a_tls_connection_talks(server, certs):
 
 def test_a_plain_client_gets_no_json_and_the_server_carries_on(server, certs, caplog):
     with caplog.at_level(logging.WARNING, logger="pgha"):
-        with socket.create_connection(server.server_address[:2], timeout=3.0) as sock:
-            sock.sendall(protocol.encode({"type": "status"}))
-            reply = b""
-            try:
-                while chunk := sock.recv(4096):
-                    reply += chunk
-            except OSError:
-                pass
+        reply = raw_exchange(server.server_address[:2], protocol.encode({"type": "status"}), timeout=3.0)
         assert b'"type"' not in reply       # at most a TLS alert, never a JSON answer
         with pytest.raises((OSError, protocol.ProtocolError)):
             _ask(server, None)
