@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from pgha import auth, health, logs, metrics, protocol
+from pgha import arbiter_link, auth, health, logs, metrics, protocol
 from pgha.node_state import StatePublisher
 from pgha.serve import WakeOnShutdown
 
@@ -186,12 +187,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-def arbiter_relay(host: str, port: int, timeout: float = 5.0) -> Relay:
-    """Send an already-signed request to the arbiter unchanged (no signing
-    here: the arbiter verifies the operator's own signature); the reply's
-    signature answers the operator's nonce, so it is passed on unchecked."""
+def arbiter_relay(addresses: list[tuple[str, int]], timeout: float = 5.0,
+                  tls_context: ssl.SSLContext | None = None) -> Relay:
+    """Send an already-signed request to the leading arbiter unchanged (no
+    signing here: the arbiter verifies the operator's own signature); the
+    reply's signature answers the operator's nonce, so it is passed on unchecked."""
     def relay(request: dict[str, Any]) -> dict[str, Any]:
-        return protocol.call(host, port, request, timeout=timeout, credential=None)
+        return arbiter_link.call(addresses, request, timeout=timeout, tls_context=tls_context)
     return relay
 
 

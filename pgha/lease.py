@@ -44,8 +44,7 @@ class Leases:
     def deadline(self) -> float:
         """When the last lease actually granted runs out (monotonic seconds;
         in the past when none is held): what the fencer enforces."""
-        with self._lock:
-            return max(self._until["arbiter"], self._until["standby"])
+        return max(self.until().values())
 
     def until(self) -> dict[str, float]:
         """When each granted lease runs out (monotonic seconds), for the REST API."""

@@ -578,8 +578,7 @@ class Node:
         """The REST API and the thread that fetches the arbiter's status for
         it; (None, None) when api_bind is empty."""
         server = api.start(self.s.api_bind, self.s.api_port, self.state,
-                           relay=lambda request: arbiter_link.call(self.arbiter.addresses, request, timeout=5.0,
-                                                                      tls_context=self.tls_client))
+                           relay=api.arbiter_relay(self.arbiter.addresses, tls_context=self.tls_client))
         if server is None:
             return None, None
         watcher = ClusterWatcher(self.state, lambda: arbiter_link.call(

@@ -15,7 +15,7 @@ from testsuite.unit.test_arbiter_auth import KEYS, WRONG, credential, promotable
 @pytest.fixture
 def setup(tmp_path):
     arbiter = Running(tmp_path, verifier=arbiter_mod.verifier(KEYS, [P, S]))
-    server = api.start("127.0.0.1", 0, StatePublisher(P), relay=api.arbiter_relay(*arbiter.address))
+    server = api.start("127.0.0.1", 0, StatePublisher(P), relay=api.arbiter_relay([arbiter.address]))
     yield arbiter, server
     server.stop()
     arbiter.stop()
@@ -85,7 +85,7 @@ def test_bad_bodies(setup):
 
 
 def test_arbiter_unreachable_is_503(tmp_path):
-    server = api.start("127.0.0.1", 0, StatePublisher(P), relay=api.arbiter_relay("127.0.0.1", 1, timeout=1))
+    server = api.start("127.0.0.1", 0, StatePublisher(P), relay=api.arbiter_relay([("127.0.0.1", 1)], timeout=1))
     try:
         assert post(server, "/reload", signed({"type": "reload"}))[0] == 503
     finally:
