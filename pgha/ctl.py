@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None,
         except tls.TLSError as exc:
             print(f"ctl: {exc}", file=sys.stderr)
             return USAGE
-    if args.command == "reload":
-        return reload(args, host, int(port), credential, extra.get("tls_context"))
+    if args.command == "reload" and args.print_signed:     # a body for POST /reload: nothing is sent
+        print(json.dumps(credential.sign({"v": protocol.VERSION, "type": "reload"})))
+        return OK
     send = call or protocol.call
 
     def ask(message: dict[str, Any]) -> dict[str, Any]:
@@ -402,25 +403,14 @@ def add_reload_command(sub: Any) -> None:
                           "node's REST API; valid for auth.WINDOW seconds, once)")
 
 
-def reload(args: argparse.Namespace, host: str, port: int, credential: Any, tls_context: Any = None) -> int:
-    message = {"type": "reload"}
-    if args.print_signed:
-        print(json.dumps(credential.sign({"v": protocol.VERSION, **message})))
-        return 0
-    try:
-        reply = protocol.call(host, port, message, timeout=5.0, credential=credential, tls_context=tls_context)
-    except (OSError, protocol.ProtocolError) as exc:
-        print(f"ctl: arbiter {args.arbiter} unreachable: {exc}", file=sys.stderr)
-        return 1
-    if reply.get("type") != "ok":
-        print(f"ctl: {reply.get('error', reply)}", file=sys.stderr)
-        return 1
+def cmd_reload(args: argparse.Namespace, ask: Ask) -> int:
+    reply = ask({"type": "reload"})
     applied = ", ".join(reply.get("applied") or ()) or "none"
     print(f"arbiter reloaded (changed: {applied}); the nodes reload at their next heartbeat "
           f"(generation {reply['reload_generation']})")
     if reply.get("restart_needed"):
         print(f"arbiter settings that need a restart: {', '.join(reply['restart_needed'])}")
-    return 0
+    return OK
 
 
 def rebuild_status_lines(reply: dict[str, Any]) -> list[str]:
@@ -449,6 +439,7 @@ def print_rebuild_status(reply: dict[str, Any]) -> None:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Ask], int]] = {
     "list": cmd_list, "status": cmd_status, "history": cmd_history, "switchover": cmd_switchover,
     "failover": cmd_failover, "pause": cmd_pause, "resume": cmd_resume, "rebuild": cmd_rebuild,
+    "reload": cmd_reload,
 }
 
 
