@@ -25,7 +25,6 @@ import json
 import random
 import sys
 import time
-from pathlib import Path
 
 from harness import docker as de
 from harness.scenario import FAULTS, Run

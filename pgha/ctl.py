@@ -432,10 +432,6 @@ def rebuild_status_lines(reply: dict[str, Any]) -> list[str]:
     return lines
 
 
-def print_rebuild_status(reply: dict[str, Any]) -> None:
-    print("\n".join(rebuild_status_lines(reply)))
-
-
 COMMANDS: dict[str, Callable[[argparse.Namespace, Ask], int]] = {
     "list": cmd_list, "status": cmd_status, "history": cmd_history, "switchover": cmd_switchover,
     "failover": cmd_failover, "pause": cmd_pause, "resume": cmd_resume, "rebuild": cmd_rebuild,
