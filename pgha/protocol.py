@@ -371,7 +371,10 @@ class LineHandler(socketserver.StreamRequestHandler):
                 sender = self.verify(message)       # over the wire form: before parsing
                 message = validate_request(message)
                 reply = self.sign(self.answer(message), sender)
-                if slot is not None and not slot.member and self.server.is_member(message):
+                # A proven sender (a member, an operator, a reader) keeps its slot;
+                # without authentication the server's own is_member() decides.
+                if slot is not None and not slot.member and \
+                        (sender is not None or self.server.is_member(message)):
                     self.server.slots.promote(slot)
                 if not self._send(reply):
                     return

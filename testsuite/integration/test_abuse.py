@@ -89,6 +89,17 @@ def status(cluster, timeout=3.0):
     return protocol.call(*cluster.arbiter, {"type": "status"}, timeout=timeout, credential=operator(cluster))
 
 
+class OperatorLink:
+    """An operator's monitoring connection, kept open: once its first signed
+    request is answered it holds a member's slot, which the flood cannot take."""
+
+    def __init__(self, cluster, timeout=3.0):
+        self.conn = protocol.Connection(*cluster.arbiter, timeout=timeout, credential=operator(cluster))
+
+    def status(self):
+        return self.conn.request({"type": "status"})
+
+
 def operator(cluster):
     return keys.client_credential(cluster.key_file("operator"))
 
@@ -100,7 +111,8 @@ def member(cluster, node):
 
 def test_failover_under_slow_clients_and_a_connection_flood(local_cluster):
     raise_nofile()
-    before = status(local_cluster)
+    link = OperatorLink(local_cluster)
+    before = link.status()      # answered: from now on the link holds a member's slot
     old, epoch = before["primary"], before["epoch"]
     abusers = Abusers(local_cluster.arbiter)
     abusers.start()
@@ -113,7 +125,7 @@ def test_failover_under_slow_clients_and_a_connection_flood(local_cluster):
         promoted_after = None
         while time.monotonic() - killed_at < 30:
             try:
-                reply = status(local_cluster)
+                reply = link.status()
                 if reply["type"] != "status":        # refused: "too many connections"
                     raise ConnectionRefusedError(reply.get("error"))
                 answered += 1
@@ -131,6 +143,7 @@ def test_failover_under_slow_clients_and_a_connection_flood(local_cluster):
               f"{abusers.opened} abusive connections opened, {abusers.dropped} dropped")
     finally:
         abusers.stop()
+        link.conn.close()
 
 
 def raw(cluster, data, timeout=5.0):
