@@ -1,4 +1,6 @@
-# PostgreSQL HA manager: one image for the two database nodes and the arbiter.
+# PostgreSQL HA manager: one image for the two database nodes and the arbiter
+# (and, with docker-compose.etcd.yml, the etcd members and the second arbiter:
+# etcd-server and python3-etcd3gw are for those).
 # The base image may be the official debian:bookworm-slim or, on machines
 # without a container registry, one imported from a debootstrap rootfs
 # (see harness/docker.py). Its apt sources are used as they are.
@@ -17,6 +19,7 @@ RUN mkdir -p /etc/postgresql-common/createcluster.d \
  && apt-get update \
  && apt-get install -y --no-install-recommends \
         postgresql-15 python3 python3-psycopg2 iproute2 iptables procps \
+        etcd-server python3-etcd3gw \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
  && mkdir -p /var/lib/pgha /var/lib/pgha-arbiter \

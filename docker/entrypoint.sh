@@ -2,6 +2,7 @@
 # Container entrypoint for the HA cluster image.
 #   entrypoint.sh node SETTINGS     run node.py as OS user postgres
 #   entrypoint.sh arbiter SETTINGS  run arbiter.py
+#   entrypoint.sh etcd              run an etcd member (docker-compose.etcd.yml)
 #   entrypoint.sh ANYTHING ELSE     exec it (e.g. "bash")
 set -eu
 
@@ -62,14 +63,31 @@ arbiter)
     # whose volumes are made and dropped together (docker-compose down -v); on
     # real hosts run arbiter.py --init by hand, once.
     init=""
-    if [ ! -e /var/lib/pgha-arbiter/.volume-initialised ]; then
+    if [ ! -e /var/lib/pgha-arbiter/.volume-initialised ] && [ "${PGHA_ARBITER_INIT:-}" != never ]; then
         init="--init"
-        touch /var/lib/pgha-arbiter/.volume-initialised
     fi
     # The arbiter container doubles as the operators' host in this test project.
     keep_only arbiter.keys operator.keys reader.keys
     cd /app
+    # On etcd (docker-compose.etcd.yml) the members start beside it: wait for
+    # them, and an arbiter that never inits waits for the first one's decision.
+    if grep -q '^state_backend = "etcd"' "$settings"; then
+        python3 /app/docker/await_etcd.py "$settings" $([ -z "$init" ] && echo --state)
+    fi
+    [ -n "$init" ] && touch /var/lib/pgha-arbiter/.volume-initialised
     exec python3 /app/arbiter.py --settings "$settings" $init
+    ;;
+etcd)
+    # A member of docker-compose.etcd.yml's etcd; the hostname names it. It
+    # holds no pgha key. Data in a named volume: a restarted container rejoins
+    # with its data (etcd then ignores the --initial-* flags).
+    keep_only
+    name=$(hostname)
+    exec etcd --name "$name" --data-dir /var/lib/pgha-etcd/data \
+        --listen-client-urls http://0.0.0.0:2379 --advertise-client-urls "http://$name:2379" \
+        --listen-peer-urls http://0.0.0.0:2380 --initial-advertise-peer-urls "http://$name:2380" \
+        --initial-cluster "$PGHA_ETCD_CLUSTER" --initial-cluster-state new \
+        --initial-cluster-token pgha-compose "$@"
     ;;
 *)
     exec "$role" "$@"

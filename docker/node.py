@@ -1,6 +1,7 @@
 # Node settings for both compose services (overrides node_settings.py). The
 # container's hostname, set to the service name in docker-compose.yml, says
 # which node this is.
+import os as _os
 import socket as _socket
 
 _SLOTS = {"pgsql-1": "rep177", "pgsql-2": "rep98"}   # as in the original setup
@@ -14,6 +15,8 @@ peer_bind = "0.0.0.0"
 listen_addresses = "*"
 arbiter_host = "arbiter"
 arbiter_port = 5430
+# docker-compose.etcd.yml: two arbiters on etcd, "arbiter:5430,arbiter-2:5430".
+arbiter_hosts = _os.environ.get("PGHA_ARBITER_HOSTS", "").split(",") if _os.environ.get("PGHA_ARBITER_HOSTS") else None
 pgdata = "/var/lib/pgha/data"
 socket_dir = "/var/lib/pgha/run"
 pg_os_user = "postgres"

@@ -72,12 +72,27 @@ class TxnResult:
     ranges: tuple[tuple[KeyValue, ...], ...]   # the kvs of each range response, in order
 
 
+class _Session(requests.Session):
+    """A session whose requests time out by default: etcd3gw before 2.4 passes
+    no timeout (a dead endpoint would hang a call), later ones pass None when
+    the client was made without one."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.default_timeout = timeout
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.default_timeout
+        return super().request(method, url, *args, **kwargs)
+
+
 class EtcdClient:
     def __init__(self, options: EtcdOptions) -> None:
         if not options.endpoints:
             raise ValueError("no etcd endpoints")
         self.options = options
-        self._session = requests.Session()
+        self._session = _Session(options.timeout)
         if options.ca_file:
             self._session.verify = options.ca_file
         if options.cert_file and options.key_file:
@@ -90,8 +105,12 @@ class EtcdClient:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.hostname is None:
             raise ValueError(f"not an etcd endpoint URL: {url!r}")
-        return etcd3gw.Etcd3Client(host=parts.hostname, port=parts.port or 2379, protocol=parts.scheme,
-                                   timeout=self.options.timeout, api_path="/v3/", session=self._session)
+        # Only the arguments every etcd3gw since 2.0 (Debian bookworm's) takes; the
+        # shared session (TLS, the auth token, the timeout) is put in afterwards.
+        client = etcd3gw.Etcd3Client(host=parts.hostname, port=parts.port or 2379, protocol=parts.scheme,
+                                     api_path="/v3/")
+        client.session = self._session
+        return client
 
     def __str__(self) -> str:
         return ",".join(self.options.endpoints)
