@@ -40,12 +40,18 @@ from pgha import keys, protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+ETCD_COMPOSE_FILE = ROOT / "docker-compose.etcd.yml"   # added to COMPOSE_FILE: the arbiter on etcd
 PROJECT = os.environ.get("PGHA_COMPOSE_PROJECT", "pghafaults")
+ETCD_PROJECT = os.environ.get("PGHA_COMPOSE_ETCD_PROJECT", "pghafaultsetcd")
 NETWORK_KEY = "pgha"                       # the network's name in docker-compose.yml
 SUBNET = "172.28.0.0/24"
-ADDR = {"arbiter": "172.28.0.10", "pgsql-1": "172.28.0.11", "pgsql-2": "172.28.0.12"}
+ADDR = {"arbiter": "172.28.0.10", "pgsql-1": "172.28.0.11", "pgsql-2": "172.28.0.12",
+        # docker-compose.etcd.yml's
+        "arbiter-2": "172.28.0.13", "etcd-1": "172.28.0.21", "etcd-2": "172.28.0.22", "etcd-3": "172.28.0.23"}
 NODES = ("pgsql-1", "pgsql-2")
 SERVICES = ("arbiter",) + NODES
+ETCD_ARBITERS = ("arbiter", "arbiter-2")
+ETCD_MEMBERS = ("etcd-1", "etcd-2", "etcd-3")
 PG_PORT = 5432
 ARBITER_PORT = 5430
 
@@ -261,7 +267,9 @@ def free_subnet(project=PROJECT, log=print):
             continue
         if other and labels.get("com.docker.compose.network") == NETWORK_KEY:
             log(f"taking down compose project {other!r}, which holds {SUBNET}")
-            run(["docker-compose", "-f", str(COMPOSE_FILE), "-p", other, "down", "-v"], timeout=180)
+            # Both files: the project may be the etcd variant, whose extra containers hold the network too.
+            run(["docker-compose", "-f", str(COMPOSE_FILE), "-f", str(ETCD_COMPOSE_FILE), "-p", other,
+                 "down", "-v", "--remove-orphans"], timeout=180)
         else:
             raise CommandError(f"docker network {info['Name']} uses {SUBNET}, which this project needs")
 
@@ -290,16 +298,29 @@ def suite_cluster():
     return ComposeCluster(COMPOSE_FILE, project=PROJECT, dsn=DSN)
 
 
+def etcd_suite_cluster():
+    """The fault suite's project of the arbiter on etcd (docker-compose.etcd.yml)."""
+    return ComposeCluster([COMPOSE_FILE, ETCD_COMPOSE_FILE], project=ETCD_PROJECT, dsn=DSN,
+                          arbiters=ETCD_ARBITERS, others=ETCD_MEMBERS)
+
+
 class ComposeCluster(ClusterHandle):
     """A docker compose cluster; node names are the service names. project
-    None is docker-compose's default (the compose file's folder name)."""
+    None is docker-compose's default (the compose file's folder name).
+    compose_file: one file or a list (later ones add to the first). arbiters:
+    the arbiter services (several on etcd; status() asks the leading one);
+    others: services that are neither (etcd members), healed like the rest."""
 
     def __init__(self, compose_file="docker-compose.yml", project=None, services=NODES,
-                 arbiter_service="arbiter", arbiter_port=ARBITER_PORT, dsn=None):
-        self.compose_file = str(compose_file)
+                 arbiter_service="arbiter", arbiter_port=ARBITER_PORT, dsn=None, arbiters=None, others=()):
+        files = [compose_file] if isinstance(compose_file, (str, Path)) else list(compose_file)
+        self.compose_files = [str(f) for f in files]
+        self.compose_file = self.compose_files[0]
         self.project = project
         self.services = list(services)
         self.arbiter_service = arbiter_service
+        self.arbiters = tuple(arbiters or (arbiter_service,))
+        self.others = tuple(others)
         self.arbiter_port = arbiter_port
         self.dsn = dsn     # credentials for the in-container writable check
         self._reader_credential = None     # status() over the network: the reader's key, read once
@@ -313,7 +334,8 @@ class ComposeCluster(ClusterHandle):
     # -- compose and containers
 
     def compose(self, *args, stdin=None, timeout=600, check=True):
-        cmd = ["docker-compose", "-f", self.compose_file] + (["-p", self.project] if self.project else [])
+        cmd = ["docker-compose"] + [a for f in self.compose_files for a in ("-f", f)]
+        cmd += ["-p", self.project] if self.project else []
         # what error messages show: the verb and service, never a password
         shown = "docker-compose " + " ".join(a for a in args[:6] if not a.startswith(("-", "PGPASSWORD=")))
         return run(cmd + list(args), check=check, timeout=timeout, input=stdin, shown=shown)
@@ -408,8 +430,9 @@ class ComposeCluster(ClusterHandle):
 
     # -- the fault suite's faults
 
-    def kill(self, service):
-        self.compose("kill", service, timeout=60)
+    def kill(self, *services):
+        """docker-compose kill: several services are killed by one command, at the same moment."""
+        self.compose("kill", *services, timeout=60)
 
     def start(self, service):
         run(["docker", "start", self.container(service)], timeout=120)
@@ -463,8 +486,9 @@ class ComposeCluster(ClusterHandle):
         self.blocked.discard(service)
 
     def heal(self):
-        """Undo every fault: unpause, reconnect, flush iptables cuts, start what is stopped."""
-        for service in SERVICES:
+        """Undo every fault: unpause, reconnect, flush iptables cuts, start what is stopped
+        (etcd members first, then the arbiters, then the nodes)."""
+        for service in self.others + self.arbiters + tuple(n for n in NODES if n not in self.arbiters):
             try:
                 info = self.inspect(service)
             except CommandError:
@@ -509,13 +533,28 @@ class ComposeCluster(ClusterHandle):
 
     def status(self, timeout=2.0):
         """The arbiter's status reply over the project network, or None when
-        it does not answer there (paused, cut off, down)."""
+        none answers there (paused, cut off, down). With several arbiters: the
+        leading one's, else the first answer (it says no arbiter leads)."""
+        replies = [r for r in (self.status_of(a, timeout) for a in self.arbiters) if r is not None]
+        leading = [r for r in replies if (r.get("arbiter") or {}).get("leader")]
+        return (leading or replies or [None])[0]
+
+    def status_of(self, arbiter, timeout=2.0):
+        """One arbiter service's status reply, or None when it does not answer."""
         try:
-            reply = protocol.call(ADDR["arbiter"], ARBITER_PORT, {"type": "status"}, timeout=timeout,
+            reply = protocol.call(ADDR[arbiter], ARBITER_PORT, {"type": "status"}, timeout=timeout,
                                   credential=self._reader())
         except (OSError, protocol.ProtocolError, CommandError, keys.KeyFileError):
             return None
         return reply if reply.get("type") == "status" else None
+
+    def leading_arbiter(self):
+        """The arbiter service that leads now (state on etcd), or None."""
+        for arbiter in self.arbiters:
+            reply = self.status_of(arbiter)
+            if reply and (reply.get("arbiter") or {}).get("leader"):
+                return arbiter
+        return None
 
     def node(self, node, timeout=2):
         """Direct look at one node's PostgreSQL, or None when it does not answer."""
