@@ -15,7 +15,8 @@ subprocess; nothing needs a container registry:
                        container's network namespace), healing, the arbiter's
                        status and direct PostgreSQL probes, and waiting for a
                        healthy synchronous pair. suite_cluster() is the fault
-                       suite's project.
+                       suite's project; etcd_suite_cluster() its arbiter-on-etcd
+                       project (docker-compose.etcd.yml added).
 
 Only the project's own network (172.28.0.0/24, made by docker-compose) and
 loopback are ever contacted.
