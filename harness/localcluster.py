@@ -335,7 +335,7 @@ class LocalCluster(ClusterHandle):
             self._init_arbiter = False
         return self._spawn(key, "arbiter.py", f"{key}.py", flags)
 
-    def _wait_listening(self, port, timeout=15):
+    def wait_listening(self, port, timeout=15):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -353,7 +353,7 @@ class LocalCluster(ClusterHandle):
         if self.etcd is not None:
             self.etcd.start()
             self.start_arbiter()
-            self._wait_listening(self.arbiter_port)     # it has created the state (--init) by then
+            self.wait_listening(self.arbiter_port)     # it has created the state (--init) by then
             for key in list(self.arbiter_ports)[1:]:
                 self.start_arbiter(key=key)
         else:
