@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
 """Failover benchmark on the local cluster.
 
-    bin/bench [--trials 5] [--idle-seconds 20] [--only NAME,...]   (python -m harness.bench_failover)
+    bin/bench [--trials 5] [--idle-seconds 20] [--only NAME,...] [--etcd]   (python -m harness.bench_failover)
+
+--etcd: the arbiter's decision in a 3-member etcd on loopback, two arbiter
+processes of which one leads (LocalCluster(etcd=True)); it adds the fault
+"primary host dead + arbiter leader killed" (the leading arbiter's process
+killed at the same moment as the primary's host), which the file backend,
+with its one arbiter, does not have.
 
 Runs each fault several times against one local cluster, with a writer
 committing every 50 ms through the multi-host DSN and an independent monitor
@@ -44,11 +50,14 @@ from harness.localcluster import NODES, LocalCluster
 
 SETTLE = 2.0          # seconds of writes before the fault
 AFTER = 2.0           # seconds of writes after the cluster is whole again
-FREEZE = 6.0          # a frozen primary stays frozen past lease + margin (4 s)
+FREEZE_EXTRA = 2.0    # a frozen primary stays frozen this long past lease + margin
 WHOLE_TIMEOUT = 120   # seconds to wait for the cluster to be whole again
 
 FAULTS = ("primary PostgreSQL killed", "primary host dead", "standby dead", "switchover",
           "node daemon killed alone", "primary frozen")
+LEADER_KILLED = "primary host dead + arbiter leader killed"
+ETCD_FAULTS = (LEADER_KILLED,)      # several arbiters: --etcd only
+NAME_WIDTH = max(len(f) for f in FAULTS + ETCD_FAULTS)
 
 
 def other(node):
@@ -73,9 +82,17 @@ def inject(cluster, fault, primary):
     if fault == "node daemon killed alone":
         cluster.kill_daemon(primary)
         return lambda: (wait_primary_other_than(cluster, primary), cluster.start_node(primary))
+    if fault == LEADER_KILLED:
+        leader = cluster.leading_arbiter()
+        if leader is None:
+            raise RuntimeError("no arbiter leads: cannot kill the leader")
+        cluster.kill(leader)
+        cluster.kill_host(primary)
+        return lambda: (cluster.start_arbiter(key=leader), cluster.start_node(primary),
+                        cluster.wait_listening(cluster.arbiter_ports[leader]))
     if fault == "primary frozen":
         cluster.freeze_host(primary)
-        time.sleep(FREEZE)
+        time.sleep(sum(float(cluster.arbiter_setting(s)) for s in ("lease_time", "failover_margin")) + FREEZE_EXTRA)
         cluster.thaw_host(primary)
         return None
     raise ValueError(fault)
@@ -122,7 +139,8 @@ def log_lines(path, since):
 
 def phases(cluster, fault_wall, first_ack_wall):
     """Seconds from the fault to each phase marker, and to the first write after it."""
-    lines = sorted(log_lines(os.path.join(cluster.dir, "arbiter.log"), fault_wall)
+    lines = sorted([x for key in cluster.arbiter_ports for x in log_lines(os.path.join(cluster.dir, f"{key}.log"),
+                                                                          fault_wall)]
                    + [x for n in NODES for x in log_lines(os.path.join(cluster.dir, f"{n}.log"), fault_wall)])
     found, after = {}, fault_wall
     for name, program, pattern in PHASES:
@@ -204,13 +222,20 @@ def main():
     parser.add_argument("--only", help="comma-separated faults to run (default: all)")
     parser.add_argument("--dir", default="/var/tmp/pgha-bench")
     parser.add_argument("--base-port", type=int, default=8430)
+    parser.add_argument("--etcd", action="store_true",
+                        help="the arbiter's state in etcd, two arbiters (base+9; etcd on base+30..35)")
     args = parser.parse_args()
-    faults = [f.strip() for f in args.only.split(",")] if args.only else list(FAULTS)
-    unknown = [f for f in faults if f not in FAULTS]
+    known = FAULTS + ETCD_FAULTS if args.etcd else FAULTS
+    faults = [f.strip() for f in args.only.split(",")] if args.only else list(known)
+    unknown = [f for f in faults if f not in FAULTS + ETCD_FAULTS]
     if unknown:
-        parser.error(f"unknown fault {unknown[0]!r}; known: {', '.join(FAULTS)}")
+        parser.error(f"unknown fault {unknown[0]!r}; known: {', '.join(FAULTS + ETCD_FAULTS)}")
+    needs_etcd = [f for f in faults if f not in known]
+    if needs_etcd:
+        parser.exit(2, f"bench: {needs_etcd[0]!r} needs several arbiters: run it with --etcd "
+                       "(the file backend has one arbiter)\n")
 
-    cluster = LocalCluster(args.dir, base_port=args.base_port)
+    cluster = LocalCluster(args.dir, base_port=args.base_port, etcd=args.etcd)
     cluster.prepare(fresh=True)
     cluster.start()
     results = {}
@@ -223,7 +248,7 @@ def main():
             for i in range(args.trials):
                 row = trial(cluster, fault)
                 results.setdefault(fault, []).append(row)
-                print(f"{fault:26s} trial {i + 1}: " + " ".join(
+                print(f"{fault:{NAME_WIDTH}s} trial {i + 1}: " + " ".join(
                     f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
                     if k != "phases") + " | " + " ".join(f"{k} {v:.3f}" for k, v in row["phases"].items()),
                       file=sys.stderr, flush=True)
@@ -231,18 +256,18 @@ def main():
         cluster.stop()
 
     columns = ("gap", "unprotected", "refused", "two primaries")
-    print(f"\n{'fault':26s} " + " ".join(f"{c + ' med/worst':>22s}" for c in columns)
+    print(f"\n{'fault':{NAME_WIDTH}s} " + " ".join(f"{c + ' med/worst':>22s}" for c in columns)
           + f" {'lost':>5s} {'unexp.':>6s} trials")
     for fault, rows in results.items():
         cells = [" / ".join(summary([r[c] for r in rows])) for c in columns]
-        print(f"{fault:26s} " + " ".join(f"{c:>22s}" for c in cells)
+        print(f"{fault:{NAME_WIDTH}s} " + " ".join(f"{c:>22s}" for c in cells)
               + f" {sum(r['lost'] for r in rows):5d} {sum(r['unexpected'] for r in rows):6d} {len(rows)}")
-    print(f"\nphases (seconds from the fault, median / worst)\n{'fault':26s} "
+    print(f"\nphases (seconds from the fault, median / worst)\n{'fault':{NAME_WIDTH}s} "
           + " ".join(f"{name:>16s}" for name in ("decided", "heard", "writable", "first write")))
     for fault, rows in results.items():
         cells = [" / ".join(summary([r["phases"].get(name) for r in rows]))
                  for name in ("decided", "heard", "writable", "first write")]
-        print(f"{fault:26s} " + " ".join(f"{c:>16s}" for c in cells))
+        print(f"{fault:{NAME_WIDTH}s} " + " ".join(f"{c:>16s}" for c in cells))
     for name, (cpu, rss) in footprint.items():
         print(f"{'node daemon' if name != 'arbiter' else 'arbiter'} idle: {cpu:.2f}% of one core, "
               f"{rss:.1f} MB RSS ({args.idle_seconds:.0f}s sample)")

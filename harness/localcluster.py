@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import pwd
+import runpy
 import secrets
 import shutil
 import signal
@@ -175,7 +176,7 @@ class LocalCluster(ClusterHandle):
             arbiter = {"listen_port": port, "state_file": state_file,
                        "log_file": os.path.join(self.dir, f"{key}.log"), **self.arbiter_overrides}
             if self.etcd is not None:
-                arbiter.update(state_backend="etcd", etcd_endpoints=self.etcd.endpoints,
+                arbiter.update(state_backend="etcd", etcd_endpoints=self.etcd_endpoints_of(key),
                                acting_record_file=os.path.join(self.dir, f"{key}.acting"))
             arbiter.setdefault("key_file", self.key_file("arbiter"))
             if self.tls:
@@ -195,6 +196,17 @@ class LocalCluster(ClusterHandle):
             })
         self._chown_tree(self.dir)
         self._make_keys()
+
+    def etcd_member_of(self, key):
+        """The etcd member co-located with arbiter `key` (arbiter i with member i):
+        the first endpoint it talks to."""
+        return self.etcd.names[list(self.arbiter_ports).index(key) % len(self.etcd.names)]
+
+    def etcd_endpoints_of(self, key):
+        """Every member, the arbiter's own first (the client sticks to the one that answered last)."""
+        own = self.etcd.names.index(self.etcd_member_of(key))
+        endpoints = self.etcd.endpoints
+        return endpoints[own:] + endpoints[:own]
 
     def key_file(self, member):
         return os.path.join(self.keys_dir, member + keys.SUFFIX)
@@ -323,7 +335,7 @@ class LocalCluster(ClusterHandle):
             self._init_arbiter = False
         return self._spawn(key, "arbiter.py", f"{key}.py", flags)
 
-    def _wait_listening(self, port, timeout=15):
+    def wait_listening(self, port, timeout=15):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -341,7 +353,7 @@ class LocalCluster(ClusterHandle):
         if self.etcd is not None:
             self.etcd.start()
             self.start_arbiter()
-            self._wait_listening(self.arbiter_port)     # it has created the state (--init) by then
+            self.wait_listening(self.arbiter_port)     # it has created the state (--init) by then
             for key in list(self.arbiter_ports)[1:]:
                 self.start_arbiter(key=key)
         else:
@@ -360,6 +372,14 @@ class LocalCluster(ClusterHandle):
         proc = self.procs.pop(key, None)
         if proc:
             proc.wait(timeout=10)
+            self.write_manifest()
+
+    def terminate(self, key):
+        """SIGTERM a daemon (a leading arbiter steps down at once) and wait until it is gone."""
+        self.send_signal(key, signal.SIGTERM)
+        proc = self.procs.pop(key, None)
+        if proc:
+            proc.wait(timeout=30)
             self.write_manifest()
 
     def postmaster_pid(self, name):
@@ -464,6 +484,24 @@ class LocalCluster(ClusterHandle):
                                      tls_context=self.tls_client())
         return protocol.call(*self.arbiter, message, timeout=ARBITER_TIMEOUT, credential=self.operator(),
                              tls_context=self.tls_client())
+
+    def arbiter_setting(self, name):
+        """An arbiter setting as the arbiters run with it (defaults, then this cluster's overrides)."""
+        if name in self.arbiter_overrides:
+            return self.arbiter_overrides[name]
+        return runpy.run_path(os.path.join(ROOT, "arbiter_settings.py"))[name]
+
+    def leading_arbiter(self):
+        """The key ("arbiter", "arbiter-2") of the arbiter that says it leads, or None."""
+        try:
+            status = self.status()
+        except (OSError, protocol.ProtocolError):
+            return None
+        role = status.get("arbiter") or {}
+        if not role.get("leader"):
+            return None
+        port = int(role["address"].rpartition(":")[2])
+        return next((key for key, p in self.arbiter_ports.items() if p == port), None)
 
     def operator(self):
         """The operator's credential (keys/operator.keys), or None when this

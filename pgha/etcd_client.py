@@ -163,11 +163,13 @@ class EtcdClient:
         return TxnResult(succeeded=bool(reply.get("succeeded", False)),
                          revision=int(reply.get("header", {}).get("revision", 0)), ranges=ranges)
 
-    def lease_grant(self, ttl: int) -> int:
+    def lease_grant(self, ttl: int) -> tuple[int, int]:
+        """(lease id, the TTL etcd granted): etcd raises a TTL below its own
+        minimum (1.5 election timeouts) to that minimum."""
         reply = self.post("/lease/grant", {"TTL": ttl})
         if reply.get("error"):
             raise EtcdUnavailable(f"etcd refused a lease: {reply['error']}")
-        return int(reply["ID"])
+        return int(reply["ID"]), int(reply.get("TTL", ttl))
 
     def lease_keepalive(self, lease: int) -> int:
         """The lease's remaining TTL in seconds; <= 0 once it has expired."""

@@ -125,7 +125,13 @@ class Leadership:
                 self._leader_hint = current.value.decode(errors="replace") or None
             return
         sent = self.clock()
-        lease = self.client.lease_grant(self.ttl)
+        lease, granted = self.client.lease_grant(self.ttl)
+        if granted > self.ttl:
+            # Still safe (this arbiter stops by its own, shorter ttl); but a dead
+            # leader is replaced only after `granted` seconds: say so.
+            log.warning("arbiter leadership: etcd granted a %ds lease for etcd_lease_ttl %ds (etcd's minimum, "
+                        "from its election timeout): a dead leader is replaced after up to %ds",
+                        granted, self.ttl, granted)
         result = self.client.txn([compare_create_revision(self.key, 0)], [put(self.key, self.address, lease)],
                                  [range_of(self.key)])
         if not result.succeeded:

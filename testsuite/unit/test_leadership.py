@@ -24,6 +24,19 @@ def test_one_leader_and_the_other_learns_where(etcd_server):
     assert b.leader_hint() == "127.0.0.1:1001" == a.leader_hint()
 
 
+def test_a_longer_lease_than_asked_is_said_and_acting_still_ends_by_the_setting(etcd_server, caplog):
+    class RaisesTtl(EtcdClient):      # etcd raises a TTL below its minimum (1.5 election timeouts)
+        def lease_grant(self, ttl):
+            lease, _ = super().lease_grant(ttl + 3)
+            return lease, ttl + 3
+    key = leader_key("/pgha-test", "t-" + uuid.uuid4().hex[:12])
+    a = Leadership(RaisesTtl(EtcdOptions(tuple(etcd_server.endpoints))), key, "127.0.0.1:1001", 2)
+    with caplog.at_level("WARNING"):
+        a.step()
+    assert "granted a 5s lease for etcd_lease_ttl 2s" in caplog.text
+    assert a._valid_until <= time.monotonic() + a.ttl - a.safety
+
+
 def test_a_stepped_down_leader_is_replaced_at_once(etcd_server):
     a, b = _pair(etcd_server)
     a.step()
