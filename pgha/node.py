@@ -64,7 +64,7 @@ class Node:
         self.state_file = os.path.join(pg.state_dir, "node-state.json")
         self.acted_epoch = 0
         self.instruction = None         # the last Instruction taken (the lease renewer reads it)
-        self.lease_time = 3.0           # until the arbiter tells us the cluster's timings
+        self.lease_time = 1.8           # until the arbiter tells us the cluster's timings
         self.heartbeat_interval = 0.5
         self.acting_primary = False     # PostgreSQL runs as primary under our leases
         self.hand_over = HandOver.NONE  # HANDED_OVER: we stopped PostgreSQL for the standby; reported
@@ -141,10 +141,7 @@ class Node:
                 self._poke_watchdog()   # the role or the postmaster may have changed
                 if (self.acting_primary, self.pg.postmaster_pid()) != acting_before:
                     continue    # a role or process change: report it at once
-                instruction = self.instruction
-                interval = HURRY_INTERVAL if instruction and instruction.hurry and instruction.role == STANDBY \
-                    else self.heartbeat_interval
-                self._wake.wait(max(0.02, interval - (self.clock() - started)))
+                self._wake.wait(max(0.02, self._next_report_in() - (self.clock() - started)))
                 self._wake.clear()
         finally:
             if api_server:
@@ -158,6 +155,18 @@ class Node:
                 self.fencer.stop()      # nothing left to fence; else it stays, armed
             self._callback("on_stop", "stopped")
             self.callbacks.stop()       # the queued callbacks, at most a timeout each
+
+    def _next_report_in(self):
+        """Seconds from this heartbeat's start to the next: the interval, or
+        sooner when the arbiter's last answer (this heartbeat's, not an older
+        one) asked for it: a switchover's target hurries, and a decision due
+        before the next heartbeat (decision.report_in) is reported for in time."""
+        instruction, interval = self.instruction, self.heartbeat_interval
+        if instruction is None or not self.arbiter_reachable:
+            return interval
+        if instruction.hurry and instruction.role == STANDBY:
+            return HURRY_INTERVAL
+        return min(interval, instruction.report_in or interval)
 
     def stop(self):
         self._stop.set()
