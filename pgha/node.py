@@ -257,7 +257,8 @@ class Node:
     def _report(self, status):
         report = dict(status)
         report["address"] = {"host": self.s.host, "pg_port": self.s.pg_port,
-                             "peer_port": self.s.peer_port, "slot": self.s.slot_name}
+                             "peer_port": self.s.peer_advertise_port or self.s.peer_port,
+                             "slot": self.s.slot_name}
         report["relinquished"] = self.hand_over is not HandOver.NONE
         report["grant_remaining"] = round(self.grants.remaining_for_report(), 3)
         report["last_action"] = self.last_action
