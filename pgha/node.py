@@ -492,9 +492,10 @@ class Node:
         log.failover("clone from %s complete in %.1fs", d.primary, self.clock() - started)
 
     def _start_standby(self, d):
-        if d.why == "switchover":
+        switchover = d.why == "switchover"
+        if switchover:
             log.failover("following %s from the hand-over point (clean switchover: no rewind)", d.primary)
-        self.pg.prepare_upstream(d.address, self.s.slot_name)
+        self.pg.prepare_upstream(d.address, self.s.slot_name, wait_promoted=not switchover)
         self._run_as_standby(d)
 
     def _run_as_standby(self, d):
