@@ -167,6 +167,8 @@ def main() -> int:
         cluster.stop()
         proxy.terminate()
         proxy.wait(10)
+        with open(os.path.join(cluster.dir, "delay_proxy.log")) as f:
+            print(f.read().strip().splitlines()[-1])    # the connections each route carried
 
     failures, noted = scan_logs(cluster, since)
     acked = [a.end for a in writer.attempts if a.outcome == workload.ACK]

@@ -105,6 +105,8 @@ async def serve(routes: list[Route]) -> None:
     await stop.wait()
     for server in servers:
         server.close()
+    print("delay_proxy: connections " + ", ".join(f"{r.listen[1]}: {r.connections}" for r in routes),
+          file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
