@@ -10,11 +10,11 @@ initial_primary = "pgsql-1"     # primary chosen at the very first start only
 state_file = "./arbiter-state.json"  # the durable decision (epoch, primary, promotable)
 
 heartbeat_interval = 0.5        # seconds between node reports
-lease_time = 3.0                # a primary's lease; it fences itself when all its leases run out
-failover_margin = 1.0           # the arbiter waits lease_time + this before promoting
+lease_time = 1.8                # a primary's lease; it fences itself when all its leases run out
+failover_margin = 0.4           # the arbiter waits lease_time + this before promoting (docs/ha-model.md: Timings)
 strict_sync = False             # True: never drop synchronous replication, even if the standby dies
-sync_stall_timeout = 1.5        # commits waiting this long on the standby let the primary drop sync
-standby_reply_timeout = 2.0     # a standby silent this long on the replication link counts as gone
+sync_stall_timeout = 0.7        # commits waiting this long on the standby let the primary drop sync
+standby_reply_timeout = 1.5     # a standby silent this long on the replication link counts as gone (it replies every 1 s)
 
 # Authentication: every node's key and the operator's (and the reader's),
 # 0600; made by `pgha-keys generate`.

@@ -10,6 +10,7 @@ host = "127.0.0.1"              # address the other node and clients use to reac
 pg_port = 5432                  # PostgreSQL port
 peer_port = 5433                # node-to-node lease link (TCP)
 peer_bind = "127.0.0.1"         # address the lease link listens on ("0.0.0.0" for all)
+peer_advertise_port = None      # the lease link's port as the other node reaches it (port forward); None: peer_port
 listen_addresses = "127.0.0.1"  # PostgreSQL listen_addresses
 slot_name = "rep177"            # replication slot this node streams through when it is the standby
 

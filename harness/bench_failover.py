@@ -51,9 +51,10 @@ from harness.localcluster import NODES, LocalCluster
 SETTLE = 2.0          # seconds of writes before the fault
 AFTER = 2.0           # seconds of writes after the cluster is whole again
 FREEZE_EXTRA = 2.0    # a frozen primary stays frozen this long past lease + margin
+STANDBY_FREEZE = 3.0  # a frozen standby: commits stall until the primary drops sync
 WHOLE_TIMEOUT = 120   # seconds to wait for the cluster to be whole again
 
-FAULTS = ("primary PostgreSQL killed", "primary host dead", "standby dead", "switchover",
+FAULTS = ("primary PostgreSQL killed", "primary host dead", "standby dead", "standby frozen", "switchover",
           "node daemon killed alone", "primary frozen")
 LEADER_KILLED = "primary host dead + arbiter leader killed"
 ETCD_FAULTS = (LEADER_KILLED,)      # several arbiters: --etcd only
@@ -76,6 +77,11 @@ def inject(cluster, fault, primary):
     if fault == "standby dead":
         cluster.kill_host(standby)
         return lambda: cluster.start_node(standby)
+    if fault == "standby frozen":
+        # SIGSTOP: the standby's PostgreSQL (and daemon) go silent without
+        # closing a socket; the writer's gap is the commits' stall.
+        cluster.freeze_host(standby)
+        return lambda: cluster.thaw_host(standby)
     if fault == "switchover":
         cluster.switchover(standby)
         return None

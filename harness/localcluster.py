@@ -60,7 +60,8 @@ class LocalCluster(ClusterHandle):
     loaded from a running one's cluster.json (load) to inject faults."""
 
     def __init__(self, workdir=None, base_port=DEFAULT_BASE_PORT, os_user="postgres", echo=False,
-                 arbiter_overrides=None, passwords=None, node_overrides=None, etcd=False, tls=False):
+                 arbiter_overrides=None, passwords=None, node_overrides=None, etcd=False, tls=False,
+                 per_node_overrides=None):
         """passwords: {setting: password} for PASSWORD_SETTINGS; by default
         random ones made at the first prepare() and kept in DIR/secrets.json."""
         self.dir = os.path.abspath(workdir or default_dir())
@@ -70,6 +71,7 @@ class LocalCluster(ClusterHandle):
         self.echo = echo
         self.arbiter_overrides = arbiter_overrides or {}
         self.node_overrides = node_overrides or {}     # settings for both nodes (e.g. pg_parameters, api_bind)
+        self.per_node_overrides = per_node_overrides or {}     # node -> settings for that node alone
         self.user = pwd.getpwnam(os_user) if os_user and os.geteuid() == 0 else None
         self.procs = {}
         self.arbiter_port = base_port
@@ -192,7 +194,7 @@ class LocalCluster(ClusterHandle):
                 **{setting: self.passwords[setting] for setting in PASSWORD_SETTINGS},
                 "log_file": os.path.join(self.dir, f"{name}.log"), "key_file": self.key_file(name),
                 **(self.tls_settings(name) if self.tls else {}),
-                **self.node_overrides,
+                **self.node_overrides, **self.per_node_overrides.get(name, {}),
             })
         self._chown_tree(self.dir)
         self._make_keys()

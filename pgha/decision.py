@@ -156,6 +156,48 @@ def _observe_standby(state: ClusterState, memory: Memory, node: str, now: float,
 
 def instruction_for(state: ClusterState, memory: Memory, topology: Topology, node: str, now: float,
                     timings: Timings) -> Instruction:
+    return replace(_instruction_for(state, memory, topology, node, now, timings),
+                   report_in=report_in(state, memory, topology, node, now, timings))
+
+
+# A hinted report comes this much after the moment a decision falls due, so
+# that it finds it due (the node's clock and its report lag the arbiter's).
+REPORT_SLACK = 0.02
+
+
+def report_in(state: ClusterState, memory: Memory, topology: Topology, node: str, now: float,
+              timings: Timings) -> float | None:
+    """When `node` should report again because a decision about it falls due
+    sooner than its next heartbeat, or None (the heartbeat is soon enough).
+
+    Only while something is pending, so an idle cluster beats at the
+    heartbeat interval: on the primary, a commit waiting on the standby (or
+    a silent standby) that would reach sync_stall_timeout
+    (standby_reply_timeout) before the next heartbeat; on a promotable
+    standby, the silent primary's lease + margin or its own grant running
+    out. The node still never decides anything from it: it only reports."""
+    due: float | None = None
+    report = memory.reports.get(node)
+    if report is None or state.paused:
+        return None
+    if node == state.primary:
+        standby = topology.standby_of(node)
+        if state.promotable and not timings.strict_sync:
+            row = report.replication_row(standby)
+            waits = [timings.sync_stall_timeout - report.syncrep_wait] if report.syncrep_wait > 0 else []
+            if row is not None and row.state == "streaming":
+                waits.append(timings.standby_reply_timeout - row.reply_age)
+            due = min(waits) if waits else None
+    elif state.promotable or memory.failover_to == node:
+        due = max(memory.primary_seen_at + timings.lease_time + timings.failover_margin - now,
+                  report.grant_remaining)
+    if due is None or due <= 0 or due + REPORT_SLACK >= timings.heartbeat_interval:
+        return None
+    return round(due + REPORT_SLACK, 3)
+
+
+def _instruction_for(state: ClusterState, memory: Memory, topology: Topology, node: str, now: float,
+                     timings: Timings) -> Instruction:
     if node == state.primary:
         standby = topology.standby_of(node)
         standby_report = memory.reports.get(standby)

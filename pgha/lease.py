@@ -61,6 +61,13 @@ class Leases:
             return max(self._until.values())
 
 
+# The standby reports a grant as outstanding this long past its end, so the
+# arbiter's "no grant" covers what the failover margin covers on the arbiter
+# lease: the two hosts' clock rates (1000 ppm of a 1.8 s lease is 2 ms) and
+# the fencer's reaction at the holder's lease end (docs/ha-model.md, Timings).
+GRANT_TAIL = 0.1
+
+
 class Grants:
     """The standby's side: grants the primary a lease while it can hear it.
 
@@ -104,9 +111,10 @@ class Grants:
             return self._allowed[0] if self._allowed else None
 
     def remaining_for_report(self) -> float:
-        """Seconds of grant outstanding; at zero, pause grants before saying so."""
+        """Seconds of grant outstanding, GRANT_TAIL included; at zero, pause
+        grants before saying so."""
         with self._lock:
-            remaining = max(0.0, self._until - self.clock())
+            remaining = max(0.0, self._until + GRANT_TAIL - self.clock()) if self._until else 0.0
             if remaining == 0.0:
                 self._paused = True
             return remaining

@@ -163,6 +163,9 @@ class Instruction:
     hurry: bool = False                     # standby: a switchover to you is under way: heartbeat at once
     lease_time: float | None = None         # the cluster's timings, for the node's leases
     heartbeat_interval: float | None = None
+    # Report again within this many seconds (if sooner than the heartbeat):
+    # the arbiter expects a decision to be due by then (decision.report_in).
+    report_in: float | None = None
     paused: bool = False                    # maintenance mode: leave PostgreSQL alone (node_rules M1)
     reload_generation: int = 0              # a node seeing it grow re-reads its settings (pgha.ctl reload)
 
@@ -196,6 +199,7 @@ class Instruction:
             hurry=_field(wire, "hurry", bool, where, default=False),
             lease_time=_positive(wire, "lease_time", where),
             heartbeat_interval=_positive(wire, "heartbeat_interval", where),
+            report_in=_positive(wire, "report_in", where),
             paused=_field(wire, "paused", bool, where, default=False),
             reload_generation=_field(wire, "reload_generation", int, where, default=0),
         )
@@ -222,6 +226,8 @@ class Instruction:
             if self.hurry:
                 wire["hurry"] = True
         wire.update(lease_time=self.lease_time, heartbeat_interval=self.heartbeat_interval)
+        if self.report_in is not None:
+            wire["report_in"] = self.report_in
         return wire
 
 

@@ -64,7 +64,7 @@ class Node:
         self.state_file = os.path.join(pg.state_dir, "node-state.json")
         self.acted_epoch = 0
         self.instruction = None         # the last Instruction taken (the lease renewer reads it)
-        self.lease_time = 3.0           # until the arbiter tells us the cluster's timings
+        self.lease_time = 1.8           # until the arbiter tells us the cluster's timings
         self.heartbeat_interval = 0.5
         self.acting_primary = False     # PostgreSQL runs as primary under our leases
         self.hand_over = HandOver.NONE  # HANDED_OVER: we stopped PostgreSQL for the standby; reported
@@ -141,10 +141,7 @@ class Node:
                 self._poke_watchdog()   # the role or the postmaster may have changed
                 if (self.acting_primary, self.pg.postmaster_pid()) != acting_before:
                     continue    # a role or process change: report it at once
-                instruction = self.instruction
-                interval = HURRY_INTERVAL if instruction and instruction.hurry and instruction.role == STANDBY \
-                    else self.heartbeat_interval
-                self._wake.wait(max(0.02, interval - (self.clock() - started)))
+                self._wake.wait(max(0.02, self._next_report_in() - (self.clock() - started)))
                 self._wake.clear()
         finally:
             if api_server:
@@ -158,6 +155,18 @@ class Node:
                 self.fencer.stop()      # nothing left to fence; else it stays, armed
             self._callback("on_stop", "stopped")
             self.callbacks.stop()       # the queued callbacks, at most a timeout each
+
+    def _next_report_in(self):
+        """Seconds from this heartbeat's start to the next: the interval, or
+        sooner when the arbiter's last answer (this heartbeat's, not an older
+        one) asked for it: a switchover's target hurries, and a decision due
+        before the next heartbeat (decision.report_in) is reported for in time."""
+        instruction, interval = self.instruction, self.heartbeat_interval
+        if instruction is None or not self.arbiter_reachable:
+            return interval
+        if instruction.hurry and instruction.role == STANDBY:
+            return HURRY_INTERVAL
+        return min(interval, instruction.report_in or interval)
 
     def stop(self):
         self._stop.set()
@@ -248,7 +257,8 @@ class Node:
     def _report(self, status):
         report = dict(status)
         report["address"] = {"host": self.s.host, "pg_port": self.s.pg_port,
-                             "peer_port": self.s.peer_port, "slot": self.s.slot_name}
+                             "peer_port": self.s.peer_advertise_port or self.s.peer_port,
+                             "slot": self.s.slot_name}
         report["relinquished"] = self.hand_over is not HandOver.NONE
         report["grant_remaining"] = round(self.grants.remaining_for_report(), 3)
         report["last_action"] = self.last_action
@@ -482,9 +492,10 @@ class Node:
         log.failover("clone from %s complete in %.1fs", d.primary, self.clock() - started)
 
     def _start_standby(self, d):
-        if d.why == "switchover":
+        switchover = d.why == "switchover"
+        if switchover:
             log.failover("following %s from the hand-over point (clean switchover: no rewind)", d.primary)
-        self.pg.prepare_upstream(d.address, self.s.slot_name)
+        self.pg.prepare_upstream(d.address, self.s.slot_name, wait_promoted=not switchover)
         self._run_as_standby(d)
 
     def _run_as_standby(self, d):

@@ -60,7 +60,7 @@ class NodeSnapshot:
     lease_until: Mapping[str, float] = field(default_factory=dict)   # arbiter/standby lease ends
     grant_remaining: float = 0.0            # this standby's outstanding grant to the primary
     heartbeat_interval: float = 0.5
-    lease_time: float = 3.0
+    lease_time: float = 1.8
     arbiter_reachable: bool = False
     heartbeat_rtt: float | None = None      # last answered heartbeat's round trip, s
     last_action: str | None = None

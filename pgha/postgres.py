@@ -285,8 +285,10 @@ class Postgres:
         pid = self.postmaster_pid()
         if pid is None:
             return
-        result = self._run(["pg_ctl", "stop", "-w", "-t", str(timeout), "-m", mode, "-D", self.pgdata],
-                           timeout=timeout + 10)
+        # -W and our own 10 ms wait: pg_ctl -w looks only every 100 ms.
+        result = self._run(["pg_ctl", "stop", "-W", "-m", mode, "-D", self.pgdata], timeout=timeout + 10)
+        if result.returncode == 0 and not wait_until(lambda: not process_alive(pid), timeout, 0.01):
+            result = subprocess.CompletedProcess(result.args, 1)
         if result.returncode != 0 and self.postmaster_pid():
             log.warning("pg_ctl stop -m %s failed; killing postmaster %d", mode, pid)
             self.kill()
@@ -542,12 +544,17 @@ class Postgres:
             "syncrep_wait": round(float(syncrep_wait), 3), "replication": replication,
         }
 
-    def prepare_upstream(self, address, slot, checkpoint=False):
+    def prepare_upstream(self, address, slot, checkpoint=False, wait_promoted=True):
         """Create our replication slot on the primary before streaming from it.
 
         With checkpoint, first make the primary write a checkpoint: a newly
         promoted primary's control file still shows the old timeline until
-        then, and pg_rewind would wrongly find nothing to rewind.
+        then, and pg_rewind would wrongly find nothing to rewind. Without
+        wait_promoted (a clean switchover: our WAL ends where the new
+        timeline begins) the upstream may still be finishing its promotion:
+        we stream from it as a cascading standby and follow its timeline
+        switch (recovery_target_timeline = latest), so we are its synchronous
+        standby when its first commit comes.
         """
         try:
             conn = psycopg2.connect(host=address.host, port=address.pg_port, user=self.s.admin_user,
@@ -562,7 +569,7 @@ class Postgres:
                 # The arbiter names the new primary before it has promoted: rewinding
                 # from (or following) a server still in recovery finds "nothing to
                 # rewind" and leaves a copy that cannot follow its new timeline.
-                if not wait_until(lambda: not _in_recovery(cur), PROMOTION_WAIT, 0.02):
+                if wait_promoted and not wait_until(lambda: not _in_recovery(cur), PROMOTION_WAIT, 0.02):
                     raise PostgresError(f"primary {address.host}:{address.pg_port} is not promoted yet; "
                                         "retrying at the next heartbeat")
                 if checkpoint:

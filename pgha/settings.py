@@ -209,6 +209,9 @@ NODE_SPECS = {
     "pg_port": Spec(int, port),
     "peer_port": Spec(int, port),
     "peer_bind": Spec(str, non_empty),
+    # The lease link's port as the other node reaches it, when a proxy or a
+    # port forward stands between them; None: peer_port.
+    "peer_advertise_port": Spec(int, port, optional=True),
     "listen_addresses": Spec(str, non_empty),
     "slot_name": Spec(str, slot_identifier),
     "arbiter_host": Spec(str, non_empty),

@@ -9,7 +9,7 @@ from test_cluster import primary_is
 
 from pgha import ctl
 
-LEASE_PLUS_MARGIN = 4.0     # the default lease (3 s) + failover margin (1 s)
+LEASE_PLUS_MARGIN = 2.2     # the default lease (1.8 s) + failover margin (0.4 s)
 FAILOVER_TARGET = 15.0      # generous for a shared machine; bench_failover measures the real figure
 
 

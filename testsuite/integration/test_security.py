@@ -15,7 +15,7 @@ from test_cluster import primary_is
 
 P, S = "pgsql-1", "pgsql-2"
 WRONG = b"\x09" * 32
-# The normal failover takes lease_time + failover_margin (4 s) plus a heartbeat
+# The normal failover takes lease_time + failover_margin (2.2 s) plus a heartbeat
 # or two; this bound is generous for a shared machine, and far below "blocked".
 FAILOVER_TARGET = 12.0
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from pgha import arbiter as arbiter_mod, auth, protocol
-from pgha.lease import Grants, PeerServer, peer_credential, peer_verifier
+from pgha.lease import GRANT_TAIL, Grants, PeerServer, peer_credential, peer_verifier
 from testsuite.helpers import FakeClock, row, serving
 from testsuite.unit.test_arbiter import P, S, Running, address, heartbeat, primary_report, standby_report
 
@@ -166,4 +166,4 @@ def test_the_standby_grants_only_to_the_primary_with_the_pair_key(standby_link):
     grants.follow(P, 4)     # remaining_for_report() paused grants
     reply = protocol.call(*server.server_address, lease, credential=peer_credential(P, PAIR))
     assert reply == {"v": 1, "type": "grant", "granted": True, "reason": None}
-    assert grants.remaining_for_report() == pytest.approx(3.0)
+    assert grants.remaining_for_report() == pytest.approx(3.0 + GRANT_TAIL)

@@ -757,3 +757,54 @@ def test_a_primary_that_reports_voids_a_pending_manual_failover():
     assert back.memory.failover_to is None and not back.memory.failover_forced
     later = on_heartbeat(back.state, back.memory, TOPOLOGY, "b", 3, standby_report(), NOW + 20, T)
     assert_no_failover(state, later)
+
+
+# -- report_in: a decision due before the next heartbeat is reported for in time -----------
+
+REPORT_IN_TABLE = [
+    # id, node, promotable, primary silent for, primary report, standby report, strict, expected
+    ("idle-primary", "a", True, 0.0, primary_report(), standby_report(), False, None),
+    ("short-commit-wait", "a", True, 0.0, primary_report(syncrep_wait=0.3), standby_report(), False, None),
+    ("commit-wait-near-the-stall", "a", True, 0.0, primary_report(syncrep_wait=1.2), standby_report(), False,
+     1.5 - 1.2 + 0.02),
+    ("stalled-already", "a", True, 0.0, primary_report(syncrep_wait=1.6), standby_report(), False, None),
+    ("not-promotable-waits-nothing", "a", False, 0.0, primary_report(syncrep_wait=1.2), standby_report(), False,
+     None),
+    ("strict-sync-never-drops", "a", True, 0.0, primary_report(syncrep_wait=1.2), standby_report(), True, None),
+    ("standby-reply-near-timeout", "a", True, 0.0, primary_report(replication=[row(reply_age=1.8)]),
+     standby_report(), False, 2.0 - 1.8 + 0.02),
+    ("standby-primary-heard", "b", True, 0.4, primary_report(), standby_report(), False, None),
+    ("standby-primary-silent-near-lease-plus-margin", "b", True, 3.7, primary_report(), standby_report(), False,
+     4.0 - 3.7 + 0.02),
+    ("standby-grant-runs-out-later", "b", True, 3.7, primary_report(), standby_report(grant_remaining=0.4),
+     False, 0.42),
+    ("standby-grant-runs-out-past-the-heartbeat", "b", True, 3.7, primary_report(),
+     standby_report(grant_remaining=0.6), False, None),
+    ("standby-not-promotable", "b", False, 3.7, primary_report(), standby_report(), False, None),
+    ("standby-already-due", "b", True, 4.5, primary_report(), standby_report(), False, None),
+]
+
+
+@pytest.mark.parametrize("node, promotable, silent, p_report, s_report, strict, expected",
+                         [case[1:] for case in REPORT_IN_TABLE], ids=[case[0] for case in REPORT_IN_TABLE])
+def test_report_in_asks_for_a_report_only_when_a_decision_falls_due_first(node, promotable, silent, p_report,
+                                                                          s_report, strict, expected):
+    from pgha.decision import report_in
+    timings = STRICT if strict else T
+    memory = replace(steady_memory(primary_seen_at=NOW - silent), reports={"a": p_report, "b": s_report})
+    state = ClusterState(epoch=3, primary="a", promotable=promotable)
+    got = report_in(state, memory, TOPOLOGY, node, NOW, timings)
+    assert got == (None if expected is None else pytest.approx(expected))
+    assert report_in(replace(state, paused=True), memory, TOPOLOGY, node, NOW, timings) is None
+
+
+def test_report_in_reaches_the_node_and_is_sooner_than_the_heartbeat():
+    memory = steady_memory(primary_seen_at=NOW - 3.7)
+    state = ClusterState(epoch=3, primary="a", promotable=True)
+    outcome = on_heartbeat(state, memory, TOPOLOGY, "b", 3, standby_report(), NOW, T)
+    assert outcome.state == state
+    wire = outcome.instruction.to_wire()
+    assert 0 < wire["report_in"] < T.heartbeat_interval
+    assert Instruction.from_wire({**wire, "v": 1}).report_in == wire["report_in"]
+    idle = on_heartbeat(state, steady_memory(), TOPOLOGY, "b", 3, standby_report(), NOW, T)
+    assert "report_in" not in idle.instruction.to_wire()

@@ -4,7 +4,7 @@ import socket
 import pytest
 
 from pgha import protocol
-from pgha.lease import Grants, Leases, PeerServer
+from pgha.lease import GRANT_TAIL, Grants, Leases, PeerServer
 from testsuite.helpers import FakeClock, serving
 
 
@@ -94,10 +94,10 @@ def test_grant_remaining_counts_from_the_grant(clock):
     grants.follow("pgsql-1", 1)
     grants.request("pgsql-1", 1, 3.0)
     clock.advance(1.0)
-    assert grants.remaining_for_report() == pytest.approx(2.0)
+    assert grants.remaining_for_report() == pytest.approx(2.0 + GRANT_TAIL)    # reported past its end
     clock.advance(0.5)
     grants.request("pgsql-1", 1, 3.0)       # renewed: +3 from now
-    assert grants.remaining_for_report() == pytest.approx(3.0)
+    assert grants.remaining_for_report() == pytest.approx(3.0 + GRANT_TAIL)
 
 
 def test_reporting_zero_remaining_pauses_grants(clock):
@@ -105,6 +105,8 @@ def test_reporting_zero_remaining_pauses_grants(clock):
     grants.follow("pgsql-1", 2)
     grants.request("pgsql-1", 2, 3.0)
     clock.advance(3.0)
+    assert grants.remaining_for_report() == pytest.approx(GRANT_TAIL)     # ended, still reported
+    clock.advance(GRANT_TAIL)
     assert grants.remaining_for_report() == 0.0
     # The arbiter may now act on "no grant": the old primary must not get one behind its back.
     granted, reason = grants.request("pgsql-1", 2, 3.0)
@@ -152,8 +154,8 @@ def test_stop_refuses_everything(clock):
     for node, epoch in [("pgsql-1", 2), ("pgsql-2", 2), ("pgsql-2", 3)]:
         assert not grants.request(node, epoch, 3.0)[0]
     # What was granted before stop() is still reported until it runs out.
-    assert grants.remaining_for_report() == pytest.approx(3.0)
-    clock.advance(3.0)
+    assert grants.remaining_for_report() == pytest.approx(3.0 + GRANT_TAIL)
+    clock.advance(3.0 + GRANT_TAIL)
     assert grants.remaining_for_report() == 0.0
 
 
@@ -175,7 +177,7 @@ def test_peer_server_grants_and_refuses(peer, clock):
     try:
         assert conn.request({"type": "lease", "node": "pgsql-1", "epoch": 7}) == \
             {"v": 1, "type": "grant", "granted": True, "reason": None}
-        assert grants.remaining_for_report() == pytest.approx(3.0)
+        assert grants.remaining_for_report() == pytest.approx(3.0 + GRANT_TAIL)
         reply = conn.request({"type": "lease", "node": "pgsql-1", "epoch": 6})
         assert reply["type"] == "grant" and reply["granted"] is False and "epoch 6" in reply["reason"]
     finally:

@@ -48,7 +48,7 @@ def test_node_defaults_load():
 def test_arbiter_defaults_load():
     settings = load_arbiter()
     assert vars(settings).keys() == ARBITER_SPECS.keys()
-    assert settings.nodes == ["pgsql-1", "pgsql-2"] and settings.lease_time == 3.0
+    assert settings.nodes == ["pgsql-1", "pgsql-2"] and settings.lease_time == 1.8
     assert settings.strict_sync is False
 
 
