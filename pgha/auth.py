@@ -67,8 +67,8 @@ SELF_TYPES = frozenset({"heartbeat", "lease"})
 NODE_TYPES = frozenset({"heartbeat", "status", "history"})   # status: the node's REST API shows the cluster
 # Every state-changing command (switchover, failover, pause, resume, rebuild, reload) and the reads.
 OPERATOR_TYPES = frozenset({"status", "history", "switchover", "failover", "pause", "resume", "rebuild",
-                            "reload"})
-READER_TYPES = frozenset({"status", "history"})
+                            "reload", "clusters"})
+READER_TYPES = frozenset({"status", "history", "clusters"})
 PEER_TYPES = frozenset({"lease"})
 
 Keys = tuple[bytes, ...]     # current key first, then the next one during a rotation
