@@ -4,7 +4,8 @@
                               [--duration S] [--stats OUT.json]
 
 NODES.json lists the nodes this process plays: [{"cluster": C, "node": N,
-"peer": OTHER, "key_file": PATH, "role": "primary"|"standby"}, ...]. Each
+"peer": OTHER, "key_file": PATH, "role": "primary"|"standby", "source":
+127.x.y.z (optional: connect from it)}, ...]. Each
 node keeps one connection to the arbiter and heartbeats every --interval
 seconds with a healthy report for the role it plays (a primary whose
 standby `peer` streams synchronously and is caught up; a streaming standby
@@ -15,7 +16,7 @@ Stopping the process (SIGTERM) stops its nodes, as a dead host would.
 
 Used by the many-cluster integration test (one process per node) and by
 harness/bench_arbiter.py (many nodes per process, asyncio). --stats writes
-each heartbeat's reply time and the errors seen, at exit.
+each heartbeat's [wall time, reply time] and the errors seen, at exit.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ class SimNode:
     epoch: int = 0                      # the highest epoch acted on
     timeline: int = 1
     lsn: int = 1_000_000
-    rtts: list[float] = field(default_factory=list)
+    source: str | None = None           # a loopback address of its own, as a host of its own has
+    rtts: list[tuple[float, float]] = field(default_factory=list)    # (wall time sent, reply time)
     errors: list[str] = field(default_factory=list)
 
     def report(self) -> dict[str, Any]:
@@ -79,7 +81,8 @@ async def run_node(sim: SimNode, host: str, port: int, interval: float, stop: as
     while not stop.is_set():
         try:
             if writer is None:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                    host, port, local_addr=(sim.source, 0) if sim.source else None), 2.0)
             assert reader is not None
             request = sim.credential.sign({"v": protocol.VERSION, **sim.heartbeat()})
             sent = time.perf_counter()
@@ -88,7 +91,7 @@ async def run_node(sim: SimNode, host: str, port: int, interval: float, stop: as
             if not line:
                 raise ConnectionError("closed by the arbiter")
             reply = sim.credential.check_reply(protocol.decode(line[:-1]), request)
-            sim.rtts.append(time.perf_counter() - sent)
+            sim.rtts.append((time.time(), time.perf_counter() - sent))
             if reply.get("type") != "instruction":
                 raise protocol.ProtocolError(str(reply.get("error")))
             sim.obey(Instruction.from_wire(reply))
@@ -116,7 +119,8 @@ def load_nodes(path: str) -> list[SimNode]:
     for entry in listed:
         credential, _pair = keys.node_keys(entry["key_file"], entry["node"], entry["cluster"])
         sims.append(SimNode(entry["cluster"], entry["node"], entry["peer"], credential,
-                            role=entry.get("role", "standby"), epoch=entry.get("epoch", 0)))
+                            role=entry.get("role", "standby"), epoch=entry.get("epoch", 0),
+                            source=entry.get("source")))
     return sims
 
 

@@ -454,6 +454,7 @@ class ArbiterServer(protocol.LineServer):
         super().__init__((host, port), _Handler)
         # Members keep their slots: two per cluster, and as many again for their restarts.
         self.slots.member_slots = max(self.slots.member_slots, limits.member_slots_for(len(self.service.arbiters)))
+        self.slots.stranger_slots = max(self.slots.stranger_slots, limits.stranger_slots_for(len(self.service.arbiters)))
 
     def is_member(self, message):
         """A heartbeat the arbiter answered, in the name of a configured node,

@@ -35,6 +35,14 @@ def member_slots_for(clusters: int) -> int:
     return max(MEMBER_SLOTS, MEMBER_SLOTS_PER_CLUSTER * clusters)
 
 
+def stranger_slots_for(clusters: int) -> int:
+    """Every member arrives as a stranger (its first heartbeat proves it): a
+    many-cluster arbiter restarted must admit its members' reconnections, so
+    the strangers' pool grows too, one slot per cluster (the per-source share
+    stays STRANGER_SLOTS_PER_SOURCE: one host still cannot take them all)."""
+    return max(STRANGER_SLOTS, clusters)
+
+
 def clip(value: Any, limit: int = CLIP) -> str:
     """Client input made safe for a log line: at most `limit` characters (an
     ellipsis says more was cut) and no line breaks."""
