@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """The arbiter: decides which node is primary and keeps that decision on disk.
 
-    python arbiter.py [--settings FILE] [--init | --rebuild]
+    python arbiter.py [--settings FILE] [--init | --rebuild] [--cluster NAME]
 
 --init on a new cluster only; without it a missing state file stops the
-arbiter (README: Arbiter state loss).
+arbiter (README: Arbiter state loss). With the setting `clusters` (many
+clusters, pgha.clusters) --init and --rebuild apply to every cluster whose
+state is missing, or with --cluster NAME to that one only.
 """
 import os
 import signal
@@ -12,8 +14,9 @@ import sys
 import threading
 
 from pgha import logs as logger
-from pgha import arbiter_backend as backend, cli, keys, limits, settings as settings_mod
-from pgha.arbiter import Arbiter, ArbiterServer, StateFileError, verifier
+from pgha import arbiter_backend as backend, cli, clusters, keys, limits, settings as settings_mod
+from pgha.arbiter import ArbiterServer, StateFileError, service_verifier
+from pgha.arbiter_service import ArbiterService
 
 DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arbiter_settings.py")
 
@@ -23,23 +26,30 @@ def main(argv=None):
         "arbiter", "PostgreSQL HA arbiter", DEFAULTS, settings_mod.ARBITER_SPECS, settings_mod.ARBITER_CHECKS,
         argv=argv, flags=(("--init", "create the state (epoch 1, initial_primary) if there is none: a new cluster"),
                           ("--rebuild", "the state was lost: rebuild it from the nodes' reports, with an "
-                                        "operator's confirmation (python -m pgha.ctl rebuild)")))
+                                        "operator's confirmation (python -m pgha.ctl rebuild)"),
+                          ("--cluster", "--init/--rebuild this cluster only (setting clusters); default: every "
+                                        "cluster whose state is missing", "NAME")))
     if flags.init and flags.rebuild:
         print("arbiter: --init and --rebuild exclude each other", file=sys.stderr)
         return 2
-    keyring = cli.load_keys("arbiter", keys.arbiter_keys, settings.key_file, settings.nodes)
+    if flags.cluster and not (flags.init or flags.rebuild):
+        print("arbiter: --cluster goes with --init or --rebuild", file=sys.stderr)
+        return 2
+    specs = clusters.served(settings)
+    keyring = cli.load_keys("arbiter", keys.arbiter_keys, settings.key_file, list(clusters.members(specs)))
     tls_server = cli.load_tls("arbiter", settings)[0]
     log = logger.setup("arbiter", settings.log_level, settings.log_file)
     limits.raise_open_files_limit()     # a connection flood must meet the connection cap, not EMFILE
     leadership = None
     try:
-        state_store = backend.make_store(settings)
-        arbiter = Arbiter(settings, state_store=state_store, init=flags.init, rebuild=flags.rebuild)
+        arbiters = backend.build(settings, specs, init=flags.init, rebuild=flags.rebuild, only=flags.cluster)
         if settings.state_backend == "etcd":
-            arbiter, leadership = backend.lead(arbiter, settings)
-        server = ArbiterServer(arbiter, settings.listen_host, settings.listen_port,
+            service, leadership = backend.lead(arbiters, settings)
+        else:
+            service = ArbiterService(arbiters, settings.cluster_name)
+        server = ArbiterServer(service, settings.listen_host, settings.listen_port,
                                idle_timeout=max(10.0, 20 * settings.heartbeat_interval),
-                               verifier=verifier(keyring, settings.nodes))
+                               verifier=service_verifier(keyring, specs, settings.cluster_name))
         server.tls_context = tls_server
     except StateFileError as exc:
         log.error("%s", exc)
@@ -55,15 +65,19 @@ def main(argv=None):
         raise SystemExit(0)
 
     def reload_on_hup(_signum, _frame):   # off the signal handler: it takes the arbiter's lock
-        threading.Thread(target=arbiter.reload_settings, name="reload", daemon=True).start()
+        threading.Thread(target=service.reload_settings, name="reload", daemon=True).start()
 
-    arbiter.settings_loader = cli.settings_loader(DEFAULTS, settings_mod.ARBITER_SPECS,
+    service.settings_loader = cli.settings_loader(DEFAULTS, settings_mod.ARBITER_SPECS,
                                                   settings_mod.ARBITER_CHECKS, flags.settings)
     signal.signal(signal.SIGHUP, reload_on_hup)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("listening on %s:%s for nodes %s", settings.listen_host, settings.listen_port,
-             ", ".join(settings.nodes))
+    if len(specs) == 1:
+        log.info("listening on %s:%s for nodes %s", settings.listen_host, settings.listen_port,
+                 ", ".join(next(iter(specs.values())).nodes))
+    else:
+        log.info("listening on %s:%s for %d clusters: %s", settings.listen_host, settings.listen_port,
+                 len(specs), service)
     if leadership is not None:
         leadership.start()
     try:

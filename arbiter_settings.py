@@ -8,6 +8,13 @@ listen_port = 5430
 nodes = ["pgsql-1", "pgsql-2"]  # the two database hosts, by their node names
 initial_primary = "pgsql-1"     # primary chosen at the very first start only
 state_file = "./arbiter-state.json"  # the durable decision (epoch, primary, promotable)
+cluster_name = "main"           # the cluster's name (nodes send it: their cluster_name); etcd keys <etcd_prefix>/<cluster_name>/...
+# Many clusters from this one arbiter: {"a": {"nodes": ["a-1", "a-2"], "initial_primary": "a-1"}, "b": ...}.
+# Then it serves exactly these (nodes/initial_primary unused); each cluster
+# C has its own state file <state_file stem>.C.json beside state_file (the
+# cluster named cluster_name keeps state_file) and its members' keys are
+# "C/NODE" in key_file (`pgha-keys add-cluster`). README: Many clusters.
+clusters = None
 
 heartbeat_interval = 0.5        # seconds between node reports
 lease_time = 1.8                # a primary's lease; it fences itself when all its leases run out
@@ -24,7 +31,6 @@ key_file = "/etc/pgha/arbiter.keys"
 # "etcd": a key per cluster in etcd; run several arbiter processes, one leads
 # (README: The arbiter on etcd). Nodes then list them all in arbiter_hosts.
 state_backend = "file"
-cluster_name = "main"           # the cluster's name: its etcd keys are <etcd_prefix>/<cluster_name>/...
 etcd_endpoints = ["http://127.0.0.1:2379"]
 etcd_prefix = "/pgha"
 etcd_lease_ttl = 2              # seconds; a dead leader is replaced after at most this (<= lease_time + failover_margin)

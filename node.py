@@ -16,7 +16,7 @@ DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_settin
 def main(argv=None):
     settings, args = cli.load_settings_and_flags("node", "PostgreSQL HA node daemon", DEFAULTS,
                                                  settings_mod.NODE_SPECS, settings_mod.NODE_CHECKS, argv=argv)
-    node_keys = cli.load_keys("node", keys.node_keys, settings.key_file, settings.name)
+    node_keys = cli.load_keys("node", keys.node_keys, settings.key_file, settings.name, settings.cluster_name)
     cli.load_tls("node", settings)     # one clear line now for an unsafe or unusable TLS file
     log = logger.setup(settings.name, settings.log_level, settings.log_file)
     try:

@@ -21,6 +21,7 @@ api_port = 8008
 # The arbiter
 arbiter_host = "127.0.0.1"
 arbiter_port = 5430
+cluster_name = "main"           # the cluster this node belongs to (the arbiter's cluster_name or a key of its clusters)
 arbiter_hosts = None            # several arbiter processes (state on etcd): ["10.0.0.3:5430", "10.0.0.4:5430"]
 
 # Authentication: this node's keyring (its own key and the node-to-node pair

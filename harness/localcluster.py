@@ -61,9 +61,15 @@ class LocalCluster(ClusterHandle):
 
     def __init__(self, workdir=None, base_port=DEFAULT_BASE_PORT, os_user="postgres", echo=False,
                  arbiter_overrides=None, passwords=None, node_overrides=None, etcd=False, tls=False,
-                 per_node_overrides=None):
+                 per_node_overrides=None, extra_clusters=None):
         """passwords: {setting: password} for PASSWORD_SETTINGS; by default
-        random ones made at the first prepare() and kept in DIR/secrets.json."""
+        random ones made at the first prepare() and kept in DIR/secrets.json.
+        extra_clusters: {name: [node, node]} more clusters the same arbiter
+        serves (its setting clusters; keys by pgha-keys add-cluster in
+        keys/NAME/), played by simulated nodes (start_simnode); the first
+        node is the initial primary. This cluster stays "main"."""
+        self.extra_clusters = dict(extra_clusters or {})
+        self.sim_procs = {}         # (cluster, node) -> a harness.simnode process
         self.dir = os.path.abspath(workdir or default_dir())
         self.passwords = dict(passwords or {})
         self._init_arbiter = False  # pass --init at the next arbiter start (a new cluster)
@@ -181,6 +187,10 @@ class LocalCluster(ClusterHandle):
                 arbiter.update(state_backend="etcd", etcd_endpoints=self.etcd_endpoints_of(key),
                                acting_record_file=os.path.join(self.dir, f"{key}.acting"))
             arbiter.setdefault("key_file", self.key_file("arbiter"))
+            if self.extra_clusters:
+                arbiter["clusters"] = {"main": {"nodes": list(NODES), "initial_primary": NODES[0]}, **{
+                    name: {"nodes": list(nodes), "initial_primary": nodes[0]}
+                    for name, nodes in self.extra_clusters.items()}}
             if self.tls:
                 arbiter.update(self.tls_settings("arbiter"))
             self._write_settings(f"{key}.py", arbiter)
@@ -237,6 +247,9 @@ class LocalCluster(ClusterHandle):
         stay with the harness's user, as an operator's would."""
         if not os.path.exists(self.key_file("arbiter")):
             keys.generate(self.keys_dir, NODES)
+        for name, nodes in self.extra_clusters.items():
+            if not os.path.exists(os.path.join(self.keys_dir, name)):
+                keys.add_cluster(self.keys_dir, name, list(nodes))
         if self.tls and not os.path.exists(self.tls_file("ca", ".crt")):
             tls_mod.generate(os.path.join(self.keys_dir, "tls"), ["arbiter", *NODES, "operator"])
         if self.user:
@@ -455,7 +468,33 @@ class LocalCluster(ClusterHandle):
         if proc:
             self.kill(name)    # reap it, forget it: start_node() brings the host back
 
+    def start_simnode(self, cluster, node, role):
+        """A simulated node of an extra cluster (harness.simnode), as its own process."""
+        nodes = self.extra_clusters[cluster]
+        listed = os.path.join(self.dir, f"sim-{cluster}-{node}.json")
+        with open(listed, "w") as f:
+            json.dump([{"cluster": cluster, "node": node, "peer": next(n for n in nodes if n != node),
+                        "key_file": os.path.join(self.keys_dir, cluster, node + keys.SUFFIX), "role": role}], f)
+        with open(os.path.join(self.dir, f"sim-{cluster}-{node}.log"), "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "harness.simnode", "--arbiter",
+                                     f"127.0.0.1:{self.arbiter_port}", "--nodes", listed], cwd=ROOT,
+                                    stdout=log, stderr=log, start_new_session=True)
+        self.sim_procs[(cluster, node)] = proc
+        return proc
+
+    def stop_simnode(self, cluster, node):
+        proc = self.sim_procs.pop((cluster, node), None)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+    def cluster_call(self, cluster, message):
+        """arbiter_call about one of the arbiter's clusters."""
+        return self.arbiter_call({**message, "cluster": cluster})
+
     def stop(self, timeout=60):
+        for cluster, node in list(self.sim_procs):
+            self.stop_simnode(cluster, node)
         for key in list(NODES) + list(self.arbiter_ports):
             self.send_signal(key, signal.SIGCONT)    # a frozen daemon could not stop
             self.send_signal(key, signal.SIGTERM)

@@ -27,7 +27,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from pgha import arbiter_link, auth, health, logs, metrics, protocol
+from pgha import arbiter_link, auth, clusters, health, logs, metrics, protocol
 from pgha.node_state import StatePublisher
 from pgha.serve import WakeOnShutdown
 
@@ -188,11 +188,21 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def arbiter_relay(addresses: list[tuple[str, int]], timeout: float = 5.0,
-                  tls_context: ssl.SSLContext | None = None) -> Relay:
+                  tls_context: ssl.SSLContext | None = None, cluster: str | None = None) -> Relay:
     """Send an already-signed request to the leading arbiter unchanged (no
     signing here: the arbiter verifies the operator's own signature); the
-    reply's signature answers the operator's nonce, so it is passed on unchecked."""
+    reply's signature answers the operator's nonce, so it is passed on unchecked.
+    cluster: this node's; the signature covers the request's "cluster", so
+    the relay cannot add it: a request naming another cluster is refused here
+    (pgha-ctl --cluster NAME --print-signed names it; one naming none is for
+    the arbiter's home cluster, so only a node of the default cluster "main"
+    passes it on)."""
     def relay(request: dict[str, Any]) -> dict[str, Any]:
+        named = request.get("cluster")
+        # Unnamed means the arbiter's home cluster: only a node of the default cluster may pass that on.
+        if cluster is not None and (named or clusters.DEFAULT) != cluster:
+            return {"type": "error", "error": f"this node is in cluster {cluster}, the request is for "
+                                              f"cluster {str(named)[:64]}: send it to a node of that cluster"}
         return arbiter_link.call(addresses, request, timeout=timeout, tls_context=tls_context)
     return relay
 

@@ -12,7 +12,8 @@ from dataclasses import asdict, replace
 from datetime import datetime, timezone
 
 from pgha import logs
-from pgha import auth, decision, protocol, rebuild, reload, settings as settings_mod, store
+from pgha import auth, clusters, decision, protocol, rebuild, reload, settings as settings_mod, store
+from pgha import limits
 from pgha.limits import clip
 from pgha.topology import Topology
 
@@ -28,24 +29,41 @@ def verifier(keyring, nodes):
     return auth.Verifier(auth.ARBITER, auth.arbiter_lookup(keyring, nodes))
 
 
+def service_verifier(keyring, specs, home):
+    """verifier() for every cluster served (pgha.clusters): each node by its
+    key id, and only about its own cluster (auth.cluster_scope)."""
+    members = clusters.members(specs)
+    # The replay cache holds each member's last WINDOW of nonces (~60 at 0.5 s): room for far more.
+    return auth.Verifier(auth.ARBITER, auth.arbiter_lookup(keyring, list(members)),
+                         scope=auth.cluster_scope(members, home),
+                         max_nonces=max(auth.MAX_NONCES, NONCES_PER_MEMBER * len(members)))
+
+
+NONCES_PER_MEMBER = 128
+
+
 class StateMissingError(StateFileError):
     """No state and no --init: the arbiter must not start over silently."""
 
 
 class Arbiter:
-    """init: create the state at epoch 1 when there is none (a new cluster).
+    """One cluster's decision (pgha.arbiter_service routes each request to
+    its cluster's Arbiter). cluster: a clusters.ClusterSpec; None: the one
+    cluster of the simple settings (nodes, initial_primary, state_file).
+    init: create the state at epoch 1 when there is none (a new cluster).
     rebuild: there is no state; collect the nodes' reports and wait for an
     operator's confirmation (pgha.rebuild)."""
 
     def __init__(self, settings, clock=time.monotonic, state_store=None, init=False, rebuild=False,
-                 wall=time.time):
-        self.topology = Topology(tuple(settings.nodes))
+                 wall=time.time, cluster=None):
+        self.cluster = cluster if cluster is not None else clusters.simple(settings)
+        self.topology = Topology(tuple(self.cluster.nodes))
         self.settings = settings
         self.timings = decision.Timings.from_settings(settings)
         self.settings_loader = None     # () -> new settings (arbiter.py sets it): reload_settings
         self.reload_generation = 0      # instructions carry it; pgha.ctl reload bumps it
         self.lease_transition = None    # a reload.LeaseTransition while a shrunk lease_time settles
-        self.store = state_store if state_store is not None else store.FileStore(settings.state_file)
+        self.store = state_store if state_store is not None else store.FileStore(self.cluster.state_file)
         self.clock = clock
         self.wall = wall            # event times and scheduled switchovers (operators think in wall time)
         self.lock = threading.Lock()
@@ -58,7 +76,7 @@ class Arbiter:
             self.state = None
             self._start_rebuild()
         else:
-            self.state = self._load_or_create(settings.initial_primary, init)
+            self.state = self._load_or_create(self.cluster.initial_primary, init)
         self.memory = decision.Memory.at_start(clock())
 
     def _load_or_create(self, initial_primary, init):
@@ -287,6 +305,11 @@ class Arbiter:
         if new is None:
             log.error("%s", problems[0])
             return None, problems[0]
+        return self.apply_settings(new), None
+
+    def apply_settings(self, new, announce=True):
+        """Apply what of `new` can change at run time; the reload.Diff.
+        announce: log the changes (once per service, not once per cluster)."""
         old = self.settings
         diff = reload.settings_diff(old, new, settings_mod.ARBITER_SPECS, reload.ARBITER_RUNTIME)
         merged = reload.merge(old, new, diff)
@@ -295,6 +318,8 @@ class Arbiter:
             self.lease_transition = reload.LeaseTransition.after_change(
                 old.lease_time, merged.lease_time, merged.failover_margin, now, self.lease_transition)
             self.settings, self.timings = merged, decision.Timings.from_settings(merged)
+        if not announce:
+            return diff
         logs.reconfigure(merged.log_level, merged.log_file)
         for line in reload.change_lines(old, new, diff, settings_mod.ARBITER_SPECS):
             log.info("%s", line)
@@ -304,20 +329,24 @@ class Arbiter:
                         self.lease_transition.old_lease, self.lease_transition.until - now)
         if not diff.applied and not diff.restart_needed:
             log.info("reload: no setting changed")
-        return diff, None
+        return diff
 
     def _reload_request(self):
         """pgha.ctl reload: reload the arbiter, then the nodes (their next instruction)."""
         diff, error = self.reload_settings()
         if error:
             return {"type": "error", "error": error}
-        with self.lock:
-            self.reload_generation += 1
-            generation = self.reload_generation
+        generation = self.bump_reload_generation()
         log.info("reload requested by the operator: nodes reload at their next heartbeat (generation %d)",
                  generation)
         return {"type": "ok", "reload_generation": generation, "applied": list(diff.applied),
                 "restart_needed": list(diff.restart_needed)}
+
+    def bump_reload_generation(self):
+        """The nodes re-read their settings at their next instruction."""
+        with self.lock:
+            self.reload_generation += 1
+            return self.reload_generation
 
     # -- rebuilding a lost state (arbiter.py --rebuild, pgha.rebuild) ----------------------
 
@@ -405,7 +434,7 @@ def _standby_lsn(report):
 class _Handler(protocol.LineHandler):
     def answer(self, message):
         try:
-            return self.server.arbiter.handle(message)
+            return self.server.service.handle(message)
         except StateFileError as exc:
             log.error("%s", exc)
             raise protocol.ProtocolError("arbiter cannot store its decision") from None
@@ -417,13 +446,18 @@ class ArbiterServer(protocol.LineServer):
     passes one."""
 
     def __init__(self, arbiter, host, port, idle_timeout=30.0, verifier=None):
-        self.arbiter = arbiter
+        from pgha.arbiter_service import ArbiterService
+        self.arbiter = arbiter      # what was given: one cluster's Arbiter, or an ArbiterService
+        self.service = arbiter if isinstance(arbiter, ArbiterService) else ArbiterService.single(arbiter)
         self.idle_timeout = idle_timeout
         self.verifier = verifier
         super().__init__((host, port), _Handler)
+        # Members keep their slots: two per cluster, and as many again for their restarts.
+        self.slots.member_slots = max(self.slots.member_slots, limits.member_slots_for(len(self.service.arbiters)))
+        self.slots.stranger_slots = max(self.slots.stranger_slots, limits.stranger_slots_for(len(self.service.arbiters)))
 
     def is_member(self, message):
         """A heartbeat the arbiter answered, in the name of a configured node,
         earns the connection a member's slot (authentication tightens this:
         the name must also be proven)."""
-        return message["type"] == "heartbeat" and message["node"] in self.arbiter.topology
+        return self.service.is_member(message)

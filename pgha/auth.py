@@ -3,7 +3,8 @@
 A signed message carries four more fields beside its own:
 
     "from"   the sender's identity: a node name, "operator", "reader" or
-             (on replies) "arbiter"
+             (on replies) "arbiter"; a node of a cluster other than the
+             arbiter's home cluster signs as "CLUSTER/NODE" (pgha.clusters)
     "ts"     the sender's wall-clock time (seconds since the epoch)
     "nonce"  16 random bytes, hex
     "mac"    hex HMAC-SHA256, with the sender's key, of the canonical JSON of
@@ -16,7 +17,8 @@ the pair key (lease link).
 
 The receiver checks, in this order, and refuses with AuthError(reason):
 known sender; that the sender may send this type (a node only as itself:
-message["node"] == message["from"]); timestamp within WINDOW of its clock
+message["node"] == message["from"], and on the arbiter port only about its
+own cluster, cluster_scope); timestamp within WINDOW of its clock
 and not before the server started; MAC valid (hmac.compare_digest, against
 each of the sender's keys: current and next, for rotation); nonce not seen.
 
@@ -65,8 +67,8 @@ SELF_TYPES = frozenset({"heartbeat", "lease"})
 NODE_TYPES = frozenset({"heartbeat", "status", "history"})   # status: the node's REST API shows the cluster
 # Every state-changing command (switchover, failover, pause, resume, rebuild, reload) and the reads.
 OPERATOR_TYPES = frozenset({"status", "history", "switchover", "failover", "pause", "resume", "rebuild",
-                            "reload"})
-READER_TYPES = frozenset({"status", "history"})
+                            "reload", "clusters"})
+READER_TYPES = frozenset({"status", "history", "clusters"})
 PEER_TYPES = frozenset({"lease"})
 
 Keys = tuple[bytes, ...]     # current key first, then the next one during a rotation
@@ -189,15 +191,49 @@ class Sender:
 
 # identity -> (keys, message types it may send), or None for a stranger
 Lookup = Callable[[str], "tuple[Keys, frozenset[str]] | None"]
+# (sender, message) -> why the sender may not say this, or None: what a
+# known sender may speak for (a node only in its own name and cluster).
+Scope = Callable[[str, Mapping[str, Any]], "str | None"]
+
+
+def own_name_scope(sender: str, message: Mapping[str, Any]) -> str | None:
+    """SELF_TYPES only in the sender's own name (the lease link)."""
+    kind = message.get("type")
+    if kind in SELF_TYPES and message.get("node") != sender:
+        return f"{sender} sent {kind} in the name of {short(message.get('node'))}"
+    return None
+
+
+def cluster_scope(members: Mapping[str, tuple[str, str]], home: str) -> Scope:
+    """On the arbiter port (pgha.clusters): a node's key id names one
+    (cluster, node); it speaks only about that cluster (a message without
+    "cluster" is about `home`), and SELF_TYPES only in that node's name.
+    The operator and the reader speak for every cluster."""
+    def scope(sender: str, message: Mapping[str, Any]) -> str | None:
+        bound = members.get(sender)
+        if bound is None:
+            return None
+        cluster, node = bound
+        named = message.get("cluster", home)
+        named = home if named is None else named
+        kind = message.get("type")
+        if named != cluster:
+            return f"{sender} (of cluster {cluster}) sent {short(kind)} for cluster {short(named)}"
+        if kind in SELF_TYPES and message.get("node") != node:
+            return f"{sender} sent {kind} in the name of {short(message.get('node'))}"
+        return None
+    return scope
 
 
 class Verifier:
     """Checks requests for one server and signs its replies."""
 
     def __init__(self, identity: str, lookup: Lookup, window: float = WINDOW,
-                 clock: Callable[[], float] = time.time, max_nonces: int = MAX_NONCES) -> None:
+                 clock: Callable[[], float] = time.time, max_nonces: int = MAX_NONCES,
+                 scope: Scope | None = None) -> None:
         self.identity = identity
         self.lookup = lookup
+        self.scope = scope or own_name_scope
         self.window = window
         self.clock = clock
         self.started = clock()
@@ -217,9 +253,9 @@ class Verifier:
         kind = message.get("type")
         if not isinstance(kind, str) or kind not in allowed:
             raise AuthError(f"{sender} may not send {short(kind)}", "not permitted")
-        if kind in SELF_TYPES and message.get("node") != sender:
-            raise AuthError(f"{sender} sent {kind} in the name of {short(message.get('node'))}",
-                            "mis-attributed")
+        problem = self.scope(sender, message)
+        if problem:
+            raise AuthError(problem, "mis-attributed")
         ts, nonce = message.get("ts"), message.get("nonce")
         if isinstance(ts, bool) or not isinstance(ts, (int, float)):
             raise AuthError(f"{sender}: no timestamp", "malformed")
@@ -256,8 +292,8 @@ class Verifier:
 # -- who may say what ------------------------------------------------------------------------
 
 def arbiter_lookup(keyring: Mapping[str, Keys], nodes: Sequence[str]) -> Lookup:
-    """On the arbiter port: each node heartbeats as itself; the operator
-    commands; the reader (if it has a key) reads status."""
+    """On the arbiter port: each node (by its key id, pgha.clusters) heartbeats
+    as itself; the operator commands; the reader (if it has a key) reads status."""
     table: dict[str, tuple[Keys, frozenset[str]]] = {}
     for node in nodes:
         table[node] = (keyring[node], NODE_TYPES)

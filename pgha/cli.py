@@ -13,12 +13,16 @@ def load_settings(program, description, defaults, specs, checks=(), argv=None):
 
 
 def load_settings_and_flags(program, description, defaults, specs, checks=(), argv=None, flags=()):
-    """load_settings, plus boolean command-line flags: flags is a sequence of
-    (option, help); returns (settings, argparse namespace)."""
+    """load_settings, plus command-line flags: flags is a sequence of
+    (option, help) for a switch or (option, help, METAVAR) for a value;
+    returns (settings, argparse namespace)."""
     parser = argparse.ArgumentParser(prog=f"{program}.py", description=description)
     parser.add_argument("--settings", metavar="FILE", help=f"settings overriding {program}_settings.py")
-    for option, text in flags:
-        parser.add_argument(option, action="store_true", help=text)
+    for option, text, *metavar in flags:     # (option, help[, METAVAR]): a value, else a switch
+        if metavar:
+            parser.add_argument(option, metavar=metavar[0], help=text)
+        else:
+            parser.add_argument(option, action="store_true", help=text)
     args = parser.parse_args(argv)
     try:
         settings = settings_mod.load(defaults, specs, args.settings, checks)

@@ -1,6 +1,6 @@
 """Operator commands against the arbiter (console script `pgha-ctl`, or `python -m pgha.ctl`).
 
-    pgha-ctl [--arbiter HOST:PORT] [--key-file FILE] COMMAND
+    pgha-ctl [--arbiter HOST:PORT] [--key-file FILE] [--cluster NAME] COMMAND
       list [--json] [--watch [SECONDS]]    members as a table (like patronictl list)
       status [-v]                          the decision and each node's last report
       history [--json] [--limit N]         the arbiter's durable event log
@@ -10,6 +10,11 @@
       rebuild --confirm --epoch N --primary NODE
 
       reload [--print-signed]              re-read the settings: the arbiter, then the nodes
+
+--cluster NAME: which of a many-cluster arbiter's clusters (its setting
+`clusters`) a command is about; without it, the arbiter's home cluster
+(its cluster_name). On a many-cluster arbiter `list` and `status` without
+--cluster show every cluster (list with a Cluster column).
 
 The credential is the operator's key file (operator.keys from pgha-keys
 generate), or the reader's (or a node's) for list, status and history;
@@ -53,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arbiter", default="127.0.0.1:5430", help="HOST:PORT (default %(default)s)")
     parser.add_argument("--key-file", default=os.environ.get(KEY_FILE_ENV),
                         help=f"operator (or reader) key file (default: ${KEY_FILE_ENV})")
+    parser.add_argument("--cluster", help="the cluster (on an arbiter serving several; default: its home "
+                                          "cluster; list and status: every cluster)")
     for option, env, what in TLS_OPTIONS:
         parser.add_argument(f"--tls-{option}", default=os.environ.get(env),
                             help=f"TLS: the {what} (default: ${env}); all three or none")
@@ -107,11 +114,14 @@ def main(argv: list[str] | None = None,
             print(f"ctl: {exc}", file=sys.stderr)
             return USAGE
     if args.command == "reload" and args.print_signed:     # a body for POST /reload: nothing is sent
-        print(json.dumps(credential.sign({"v": protocol.VERSION, "type": "reload"})))
+        request = {"v": protocol.VERSION, "type": "reload", **({"cluster": args.cluster} if args.cluster else {})}
+        print(json.dumps(credential.sign(request)))
         return OK
     send = call or protocol.call
 
     def ask(message: dict[str, Any]) -> dict[str, Any]:
+        if args.cluster and "cluster" not in message:
+            message = {**message, "cluster": args.cluster}
         try:
             reply = send(host, int(port), message, timeout=5.0, credential=credential, **extra)
         except (OSError, protocol.ProtocolError) as exc:
@@ -137,15 +147,43 @@ Ask = Callable[[dict[str, Any]], dict[str, Any]]
 
 # -- list ------------------------------------------------------------------------------------
 
+def served_clusters(args: argparse.Namespace, ask: Ask) -> list[str | None]:
+    """The clusters list and status show: --cluster's, else every cluster of a
+    many-cluster arbiter, else [None] (the one cluster, asked as always)."""
+    if args.cluster:
+        return [args.cluster]
+    try:
+        names = ask({"type": "clusters"}).get("clusters")
+    except Refused:         # an arbiter from before clusters: the one cluster
+        return [None]
+    if not isinstance(names, list) or len(names) < 2:
+        return [None]
+    return [str(name) for name in names]
+
+
+def statuses(args: argparse.Namespace, ask: Ask) -> dict[str | None, dict[str, Any]]:
+    return {name: ask({"type": "status", **({"cluster": name} if name else {})})
+            for name in served_clusters(args, ask)}
+
+
+def render_statuses(found: dict[str | None, dict[str, Any]], as_json: bool) -> str:
+    if list(found) == [None] or len(found) == 1 and not as_json:
+        return render_list(next(iter(found.values())), as_json)
+    if as_json:
+        return json.dumps({"clusters": {name: json.loads(render_list(status, True))
+                                        for name, status in found.items()}}, indent=1)
+    return render_many(found)
+
+
 def cmd_list(args: argparse.Namespace, ask: Ask) -> int:
     if args.watch is None:
-        print(render_list(ask({"type": "status"}), args.json))
+        print(render_statuses(statuses(args, ask), args.json))
         return OK
     if args.watch <= 0:
         raise Usage(f"--watch needs a positive number of seconds, got {args.watch}")
     while True:     # Ctrl-C ends it (main returns 0)
         try:
-            text = render_list(ask({"type": "status"}), args.json)
+            text = render_statuses(statuses(args, ask), args.json)
         except Refused as exc:
             text = f"ctl: {exc}"
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -210,15 +248,31 @@ def render_list(status: dict[str, Any], as_json: bool = False) -> str:
                            "switchover_to": status.get("switchover_to"),
                            "switchover_scheduled": status.get("switchover_scheduled"), "members": rows},
                           indent=1)
-    cells = [[r["member"], r["host"] or "-", r["role"], r["state"], _show(r["timeline"]),
-              "-" if r["lag_bytes"] is None else f"{r['lag_bytes'] / MB:.1f}",
-              "-" if r["lease_left"] is None else f"{r['lease_left']:.1f}s",
-              _show(r["epoch"]), r["last_action"] or "-"] for r in rows]
-    return header + "\n" + table(COLUMNS, cells)
+    return header + "\n" + table(COLUMNS, list_cells(rows))
 
 
-def cluster_header(status: dict[str, Any]) -> str:
-    line = (f"+ Cluster: epoch {status.get('epoch')}, primary {status.get('primary')}, standby "
+def list_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
+    return [[r["member"], r["host"] or "-", r["role"], r["state"], _show(r["timeline"]),
+             "-" if r["lag_bytes"] is None else f"{r['lag_bytes'] / MB:.1f}",
+             "-" if r["lease_left"] is None else f"{r['lease_left']:.1f}s",
+             _show(r["epoch"]), r["last_action"] or "-"] for r in rows]
+
+
+def render_many(found: dict[str | None, dict[str, Any]]) -> str:
+    """Every cluster of a many-cluster arbiter: a header line each, then one
+    table with a Cluster column."""
+    headers, cells = [], []
+    for name, status in found.items():
+        if status.get("rebuilding"):
+            headers.append(f"+ Cluster {name}: " + " ".join(rebuild_status_lines(status)[:1]) + " +")
+            continue
+        headers.append(cluster_header(status, name))
+        cells += [[str(name), *row] for row in list_cells(list_rows(status))]
+    return "\n".join(headers) + "\n" + table(("Cluster", *COLUMNS), cells)
+
+
+def cluster_header(status: dict[str, Any], name: str | None = None) -> str:
+    line = (f"+ Cluster{'' if name is None else ' ' + name}: epoch {status.get('epoch')}, primary {status.get('primary')}, standby "
             f"{'promotable' if status.get('promotable') else 'NOT promotable'}"
             f"{', PAUSED (maintenance mode)' if status.get('paused') else ', not paused'}")
     if status.get("switchover_to"):
@@ -245,7 +299,15 @@ def _show(value: Any) -> str:
 # -- status ----------------------------------------------------------------------------------
 
 def cmd_status(args: argparse.Namespace, ask: Ask) -> int:
-    reply = ask({"type": "status"})
+    found = statuses(args, ask)
+    for name, reply in found.items():
+        if len(found) > 1:
+            print(f"cluster {name}:")
+        show_status(args, reply)
+    return OK
+
+
+def show_status(args: argparse.Namespace, reply: dict[str, Any]) -> int:
     if reply.get("rebuilding"):
         print("\n".join(rebuild_status_lines(reply)))
         return OK

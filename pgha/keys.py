@@ -3,6 +3,9 @@
     python -m pgha.keys generate --dir DIR --nodes pgsql-1,pgsql-2 [--no-reader]
     python -m pgha.keys rotate   --dir DIR --member NAME   (add a next key)
     python -m pgha.keys retire   --dir DIR --member NAME   (the next key becomes the only one)
+    python -m pgha.keys add-cluster --dir DIR --cluster C --nodes a,b
+                                 (one more cluster of a many-cluster arbiter:
+                                 "C/a", "C/b" in arbiter.keys, DIR/C/a.keys, DIR/C/b.keys)
     python -m pgha.keys tls      --dir DIR --nodes pgsql-1,pgsql-2 [--hosts IP,...]
                                  (a CA and TLS certificates: pgha.tls)
 
@@ -95,10 +98,14 @@ def _need(ring: Mapping[str, Keys], path: str, principal: str) -> Keys:
     return ring[principal]
 
 
-def node_keys(path: str, name: str) -> tuple[Credential, Keys]:
-    """A node's credential towards the arbiter, and the pair keys of the lease link."""
+def node_keys(path: str, name: str, cluster: str | None = None) -> tuple[Credential, Keys]:
+    """A node's credential towards the arbiter, and the pair keys of the lease
+    link. Its key id is "CLUSTER/NAME" when the file holds that (a cluster
+    beside the arbiter's home cluster, pgha.clusters), else NAME."""
     ring = load(path)
-    return Credential(name, _need(ring, path, name)), _need(ring, path, PAIR)
+    scoped = f"{cluster}/{name}" if cluster else None
+    identity = scoped if scoped in ring else name
+    return Credential(identity, _need(ring, path, identity)), _need(ring, path, PAIR)
 
 
 def arbiter_keys(path: str, nodes: Sequence[str]) -> dict[str, Keys]:
@@ -174,6 +181,34 @@ def generate(folder: str, nodes: Sequence[str], reader: bool = True) -> list[str
     return list(paths.values())
 
 
+def add_cluster(folder: str, cluster: str, nodes: Sequence[str]) -> list[str]:
+    """Keys for one more cluster served by the arbiter whose key files are in
+    `folder` (its `clusters` setting): "CLUSTER/NODE" keys added to
+    arbiter.keys, and folder/CLUSTER/NODE.keys (that key and the cluster's
+    own pair key) for each node. The operator and reader keys stay shared."""
+    if not is_member_name(cluster) or cluster in RESERVED:
+        raise KeyFileError(f"cluster name {cluster!r} is not allowed (letters, digits, '_-.')")
+    if len(nodes) != 2 or len(set(nodes)) != 2 or not all(is_member_name(n) and n not in RESERVED for n in nodes):
+        raise KeyFileError(f"--nodes must name two different nodes, got {','.join(nodes)!r}")
+    arbiter_path = os.path.join(folder, "arbiter" + SUFFIX)
+    ring = load(arbiter_path)
+    ids = [f"{cluster}/{node}" for node in nodes]
+    if any(i in ring for i in ids):
+        raise KeyFileError(f"{arbiter_path} already holds keys of cluster {cluster!r}")
+    sub = os.path.join(folder, cluster)
+    paths = [os.path.join(sub, node + SUFFIX) for node in nodes]
+    existing = [p for p in paths if os.path.lexists(p)]
+    if existing:
+        raise KeyFileError(f"{existing[0]} already exists: remove the old key files or choose another cluster")
+    node_key = {i: (secrets.token_bytes(KEY_BYTES),) for i in ids}
+    pair = (secrets.token_bytes(KEY_BYTES),)
+    os.makedirs(sub, mode=0o700, exist_ok=True)
+    for path, identity in zip(paths, ids):
+        _write_new(path, {identity: node_key[identity], PAIR: pair})
+    _replace(arbiter_path, {**ring, **node_key})     # last: a node's file exists before the arbiter expects it
+    return [*paths, arbiter_path]
+
+
 def _holders(folder: str, member: str) -> list[tuple[str, dict[str, Keys]]]:
     names = sorted(n for n in os.listdir(folder) if n.endswith(SUFFIX))
     holders = [(p, load(p)) for p in (os.path.join(folder, n) for n in names)]
@@ -215,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = sub.add_parser(name, help="add a next key" if name == "rotate" else "keep only the next key")
         cmd.add_argument("--dir", required=True)
         cmd.add_argument("--member", required=True, help="a node name, operator, reader or pair")
+    more = sub.add_parser("add-cluster", help="keys for one more cluster of a many-cluster arbiter")
+    more.add_argument("--dir", required=True, help="the folder holding arbiter.keys")
+    more.add_argument("--cluster", required=True, help="the cluster's name (a key of the arbiter's clusters)")
+    more.add_argument("--nodes", required=True, help="its two node names, comma-separated")
     cert = sub.add_parser("tls", help="a CA and a TLS certificate for the arbiter, each node and the operator")
     cert.add_argument("--dir", required=True)
     cert.add_argument("--nodes", required=True, help="the two node names, comma-separated")
@@ -228,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise KeyFileError(f"--nodes must name two different nodes, got {args.nodes!r}")
             written = tls.generate(args.dir, ["arbiter", *nodes, OPERATOR],
                                    [h.strip() for h in args.hosts.split(",") if h.strip()])
+        elif args.command == "add-cluster":
+            written = add_cluster(args.dir, args.cluster, [n.strip() for n in args.nodes.split(",")])
         elif args.command == "generate":
             written = generate(args.dir, [n.strip() for n in args.nodes.split(",")], reader=not args.no_reader)
         else:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 LISTEN_BACKLOG = 128        # a flood fills this, not the accept loop's patience
 MEMBER_SLOTS = 16           # connections that proved membership (two nodes, their restarts)
+MEMBER_SLOTS_PER_CLUSTER = 4    # a many-cluster arbiter (pgha.clusters): two nodes each, and their restarts
 STRANGER_SLOTS = 64         # everyone else: tools, and whoever floods; dropped first
 STRANGER_SLOTS_PER_SOURCE = 16  # so one host cannot take all the strangers' slots
 STRANGER_GRACE = 1.0        # a new stranger that talks is not dropped for another this soon
@@ -26,6 +27,20 @@ MESSAGE_DEADLINE = 5.0      # a frame must complete this long after its first by
 MAX_JSON_DEPTH = 32         # our messages nest 5 deep; json.loads recurses per level
 CLIP = 60                   # characters of client input shown in a log line
 WARN_INTERVAL = 30.0        # one warning per source and reason per interval
+
+
+def member_slots_for(clusters: int) -> int:
+    """Member slots of an arbiter serving `clusters` clusters: never fewer
+    than MEMBER_SLOTS, and MEMBER_SLOTS_PER_CLUSTER for each."""
+    return max(MEMBER_SLOTS, MEMBER_SLOTS_PER_CLUSTER * clusters)
+
+
+def stranger_slots_for(clusters: int) -> int:
+    """Every member arrives as a stranger (its first heartbeat proves it): a
+    many-cluster arbiter restarted must admit its members' reconnections, so
+    the strangers' pool grows too, one slot per cluster (the per-source share
+    stays STRANGER_SLOTS_PER_SOURCE: one host still cannot take them all)."""
+    return max(STRANGER_SLOTS, clusters)
 
 
 def clip(value: Any, limit: int = CLIP) -> str:

@@ -168,6 +168,7 @@ class Instruction:
     report_in: float | None = None
     paused: bool = False                    # maintenance mode: leave PostgreSQL alone (node_rules M1)
     reload_generation: int = 0              # a node seeing it grow re-reads its settings (pgha.ctl reload)
+    cluster: str | None = None              # the cluster it is for (echoes the heartbeat's)
 
     @property
     def standby_slot(self) -> str | None:
@@ -202,6 +203,7 @@ class Instruction:
             report_in=_positive(wire, "report_in", where),
             paused=_field(wire, "paused", bool, where, default=False),
             reload_generation=_field(wire, "reload_generation", int, where, default=0),
+            cluster=parse_cluster(wire.get("cluster"), where),
         )
         if role == STANDBY and (instruction.primary is None or instruction.primary_address is None):
             raise ProtocolError("a standby instruction must name the primary and its address")
@@ -209,6 +211,8 @@ class Instruction:
 
     def to_wire(self) -> dict:
         wire: dict[str, Any] = {"type": "instruction", "epoch": self.epoch, "role": self.role}
+        if self.cluster is not None:
+            wire["cluster"] = self.cluster
         if self.paused:
             wire["paused"] = True
         if self.reload_generation:
@@ -240,6 +244,7 @@ OPTIONAL_STR = (str, type(None))
 MAX_STRING = 200
 MAX_REPLICATION_ROWS = 8
 MAX_LEASE_SOURCES = 8
+MAX_CLUSTER_NAME = 64
 INT_RANGE = (-2 ** 63, 2 ** 64)      # LSNs are unsigned 64-bit; nothing else is larger
 
 
@@ -276,6 +281,18 @@ def _positive(wire: Mapping[str, Any], name: str, where: str) -> float | None:
     if value is not None and not value > 0:
         raise ProtocolError(f"{where} field {name!r} must be greater than 0")
     return None if value is None else float(value)
+
+
+def parse_cluster(value: Any, where: str = "message") -> str | None:
+    """A message's "cluster" (which of the arbiter's clusters it is about):
+    None when absent, else a name as settings.identifier allows it."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_CLUSTER_NAME or \
+            not all(c.isalnum() or c in "_-." for c in value):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise ProtocolError(f"{where} field 'cluster' must be a cluster name (letters, digits, '_-.'), got {shown}")
+    return value
 
 
 def check_type(value: Any, kind: Any, name: str, where: str = "message") -> Any:

@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 
 from pgha import api, logs
-from pgha import arbiter_link, auth, node_ops, protocol, reaper, store, tls
+from pgha import arbiter_link, auth, clusters, node_ops, protocol, reaper, store, tls
 from pgha.arbiter_link import ArbiterLink, addresses_from_settings
 from pgha.callbacks import CallbackRunner
 from pgha.fencing import Fencer
@@ -54,6 +54,8 @@ class Node:
         self.grants = Grants(clock)
         credential, pair_keys = keys
         self.credential = credential
+        # Which of the arbiter's clusters this node is in (pgha.clusters); every request names it.
+        self.cluster = getattr(settings, "cluster_name", clusters.DEFAULT)
         # One arbiter, or several of which one leads (pgha.arbiter_link finds it).
         # TLS on the arbiter link and the lease link when the tls_* settings are set (pgha.tls).
         self.tls_server, self.tls_client = tls.contexts(settings)
@@ -274,7 +276,7 @@ class Node:
         self.arbiter_reachable = False
         sent = self.clock()
         try:
-            reply = self.arbiter.request({"type": "heartbeat", "node": self.s.name,
+            reply = self.arbiter.request({"type": "heartbeat", "cluster": self.cluster, "node": self.s.name,
                                           "epoch": self.acted_epoch, "report": report})
             self.heartbeat_rtt = self.clock() - sent
         except auth.AuthError as exc:   # not the arbiter's reply to this heartbeat: act on nothing
@@ -287,6 +289,9 @@ class Node:
             if reply.get("type") != "instruction":
                 raise protocol.ProtocolError(str(reply.get("error", reply)))
             instruction = Instruction.from_wire(reply)
+            if instruction.cluster not in (None, self.cluster):
+                raise protocol.ProtocolError(f"the instruction is for cluster {instruction.cluster}, "
+                                             f"not this node's {self.cluster}")
         except protocol.ProtocolError as exc:
             self._say("arbiter", "error", f"arbiter refused the heartbeat: {exc}")
             self.arbiter.close()
@@ -589,11 +594,12 @@ class Node:
         """The REST API and the thread that fetches the arbiter's status for
         it; (None, None) when api_bind is empty."""
         server = api.start(self.s.api_bind, self.s.api_port, self.state,
-                           relay=api.arbiter_relay(self.arbiter.addresses, tls_context=self.tls_client))
+                           relay=api.arbiter_relay(self.arbiter.addresses, tls_context=self.tls_client,
+                                                   cluster=self.cluster))
         if server is None:
             return None, None
         watcher = ClusterWatcher(self.state, lambda: arbiter_link.call(
-            self.arbiter.addresses, {"type": "status"}, timeout=1.0, credential=self.credential,
+            self.arbiter.addresses, {"type": "status", "cluster": self.cluster}, timeout=1.0, credential=self.credential,
             tls_context=self.tls_client))
         watcher.start()
         return server, watcher

@@ -3,9 +3,11 @@
 One JSON object per line (UTF-8, ending in "\\n"), at most MAX_FRAME bytes.
 Every message carries "v" (the protocol version) and "type".
 
-node -> arbiter   {"v":1,"type":"heartbeat","node":NAME,"epoch":N,"report":{...}}
+node -> arbiter   {"v":1,"type":"heartbeat","cluster":C,"node":NAME,"epoch":N,"report":{...}}
                   (validate_request parses the report into a messages.Report)
-arbiter -> node   {"v":1,"type":"instruction","epoch":N,"role":...,...}
+arbiter -> node   {"v":1,"type":"instruction","cluster":C,"epoch":N,"role":...,...}
+                  (every request to the arbiter may name its "cluster", every
+                  reply echoes it; pgha.clusters; {"type":"clusters"} lists them)
 tool -> arbiter   {"v":1,"type":"status"} | {"v":1,"type":"switchover","to":NAME}
                   | {"v":1,"type":"rebuild","epoch":N,"primary":NAME} (confirms a rebuild proposal)
                   | {"v":1,"type":"reload"} (the arbiter and, through reload_generation, the nodes)
@@ -45,7 +47,7 @@ from typing import IO, Any, Callable, Protocol
 from pgha import auth, limits, logs
 from pgha.errors import ProtocolError
 from pgha.limits import clip
-from pgha.messages import Report, check_type
+from pgha.messages import Report, check_type, parse_cluster
 from pgha.serve import WakeOnShutdown
 
 log = logs.get("protocol")
@@ -53,7 +55,7 @@ log = logs.get("protocol")
 VERSION = 1
 MAX_FRAME = 64 * 1024
 REQUEST_TYPES = {"heartbeat", "status", "switchover", "lease", "rebuild", "failover", "pause", "resume",
-                 "history", "reload"}
+                 "history", "reload", "clusters"}
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -124,6 +126,8 @@ def validate_request(message: dict[str, Any]) -> dict[str, Any]:
     kind = message["type"]
     if kind not in REQUEST_TYPES:
         raise ProtocolError(f"unknown message type {clip(repr(kind))}")
+    # Which of the arbiter's clusters it is about (None: the arbiter's home cluster).
+    message["cluster"] = parse_cluster(message.get("cluster"))
     if kind in ("heartbeat", "lease"):
         check_type(message.get("node"), str, "node")
         check_type(message.get("epoch"), int, "epoch")

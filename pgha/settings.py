@@ -14,6 +14,7 @@ import traceback
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from pgha.clusters import settings_problem as clusters_problem
 from pgha.tls import settings_problem as tls_settings_problem
 
 
@@ -241,6 +242,8 @@ NODE_SPECS = {
     "callback_timeout": Spec(NUMBER, positive),
     # Several arbiter processes (state on etcd): every one's "host:port"; None: arbiter_host:arbiter_port.
     "arbiter_hosts": Spec(list, addresses, optional=True),
+    # The cluster this node belongs to on the arbiter (its clusters setting; "main" for a one-cluster arbiter).
+    "cluster_name": Spec(str, identifier),
     # TLS on the control ports (pgha.tls; made by `pgha-keys tls`): all three or none.
     "tls_cert_file": Spec(str, non_empty, optional=True),
     "tls_key_file": Spec(str, non_empty, optional=True),
@@ -265,6 +268,8 @@ ARBITER_SPECS = {
     # Where the decision is kept: "file" (state_file) or "etcd" (several arbiters, one leads).
     "state_backend": Spec(str, lambda v: None if v in ("file", "etcd") else 'must be "file" or "etcd"'),
     "cluster_name": Spec(str, identifier),
+    # Many clusters served by this one arbiter: name -> {"nodes": [a, b], "initial_primary": a} (pgha.clusters).
+    "clusters": Spec(dict, optional=True),
     "etcd_endpoints": Spec(list),
     "etcd_prefix": Spec(str, lambda v: None if v.startswith("/") and v.strip("/") else
                         'must be a key prefix such as "/pgha"'),
@@ -317,7 +322,11 @@ def _two_distinct_nodes(settings):
     return None
 
 
-ARBITER_CHECKS = (_two_distinct_nodes, _etcd_settings, _tls_settings)
+def _clusters(settings):
+    return clusters_problem(settings)
+
+
+ARBITER_CHECKS = (_two_distinct_nodes, _etcd_settings, _tls_settings, _clusters)
 
 
 def _distinct_roles(settings):

@@ -1,0 +1,110 @@
+"""One arbiter service, many clusters: each request goes to its cluster's Arbiter.
+
+A request names its cluster ("cluster"; absent: the service's home cluster,
+settings.cluster_name, when it serves one); the reply echoes a named one. A request
+for a cluster the service does not serve, or a heartbeat from a node that is
+not a member of the cluster it names, is refused with one error and changes
+nothing. Each cluster has its own Arbiter (state, memory, topology, store,
+history): decisions in one never touch another. Authentication binds a node's
+key to its cluster before any of this runs (auth.cluster_scope).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from pgha import logs, reload
+from pgha.errors import ProtocolError
+from pgha.limits import clip
+
+log = logs.get("arbiter")
+
+SHOWN_CLUSTERS = 5      # an error names at most this many of the clusters served
+
+
+class ArbiterService:
+    """handlers: name -> what answers that cluster's requests (an Arbiter, or
+    a LeadingArbiter in front of it); deciders: name -> the Arbiter itself
+    (for a reload), the handlers when they are Arbiters."""
+
+    def __init__(self, handlers: Mapping[str, Any], home: str, deciders: Mapping[str, Any] | None = None) -> None:
+        self.arbiters = dict(handlers)
+        self.deciders = dict(deciders if deciders is not None else handlers)
+        self.home = home
+        self.settings_loader: Callable[[], Any] | None = None   # arbiter.py sets it: reload_settings
+
+    @classmethod
+    def single(cls, arbiter: Any) -> ArbiterService:
+        return cls({arbiter.cluster.name: arbiter}, arbiter.cluster.name)
+
+    def __str__(self) -> str:
+        return _names(list(self.arbiters))
+
+    def resolve(self, cluster: str | None) -> tuple[str, Any]:
+        """(name, its handler) for a request's "cluster"; ProtocolError when not served."""
+        name = self.home if cluster is None else cluster
+        handler = self.arbiters.get(name)
+        if handler is not None:
+            return name, handler
+        if cluster is None:
+            raise ProtocolError(f"this arbiter serves {len(self.arbiters)} clusters ({self}): name one "
+                                "(pgha-ctl --cluster NAME)")
+        raise ProtocolError(f"this arbiter does not serve cluster {clip(repr(cluster))} (it serves {self})")
+
+    def handle(self, message: dict[str, Any]) -> dict[str, Any]:
+        kind = message["type"]
+        if kind == "clusters":
+            return {"type": "clusters", "clusters": sorted(self.arbiters),
+                    "home": self.home if self.home in self.arbiters else None}
+        if kind == "reload":
+            return self._reload(message.get("cluster"))
+        name, handler = self.resolve(message.get("cluster"))
+        reply = handler.handle(message)
+        # Echoed to whoever named it (every node does); a tool that named none
+        # asked the home cluster and gets its reply as it always was.
+        return reply if message.get("cluster") is None else {**reply, "cluster": name}
+
+    def is_member(self, message: dict[str, Any]) -> bool:
+        """A heartbeat in the name of a member of the cluster it names."""
+        if message["type"] != "heartbeat":
+            return False
+        handler = self.arbiters.get(self.home if message.get("cluster") is None else message["cluster"])
+        return handler is not None and message["node"] in handler.topology
+
+    # -- reload: one settings file for every cluster ---------------------------------------
+
+    def reload_settings(self) -> tuple[Any, str | None]:
+        """Re-read the settings and apply them to every cluster; (reload.Diff, None)
+        or (None, error). SIGHUP and pgha-ctl reload."""
+        deciders = list(self.deciders.values())
+        loader = self.settings_loader or deciders[0].settings_loader
+        if loader is None:
+            return None, "this arbiter was started without a settings loader"
+        problems: list[str] = []
+        new = reload.load_or_refuse(loader, problems.append)
+        if new is None:
+            log.error("%s", problems[0])
+            return None, problems[0]
+        diffs = [decider.apply_settings(new, announce=i == 0) for i, decider in enumerate(deciders)]
+        return diffs[0], None
+
+    def _reload(self, cluster: str | None) -> dict[str, Any]:
+        """Settings for every cluster; the nodes of the named cluster (none
+        named: of every cluster) re-read theirs at their next instruction."""
+        targets = [self.resolve(cluster)[0]] if cluster is not None else list(self.deciders)
+        diff, error = self.reload_settings()
+        if error:
+            return {"type": "error", "error": error}
+        generation = max(self.deciders[name].bump_reload_generation() for name in targets)
+        log.info("reload requested by the operator: nodes of %s reload at their next heartbeat (generation %d)",
+                 _names(targets), generation)
+        reply = {"type": "ok", "reload_generation": generation, "applied": list(diff.applied),
+                 "restart_needed": list(diff.restart_needed)}
+        if cluster is not None:
+            reply["cluster"] = cluster
+        return reply
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(sorted(names)[:SHOWN_CLUSTERS])
+    more = len(names) - SHOWN_CLUSTERS
+    return shown + (f" and {more} more" if more > 0 else "")
