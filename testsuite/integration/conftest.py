@@ -12,6 +12,7 @@ import time
 import pytest
 
 from harness import workload
+from harness.exposure import ExposureMonitor
 from harness.localcluster import LocalCluster
 from testsuite import helpers
 
@@ -100,6 +101,34 @@ class WriteRun:
         assert report.lost == [], f"acknowledged rows lost: {report.lost[:10]}"
         assert report.unexpected == [], f"rows present that were never committed: {report.unexpected[:10]}"
         return report
+
+
+class WatchedWriteRun(WriteRun):
+    """A WriteRun whose fault an outside monitor watches (issue 8): from
+    mark_fault() on, every server is sampled every 20 ms for being writable
+    and for having a synchronous standby."""
+
+    def __init__(self, cluster, nodes=("pgsql-1", "pgsql-2")):
+        super().__init__(cluster)
+        self.monitor = ExposureMonitor({n: cluster.dsn_for(n) for n in nodes}, interval=0.02)
+        self.fault_clock = None     # monotonic, as the monitor's samples
+
+    def mark_fault(self):
+        self.monitor.start()
+        super().mark_fault()
+        self.fault_clock = time.monotonic()
+
+    def __exit__(self, *exc):
+        if self.monitor.is_alive():
+            self.monitor.stop()
+        super().__exit__(*exc)
+
+    def unprotected_seconds(self):
+        """Seconds since the fault with a writable server acknowledging commits alone."""
+        return self.monitor.unprotected_seconds(since=self.fault_clock)
+
+    def unprotected_samples(self):
+        return [s for s in self.monitor.samples if s.unprotected][:5]
 
 
 def wait_for(predicate, timeout, what):

@@ -10,13 +10,11 @@ import subprocess
 import time
 
 import psycopg2
+import pytest
 
-from conftest import BASE, WriteRun, next_port, wait_for
+from conftest import BASE, WatchedWriteRun, WriteRun, next_port, running_cluster, wait_for
 from harness.localcluster import LocalCluster
 from pgha.postgres import find_bindir
-
-OTHER = {"pgsql-1": "pgsql-2", "pgsql-2": "pgsql-1"}
-
 
 def sql(cluster, node, query):
     """As the node's superuser."""
@@ -93,20 +91,15 @@ def test_primary_postmaster_killed(local_cluster):
     """A quick local restart; the standby's reconnect does not cost synchronous
     replication (issue 8): the restarted primary is never writable with
     synchronous_standby_names empty."""
-    from harness.exposure import ExposureMonitor
-    monitor = ExposureMonitor({n: local_cluster.dsn_for(n) for n in OTHER}, interval=0.02)
-    with WriteRun(local_cluster) as run:
+    with WatchedWriteRun(local_cluster) as run:
         assert run.wait_for_acks(10, timeout=30)
-        monitor.start()
         run.mark_fault()
-        killed_at = time.monotonic()
         assert local_cluster.kill_postgres("pgsql-1")
         assert run.wait_for_acks(20, timeout=60), "writes did not resume"
         local_cluster.wait_healthy(timeout=120)
-        monitor.stop()
     run.check()
     assert local_cluster.status()["epoch"] == 1, "a local restart, not a failover"
-    assert monitor.unprotected_seconds(since=killed_at) == 0, [s for s in monitor.samples if s.unprotected][:5]
+    assert run.unprotected_seconds() == 0, run.unprotected_samples()
 
 
 def test_primary_host_dead_then_rejoins_by_rewind_and_fails_back(local_cluster):
@@ -239,25 +232,19 @@ def test_after_a_switchover_no_commit_is_acknowledged_without_the_standby(local_
     synchronous standby (an outside monitor never sees it writable with
     synchronous_standby_names empty), and every commit acknowledged after the
     switchover is on both nodes."""
-    from harness.exposure import ExposureMonitor
     from harness.workload import ACK, TABLE
     from pgha import ctl
     nodes = ("pgsql-1", "pgsql-2")
-    monitor = ExposureMonitor({n: local_cluster.dsn_for(n) for n in nodes}, interval=0.02)
-    with WriteRun(local_cluster) as run:
+    with WatchedWriteRun(local_cluster, nodes) as run:
         assert run.wait_for_acks(10, timeout=30)
-        monitor.start()
         run.mark_fault()
-        switched_at = time.monotonic()
         assert ctl.main(["--arbiter", f"127.0.0.1:{local_cluster.arbiter_port}",
                          "--key-file", local_cluster.key_file("operator"), "switchover"]) == 0
         wait_for(primary_is(local_cluster, "pgsql-2", epoch=2), 60, "switchover to pgsql-2")
         assert run.wait_for_acks(40, timeout=60)
-        monitor.stop()
     run.check()
-    assert monitor.unprotected_seconds(since=switched_at) == 0, \
-        [s for s in monitor.samples if s.unprotected][:5]
-    assert monitor.split_brain_seconds() == 0
+    assert run.unprotected_seconds() == 0, run.unprotected_samples()
+    assert run.monitor.split_brain_seconds() == 0
     acked = sorted(a.id for a in run.writer.attempts if a.outcome == ACK and a.end >= run.fault_at)
     lsn = sql_dsn(local_cluster, "pgsql-2", "SELECT pg_current_wal_lsn()")[0][0]
     wait_for(lambda: sql_dsn(local_cluster, "pgsql-1",
@@ -285,27 +272,25 @@ def test_node_daemon_restart_keeps_the_running_primary(local_cluster):
     assert local_cluster.postmaster_pid("pgsql-1") == postmaster
 
 
-def test_strict_sync_never_commits_without_the_standby():
+@pytest.fixture
+def strict_cluster(request):
+    yield from running_cluster(request, "strict", arbiter_overrides={"strict_sync": True})
+
+
+def test_strict_sync_never_commits_without_the_standby(strict_cluster):
     """strict_sync: with the standby dead, commits wait instead of going on
     alone; when it returns they complete and nothing is lost."""
-    cluster = LocalCluster(os.path.join(BASE, "strict"), base_port=next_port(),
-                           arbiter_overrides={"strict_sync": True})
-    cluster.prepare(fresh=True)
-    cluster.start()
-    try:
-        cluster.wait_healthy(timeout=120)
-        with WriteRun(cluster) as run:
-            assert run.wait_for_acks(10, timeout=30)
-            cluster.kill_host("pgsql-2")
-            time.sleep(2)   # commits already in flight may complete
-            assert not run.wait_for_acks(1, timeout=8), "a commit was acknowledged without the standby"
-            assert sql(cluster, "pgsql-1", "SHOW synchronous_standby_names") == [('"pgsql-2"',)]
-            cluster.start_node("pgsql-2")
-            assert run.wait_for_acks(20, timeout=120), "writes did not resume when the standby returned"
-        run.check()
-        assert cluster.status()["epoch"] == 1
-    finally:
-        cluster.stop()
+    cluster = strict_cluster
+    with WriteRun(cluster) as run:
+        assert run.wait_for_acks(10, timeout=30)
+        cluster.kill_host("pgsql-2")
+        time.sleep(2)   # commits already in flight may complete
+        assert not run.wait_for_acks(1, timeout=8), "a commit was acknowledged without the standby"
+        assert sql(cluster, "pgsql-1", "SHOW synchronous_standby_names") == [('"pgsql-2"',)]
+        cluster.start_node("pgsql-2")
+        assert run.wait_for_acks(20, timeout=120), "writes did not resume when the standby returned"
+    run.check()
+    assert cluster.status()["epoch"] == 1
 
 
 def test_rejoin_falls_back_to_basebackup_when_rewind_cannot_work(local_cluster):

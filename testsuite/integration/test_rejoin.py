@@ -14,9 +14,9 @@ import os
 import threading
 
 import psycopg2
+import pytest
 
-from conftest import BASE, WriteRun, next_port, wait_for
-from harness.localcluster import LocalCluster
+from conftest import WriteRun, running_cluster, wait_for
 from test_cluster import log_text, primary_is, sql, sql_dsn
 
 LOAD_BYTES = 300 * 2**20
@@ -72,12 +72,17 @@ class CheckpointWatch:
         return now - self.began_at
 
 
-def test_busy_primary_host_dies_old_primary_rejoins_by_rewind():
-    log = busy_primary_dies_then_rejoins()
+@pytest.fixture
+def small_wal_cluster(request):
+    yield from running_cluster(request, "rejoin-busy", node_overrides={"pg_parameters": SMALL_WAL})
+
+
+def test_busy_primary_host_dies_old_primary_rejoins_by_rewind(small_wal_cluster):
+    log = busy_primary_dies_then_rejoins(small_wal_cluster)
     assert "path rewind" in log, "rewound with the WAL kept on the old primary"
 
 
-def test_rewind_fetches_the_wal_the_old_primary_lost_from_the_new_primary():
+def test_rewind_fetches_the_wal_the_old_primary_lost_from_the_new_primary(small_wal_cluster):
     """The old primary kept no WAL (wal_keep_size 0 in its own config): its
     crash recovery removes what pg_rewind needs, which the restore command
     fetches from the new primary."""
@@ -85,46 +90,38 @@ def test_rewind_fetches_the_wal_the_old_primary_lost_from_the_new_primary():
         conf = os.path.join(cluster.pgdata("pgsql-1"), "pgha.conf")
         with open(conf, "a") as f:
             f.write("wal_keep_size = 0\n")
-    log = busy_primary_dies_then_rejoins(before_rejoin=keep_nothing)
+    log = busy_primary_dies_then_rejoins(small_wal_cluster, before_rejoin=keep_nothing)
     assert "missing WAL segment(s) fetched from pgsql-2" in log
 
 
-def busy_primary_dies_then_rejoins(before_rejoin=None):
+def busy_primary_dies_then_rejoins(cluster, before_rejoin=None):
     """Returns the old primary's node log."""
-    cluster = LocalCluster(os.path.join(BASE, "rejoin-busy"), base_port=next_port(),
-                           node_overrides={"pg_parameters": SMALL_WAL})
-    cluster.prepare(fresh=True)
-    cluster.start()
-    try:
-        cluster.wait_healthy(timeout=120)
-        sql_dsn(cluster, "pgsql-1", "CREATE TABLE bulk (id int, pad text); SELECT 1")    # the app role loads it
-        start = wal_bytes(cluster, "pgsql-1")
-        with WriteRun(cluster) as run:
-            assert run.wait_for_acks(10, timeout=30)
-            loader = BulkLoader(cluster.dsn_for("pgsql-1"))
-            loader.start()
-            watch = CheckpointWatch(cluster, "pgsql-1")
-            wait_for(lambda: wal_bytes(cluster, "pgsql-1") - start >= LOAD_BYTES
-                     and watch.wal_into_checkpoint() >= INTO_CHECKPOINT, 600, "a checkpoint well under way")
-            run.mark_fault()
-            cluster.kill_host("pgsql-1")
-            wait_for(primary_is(cluster, "pgsql-2", epoch=2), 60, "pgsql-2 promoted")
-            assert run.wait_for_acks(20, timeout=60), "writes did not resume on the new primary"
-            loader.join(timeout=30)
-            if before_rejoin:
-                before_rejoin(cluster)
-            cluster.start_node("pgsql-1")
-            status = cluster.wait_healthy(timeout=300)
-            assert status["primary"] == "pgsql-2" and status["epoch"] == 2
-            assert run.wait_for_acks(20, timeout=60)
-        run.check()
-        log = log_text(cluster, "pgsql-1")
-        assert "pg_rewind" in log
-        assert "pg_basebackup" not in log, [line for line in log.splitlines() if "pg_" in line][-5:]
-        rows = sql(cluster, "pgsql-2", "SELECT count(*) FROM bulk")[0][0]
-        assert rows >= loader.acknowledged * BATCH_ROWS, "acknowledged bulk batches lost"
-        assert sql(cluster, "pgsql-2", "SELECT application_name, sync_state FROM pg_stat_replication") \
-            == [("pgsql-1", "sync")]
-        return log
-    finally:
-        cluster.stop()
+    sql_dsn(cluster, "pgsql-1", "CREATE TABLE bulk (id int, pad text); SELECT 1")    # the app role loads it
+    start = wal_bytes(cluster, "pgsql-1")
+    with WriteRun(cluster) as run:
+        assert run.wait_for_acks(10, timeout=30)
+        loader = BulkLoader(cluster.dsn_for("pgsql-1"))
+        loader.start()
+        watch = CheckpointWatch(cluster, "pgsql-1")
+        wait_for(lambda: wal_bytes(cluster, "pgsql-1") - start >= LOAD_BYTES
+                 and watch.wal_into_checkpoint() >= INTO_CHECKPOINT, 600, "a checkpoint well under way")
+        run.mark_fault()
+        cluster.kill_host("pgsql-1")
+        wait_for(primary_is(cluster, "pgsql-2", epoch=2), 60, "pgsql-2 promoted")
+        assert run.wait_for_acks(20, timeout=60), "writes did not resume on the new primary"
+        loader.join(timeout=30)
+        if before_rejoin:
+            before_rejoin(cluster)
+        cluster.start_node("pgsql-1")
+        status = cluster.wait_healthy(timeout=300)
+        assert status["primary"] == "pgsql-2" and status["epoch"] == 2
+        assert run.wait_for_acks(20, timeout=60)
+    run.check()
+    log = log_text(cluster, "pgsql-1")
+    assert "pg_rewind" in log
+    assert "pg_basebackup" not in log, [line for line in log.splitlines() if "pg_" in line][-5:]
+    rows = sql(cluster, "pgsql-2", "SELECT count(*) FROM bulk")[0][0]
+    assert rows >= loader.acknowledged * BATCH_ROWS, "acknowledged bulk batches lost"
+    assert sql(cluster, "pgsql-2", "SELECT application_name, sync_state FROM pg_stat_replication") \
+        == [("pgsql-1", "sync")]
+    return log

@@ -102,11 +102,7 @@ class Running:
         return json.loads(self.state_file.read_text())
 
     def make_promotable(self, client):
-        """Two primary reports with sync on and the standby caught up."""
-        assert client.ask(heartbeat(P, 1, primary_report(1000, 900)))["sync_standby"] == S
-        self.clock.advance(0.5)
-        client.ask(heartbeat(P, 1, primary_report(1100, 1000)))
-        assert self.arbiter.state.promotable
+        make_promotable(lambda report: client.ask(heartbeat(P, 1, report)), self.clock, self.arbiter)
 
     def stop(self):
         for client in self.clients:
@@ -114,6 +110,15 @@ class Running:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
+
+
+def make_promotable(primary_says, clock, arbiter):
+    """Two primary reports (primary_says(report) -> the reply) with sync on
+    and the standby caught up: the arbiter holds the standby promotable."""
+    assert primary_says(primary_report(1000, 900))["sync_standby"] == S
+    clock.advance(0.5)
+    primary_says(primary_report(1100, 1000))
+    assert arbiter.state.promotable
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from pgha import arbiter as arbiter_mod, auth, clusters, keys, limits, protocol
 from pgha.arbiter import Arbiter, ArbiterServer
 from pgha.arbiter_service import ArbiterService
 from testsuite.helpers import FakeClock
-from testsuite.unit.test_arbiter import P, S, heartbeat, make_settings, primary_report, standby_report
+from testsuite.unit.test_arbiter import (P, S, heartbeat, make_promotable, make_settings, primary_report,
+                                        standby_report)
 
 KEYS = {P: (b"\x01" * 32,), S: (b"\x02" * 32,), "b/" + P: (b"\x05" * 32,), "b/" + S: (b"\x06" * 32,),
         "operator": (b"\x03" * 32,), "reader": (b"\x04" * 32,)}
@@ -53,10 +54,7 @@ def two(tmp_path):
 
 def fail_over_b(two):
     """b's primary goes silent after making its standby promotable; b's standby is promoted."""
-    assert two.beat("b", P, 1, primary_report(1000, 900))["sync_standby"] == S
-    two.clock.advance(0.5)
-    two.beat("b", P, 1, primary_report(1100, 1000))
-    assert two.arbiters["b"].state.promotable
+    make_promotable(lambda report: two.beat("b", P, 1, report), two.clock, two.arbiters["b"])
     two.clock.advance(4.5)      # lease 3 s + margin 1 s
     return two.beat("b", S, 1, standby_report(grant_remaining=0.0))
 
