@@ -72,15 +72,21 @@ def docker_cleanup():
 @pytest.fixture(scope="session")
 def cluster(docker_services):
     c = de.suite_cluster()
-    t = time.monotonic()
+    wait_ready(c, time.monotonic(), "cluster_ready", "startup", "cluster healthy {:.1f} s after docker-compose up")
+    return c
+
+
+def wait_ready(c, started, timing, log_name, said):
+    """Wait for a compose cluster just brought up to be healthy: its logs
+    saved as `log_name` if it is not; TIMINGS[timing] the seconds since
+    `started` (monotonic), printed through `said`."""
     try:
         c.wait_healthy(timeout=300)
     except AssertionError:
-        _save_logs(c, "startup")
+        _save_logs(c, log_name)
         raise
-    TIMINGS["cluster_ready"] = time.monotonic() - t
-    print(f"\n[faults] cluster healthy {TIMINGS['cluster_ready']:.1f} s after docker-compose up")
-    return c
+    TIMINGS[timing] = time.monotonic() - started
+    print("\n[faults] " + said.format(TIMINGS[timing]))
 
 
 @pytest.fixture

@@ -55,6 +55,13 @@ def kill_standby(cluster, run, acks):
              what="dead standby marked not promotable")
 
 
+def standby_takes_over(cluster, run, since, acks=20):
+    """The standby is promoted and takes `acks` writes within the failover
+    bound of the fault at `since`; those acks."""
+    assert wait_new_primary(cluster, run.primary, timeout=FAILOVER_BOUND + 30) == run.standby
+    return run.wait_acks(acks, timeout=FAILOVER_BOUND, since=since, node=run.standby)
+
+
 def assert_old_primary_fenced(cluster, node):
     """The old primary must not be a writable PostgreSQL: stopped, or in recovery.
     Asked from inside its container (it may be cut off from the host)."""
@@ -100,8 +107,7 @@ def test_02_primary_container_killed(healthy_cluster):
         run.settle()
         t = run.mark_fault()
         c.kill(run.primary)
-        assert wait_new_primary(c, run.primary, timeout=FAILOVER_BOUND + 30) == run.standby
-        run.wait_acks(20, timeout=FAILOVER_BOUND, since=t, node=run.standby)
+        standby_takes_over(c, run, t)
         assert run.heal_and_wait() == run.standby
     run.assert_safe()
     assert run.result.recovered_after < FAILOVER_BOUND, run.result.summary()
@@ -118,8 +124,7 @@ def test_03_primary_frozen_past_leases(healthy_cluster):
         frozen_at = time.monotonic()
         c.pause(run.primary)
         # Keep it frozen at least 8 s and until the standby has been promoted and took writes.
-        assert wait_new_primary(c, run.primary, timeout=FAILOVER_BOUND + 30) == run.standby
-        run.wait_acks(5, timeout=FAILOVER_BOUND, since=t, node=run.standby)
+        standby_takes_over(c, run, t, acks=5)
         time.sleep(max(0.0, 8.0 - (time.monotonic() - frozen_at)))
         resumed = run.now()
         c.unpause(run.primary)
@@ -347,8 +352,7 @@ def daemon_fault_on_primary(c, run, fault):
         run.settle()
         t = run.mark_fault()
         fault(run.primary)
-        assert wait_new_primary(c, run.primary, timeout=FAILOVER_BOUND + 30) == run.standby
-        first_new = min(a.end for a in run.wait_acks(5, timeout=FAILOVER_BOUND, since=t, node=run.standby))
+        first_new = min(a.end for a in standby_takes_over(c, run, t, acks=5))
         assert_old_primary_fenced(c, run.primary)
     late = [at for at in local.acks if at > first_new]
     assert not late, f"old primary acknowledged local commits after the promotion: {late[:5]}"

@@ -211,14 +211,19 @@ def test_adopts_a_data_directory_set_up_by_hand():
         cluster.stop()
 
 
-def test_planned_switchover_loses_nothing(local_cluster):
+def switch_over_to_pgsql_2(cluster):
+    """pgha-ctl switchover as the operator; pgsql-2 is primary at epoch 2 within 60 s."""
     from pgha import ctl
+    assert ctl.main(["--arbiter", f"127.0.0.1:{cluster.arbiter_port}",
+                     "--key-file", cluster.key_file("operator"), "switchover"]) == 0
+    wait_for(primary_is(cluster, "pgsql-2", epoch=2), 60, "switchover to pgsql-2")
+
+
+def test_planned_switchover_loses_nothing(local_cluster):
     with WriteRun(local_cluster) as run:
         assert run.wait_for_acks(10, timeout=30)
         run.mark_fault()
-        assert ctl.main(["--arbiter", f"127.0.0.1:{local_cluster.arbiter_port}",
-                         "--key-file", local_cluster.key_file("operator"), "switchover"]) == 0
-        wait_for(primary_is(local_cluster, "pgsql-2", epoch=2), 60, "switchover to pgsql-2")
+        switch_over_to_pgsql_2(local_cluster)
         assert run.wait_for_acks(20, timeout=60)
     run.check()
     status = local_cluster.wait_healthy(timeout=120)
@@ -233,14 +238,11 @@ def test_after_a_switchover_no_commit_is_acknowledged_without_the_standby(local_
     synchronous_standby_names empty), and every commit acknowledged after the
     switchover is on both nodes."""
     from harness.workload import ACK, TABLE
-    from pgha import ctl
     nodes = ("pgsql-1", "pgsql-2")
     with WatchedWriteRun(local_cluster, nodes) as run:
         assert run.wait_for_acks(10, timeout=30)
         run.mark_fault()
-        assert ctl.main(["--arbiter", f"127.0.0.1:{local_cluster.arbiter_port}",
-                         "--key-file", local_cluster.key_file("operator"), "switchover"]) == 0
-        wait_for(primary_is(local_cluster, "pgsql-2", epoch=2), 60, "switchover to pgsql-2")
+        switch_over_to_pgsql_2(local_cluster)
         assert run.wait_for_acks(40, timeout=60)
     run.check()
     assert run.unprotected_seconds() == 0, run.unprotected_samples()

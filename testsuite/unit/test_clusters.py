@@ -2,7 +2,6 @@
 real server on loopback with authentication on, a fake clock, per-cluster
 state files. The clusters reuse the same node names on purpose."""
 import json
-import threading
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from pgha import arbiter as arbiter_mod, auth, clusters, keys, limits, protocol
 from pgha.arbiter import Arbiter, ArbiterServer
 from pgha.arbiter_service import ArbiterService
-from testsuite.helpers import FakeClock
+from testsuite.helpers import FakeClock, serving
 from testsuite.unit.test_arbiter import (P, S, heartbeat, make_promotable, make_settings, primary_report,
                                         standby_report)
 
@@ -29,8 +28,6 @@ class Service:
         verifier = arbiter_mod.service_verifier(KEYS, self.specs, "main") if with_auth else None
         self.server = ArbiterServer(ArbiterService(self.arbiters, "main"), "127.0.0.1", 0, idle_timeout=10.0,
                                     verifier=verifier)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
 
     def ask(self, identity, message):
         credential = auth.Credential(identity, KEYS[identity])
@@ -40,16 +37,12 @@ class Service:
         identity = identity or (node if cluster == "main" else f"{cluster}/{node}")
         return self.ask(identity, {**heartbeat(node, epoch, report), "cluster": cluster})
 
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture
 def two(tmp_path):
-    s = Service(tmp_path)
-    yield s
-    s.stop()
+    service = Service(tmp_path)
+    with serving(service.server):
+        yield service
 
 
 def fail_over_b(two):
@@ -109,13 +102,11 @@ def test_a_node_key_of_one_cluster_cannot_speak_for_another(two):
 
 def test_a_node_that_is_not_a_member_of_the_named_cluster_is_refused(tmp_path):
     s = Service(tmp_path, with_auth=False)
-    try:
+    with serving(s.server):
         reply = protocol.call(*s.server.server_address, {**heartbeat("pgsql-9", 1, primary_report()),
                                                         "cluster": "b"})
         assert reply["type"] == "error" and "unknown node" in reply["error"]
         assert s.arbiters["b"].memory.reports == {}
-    finally:
-        s.stop()
 
 
 def test_reload_names_one_cluster_or_every_cluster(two):
