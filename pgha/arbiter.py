@@ -119,8 +119,7 @@ class Arbiter:
             return self._set_paused(kind == "pause")
         if kind == "history":
             return self._history(message.get("limit"))
-        if kind == "reload":
-            return self._reload_request()
+        # "reload" is the service's (pgha.arbiter_service): one settings file for every cluster.
         raise protocol.ProtocolError(f"the arbiter does not serve {kind!r} messages")
 
     def _heartbeat(self, message):
@@ -296,16 +295,11 @@ class Arbiter:
         return replace(instruction, **changes)
 
     def reload_settings(self):
-        """Re-read the settings file (SIGHUP, pgha.ctl reload) and apply what
-        can change at run time; (reload.Diff, None) or (None, error text)."""
-        if self.settings_loader is None:
-            return None, "this arbiter was started without a settings loader"
-        problems = []
-        new = reload.load_or_refuse(self.settings_loader, problems.append)
-        if new is None:
-            log.error("%s", problems[0])
-            return None, problems[0]
-        return self.apply_settings(new), None
+        """Re-read the settings file (settings_loader) and apply what can
+        change at run time; (reload.Diff, None) or (None, error text). The
+        service's reload, for this cluster alone."""
+        from pgha.arbiter_service import ArbiterService
+        return ArbiterService.single(self).reload_settings()
 
     def apply_settings(self, new, announce=True):
         """Apply what of `new` can change at run time; the reload.Diff.
@@ -330,17 +324,6 @@ class Arbiter:
         if not diff.applied and not diff.restart_needed:
             log.info("reload: no setting changed")
         return diff
-
-    def _reload_request(self):
-        """pgha.ctl reload: reload the arbiter, then the nodes (their next instruction)."""
-        diff, error = self.reload_settings()
-        if error:
-            return {"type": "error", "error": error}
-        generation = self.bump_reload_generation()
-        log.info("reload requested by the operator: nodes reload at their next heartbeat (generation %d)",
-                 generation)
-        return {"type": "ok", "reload_generation": generation, "applied": list(diff.applied),
-                "restart_needed": list(diff.restart_needed)}
 
     def bump_reload_generation(self):
         """The nodes re-read their settings at their next instruction."""
@@ -453,8 +436,8 @@ class ArbiterServer(protocol.LineServer):
         self.verifier = verifier
         super().__init__((host, port), _Handler)
         # Members keep their slots: two per cluster, and as many again for their restarts.
-        self.slots.member_slots = max(self.slots.member_slots, limits.member_slots_for(len(self.service.arbiters)))
-        self.slots.stranger_slots = max(self.slots.stranger_slots, limits.stranger_slots_for(len(self.service.arbiters)))
+        self.slots.member_slots = max(self.slots.member_slots, limits.member_slots_for(len(self.service.handlers)))
+        self.slots.stranger_slots = max(self.slots.stranger_slots, limits.stranger_slots_for(len(self.service.handlers)))
 
     def is_member(self, message):
         """A heartbeat the arbiter answered, in the name of a configured node,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from pgha import logs, reload
+from pgha import clusters, logs, reload
 from pgha.errors import ProtocolError
 from pgha.limits import clip
 
@@ -27,7 +27,7 @@ class ArbiterService:
     (for a reload), the handlers when they are Arbiters."""
 
     def __init__(self, handlers: Mapping[str, Any], home: str, deciders: Mapping[str, Any] | None = None) -> None:
-        self.arbiters = dict(handlers)
+        self.handlers = dict(handlers)
         self.deciders = dict(deciders if deciders is not None else handlers)
         self.home = home
         self.settings_loader: Callable[[], Any] | None = None   # arbiter.py sets it: reload_settings
@@ -37,24 +37,24 @@ class ArbiterService:
         return cls({arbiter.cluster.name: arbiter}, arbiter.cluster.name)
 
     def __str__(self) -> str:
-        return _names(list(self.arbiters))
+        return _names(list(self.handlers))
 
     def resolve(self, cluster: str | None) -> tuple[str, Any]:
         """(name, its handler) for a request's "cluster"; ProtocolError when not served."""
-        name = self.home if cluster is None else cluster
-        handler = self.arbiters.get(name)
+        name = clusters.addressed(cluster, self.home)
+        handler = self.handlers.get(name)
         if handler is not None:
             return name, handler
         if cluster is None:
-            raise ProtocolError(f"this arbiter serves {len(self.arbiters)} clusters ({self}): name one "
+            raise ProtocolError(f"this arbiter serves {len(self.handlers)} clusters ({self}): name one "
                                 "(pgha-ctl --cluster NAME)")
         raise ProtocolError(f"this arbiter does not serve cluster {clip(repr(cluster))} (it serves {self})")
 
     def handle(self, message: dict[str, Any]) -> dict[str, Any]:
         kind = message["type"]
         if kind == "clusters":
-            return {"type": "clusters", "clusters": sorted(self.arbiters),
-                    "home": self.home if self.home in self.arbiters else None}
+            return {"type": "clusters", "clusters": sorted(self.handlers),
+                    "home": self.home if self.home in self.handlers else None}
         if kind == "reload":
             return self._reload(message.get("cluster"))
         name, handler = self.resolve(message.get("cluster"))
@@ -67,14 +67,15 @@ class ArbiterService:
         """A heartbeat in the name of a member of the cluster it names."""
         if message["type"] != "heartbeat":
             return False
-        handler = self.arbiters.get(self.home if message.get("cluster") is None else message["cluster"])
+        handler = self.handlers.get(clusters.addressed(message.get("cluster"), self.home))
         return handler is not None and message["node"] in handler.topology
 
     # -- reload: one settings file for every cluster ---------------------------------------
 
     def reload_settings(self) -> tuple[Any, str | None]:
         """Re-read the settings and apply them to every cluster; (reload.Diff, None)
-        or (None, error). SIGHUP and pgha-ctl reload."""
+        or (None, error). SIGHUP and pgha-ctl reload; Arbiter.reload_settings
+        is this for its one cluster."""
         deciders = list(self.deciders.values())
         loader = self.settings_loader or deciders[0].settings_loader
         if loader is None:
@@ -89,7 +90,8 @@ class ArbiterService:
 
     def _reload(self, cluster: str | None) -> dict[str, Any]:
         """Settings for every cluster; the nodes of the named cluster (none
-        named: of every cluster) re-read theirs at their next instruction."""
+        named: of every cluster) re-read theirs at their next instruction.
+        The one reload request path: Arbiter.handle never sees "reload"."""
         targets = [self.resolve(cluster)[0]] if cluster is not None else list(self.deciders)
         diff, error = self.reload_settings()
         if error:

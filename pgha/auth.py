@@ -45,6 +45,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from pgha import clusters
 from pgha.errors import ProtocolError
 
 WINDOW = 30.0                # seconds a timestamp may be off, either way
@@ -214,8 +215,7 @@ def cluster_scope(members: Mapping[str, tuple[str, str]], home: str) -> Scope:
         if bound is None:
             return None
         cluster, node = bound
-        named = message.get("cluster", home)
-        named = home if named is None else named
+        named = clusters.addressed(message.get("cluster"), home)
         kind = message.get("type")
         if named != cluster:
             return f"{sender} (of cluster {cluster}) sent {short(kind)} for cluster {short(named)}"

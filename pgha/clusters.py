@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 SEPARATOR = "/"
 DEFAULT = "main"        # cluster_name when a settings file predates it
+MAX_NAME = 64           # a cluster's or node's name, in settings and on the wire
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,22 @@ def served(settings: Any) -> dict[str, ClusterSpec]:
             for name, spec in clusters.items()}
 
 
+def has_name_chars(value: str) -> bool:
+    """Only letters, digits, '_', '-' and '.': never SEPARATOR, so a key id
+    names exactly one (cluster, node)."""
+    return all(c.isalnum() or c in "_-." for c in value)
+
+
+def is_name(value: Any) -> bool:
+    """A cluster's or a node's name: 1 to MAX_NAME of has_name_chars."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_NAME and has_name_chars(value)
+
+
+def addressed(cluster: str | None, home: str) -> str:
+    """The cluster a request is about: the one it names, else the home cluster."""
+    return home if cluster is None else cluster
+
+
 def state_file_for(state_file: str, cluster: str, home: bool) -> str:
     """The home cluster's state file is `state_file`; cluster C's sits beside it."""
     if home:
@@ -74,21 +91,20 @@ def members(specs: Mapping[str, ClusterSpec]) -> dict[str, tuple[str, str]]:
 
 def settings_problem(settings: Any) -> str | None:
     """The arbiter's `clusters` setting checked: one line, or None."""
-    from pgha.settings import identifier    # settings imports nothing of ours: no cycle
     clusters = getattr(settings, "clusters", None)
     if clusters is None:
         return None
     if not clusters:
         return "setting 'clusters' must name at least one cluster (or be None: the one cluster of 'nodes')"
     for name, spec in clusters.items():
-        if not isinstance(name, str) or identifier(name) or len(name) > 64:
+        if not is_name(name):
             return f"setting 'clusters' has a cluster name {name!r} that is not an identifier (letters, digits, '_-.')"
         where = f"setting 'clusters' entry {name!r}"
         if not isinstance(spec, dict) or set(spec) != {"nodes", "initial_primary"}:
             return f"{where} must be {{\"nodes\": [A, B], \"initial_primary\": A}}, got {spec!r}"
         nodes = spec["nodes"]
         if not isinstance(nodes, list) or len(nodes) != 2 or len(set(map(str, nodes))) != 2 or \
-                any(not isinstance(n, str) or identifier(n) or len(n) > 64 for n in nodes):
+                not all(is_name(n) for n in nodes):
             return f"{where}: 'nodes' must name exactly two different nodes, got {nodes!r}"
         if spec["initial_primary"] not in nodes:
             return f"{where}: 'initial_primary' ({spec['initial_primary']!r}) must be one of its nodes {nodes!r}"

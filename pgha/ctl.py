@@ -114,14 +114,13 @@ def main(argv: list[str] | None = None,
             print(f"ctl: {exc}", file=sys.stderr)
             return USAGE
     if args.command == "reload" and args.print_signed:     # a body for POST /reload: nothing is sent
-        request = {"v": protocol.VERSION, "type": "reload", **({"cluster": args.cluster} if args.cluster else {})}
+        request = about({"v": protocol.VERSION, "type": "reload"}, args.cluster)
         print(json.dumps(credential.sign(request)))
         return OK
     send = call or protocol.call
 
     def ask(message: dict[str, Any]) -> dict[str, Any]:
-        if args.cluster and "cluster" not in message:
-            message = {**message, "cluster": args.cluster}
+        message = about(message, args.cluster)
         try:
             reply = send(host, int(port), message, timeout=5.0, credential=credential, **extra)
         except (OSError, protocol.ProtocolError) as exc:
@@ -145,6 +144,14 @@ def main(argv: list[str] | None = None,
 Ask = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+def about(message: dict[str, Any], cluster: str | None) -> dict[str, Any]:
+    """The message naming `cluster` unless it names one already; none: the
+    arbiter's home cluster (the request as it was before clusters)."""
+    if cluster and "cluster" not in message:
+        return {**message, "cluster": cluster}
+    return message
+
+
 # -- list ------------------------------------------------------------------------------------
 
 def served_clusters(args: argparse.Namespace, ask: Ask) -> list[str | None]:
@@ -162,7 +169,7 @@ def served_clusters(args: argparse.Namespace, ask: Ask) -> list[str | None]:
 
 
 def statuses(args: argparse.Namespace, ask: Ask) -> dict[str | None, dict[str, Any]]:
-    return {name: ask({"type": "status", **({"cluster": name} if name else {})})
+    return {name: ask(about({"type": "status"}, name))
             for name in served_clusters(args, ask)}
 
 

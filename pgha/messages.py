@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from pgha import clusters
 from pgha.errors import ProtocolError
 
 # PostgreSQL as the node sees it.
@@ -244,7 +245,6 @@ OPTIONAL_STR = (str, type(None))
 MAX_STRING = 200
 MAX_REPLICATION_ROWS = 8
 MAX_LEASE_SOURCES = 8
-MAX_CLUSTER_NAME = 64
 INT_RANGE = (-2 ** 63, 2 ** 64)      # LSNs are unsigned 64-bit; nothing else is larger
 
 
@@ -285,11 +285,10 @@ def _positive(wire: Mapping[str, Any], name: str, where: str) -> float | None:
 
 def parse_cluster(value: Any, where: str = "message") -> str | None:
     """A message's "cluster" (which of the arbiter's clusters it is about):
-    None when absent, else a name as settings.identifier allows it."""
+    None when absent, else a name as the settings allow it (clusters.is_name)."""
     if value is None:
         return None
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_CLUSTER_NAME or \
-            not all(c.isalnum() or c in "_-." for c in value):
+    if not clusters.is_name(value):
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
         raise ProtocolError(f"{where} field 'cluster' must be a cluster name (letters, digits, '_-.'), got {shown}")
     return value

@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-from pgha.clusters import settings_problem as clusters_problem
+from pgha.clusters import has_name_chars, settings_problem as clusters_problem
 from pgha.tls import settings_problem as tls_settings_problem
 
 
@@ -63,7 +63,7 @@ def password(value):
 
 
 def identifier(value):
-    ok = value and all(c.isalnum() or c in "_-." for c in value)
+    ok = value and has_name_chars(value)
     return None if ok else "may hold only letters, digits, '_', '-' and '.'"
 
 
