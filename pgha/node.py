@@ -29,8 +29,8 @@ from pgha.postgres import PostgresError
 log = logs.get("node")
 CLONE_LOG_INTERVAL = 5.0    # seconds between progress lines of a clone
 
-# Seconds the watchdog sleeps when nothing wakes it (a lease renewal, the
-# end of a heartbeat, the postmaster's exit and the lease's end all do).
+# Seconds the watchdog sleeps when nothing wakes it (a change of role or
+# postmaster, the postmaster's exit and the lease's end do).
 WATCHDOG_IDLE = 1.0
 # Heartbeat interval of a standby a switchover is handing over to, until it is promoted.
 HURRY_INTERVAL = 0.02
@@ -48,7 +48,7 @@ class Node:
         self._watch_r, self._watch_w = os.pipe()
         os.set_blocking(self._watch_r, False)
         os.set_blocking(self._watch_w, False)
-        self.leases = Leases(clock, on_renew=self._poke_watchdog)
+        self.leases = Leases(clock, on_renew=self._lease_renewed)
         # Fences PostgreSQL at the lease end even if this daemon dies or freezes.
         self.fencer = Fencer(pg.state_dir, pg.pgdata, getattr(settings, "log_file", None))
         self.grants = Grants(clock)
@@ -138,8 +138,8 @@ class Node:
                 except Exception:   # a bug must not take the daemon (and its fencing) down
                     log.exception("unexpected error in the HA loop; carrying on")
                 self._publish(self.clock() - started)
-                self._poke_watchdog()   # the role or the postmaster may have changed
                 if (self.acting_primary, self.pg.postmaster_pid()) != acting_before:
+                    self._poke_watchdog()   # it watches the new role and postmaster
                     continue    # a role or process change: report it at once
                 instruction = self.instruction
                 interval = HURRY_INTERVAL if instruction and instruction.hurry and instruction.role == STANDBY \
@@ -517,6 +517,15 @@ class Node:
             return None
         return address.host, address.peer_port, instruction.epoch, self.lease_time
 
+    def _lease_renewed(self):
+        """The fencer follows a renewed lease from the renewing thread (the HA
+        loop or the lease renewer). Waking the watchdog for it cost a thread
+        switch per renewal; the watchdog still looks every WATCHDOG_IDLE."""
+        try:
+            self.fencer.follow(self._fence_deadline)
+        except Exception:   # the watchdog follows at its next look
+            self._say("fencer", "error", "fencer handle failed; this daemon still fences by itself")
+
     def _fence_deadline(self):
         return self.leases.deadline() if self.acting_primary else None
 
@@ -530,9 +539,10 @@ class Node:
         """Fences at the lease end, keeps the fencer armed to the lease, and
         wakes the HA loop the moment the primary's PostgreSQL dies.
 
-        Event-driven: it sleeps until the lease ends, a lease is renewed (the
-        fencer follows), a heartbeat ends (the role may have changed), the
-        postmaster exits (its pidfd), or WATCHDOG_IDLE at most."""
+        Event-driven: it sleeps until the lease ends, a heartbeat changed the
+        role or the postmaster, the postmaster exits (its pidfd), or
+        WATCHDOG_IDLE at most. A renewed lease does not wake it: the renewing
+        thread moves the fencer's deadline itself (_lease_renewed)."""
         death = reaper.DeathWatch()
         while not self._stop.is_set():
             try:    # the fencer enforces the same lease should this daemon die or freeze

@@ -82,12 +82,21 @@ def find_bindir(configured=None):
                         "install them (apt-get install postgresql) or set pg_bindir")
 
 
+def _read_bytes(path: str, size: int) -> bytes:
+    """The first `size` bytes of a file, without a Python file object (the
+    HA loop reads these several times a heartbeat)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
 def read_postmaster_pid(pgdata: str) -> int | None:
     """The pid on the first line of <pgdata>/postmaster.pid, or None when the
     file is missing or unreadable. It may name a process that has died."""
     try:
-        with open(os.path.join(pgdata, "postmaster.pid")) as f:
-            return int(f.readline())
+        return int(_read_bytes(os.path.join(pgdata, "postmaster.pid"), 32).split(b"\n", 1)[0])
     except (OSError, ValueError):
         return None
 
@@ -105,11 +114,16 @@ def process_exists(pid: int) -> bool:
 
 def process_alive(pid: int) -> bool:
     """Whether pid names a live process (not a zombie)."""
+    try:    # our child (the node daemon is the postmaster's subreaper): one syscall, nothing reaped
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:
+        pass
+    except OSError:
+        return False
     if not process_exists(pid):
         return False
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        return _read_bytes(f"/proc/{pid}/stat", 512).rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True     # no /proc: trust kill(0)
 
@@ -159,6 +173,7 @@ class Postgres:
                                     "PostgreSQL cannot run as root") from None
         self._conn = None
         self._written = None    # write_settings' last arguments: a reload rewrites the same role
+        self._control_cache = None  # (the control file's stat, pg_controldata's fields)
 
     # -- files and folders ---------------------------------------------------
 
@@ -172,9 +187,20 @@ class Postgres:
         return not os.path.isdir(self.pgdata) or not os.listdir(self.pgdata)
 
     def control_data(self):
+        """pg_controldata's fields. Run again only when the control file
+        changed: a stopped PostgreSQL's is read every heartbeat."""
+        try:
+            st = os.stat(os.path.join(self.pgdata, "global", "pg_control"))
+            key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        except OSError:
+            key = None      # pg_controldata says what is wrong
+        if key is not None and self._control_cache is not None and self._control_cache[0] == key:
+            return dict(self._control_cache[1])
         out = self._run(["pg_controldata", "-D", self.pgdata], check=True, quiet=True).stdout
         pairs = (line.split(":", 1) for line in out.splitlines() if ":" in line)
-        return {key.strip(): value.strip() for key, value in pairs}
+        fields = {key.strip(): value.strip() for key, value in pairs}
+        self._control_cache = None if key is None else (key, fields)
+        return dict(fields)
 
     def was_standby(self):
         """True when the data directory last ran (or stopped) in recovery."""
