@@ -147,7 +147,7 @@ def node_json(s: NodeSnapshot, view: ClusterView | None, now: float) -> dict[str
         "epoch": s.acted_epoch,
         "instruction": None if s.instruction_role is None else {
             "role": s.instruction_role, "epoch": s.instruction_epoch, "primary": s.primary,
-            "reason": s.instruction_reason},
+            "reason": s.instruction_reason, "paused": s.instruction_paused},
         "lease_remaining": {k: round(v, 3) for k, v in leases.items()} if s.acting_primary else None,
         "grant_remaining": round(s.grant_remaining, 3),
         "arbiter_reachable": s.arbiter_reachable,

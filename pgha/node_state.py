@@ -56,6 +56,7 @@ class NodeSnapshot:
     instruction_role: str | None = None     # the last current instruction: primary | standby | wait
     instruction_epoch: int | None = None
     instruction_reason: str | None = None
+    instruction_paused: bool = False        # maintenance mode, as this node last heard it
     primary: str | None = None              # whom the arbiter names primary
     primary_address: Address | None = None  # where a standby must stream from
     upstream: Address | None = None         # where this standby was told to stream from

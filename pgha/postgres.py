@@ -20,6 +20,7 @@ import psycopg2
 from psycopg2 import sql
 
 from pgha import logs, reaper, rewind as rejoin, store
+from pgha.messages import PG_RUNNING, PG_STARTING, PG_STOPPED, PRIMARY, STANDBY, Report, ReplicationRow
 
 log = logs.get("postgres")
 
@@ -549,24 +550,25 @@ class Postgres:
         self._conn = None
 
     def status(self):
-        """What the node reports: {"pg": "running"|"starting"|"stopped", ...}."""
+        """What PostgreSQL says for the node's report: a messages.Report with
+        the PostgreSQL fields filled in (pg "running", "starting" or "stopped")."""
         if self.postmaster_pid() is None:
-            return {"pg": "stopped"}
+            return Report(pg=PG_STOPPED)
         try:
             (in_recovery, lsn, receive_lsn, sync_names, receiver, syncrep_wait, timeline, standbys), = \
                 self.query(STATUS_SQL)
-            replication = [] if in_recovery else [
-                {"name": name, "state": state, "sync_state": sync_state, "flush_lsn": int(flush),
-                 "reply_age": round(float(age), 3)}
-                for name, state, sync_state, flush, age in standbys]
+            replication = () if in_recovery else tuple(
+                ReplicationRow(name=name, state=state, sync_state=sync_state, flush_lsn=int(flush),
+                               reply_age=round(float(age), 3))
+                for name, state, sync_state, flush, age in standbys)
         except PostgresError as exc:
-            return {"pg": "starting", "error": str(exc)}
-        return {
-            "pg": "running", "role": "standby" if in_recovery else "primary",
-            "lsn": int(lsn or 0), "receive_lsn": int(receive_lsn or 0), "timeline": timeline,
-            "sync_standby": sync_names.strip('"') or None, "receiver": receiver,
-            "syncrep_wait": round(float(syncrep_wait), 3), "replication": replication,
-        }
+            return Report(pg=PG_STARTING, error=str(exc))
+        return Report(
+            pg=PG_RUNNING, role=STANDBY if in_recovery else PRIMARY,
+            lsn=int(lsn or 0), receive_lsn=int(receive_lsn or 0), timeline=timeline,
+            sync_standby=sync_names.strip('"') or None, receiver=receiver,
+            syncrep_wait=round(float(syncrep_wait), 3), replication=replication,
+        )
 
     def prepare_upstream(self, address, slot, checkpoint=False):
         """Create our replication slot on the primary before streaming from it.
