@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import replace
 
-from pgha import api, logs
+from pgha import logs
 from pgha import arbiter_link, auth, node_ops, protocol, reaper, store, tls
 from pgha.arbiter_link import ArbiterLink, addresses_from_settings
 from pgha.callbacks import CallbackRunner
@@ -586,6 +586,9 @@ class Node:
     def _start_api(self):
         """The REST API and the thread that fetches the arbiter's status for
         it; (None, None) when api_bind is empty."""
+        if not self.s.api_bind:
+            return None, None
+        from pgha import api    # the HTTP server's modules (http, email) only when it runs
         server = api.start(self.s.api_bind, self.s.api_port, self.state,
                            relay=api.arbiter_relay(self.arbiter.addresses, tls_context=self.tls_client))
         if server is None:
