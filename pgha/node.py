@@ -519,11 +519,15 @@ class Node:
     def _lease_renewed(self):
         """The fencer follows a renewed lease from the renewing thread (the HA
         loop or the lease renewer). Waking the watchdog for it cost a thread
-        switch per renewal; the watchdog still looks every WATCHDOG_IDLE."""
+        switch per renewal; the watchdog still looks every WATCHDOG_IDLE.
+        Never waits for the fencer handle (the watchdog may be restarting
+        the fencer): then the watchdog is woken to follow instead."""
         try:
-            self.fencer.follow(self._fence_deadline)
+            if self.fencer.follow(self._fence_deadline, wait=False):
+                return
         except Exception:   # the watchdog follows at its next look
             self._say("fencer", "error", "fencer handle failed; this daemon still fences by itself")
+        self._poke_watchdog()
 
     def _fence_deadline(self):
         return self.leases.deadline() if self.acting_primary else None
