@@ -3,11 +3,13 @@ the node and cluster as JSON, role history and Prometheus metrics.
 
 A threaded HTTP server in the node daemon. Every answer is computed from
 the HA loop's last published snapshot (node_state.StatePublisher) by the
-pure functions in health.py and metrics.py: it never waits on PostgreSQL
-or the arbiter. GET, HEAD and OPTIONS (HAProxy's default check method)
-are served, and POST on the operator's paths (RELAYED); anything else is
-405. Each connection closes after one answer, a silent client is dropped
-after REQUEST_TIMEOUT, and at most MAX_CLIENTS are served at once.
+pure functions in health.py and metrics.py: it never waits on PostgreSQL,
+and on the arbiter only when its last status is too old to use (the
+node_state.ClusterWatcher asks the arbiter only while the API is read).
+GET, HEAD and OPTIONS (HAProxy's default check method) are served, and
+POST on the operator's paths (RELAYED); anything else is 405. Each
+connection closes after one answer, a silent client is dropped after
+REQUEST_TIMEOUT, and at most MAX_CLIENTS are served at once.
 
 POST /switchover, /reload, /pause, /resume, /failover: the node holds no
 operator key, so it cannot sign. The body must be the operator-signed
@@ -137,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
         state = self.server.state
-        snapshot, view, now = state.snapshot, state.cluster, state.clock()
+        snapshot, view, now = state.snapshot, state.read_cluster(), state.clock()
         try:
             query = urllib.parse.parse_qs(url.query, keep_blank_values=True, max_num_fields=8)
         except ValueError:

@@ -94,18 +94,25 @@ class Fencer:
 
     # -- the deadline -------------------------------------------------------------
 
-    def follow(self, deadline: Callable[[], Optional[float]]) -> None:
+    def follow(self, deadline: Callable[[], Optional[float]], wait: bool = True) -> bool:
         """Arm to deadline() (a monotonic lease end) when it grows, disarm on None.
+        wait=False: do nothing and return False if another thread holds the
+        handle (a fencer being restarted takes up to READY_TIMEOUT).
 
         deadline() is called under the lock, so a disarm() from another thread
         can never be overtaken by an arm computed before it."""
-        with self._lock:
+        if not self._lock.acquire(blocking=wait):
+            return False
+        try:
             until = deadline()
             if until is None:
                 self._disarm()
             elif until > self.clock() and (self._until is None or until > self._until + WRITE_STEP):
                 if self._send(f"arm {until:.6f}"):
                     self._until = until
+            return True
+        finally:
+            self._lock.release()
 
     def arm(self, remaining: float) -> None:
         """Fence `remaining` seconds from now unless re-armed."""

@@ -12,11 +12,11 @@ import re
 from typing import Any, Callable, Mapping
 
 from pgha.messages import PG_RUNNING, PRIMARY, STANDBY
-from pgha.node_state import ClusterView, NodeSnapshot, RoleChange
+from pgha.node_state import CLUSTER_VIEW_MAX_AGE, ClusterView, NodeSnapshot, RoleChange
 
 VERSION = "pgha-0.2"
 GRANTED_LEASES = ("arbiter", "standby")    # not the restart grace: nobody granted it
-CLUSTER_VIEW_MAX_AGE = 10.0     # older arbiter status is not used for lag or epoch
+
 LIVENESS_SLACK = 2.0            # seconds on top of three heartbeats
 
 _LAG = re.compile(r"^\s*(\d+)\s*(b|kb|mb|gb|tb)?\s*$", re.IGNORECASE)
@@ -147,7 +147,7 @@ def node_json(s: NodeSnapshot, view: ClusterView | None, now: float) -> dict[str
         "epoch": s.acted_epoch,
         "instruction": None if s.instruction_role is None else {
             "role": s.instruction_role, "epoch": s.instruction_epoch, "primary": s.primary,
-            "reason": s.instruction_reason},
+            "reason": s.instruction_reason, "paused": s.instruction_paused},
         "lease_remaining": {k: round(v, 3) for k, v in leases.items()} if s.acting_primary else None,
         "grant_remaining": round(s.grant_remaining, 3),
         "arbiter_reachable": s.arbiter_reachable,

@@ -25,7 +25,7 @@ class Leases:
     def __init__(self, clock: Callable[[], float] = time.monotonic,
                  on_renew: Callable[[], None] | None = None) -> None:
         self.clock = clock
-        self.on_renew = on_renew    # wakes the node's watchdog: the fencer follows the new deadline
+        self.on_renew = on_renew    # the node moves its fencer to the new deadline
         # "grace": a restarted daemon's one lease period for a PostgreSQL it
         # found running as primary. Not granted by anyone, so never handed to
         # the fencer (see deadline()).

@@ -14,13 +14,13 @@ import threading
 import time
 from dataclasses import replace
 
-from pgha import api, logs
+from pgha import logs
 from pgha import arbiter_link, auth, clusters, node_ops, protocol, reaper, store, tls
 from pgha.arbiter_link import ArbiterLink, addresses_from_settings
 from pgha.callbacks import CallbackRunner
 from pgha.fencing import Fencer
 from pgha.lease import Grants, Leases, LeaseRenewer, PeerServer, peer_credential, peer_verifier
-from pgha.messages import PG_RUNNING, PG_STOPPED, PRIMARY, STANDBY, WAIT, Instruction, ReplicationRow
+from pgha.messages import PG_STOPPED, PRIMARY, STANDBY, WAIT, Address, Instruction, Report
 from pgha.node_rules import (CRASH_RESTART_WINDOW, STANDBY_STREAM_DEADLINE, IDLE, Action, DataDir,
                              HandOver, NodeView, decide)
 from pgha.node_state import ClusterWatcher, LoopStats, NodeSnapshot, StatePublisher
@@ -29,8 +29,8 @@ from pgha.postgres import PostgresError
 log = logs.get("node")
 CLONE_LOG_INTERVAL = 5.0    # seconds between progress lines of a clone
 
-# Seconds the watchdog sleeps when nothing wakes it (a lease renewal, the
-# end of a heartbeat, the postmaster's exit and the lease's end all do).
+# Seconds the watchdog sleeps when nothing wakes it (a change of role or
+# postmaster, the postmaster's exit and the lease's end do).
 WATCHDOG_IDLE = 1.0
 # Heartbeat interval of a standby a switchover is handing over to, until it is promoted.
 HURRY_INTERVAL = 0.02
@@ -48,7 +48,7 @@ class Node:
         self._watch_r, self._watch_w = os.pipe()
         os.set_blocking(self._watch_r, False)
         os.set_blocking(self._watch_w, False)
-        self.leases = Leases(clock, on_renew=self._poke_watchdog)
+        self.leases = Leases(clock, on_renew=self._lease_renewed)
         # Fences PostgreSQL at the lease end even if this daemon dies or freezes.
         self.fencer = Fencer(pg.state_dir, pg.pgdata, getattr(settings, "log_file", None))
         self.grants = Grants(clock)
@@ -64,6 +64,9 @@ class Node:
         self.peer_verifier = peer_verifier(settings.name, pair_keys)
         self.peer_credential = peer_credential(settings.name, pair_keys)
         self.state_file = os.path.join(pg.state_dir, "node-state.json")
+        # Where the other members reach this node, in every report.
+        self.address = Address(host=settings.host, pg_port=settings.pg_port,
+                               peer_port=settings.peer_advertise_port or settings.peer_port, slot=settings.slot_name)
         self.acted_epoch = 0
         self.instruction = None         # the last Instruction taken (the lease renewer reads it)
         self.lease_time = 1.8           # until the arbiter tells us the cluster's timings
@@ -83,7 +86,7 @@ class Node:
         self._wake = threading.Event()  # run the next heartbeat now, not at the next tick
         # What the REST API serves: a snapshot published after each heartbeat.
         self.state = StatePublisher(settings.name, clock)
-        self.status = {"pg": PG_STOPPED}    # PostgreSQL as the last heartbeat saw it
+        self.status = Report()              # PostgreSQL as the last heartbeat saw it
         self.failovers = 0                  # promotions carried out
         self.fences = 0                     # fences by the watchdog
         self.loop_stats = LoopStats()
@@ -113,7 +116,7 @@ class Node:
         renewer = LeaseRenewer(self.s.name, self.leases, self._renew_target, lambda: self.heartbeat_interval,
                                credential=self.peer_credential, tls_context=self.tls_client)
         renewer.start()
-        if self.pg.status().get("role") == "primary":
+        if self.pg.status().running_as == PRIMARY:
             # PostgreSQL outlived a previous node daemon: it gets one lease
             # period to be confirmed by the arbiter, then it is fenced.
             self.acting_primary = True
@@ -124,7 +127,7 @@ class Node:
         else:
             self.fencer.disarm()    # an adopted fencer's old deadline must not hit a standby
         threading.Thread(target=self._watchdog, daemon=True, name="watchdog").start()
-        self._callback("on_start", self.pg.status().get("role") or "stopped")
+        self._callback("on_start", self.pg.status().running_as or "stopped")
         log.info("node %s started (last epoch acted on: %d); asking the arbiter at %s:%s before "
                  "starting PostgreSQL", self.s.name, self.acted_epoch, self.s.arbiter_host, self.s.arbiter_port)
         try:
@@ -140,8 +143,8 @@ class Node:
                 except Exception:   # a bug must not take the daemon (and its fencing) down
                     log.exception("unexpected error in the HA loop; carrying on")
                 self._publish(self.clock() - started)
-                self._poke_watchdog()   # the role or the postmaster may have changed
                 if (self.acting_primary, self.pg.postmaster_pid()) != acting_before:
+                    self._poke_watchdog()   # it watches the new role and postmaster
                     continue    # a role or process change: report it at once
                 self._wake.wait(max(0.02, self._next_report_in() - (self.clock() - started)))
                 self._wake.clear()
@@ -192,7 +195,7 @@ class Node:
     def step(self):
         status = self.status = self.pg.status()
         report = self._report(status)
-        self.grant_reported = report["grant_remaining"]
+        self.grant_reported = report.grant_remaining
         sent_at = self.clock()
         instruction = self._heartbeat(report)
         view = self._view(instruction, status)
@@ -236,17 +239,17 @@ class Node:
         """What the rules look at. The data directory of a stopped PostgreSQL
         is read only when the instruction may act on it."""
         data, data_error = None, None
-        if status["pg"] == PG_STOPPED and instruction is not None and instruction.role != WAIT \
+        if status.pg == PG_STOPPED and instruction is not None and instruction.role != WAIT \
                 and instruction.epoch >= self.acted_epoch:
             data, data_error = self._read_data_dir()
         return NodeView(
-            now=self.clock(), instruction=instruction, acted_epoch=self.acted_epoch, pg=status["pg"],
-            running_as=status.get("role") if status["pg"] == PG_RUNNING else None,
+            now=self.clock(), instruction=instruction, acted_epoch=self.acted_epoch, pg=status.pg,
+            running_as=status.running_as,
             data=data, data_error=data_error, acting_primary=self.acting_primary, hand_over=self.hand_over,
             last_crash_restart=self.last_crash_restart, rejoin_failures=self.rejoin_failures,
-            upstream=self.upstream, streaming=status.get("receiver") == "streaming",
+            upstream=self.upstream, streaming=status.receiver == "streaming",
             not_streaming_since=self.standby_since, slot_ensured=self.slot_ensured,
-            sync_standby=status.get("sync_standby"))
+            sync_standby=status.sync_standby)
 
     def _read_data_dir(self):
         if self.pg.data_is_empty():
@@ -257,19 +260,14 @@ class Node:
             return DataDir.UNREADABLE, str(exc)
 
     def _report(self, status):
-        report = dict(status)
-        report["address"] = {"host": self.s.host, "pg_port": self.s.pg_port,
-                             "peer_port": self.s.peer_advertise_port or self.s.peer_port,
-                             "slot": self.s.slot_name}
-        report["relinquished"] = self.hand_over is not HandOver.NONE
-        report["grant_remaining"] = round(self.grants.remaining_for_report(), 3)
-        report["last_action"] = self.last_action
-        if self.clone_progress is not None:
-            report["clone_progress"] = self.clone_progress.to_wire()
-        if self.acting_primary:
-            report["lease_remaining"] = {source: round(self.leases.remaining(source), 3)
-                                         for source in ("arbiter", "standby")}
-        return report
+        """This heartbeat's messages.Report: PostgreSQL's status (pg.status())
+        and what the node adds, its address, leases and last action."""
+        return replace(
+            status, address=self.address, relinquished=self.hand_over is not HandOver.NONE,
+            grant_remaining=round(self.grants.remaining_for_report(), 3), last_action=self.last_action,
+            clone_progress=None if self.clone_progress is None else self.clone_progress.to_wire(),
+            lease_remaining={source: round(self.leases.remaining(source), 3) for source in ("arbiter", "standby")}
+            if self.acting_primary else None)
 
     def _heartbeat(self, report):
         """The arbiter's Instruction, or None (logged) when there is none to act on."""
@@ -277,7 +275,7 @@ class Node:
         sent = self.clock()
         try:
             reply = self.arbiter.request({"type": "heartbeat", "cluster": self.cluster, "node": self.s.name,
-                                          "epoch": self.acted_epoch, "report": report})
+                                          "epoch": self.acted_epoch, "report": report.to_wire()})
             self.heartbeat_rtt = self.clock() - sent
         except auth.AuthError as exc:   # not the arbiter's reply to this heartbeat: act on nothing
             self._say("arbiter", "error", f"ignoring a reply that is not the arbiter's: {exc}")
@@ -488,7 +486,7 @@ class Node:
                 log.info("clone from %s: %s after %.0fs", d.primary, p.describe(), now - started)
             if now - heartbeat_at >= self.heartbeat_interval:
                 heartbeat_at = now
-                self._heartbeat(self._report({"pg": PG_STOPPED}))
+                self._heartbeat(self._report(Report(pg=PG_STOPPED)))
 
         try:
             self.pg.basebackup(d.address, on_progress=progress)
@@ -533,6 +531,19 @@ class Node:
             return None
         return address.host, address.peer_port, instruction.epoch, self.lease_time
 
+    def _lease_renewed(self):
+        """The fencer follows a renewed lease from the renewing thread (the HA
+        loop or the lease renewer). Waking the watchdog for it cost a thread
+        switch per renewal; the watchdog still looks every WATCHDOG_IDLE.
+        Never waits for the fencer handle (the watchdog may be restarting
+        the fencer): then the watchdog is woken to follow instead."""
+        try:
+            if self.fencer.follow(self._fence_deadline, wait=False):
+                return
+        except Exception:   # the watchdog follows at its next look
+            self._say("fencer", "error", "fencer handle failed; this daemon still fences by itself")
+        self._poke_watchdog()
+
     def _fence_deadline(self):
         return self.leases.deadline() if self.acting_primary else None
 
@@ -546,9 +557,10 @@ class Node:
         """Fences at the lease end, keeps the fencer armed to the lease, and
         wakes the HA loop the moment the primary's PostgreSQL dies.
 
-        Event-driven: it sleeps until the lease ends, a lease is renewed (the
-        fencer follows), a heartbeat ends (the role may have changed), the
-        postmaster exits (its pidfd), or WATCHDOG_IDLE at most."""
+        Event-driven: it sleeps until the lease ends, a heartbeat changed the
+        role or the postmaster, the postmaster exits (its pidfd), or
+        WATCHDOG_IDLE at most. A renewed lease does not wake it: the renewing
+        thread moves the fencer's deadline itself (_lease_renewed)."""
         death = reaper.DeathWatch()
         while not self._stop.is_set():
             try:    # the fencer enforces the same lease should this daemon die or freeze
@@ -593,6 +605,9 @@ class Node:
     def _start_api(self):
         """The REST API and the thread that fetches the arbiter's status for
         it; (None, None) when api_bind is empty."""
+        if not self.s.api_bind:
+            return None, None
+        from pgha import api    # the HTTP server's modules (http, email) only when it runs
         server = api.start(self.s.api_bind, self.s.api_port, self.state,
                            relay=api.arbiter_relay(self.arbiter.addresses, tls_context=self.tls_client,
                                                    cluster=self.cluster))
@@ -608,17 +623,15 @@ class Node:
         """Publish what this heartbeat saw; readers never wait for it."""
         self.loop_stats = self.loop_stats.add(duration)
         status, instruction = self.status, self.instruction
-        running = status.get("pg") == PG_RUNNING
         self.state.publish(NodeSnapshot(
-            name=self.s.name, taken_at=self.clock(), pg=status.get("pg", PG_STOPPED),
-            running_as=status.get("role") if running else None, lsn=status.get("lsn") or 0,
-            receive_lsn=status.get("receive_lsn") or 0, timeline=status.get("timeline"),
-            sync_standby=status.get("sync_standby"), receiver=status.get("receiver"),
-            replication=tuple(ReplicationRow.from_wire(row) for row in status.get("replication") or ()),
+            name=self.s.name, taken_at=self.clock(), pg=status.pg, running_as=status.running_as,
+            lsn=status.lsn, receive_lsn=status.receive_lsn, timeline=status.timeline,
+            sync_standby=status.sync_standby, receiver=status.receiver, replication=status.replication,
             acting_primary=self.acting_primary,
             instruction_role=instruction.role if instruction else None,
             instruction_epoch=instruction.epoch if instruction else None,
             instruction_reason=instruction.reason if instruction else None,
+            instruction_paused=instruction.paused if instruction else False,
             primary=(self.s.name if instruction.role == PRIMARY else instruction.primary) if instruction else None,
             primary_address=instruction.primary_address if instruction else None,
             upstream=self.upstream, acted_epoch=self.acted_epoch,

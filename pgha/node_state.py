@@ -4,8 +4,9 @@ The HA loop builds a NodeSnapshot after each heartbeat and publishes it
 into a StatePublisher: one attribute swap, so a reader (an API thread)
 always sees a whole snapshot and never waits for PostgreSQL or the
 arbiter. Role changes go into a bounded History. The ClusterWatcher asks
-the arbiter for its status now and then, in its own thread, for /cluster,
-the standby's lag and whether the standby is promotable.
+the arbiter for its status, in its own thread, for /cluster, the standby's
+lag and whether the standby is promotable: only while the REST API is read
+(an idle node asks nothing), at most every CLUSTER_POLL_INTERVAL.
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from pgha.messages import Address, ReplicationRow, Report
 log = logs.get("api")
 
 HISTORY_LENGTH = 100
-CLUSTER_POLL_INTERVAL = 2.0     # seconds between two status requests to the arbiter
+CLUSTER_POLL_INTERVAL = 2.0     # seconds at least between two status requests to the arbiter
+CLUSTER_VIEW_MAX_AGE = 10.0     # older arbiter status is not used for lag or epoch
+CLUSTER_FETCH_WAIT = 1.0        # seconds a reader waits for a view when it has none this fresh
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class NodeSnapshot:
     instruction_role: str | None = None     # the last current instruction: primary | standby | wait
     instruction_epoch: int | None = None
     instruction_reason: str | None = None
+    instruction_paused: bool = False        # maintenance mode, as this node last heard it
     primary: str | None = None              # whom the arbiter names primary
     primary_address: Address | None = None  # where a standby must stream from
     upstream: Address | None = None         # where this standby was told to stream from
@@ -152,6 +156,7 @@ class StatePublisher:
         self.history = history or History()
         self.snapshot: NodeSnapshot = NodeSnapshot(name=name, taken_at=clock(), started_at=clock())
         self.cluster: ClusterView | None = None
+        self.watcher: ClusterWatcher | None = None     # fetches the cluster view when it is read
         self._published = False
 
     def publish(self, snapshot: NodeSnapshot) -> None:
@@ -166,22 +171,54 @@ class StatePublisher:
     def set_cluster(self, view: ClusterView | None) -> None:
         self.cluster = view
 
+    def read_cluster(self) -> ClusterView | None:
+        """The cluster view for a reader; asks the watcher to refresh a stale one."""
+        if self.watcher is not None:
+            self.watcher.freshen()
+        return self.cluster
+
 
 class ClusterWatcher(threading.Thread):
-    """Asks the arbiter for its status every CLUSTER_POLL_INTERVAL seconds.
-    `fetch` returns the status reply (a dict); a failure keeps the last view."""
+    """Asks the arbiter for its status when a reader wants it (freshen()),
+    at most every `interval`. A reader gets the last view at once while it
+    is younger than CLUSTER_VIEW_MAX_AGE (the refresh runs behind it); with
+    none that fresh it waits for the refresh, up to `wait`. `fetch` returns
+    the status reply (a dict); a failure keeps the last view."""
 
     def __init__(self, publisher: StatePublisher, fetch: Callable[[], Mapping[str, Any]],
-                 interval: float = CLUSTER_POLL_INTERVAL) -> None:
+                 interval: float = CLUSTER_POLL_INTERVAL, wait: float = CLUSTER_FETCH_WAIT) -> None:
         super().__init__(daemon=True, name="cluster-watcher")
         self.publisher = publisher
         self.fetch = fetch
         self.interval = interval
+        self.wait = wait
         self._stop_event = threading.Event()
+        self._asked = threading.Event()
+        self._done = threading.Condition()
+        self._fetches = 0               # fetches finished (readers wait for the next one)
+        self._last_try: float | None = None
         self._failing: str | None = None
+        publisher.watcher = self
+
+    def freshen(self) -> None:
+        clock = self.publisher.clock
+        now = clock()
+        if self._last_try is not None and now - self._last_try < self.interval:
+            return          # asked lately (or failing lately): the last view stands
+        with self._done:
+            seen = self._fetches
+            self._asked.set()
+            view = self.publisher.cluster
+            if view is None or now - view.fetched_at > CLUSTER_VIEW_MAX_AGE:
+                self._done.wait_for(lambda: self._fetches != seen or self._stop_event.is_set(), self.wait)
 
     def run(self) -> None:
         while not self._stop_event.is_set():
+            self._asked.wait()
+            self._asked.clear()
+            if self._stop_event.is_set():
+                break
+            self._last_try = self.publisher.clock()
             try:
                 view = ClusterView.from_status(self.fetch(), self.publisher.clock())
                 self.publisher.set_cluster(view)
@@ -191,7 +228,12 @@ class ClusterWatcher(threading.Thread):
                 if text != self._failing:
                     log.debug("arbiter status for the REST API unavailable: %s", text)
                     self._failing = text
-            self._stop_event.wait(self.interval)
+            with self._done:
+                self._fetches += 1
+                self._done.notify_all()
 
     def stop(self) -> None:
         self._stop_event.set()
+        self._asked.set()
+        with self._done:
+            self._done.notify_all()

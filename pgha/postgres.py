@@ -20,6 +20,7 @@ import psycopg2
 from psycopg2 import sql
 
 from pgha import logs, reaper, rewind as rejoin, store
+from pgha.messages import PG_RUNNING, PG_STARTING, PG_STOPPED, PRIMARY, STANDBY, Report, ReplicationRow
 
 log = logs.get("postgres")
 
@@ -82,12 +83,21 @@ def find_bindir(configured=None):
                         "install them (apt-get install postgresql) or set pg_bindir")
 
 
+def _read_bytes(path: str, size: int) -> bytes:
+    """The first `size` bytes of a file, without a Python file object (the
+    HA loop reads these several times a heartbeat)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
 def read_postmaster_pid(pgdata: str) -> int | None:
     """The pid on the first line of <pgdata>/postmaster.pid, or None when the
     file is missing or unreadable. It may name a process that has died."""
     try:
-        with open(os.path.join(pgdata, "postmaster.pid")) as f:
-            return int(f.readline())
+        return int(_read_bytes(os.path.join(pgdata, "postmaster.pid"), 32).split(b"\n", 1)[0])
     except (OSError, ValueError):
         return None
 
@@ -105,11 +115,16 @@ def process_exists(pid: int) -> bool:
 
 def process_alive(pid: int) -> bool:
     """Whether pid names a live process (not a zombie)."""
+    try:    # our child (the node daemon is the postmaster's subreaper): one syscall, nothing reaped
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:
+        pass
+    except OSError:
+        return False
     if not process_exists(pid):
         return False
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        return _read_bytes(f"/proc/{pid}/stat", 512).rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True     # no /proc: trust kill(0)
 
@@ -159,6 +174,7 @@ class Postgres:
                                     "PostgreSQL cannot run as root") from None
         self._conn = None
         self._written = None    # write_settings' last arguments: a reload rewrites the same role
+        self._control_cache = None  # (the control file's stat, pg_controldata's fields)
 
     # -- files and folders ---------------------------------------------------
 
@@ -172,9 +188,20 @@ class Postgres:
         return not os.path.isdir(self.pgdata) or not os.listdir(self.pgdata)
 
     def control_data(self):
+        """pg_controldata's fields. Run again only when the control file
+        changed: a stopped PostgreSQL's is read every heartbeat."""
+        try:
+            st = os.stat(os.path.join(self.pgdata, "global", "pg_control"))
+            key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        except OSError:
+            key = None      # pg_controldata says what is wrong
+        if key is not None and self._control_cache is not None and self._control_cache[0] == key:
+            return dict(self._control_cache[1])
         out = self._run(["pg_controldata", "-D", self.pgdata], check=True, quiet=True).stdout
         pairs = (line.split(":", 1) for line in out.splitlines() if ":" in line)
-        return {key.strip(): value.strip() for key, value in pairs}
+        fields = {key.strip(): value.strip() for key, value in pairs}
+        self._control_cache = None if key is None else (key, fields)
+        return dict(fields)
 
     def was_standby(self):
         """True when the data directory last ran (or stopped) in recovery."""
@@ -525,24 +552,25 @@ class Postgres:
         self._conn = None
 
     def status(self):
-        """What the node reports: {"pg": "running"|"starting"|"stopped", ...}."""
+        """What PostgreSQL says for the node's report: a messages.Report with
+        the PostgreSQL fields filled in (pg "running", "starting" or "stopped")."""
         if self.postmaster_pid() is None:
-            return {"pg": "stopped"}
+            return Report(pg=PG_STOPPED)
         try:
             (in_recovery, lsn, receive_lsn, sync_names, receiver, syncrep_wait, timeline, standbys), = \
                 self.query(STATUS_SQL)
-            replication = [] if in_recovery else [
-                {"name": name, "state": state, "sync_state": sync_state, "flush_lsn": int(flush),
-                 "reply_age": round(float(age), 3)}
-                for name, state, sync_state, flush, age in standbys]
+            replication = () if in_recovery else tuple(
+                ReplicationRow(name=name, state=state, sync_state=sync_state, flush_lsn=int(flush),
+                               reply_age=round(float(age), 3))
+                for name, state, sync_state, flush, age in standbys)
         except PostgresError as exc:
-            return {"pg": "starting", "error": str(exc)}
-        return {
-            "pg": "running", "role": "standby" if in_recovery else "primary",
-            "lsn": int(lsn or 0), "receive_lsn": int(receive_lsn or 0), "timeline": timeline,
-            "sync_standby": sync_names.strip('"') or None, "receiver": receiver,
-            "syncrep_wait": round(float(syncrep_wait), 3), "replication": replication,
-        }
+            return Report(pg=PG_STARTING, error=str(exc))
+        return Report(
+            pg=PG_RUNNING, role=STANDBY if in_recovery else PRIMARY,
+            lsn=int(lsn or 0), receive_lsn=int(receive_lsn or 0), timeline=timeline,
+            sync_standby=sync_names.strip('"') or None, receiver=receiver,
+            syncrep_wait=round(float(syncrep_wait), 3), replication=replication,
+        )
 
     def prepare_upstream(self, address, slot, checkpoint=False, wait_promoted=True):
         """Create our replication slot on the primary before streaming from it.

@@ -42,7 +42,7 @@ import socketserver
 import ssl
 import time
 import traceback
-from typing import IO, Any, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from pgha import auth, limits, logs
 from pgha.errors import ProtocolError
@@ -150,22 +150,6 @@ def validate_request(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
-class LineReader(Protocol):
-    def readline(self, size: int, /) -> bytes: ...
-
-
-def read_frame(sock_file: LineReader) -> dict[str, Any] | None:
-    """Read one line from a binary file object; None at a clean end of stream."""
-    line = sock_file.readline(MAX_FRAME + 1)
-    if not line:
-        return None
-    if not line.endswith(b"\n"):
-        if len(line) > MAX_FRAME:
-            raise ProtocolError(f"frame exceeds the {MAX_FRAME}-byte limit")
-        raise ProtocolError("connection closed in the middle of a frame")
-    return decode(line[:-1])
-
-
 class Connection:
     """A client connection that sends one request and reads one reply at a time.
 
@@ -180,21 +164,23 @@ class Connection:
         self.credential = credential    # None: unsigned requests (a server without a Verifier)
         self.tls_context = tls_context  # pgha.tls.client_context, or None: plain TCP
         self._sock: socket.socket | None = None
-        self._file: IO[bytes] | None = None
+        self._reader: FrameReader | None = None
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The reply, which must arrive whole within the timeout of sending."""
         try:
-            if self._sock is None or self._file is None:
+            if self._sock is None or self._reader is None:
                 self._sock = socket.create_connection(self.address, timeout=self.timeout)
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.tls_context is not None:    # the handshake runs under self.timeout
                     self._sock = self.tls_context.wrap_socket(self._sock)
-                self._file = self._sock.makefile("rb")
+                self._reader = FrameReader(self._sock)
             request = {"v": VERSION, **message}
             if self.credential is not None:
                 request = self.credential.sign(request)
+            self._sock.settimeout(self.timeout)
             self._sock.sendall(encode(request))
-            reply = read_frame(self._file)
+            reply = self._reader.read_frame(self.timeout)
             if reply is None:
                 raise ConnectionError("closed by peer")
             if self.credential is not None:
@@ -207,12 +193,10 @@ class Connection:
     def close(self) -> None:
         if self._sock is not None:
             try:
-                if self._file is not None:
-                    self._file.close()
                 self._sock.close()
             except OSError:
                 pass
-        self._sock = self._file = None
+        self._sock, self._reader = None, None
 
 
 def call(host: str, port: int, message: dict[str, Any], timeout: float = 3.0,
@@ -229,12 +213,19 @@ class MessageDeadline(ProtocolError):
     """A frame began but did not complete within limits.MESSAGE_DEADLINE."""
 
 
-class FrameReader:
-    """Reads frames from a socket with two clocks: between frames the idle
-    timeout (None: block), and once a frame has begun a deadline for all of
-    it (a byte every few seconds does not keep a connection)."""
+class Receiver(Protocol):
+    """What FrameReader reads from: a socket (plain or TLS)."""
+    def recv(self, size: int, /) -> bytes: ...
+    def settimeout(self, timeout: float | None, /) -> None: ...
 
-    def __init__(self, sock: socket.socket, clock: Callable[[], float] = time.monotonic) -> None:
+
+class FrameReader:
+    """Reads frames from a socket, for servers and clients alike, with two
+    clocks: between frames the idle timeout (None: block), and once a frame
+    has begun a deadline for all of it (a byte every few seconds does not
+    keep a connection)."""
+
+    def __init__(self, sock: Receiver, clock: Callable[[], float] = time.monotonic) -> None:
         self.sock = sock
         self.clock = clock
         self.received = 0           # bytes so far, on this connection
@@ -276,6 +267,20 @@ class FrameReader:
                 started = self.clock()
             self.received += len(chunk)
             self._buffer += chunk
+
+
+    def read_frame(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next frame, decoded; None at a clean end of stream. With a
+        timeout the whole frame must arrive within it (else socket.timeout,
+        an OSError); without one it blocks until the first byte."""
+        if timeout is None:
+            line = self.next_line(None)
+        else:
+            try:
+                line = self.next_line(None, deadline=timeout, started=self.clock())
+            except MessageDeadline:
+                raise socket.timeout(f"no complete reply within {timeout:g}s") from None
+        return None if line is None else decode(line)
 
 
 class LineHandler(socketserver.StreamRequestHandler):

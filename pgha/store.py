@@ -17,9 +17,10 @@ import json
 import os
 import threading
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pgha.decision import ClusterState
+if TYPE_CHECKING:     # the arbiter's rules: a node daemon (load_acted_epoch, save_json) never loads them
+    from pgha.decision import ClusterState
 
 
 def write_durably(path: str, text: str, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
@@ -135,6 +136,7 @@ def check_state(value: Any) -> ClusterState | None:
         return None
     epoch, primary, promotable = value.get("epoch"), value.get("primary"), value.get("promotable")
     paused = value.get("paused", False)     # absent in states saved before maintenance mode
+    from pgha.decision import ClusterState
     if type(epoch) is int and epoch >= 1 and isinstance(primary, str) and primary \
             and type(promotable) is bool and type(paused) is bool:
         return ClusterState(epoch=epoch, primary=primary, promotable=promotable, paused=paused)
@@ -143,6 +145,7 @@ def check_state(value: Any) -> ClusterState | None:
 
 def state_to_stored(state: ClusterState) -> dict[str, Any]:
     """The stored form of `state`; a TypeError for anything load() would call damaged."""
+    from pgha.decision import ClusterState
     if not isinstance(state, ClusterState):
         raise TypeError(f"not a ClusterState: {state!r}")
     stored: dict[str, Any] = {"epoch": state.epoch, "primary": state.primary, "promotable": state.promotable}

@@ -6,6 +6,7 @@ import time
 
 from conftest import WriteRun, wait_for
 from test_cluster import primary_is
+from test_rest_api import get
 
 from pgha import ctl
 
@@ -19,6 +20,12 @@ def ctl_run(cluster, *argv, capsys=None):
     return code
 
 
+def heard_paused(cluster, node):
+    """The node's last instruction said paused (its REST API's own view)."""
+    status, body = get(cluster, node, "/")
+    return status == 200 and (json.loads(body)["pgha"]["instruction"] or {}).get("paused") is True
+
+
 def test_pause_holds_back_a_failover_resume_lets_it_happen_and_history_names_it(local_cluster, capsys):
     cluster = local_cluster
     assert ctl_run(cluster, "pause") == 0
@@ -27,7 +34,8 @@ def test_pause_holds_back_a_failover_resume_lets_it_happen_and_history_names_it(
     with WriteRun(cluster) as run:
         assert run.wait_for_acks(10, timeout=30), "writes must go on while paused"
         run.mark_fault()
-        time.sleep(1.0)     # both nodes have heard paused=True
+        wait_for(lambda: all(heard_paused(cluster, node) for node in cluster.nodes), 10,
+                 "both nodes heard paused=True")
         cluster.kill_host("pgsql-1")
         killed_at = time.monotonic()
         # For 10 s beyond the normal failover time the standby is not promoted.

@@ -22,9 +22,9 @@ FAILOVER_TARGET = 12.0
 
 def raw(address, message, timeout=3.0):
     """One message on a plain socket; the reply, or None if the server closed."""
-    with socket.create_connection(address, timeout=timeout) as sock, sock.makefile("rb") as rfile:
+    with socket.create_connection(address, timeout=timeout) as sock:
         sock.sendall(protocol.encode(message))
-        return protocol.read_frame(rfile)
+        return protocol.FrameReader(sock).read_frame(timeout)
 
 
 def real_key(cluster, member, principal):

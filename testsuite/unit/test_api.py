@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pgha import api, health, metrics
 from pgha.messages import Address, Report, ReplicationRow
-from pgha.node_state import ClusterView, History, LoopStats, Member, NodeSnapshot, StatePublisher
+from pgha.node_state import ClusterView, ClusterWatcher, History, LoopStats, Member, NodeSnapshot, StatePublisher
 
 NOW = 1000.0
 A1 = Address("127.0.0.1", 6431, 6441, "rep177")
@@ -334,3 +334,42 @@ def test_cluster_view_parses_the_arbiter_status():
 def test_a_taken_port_is_one_clear_error(server):
     with pytest.raises(OSError, match=r"REST API cannot listen on 127.0.0.1:\d+: .*api_port"):
         api.start("127.0.0.1", server.server_address[1], StatePublisher("pgsql-1"))
+
+
+# -- the cluster view is fetched only while the API is read ---------------------
+
+class FakeFetch:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        return {"type": "status", "epoch": self.calls, "primary": "pgsql-1", "nodes": {}}
+
+
+def test_an_unread_api_asks_the_arbiter_nothing_and_a_reader_gets_a_fresh_view():
+    clock = [100.0]
+    publisher = StatePublisher("pgsql-1", clock=lambda: clock[0])
+    fetch = FakeFetch()
+    watcher = ClusterWatcher(publisher, fetch, interval=2.0, wait=5.0)
+    watcher.start()
+    try:
+        time.sleep(0.2)
+        assert fetch.calls == 0                     # idle: no status request
+        assert publisher.read_cluster().epoch == 1  # no view yet: the reader waits for one
+        clock[0] += 1.0
+        assert publisher.read_cluster().epoch == 1  # within the interval: the same view, no request
+        time.sleep(0.1)
+        assert fetch.calls == 1
+        clock[0] += 2.0                             # older than the interval, still usable
+        assert publisher.read_cluster().epoch == 1  # served at once, refreshed behind it
+        wait_for_value(lambda: publisher.cluster.epoch, 2)
+    finally:
+        watcher.stop()
+
+
+def wait_for_value(read, value, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while read() != value:
+        assert time.monotonic() < deadline, f"still {read()!r}, not {value!r}"
+        time.sleep(0.01)

@@ -47,12 +47,15 @@ def heartbeat(node, epoch, report):
     return {"type": "heartbeat", "node": node, "epoch": epoch, "report": report}
 
 
+CLIENT_TIMEOUT = 5.0
+
+
 class Client:
     """A raw connection, so a test can send anything and see when the server closes."""
 
     def __init__(self, address):
-        self.sock = socket.create_connection(address, timeout=5.0)
-        self.rfile = self.sock.makefile("rb")
+        self.sock = socket.create_connection(address, timeout=CLIENT_TIMEOUT)
+        self.reader = protocol.FrameReader(self.sock)
 
     def send_bytes(self, data):
         try:
@@ -64,7 +67,7 @@ class Client:
         self.send_bytes(protocol.encode(message))
 
     def receive(self):
-        return protocol.read_frame(self.rfile)
+        return self.reader.read_frame(CLIENT_TIMEOUT)
 
     def ask(self, message):
         self.send(message)
@@ -72,12 +75,12 @@ class Client:
 
     def is_closed(self):
         try:
-            return self.rfile.read(1) == b""
+            self.sock.settimeout(CLIENT_TIMEOUT)
+            return self.sock.recv(1) == b""
         except ConnectionResetError:
             return True
 
     def close(self):
-        self.rfile.close()
         self.sock.close()
 
 

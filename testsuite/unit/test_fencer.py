@@ -113,6 +113,21 @@ def test_follow_writes_only_when_the_deadline_grows(site):
     assert not dead_within(pg, 0.8)
 
 
+def test_follow_without_waiting_skips_a_busy_handle(site):
+    site.postmaster()
+    fencer = site.fencer()
+    writes = []
+    send = fencer._send
+    fencer._send = lambda command: writes.append(command) or send(command)
+    until = time.monotonic() + 5.0
+    with fencer._lock:      # another thread holds the handle (e.g. restarting the fencer)
+        assert fencer.follow(lambda: until, wait=False) is False
+    assert writes == []
+    assert fencer.follow(lambda: until, wait=False) is True
+    assert len(writes) == 1
+    fencer.disarm()
+
+
 def test_cap_never_extends_an_armed_deadline(site):
     pg = site.postmaster()
     fencer = site.fencer()

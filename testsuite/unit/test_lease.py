@@ -189,9 +189,10 @@ def test_peer_server_grants_and_refuses(peer, clock):
 def test_peer_server_answers_a_bad_request_with_one_error_and_closes(peer, message):
     server, grants = peer
     grants.follow("pgsql-1", 1)
-    with socket.create_connection(server.server_address, timeout=2.0) as sock, sock.makefile("rb") as rfile:
+    with socket.create_connection(server.server_address, timeout=2.0) as sock:
+        reader = protocol.FrameReader(sock)
         sock.sendall(protocol.encode(message))
-        reply = protocol.read_frame(rfile)
+        reply = reader.read_frame(2.0)
         assert reply["type"] == "error" and reply["error"]
-        assert protocol.read_frame(rfile) is None      # closed
+        assert reader.read_frame(2.0) is None      # closed
     assert grants.remaining_for_report() == 0.0        # nothing granted

@@ -1,5 +1,4 @@
 """The JSON-line wire protocol (pgha/protocol.py)."""
-import io
 import json
 import socket
 import threading
@@ -8,12 +7,31 @@ import pytest
 
 from pgha import protocol
 from pgha.messages import Report
-from pgha.protocol import MAX_FRAME, VERSION, ProtocolError, decode, encode, read_frame, validate_request
+from pgha.protocol import MAX_FRAME, VERSION, FrameReader, ProtocolError, decode, encode, validate_request
 
 HEARTBEAT = {"type": "heartbeat", "node": "pgsql-1", "epoch": 3, "report": {"pg": "running", "lsn": 12}}
 
 
 # -- encode / decode ----------------------------------------------------------------
+
+class Stream:
+    """Bytes as a peer would send them, then the end of the stream: what
+    FrameReader reads (recv, settimeout), without a socket."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def recv(self, size: int) -> bytes:
+        chunk, self.data = self.data[:size], self.data[size:]
+        return chunk
+
+    def settimeout(self, timeout) -> None:
+        pass
+
+
+def read_frame(stream):
+    return FrameReader(stream).read_frame()
+
 
 @pytest.mark.parametrize("message", [
     HEARTBEAT,
@@ -26,7 +44,7 @@ def test_round_trip(message):
     data = encode(message)
     assert data.endswith(b"\n") and data.count(b"\n") == 1     # one line, even with "\n" in a value
     assert decode(data[:-1]) == {"v": VERSION, **message}
-    assert read_frame(io.BytesIO(data)) == {"v": VERSION, **message}
+    assert read_frame(Stream(data)) == {"v": VERSION, **message}
 
 
 def test_encode_sets_the_version():
@@ -70,7 +88,7 @@ def message_of_size(size):
 
 def test_encode_accepts_a_frame_of_exactly_max_frame():
     data = encode(message_of_size(MAX_FRAME))
-    assert read_frame(io.BytesIO(data))["pad"] == "x" * (MAX_FRAME - len(encode({"type": "status", "pad": ""})))
+    assert read_frame(Stream(data))["pad"] == "x" * (MAX_FRAME - len(encode({"type": "status", "pad": ""})))
 
 
 def test_encode_refuses_an_oversized_frame():
@@ -89,27 +107,27 @@ def test_decode_refuses_an_oversized_line():
 def test_read_frame_refuses_an_oversized_frame(tail):
     line = b'{"v":1,"type":"status","pad":"' + b"x" * MAX_FRAME + tail
     with pytest.raises(ProtocolError, match="exceeds"):
-        read_frame(io.BytesIO(line))
+        read_frame(Stream(line))
 
 
 def test_read_frame_reads_consecutive_frames_then_none():
-    stream = io.BytesIO(encode({"type": "status"}) + encode(HEARTBEAT))
-    assert read_frame(stream)["type"] == "status"
-    assert read_frame(stream)["type"] == "heartbeat"
-    assert read_frame(stream) is None
-    assert read_frame(stream) is None
+    stream = FrameReader(Stream(encode({"type": "status"}) + encode(HEARTBEAT)))
+    assert stream.read_frame()["type"] == "status"
+    assert stream.read_frame()["type"] == "heartbeat"
+    assert stream.read_frame() is None
+    assert stream.read_frame() is None
 
 
 @pytest.mark.parametrize("data", [b'{"v":1,"type":"status"}', b'{"v":1,', b"x"],
                          ids=["complete-json-no-newline", "half-json", "one-byte"])
 def test_read_frame_on_a_truncated_frame(data):
     with pytest.raises(ProtocolError, match="closed in the middle of a frame"):
-        read_frame(io.BytesIO(data))
+        read_frame(Stream(data))
 
 
 def test_read_frame_rejects_bad_content():
     with pytest.raises(ProtocolError, match="not a JSON line"):
-        read_frame(io.BytesIO(b"hello\n"))
+        read_frame(Stream(b"hello\n"))
 
 
 # -- request validation ------------------------------------------------------------------
@@ -190,11 +208,12 @@ class TinyServer:
             except OSError:
                 return
             self.connections += 1
-            with conn, conn.makefile("rb") as rfile:
+            with conn:
+                reader = FrameReader(conn)
                 replies = 0
                 while self.close_after is None or replies < self.close_after:
                     try:
-                        message = read_frame(rfile)
+                        message = reader.read_frame()
                     except (OSError, ProtocolError):
                         break
                     if message is None:
