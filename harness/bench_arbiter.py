@@ -149,12 +149,16 @@ def run_one(count: int, folder: str, port: int, duration: float, procs: int, bac
             loaders.append(subprocess.Popen(
                 [sys.executable, "-m", "harness.simnode", "--arbiter", f"127.0.0.1:{port}", "--nodes", listed,
                  "--duration", str(duration + 2 * warmup), "--stats", os.path.join(folder, f"stats-{i}.json")], cwd=ROOT))
+        warm_from, warm_cpu = time.monotonic(), cpu_seconds(arbiter.pid)
+        etcd_pids = list(etcd.pids().values()) if etcd is not None else []
+        warm_etcd = sum(cpu_seconds(pid) for pid in etcd_pids)
         # Measured after a warm-up: the first seconds hold every cluster's first
         # durable decisions (promotable on: a state write and a history event each).
         time.sleep(warmup)
-        etcd_pids = list(etcd.pids().values()) if etcd is not None else []
         measured_from, started, cpu_before = time.time(), time.monotonic(), cpu_seconds(arbiter.pid)
         etcd_cpu_before = sum(cpu_seconds(pid) for pid in etcd_pids)
+        warm_cpu = (cpu_before - warm_cpu) / (started - warm_from)
+        warm_etcd = (etcd_cpu_before - warm_etcd) / (started - warm_from)
         time.sleep(duration)
         wall = time.monotonic() - started
         cpu = (cpu_seconds(arbiter.pid) - cpu_before) / wall
@@ -184,10 +188,10 @@ def run_one(count: int, folder: str, port: int, duration: float, procs: int, bac
            "median_ms": round(statistics.median(rtts) * 1000, 2) if rtts else None,
            "p99_ms": percentile_ms(rtts, 0.99), "warmup_p99_ms": percentile_ms(warm, 0.99),
            "warmup_max_ms": round(max(warm) * 1000, 1) if warm else None,
-           "arbiter_cpu": round(cpu, 3), "arbiter_rss_mb": round(rss, 1), "errors": len(errors),
+           "arbiter_cpu": round(cpu, 3), "warmup_arbiter_cpu": round(warm_cpu, 3), "arbiter_rss_mb": round(rss, 1), "errors": len(errors),
            "first_error": errors[0] if errors else None}
     if etcd is not None:
-        row.update(etcd_cpu=round(etcd_cpu, 3), etcd_rss_mb=round(etcd_rss, 1))
+        row.update(etcd_cpu=round(etcd_cpu, 3), etcd_rss_mb=round(etcd_rss, 1), warmup_etcd_cpu=round(warm_etcd, 3))
     return row
 
 
