@@ -172,9 +172,14 @@ def run_one(count: int, folder: str, port: int, duration: float, procs: int, bac
             if loader.poll() is None:
                 loader.terminate()
         arbiter.terminate()
-        arbiter.wait(10)
-        if etcd is not None:
-            etcd.stop()
+        try:
+            arbiter.wait(20)
+        except subprocess.TimeoutExpired:
+            arbiter.kill()
+            arbiter.wait(10)
+        finally:
+            if etcd is not None:
+                etcd.stop()
     rtts: list[float] = []
     warm: list[float] = []
     errors: list[str] = []
