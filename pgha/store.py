@@ -26,31 +26,27 @@ def write_durably(path: str, text: str, mode: int = 0o600, owner: tuple[int, int
     """Replace path by text; owner is (uid, gid) when the file must belong to another user."""
     tmp = f"{path}.tmp"
     try:
-        _write_synced(tmp, text, mode, owner)
+        # Created with its final mode, so a secret is never readable by others, even briefly.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), mode)     # a leftover tmp file keeps its old mode otherwise
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        _discard(tmp)       # the old file is untouched; leave no half-written temporary behind
+        # The old file is untouched; leave no half-written temporary behind.
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
         raise
-    _fsync_folder(path)
-
-
-def _write_synced(tmp: str, text: str, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
-    """tmp holds text on disk (fsynced); not yet under its final name."""
-    # Created with its final mode, so a secret is never readable by others, even briefly.
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w", encoding="utf-8") as f:
-        os.fchmod(f.fileno(), mode)     # a leftover tmp file keeps its old mode otherwise
-        if owner is not None:
-            os.fchown(f.fileno(), *owner)
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _discard(tmp: str) -> None:
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
-        os.unlink(tmp)
-    except OSError:
-        pass
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def save_json(path: str, data: Any) -> None:
@@ -194,31 +190,19 @@ class FileStore(StateStore):
         return state
 
     def save(self, new: ClusterState, expected_epoch: int | None) -> None:
-        text = json.dumps(state_to_stored(new), indent=1, sort_keys=True) + "\n"
-        # The fsyncs happen outside the folder's lock: every cluster of one
-        # service keeps its file in this folder and their first decisions come
-        # at once; concurrent fsyncs share the journal's commits. Under the lock
-        # only the compare and the rename. The temporary is this writer's own
-        # (pid, thread), so another process cannot swap its content in between.
-        # Durable (rename, then folder fsync) before save returns, as before.
-        tmp = f"{self.path}.{os.getpid()}-{threading.get_ident()}.tmp"
+        stored = state_to_stored(new)
         try:
-            try:
-                _write_synced(tmp, text)
-                with _locked_folder(self.path):
-                    current = self.load()
-                    found = None if current is None else current.epoch
-                    if found != expected_epoch:
-                        raise StaleStateError(
-                            f"state file {self.path} holds epoch {found}, expected {expected_epoch}: "
-                            "another writer saved a decision first; not overwriting it")
-                    os.replace(tmp, self.path)
-            except BaseException:
-                _discard(tmp)
-                raise
-            _fsync_folder(self.path)
+            with _locked_folder(self.path):
+                current = self.load()
+                found = None if current is None else current.epoch
+                if found != expected_epoch:
+                    raise StaleStateError(
+                        f"state file {self.path} holds epoch {found}, expected {expected_epoch}: "
+                        "another writer saved a decision first; not overwriting it")
+                save_json(self.path, stored)
         except OSError as exc:
             raise StateStoreError(f"cannot write state file {self.path}: {_one_line(exc)}") from None
+
 
     def append_event(self, event: dict[str, Any]) -> None:
         line = json.dumps(event, sort_keys=True, separators=(",", ":")) + "\n"

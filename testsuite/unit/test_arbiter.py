@@ -245,9 +245,8 @@ def test_decisions_are_durable_and_reloaded(running, tmp_path):
 
 def test_the_state_file_is_written_only_when_the_decision_changes(running, monkeypatch):
     saves = []
-    real_save = store.FileStore.save
-    monkeypatch.setattr(store.FileStore, "save", lambda self, new, expected_epoch: (
-        saves.append(store.state_to_stored(new)), real_save(self, new, expected_epoch)))
+    real_save = store.save_json
+    monkeypatch.setattr(store, "save_json", lambda path, data: (saves.append(data), real_save(path, data)))
     c = running.client()
     for _ in range(3):
         c.ask(heartbeat(S, 1, standby_report()))
@@ -258,17 +257,17 @@ def test_the_state_file_is_written_only_when_the_decision_changes(running, monke
 
 def test_a_failover_is_on_disk_before_the_reply_is_sent(running, monkeypatch):
     order = []
-    real_save, real_send = store.FileStore.save, arbiter_server._Handler._send
+    real_save, real_send = store.save_json, arbiter_server._Handler._send
 
-    def save(self, new, expected_epoch):
-        real_save(self, new, expected_epoch)
-        order.append(("saved", new.epoch, json.loads(open(self.path).read())["epoch"]))
+    def save(path, data):
+        real_save(path, data)
+        order.append(("saved", data["epoch"], json.loads(open(path).read())["epoch"]))
 
     def send(handler, message):
         order.append(("sent", message.get("epoch")))
         return real_send(handler, message)
 
-    monkeypatch.setattr(store.FileStore, "save", save)
+    monkeypatch.setattr(store, "save_json", save)
     monkeypatch.setattr(arbiter_server._Handler, "_send", send)
     c = running.client()
     reply = fail_over(running, c)
@@ -281,19 +280,19 @@ def test_a_decision_that_cannot_be_saved_is_never_announced(running, monkeypatch
     c = running.client()
     running.make_promotable(c)
     running.clock.advance(4.5)
-    real_write = store._write_synced
+    real_save = store.save_json
 
-    def broken(tmp, text, mode=0o600, owner=None):
+    def broken(path, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store, "_write_synced", broken)
+    monkeypatch.setattr(store, "save_json", broken)
     reply = c.ask(heartbeat(S, 1, standby_report()))
     assert reply == {"v": 1, "type": "error", "error": "arbiter cannot store its decision"}
     assert c.is_closed()
     assert (running.arbiter.state.epoch, running.arbiter.state.primary) == (1, P)
     assert running.saved()["epoch"] == 1
 
-    monkeypatch.setattr(store, "_write_synced", real_write)     # the disk is back
+    monkeypatch.setattr(store, "save_json", real_save)      # the disk is back
     reply = running.client().ask(heartbeat(S, 1, standby_report()))
     assert (reply["role"], reply["epoch"]) == ("primary", 2)
     assert running.saved()["epoch"] == 2

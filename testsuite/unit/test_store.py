@@ -198,39 +198,6 @@ def test_durable_replace_fsyncs_the_file_then_renames_then_fsyncs_the_folder(tmp
     assert calls == [("fsync", False), ("replace", True), ("fsync", True)]
 
 
-def test_clusters_in_one_folder_do_not_wait_for_each_others_fsync(tmp_path, monkeypatch):
-    # One arbiter service keeps every cluster's file in one folder, and their
-    # first decisions come at once: one cluster's slow disk write must not hold
-    # the folder's lock (only the compare and the rename are under it).
-    slow, fast = FileStore(str(tmp_path / "a.json")), FileStore(str(tmp_path / "b.json"))
-    slow.save(FIRST, expected_epoch=None)
-    fast.save(FIRST, expected_epoch=None)
-    inside, release = threading.Event(), threading.Event()
-    real_write = store._write_synced
-
-    def held_for_a(tmp, text, *args, **kwargs):
-        if os.path.basename(tmp).startswith("a.json"):
-            inside.set()
-            release.wait(10)
-        real_write(tmp, text, *args, **kwargs)
-
-    monkeypatch.setattr(store, "_write_synced", held_for_a)
-    writer = threading.Thread(target=slow.save, args=(ClusterState(2, "pgsql-2"), 1))
-    writer.start()
-    try:
-        assert inside.wait(5)
-        done = threading.Thread(target=fast.save, args=(ClusterState(2, "pgsql-2"), 1))
-        done.start()
-        done.join(3)
-        assert not done.is_alive() and fast.load() == ClusterState(2, "pgsql-2")
-        assert slow.load() == FIRST         # not renamed before its fsync returned
-    finally:
-        release.set()
-        writer.join(10)
-    assert slow.load() == ClusterState(2, "pgsql-2")
-    assert sorted(os.listdir(tmp_path)) == ["a.json", "b.json"]
-
-
 @pytest.mark.parametrize("broken", ["fsync", "replace", "write"])
 def test_a_write_that_fails_midway_leaves_the_old_file_whole(tmp_path, monkeypatch, broken):
     path = tmp_path / "state.json"
