@@ -49,6 +49,10 @@ class EtcdStore(StateStore):
         self.key = state_key(prefix, cluster)
         self.history_prefix = f"{prefix.rstrip('/')}/{cluster}/history/"
         self.guard = guard
+        # (epoch, mod_revision) of the key as this store last read or wrote it:
+        # save() compares that revision at once, and reads first only when it moved.
+        self._known: tuple[int, int] | None = None
+        self._history_count: int | None = None     # counted at the first append, then kept here
 
     def __str__(self) -> str:
         return f"etcd key {self.key} (endpoints {self.client})"
@@ -60,6 +64,7 @@ class EtcdStore(StateStore):
         except EtcdUnavailable as exc:
             raise StateStoreError(f"cannot read {self}: {exc}") from None
         if kv is None:
+            self._known = None
             return None, 0
         try:
             value: Any = json.loads(kv.value)
@@ -69,6 +74,7 @@ class EtcdStore(StateStore):
         if state is None:
             shown = repr(kv.value) if len(repr(kv.value)) <= 100 else repr(kv.value)[:100] + "..."
             raise StateStoreError(f"{self} is damaged: {' '.join(shown.split())}")
+        self._known = (state.epoch, kv.mod_revision)
         return state, kv.mod_revision
 
     def load(self) -> ClusterState | None:
@@ -76,12 +82,19 @@ class EtcdStore(StateStore):
 
     def save(self, new: ClusterState, expected_epoch: int | None) -> None:
         text = json.dumps(state_to_stored(new), sort_keys=True)
+        known = self._known if self._known is not None and self._known[0] == expected_epoch else None
+        self._known = None
         for _ in range(self.RETRIES):
-            current, revision = self._read()
-            found = None if current is None else current.epoch
-            if found != expected_epoch:
-                raise StaleStateError(f"{self} holds epoch {found}, expected {expected_epoch}: another writer "
-                                      "saved a decision first; not overwriting it")
+            if known is not None:
+                # The key unchanged since this store saw expected_epoch in it (its
+                # mod_revision is compared below): the same check as reading it, one call less.
+                revision, known = known[1], None
+            else:
+                current, revision = self._read()
+                found = None if current is None else current.epoch
+                if found != expected_epoch:
+                    raise StaleStateError(f"{self} holds epoch {found}, expected {expected_epoch}: another "
+                                          "writer saved a decision first; not overwriting it")
             guard = [] if self.guard is None else self.guard()
             if guard is None:
                 raise StateStoreError(f"not writing {self}: this arbiter is not the leader")
@@ -93,6 +106,7 @@ class EtcdStore(StateStore):
             except EtcdUnavailable as exc:
                 raise StateStoreError(f"cannot write {self}: {exc}") from None
             if result.succeeded:
+                self._known = (new.epoch, result.revision)     # the put's revision is the transaction's
                 return
             if guard and not _guard_holds(guard, result.ranges):
                 raise StateStoreError(f"not writing {self}: this arbiter's leadership ended")
@@ -106,14 +120,20 @@ class EtcdStore(StateStore):
         key = f"{self.history_prefix}{time.time_ns():020d}-{os.urandom(4).hex()}"
         try:
             self.client.txn([], [put(key, json.dumps(event, sort_keys=True))], [])
-            count = int(self._range(count_only=True).get("count", 0))
             keep = store.HISTORY_KEEP
+            # Counted once, then kept here (as the file's lines are); counted again
+            # before trimming, so another arbiter's appends never make it trim too many.
+            count = self._history_count + 1 if self._history_count is not None else None
+            if count is None or count > 2 * keep:
+                count = int(self._range(count_only=True).get("count", 0))
+            self._history_count = count
             if count > 2 * keep:
                 oldest = self._range(limit=count - keep, keys_only=True).get("kvs") or []
                 if oldest:
                     last = unb64(oldest[-1]["key"]).decode()
                     self.client.post("/kv/deleterange", {"key": b64(self.history_prefix),
                                                          "range_end": b64(last + "\0")})
+                    self._history_count = count - len(oldest)
         except (EtcdUnavailable, ValueError, KeyError) as exc:
             raise StateStoreError(f"cannot append to the history in etcd ({self.client}): {exc}") from None
 

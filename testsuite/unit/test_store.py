@@ -380,3 +380,41 @@ def test_etcd_an_arbiter_whose_leadership_ended_cannot_write(etcd_server):
     with pytest.raises(StateStoreError, match="not the leader"):
         idle.save(ClusterState(2, "pgsql-2"), expected_epoch=1)
     assert writer.load() == FIRST
+
+
+def test_etcd_a_save_after_seeing_the_epoch_is_one_call_and_still_a_compare_and_set(etcd_server):
+    """A store compares the key's revision it last saw instead of reading first;
+    a key moved by another writer makes it read and compare the epoch, as before."""
+    cluster = "t-" + uuid.uuid4().hex[:12]
+    mine, other = (_etcd_store(etcd_server.endpoints, cluster) for _ in range(2))
+    mine.save(FIRST, expected_epoch=None)
+    calls = []
+    real_post = mine.client.post
+    mine.client.post = lambda path, body: (calls.append(path), real_post(path, body))[1]
+    mine.save(ClusterState(2, "pgsql-2"), expected_epoch=1)
+    assert calls == ["/kv/txn"] and other.load() == ClusterState(2, "pgsql-2")
+    other.save(ClusterState(3, "pgsql-1"), expected_epoch=2)        # another writer moves the key
+    with pytest.raises(StaleStateError):
+        mine.save(ClusterState(3, "pgsql-2"), expected_epoch=2)
+    assert other.load() == ClusterState(3, "pgsql-1")
+    other.save(ClusterState(3, "pgsql-1", paused=True), expected_epoch=3)     # moved, same epoch
+    mine.load()
+    other.save(ClusterState(3, "pgsql-1"), expected_epoch=3)
+    mine.save(ClusterState(4, "pgsql-2"), expected_epoch=3)          # stale revision, right epoch: written
+    assert other.load() == ClusterState(4, "pgsql-2")
+
+
+def test_etcd_history_is_counted_once_then_again_only_before_trimming(etcd_server, monkeypatch):
+    monkeypatch.setattr(store, "HISTORY_KEEP", 3)
+    cluster = "t-" + uuid.uuid4().hex[:12]
+    writer = _etcd_store(etcd_server.endpoints, cluster)
+    calls = []
+    real_post = writer.client.post
+    writer.client.post = lambda path, body: (calls.append(path), real_post(path, body))[1]
+    for n in range(1, 4):
+        writer.append_event(event(n))
+    assert calls.count("/kv/range") == 1            # the first append counts
+    for n in range(4, 9):
+        writer.append_event(event(n))
+    assert len(writer.history()) <= 2 * 3            # trimmed: counted again before it
+    assert writer.history()[-3:] == [event(n) for n in range(6, 9)]
