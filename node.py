@@ -8,7 +8,7 @@ import signal
 import sys
 
 from pgha import logs as logger
-from pgha import cli, keys, settings as settings_mod
+from pgha import cli, settings as settings_mod
 
 DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_settings.py")
 
@@ -16,6 +16,8 @@ DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_settin
 def main(argv=None):
     settings, args = cli.load_settings_and_flags("node", "PostgreSQL HA node daemon", DEFAULTS,
                                                  settings_mod.NODE_SPECS, settings_mod.NODE_CHECKS, argv=argv)
+    cli.without_system_openssl(settings)     # first: before hashlib or psycopg2 is imported
+    from pgha import keys
     node_keys = cli.load_keys("node", keys.node_keys, settings.key_file, settings.name, settings.cluster_name)
     cli.load_tls("node", settings)     # one clear line now for an unsafe or unusable TLS file
     log = logger.setup(settings.name, settings.log_level, settings.log_file)

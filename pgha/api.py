@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import json
 import socket
-import ssl
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pgha import arbiter_link, auth, clusters, health, logs, metrics, protocol
 from pgha.node_state import StatePublisher
 from pgha.serve import WakeOnShutdown
+
+if TYPE_CHECKING:     # ssl only in annotations: it loads OpenSSL (~4 MB), see pgha/tls.py
+    import ssl
 
 log = logs.get("api")
 

@@ -9,10 +9,12 @@ most once, so a heartbeat costs at most len(addresses) connection timeouts.
 """
 from __future__ import annotations
 
-import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgha import auth, protocol
+
+if TYPE_CHECKING:     # ssl only in annotations: it loads OpenSSL (~4 MB), see pgha/tls.py
+    import ssl
 
 NOT_LEADER = "not the leader"
 

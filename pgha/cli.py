@@ -2,7 +2,8 @@
 import argparse
 import sys
 
-from pgha import keys as keys_mod
+# pgha.keys is imported by load_keys only: it imports hashlib, which the node
+# daemon must be able to steer first (without_system_openssl).
 from pgha import settings as settings_mod
 from pgha import tls as tls_mod
 
@@ -62,8 +63,33 @@ def load_tls(program, settings):
 
 def load_keys(program, loader, *args):
     """loader(*args) from pgha.keys; exit 2 with one line when the key file is missing or unsafe."""
+    from pgha import keys as keys_mod
     try:
         return loader(*args)
     except keys_mod.KeyFileError as exc:
         print(f"{program}: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def without_system_openssl(settings):
+    """The node daemon without TLS: keep the system's OpenSSL out of the process.
+
+    A daemon that never speaks TLS would still map the system's libcrypto and
+    libssl (~3.5 MB resident): hashlib/hmac (pgha.auth) use OpenSSL's SHA-256,
+    and `ssl` is imported by psycopg2 (to set up thread callbacks on that
+    library) and by http.client (the REST API). psycopg2-binary bundles and
+    uses its own libcrypto, which stays either way. Call this before anything
+    imports hashlib (pgha.keys, pgha.auth, secrets, hmac), psycopg2 or
+    pgha.api. With TLS on, ssl loads the library anyway: nothing is changed.
+    TLS contexts are made once at start (Node), never on a reload.
+    """
+    if tls_mod.enabled(settings):
+        return
+    # hashlib and hmac fall back to Python's built-in SHA-256 (same bytes;
+    # a heartbeat signs a few short messages, so speed does not matter), and
+    # hmac.compare_digest to _operator's, the same constant-time comparison.
+    sys.modules.setdefault("_hashlib", None)
+    # `import ssl` now raises ImportError: psycopg2 then leaves thread safety
+    # to libpq and its bundled libcrypto (OpenSSL >= 1.1 needs no callbacks),
+    # http.client goes without HTTPS, which the node never uses.
+    sys.modules.setdefault("ssl", None)

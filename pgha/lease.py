@@ -8,13 +8,15 @@ grantor, never longer.
 """
 from __future__ import annotations
 
-import ssl
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pgha import auth, logs
 from pgha import protocol
+
+if TYPE_CHECKING:     # ssl only in annotations: it loads OpenSSL (~4 MB), see pgha/tls.py
+    import ssl
 
 log = logs.get("lease")
 

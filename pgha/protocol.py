@@ -39,16 +39,18 @@ import json
 import re
 import socket
 import socketserver
-import ssl
 import time
 import traceback
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from pgha import auth, limits, logs
 from pgha.errors import ProtocolError
 from pgha.limits import clip
 from pgha.messages import Report, check_type, parse_cluster
 from pgha.serve import WakeOnShutdown
+
+if TYPE_CHECKING:     # ssl only in annotations: it loads OpenSSL (~4 MB), see pgha/tls.py
+    import ssl
 
 log = logs.get("protocol")
 

@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import ssl
 import stat
 import subprocess
 import tempfile
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+# ssl is imported only by the context builders below, i.e. only when TLS is
+# configured: it loads the system's OpenSSL (libcrypto + libssl, ~4 MB of
+# resident memory per daemon) that a daemon without TLS has no use for.
+if TYPE_CHECKING:
+    import ssl
 
 DAYS = 3650
 
@@ -39,6 +44,7 @@ def _check_key_file(path: str) -> None:
 
 
 def _load(context: ssl.SSLContext, cert: str, key: str, ca: str) -> ssl.SSLContext:
+    import ssl
     _check_key_file(key)
     try:
         context.load_cert_chain(cert, key)
@@ -53,11 +59,13 @@ def _load(context: ssl.SSLContext, cert: str, key: str, ca: str) -> ssl.SSLConte
 
 def server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
     """For a server: requires a client certificate signed by `ca`."""
+    import ssl
     return _load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key, ca)
 
 
 def client_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
     """For a client: verifies the server against `ca` (not its hostname), shows its own certificate."""
+    import ssl
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     return _load(context, cert, key, ca)
@@ -71,9 +79,14 @@ def settings_problem(settings: Any) -> str | None:
     return None
 
 
+def enabled(settings: Any) -> bool:
+    """Whether a member's settings turn TLS on (settings_problem: all three tls_* or none)."""
+    return bool(getattr(settings, "tls_cert_file", None))
+
+
 def contexts(settings: Any) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
     """(server, client) contexts from a member's settings; (None, None) when TLS is off."""
-    if not getattr(settings, "tls_cert_file", None):
+    if not enabled(settings):
         return None, None
     files = (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
     return server_context(*files), client_context(*files)
