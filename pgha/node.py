@@ -34,6 +34,9 @@ CLONE_LOG_INTERVAL = 5.0    # seconds between progress lines of a clone
 WATCHDOG_IDLE = 1.0
 # Heartbeat interval of a standby a switchover is handing over to, until it is promoted.
 HURRY_INTERVAL = 0.02
+# Seconds a switching-over primary gives its checkpoint before it stops anyway
+# (writes go on meanwhile; a cut one goes on in the checkpointer).
+HAND_OVER_CHECKPOINT = 1.0
 
 
 class Node:
@@ -75,6 +78,7 @@ class Node:
         self.standby_since = None
         self.rejoin_failures = 0       # rejoins that did not end streaming: next one clones afresh
         self.slot_ensured = None
+        self.prepared_upstream = None   # the switchover target our slot was made on before the hand-over
         self.last_action = None         # the last action other than a steady one (node_rules.IDLE)
         self.clone_progress = None      # a rewind.CloneProgress while pg_basebackup runs
         self._actions = {action: getattr(self, "_" + action.value) for action in Action}
@@ -392,11 +396,29 @@ class Node:
 
     def _relinquish(self, d):
         self.acting_primary = True
+        self._prepare_hand_over(self.instruction.standby_address)
         log.failover("switchover: stopping PostgreSQL to hand over to %s", d.why)
         self.pg.stop("fast")
         self.acting_primary = False
         self.hand_over = HandOver.SWITCHED_OVER
         self._callback("on_role_change", "demoted")
+
+    def _prepare_hand_over(self, target):
+        """Work a switchover would otherwise do while no write is accepted,
+        done while PostgreSQL still takes writes: a checkpoint, so the
+        shutdown checkpoint has little left to write, and our replication
+        slot on the target (a standby can hold a physical slot, and keeps it
+        when promoted), so following it after the decision needs no round
+        trip. Both best effort: a failure only leaves the work for later."""
+        self.prepared_upstream = None
+        self.pg.checkpoint(timeout=HAND_OVER_CHECKPOINT)
+        if target is None:
+            return
+        try:
+            self.pg.prepare_upstream(target, self.s.slot_name, wait_promoted=False)
+            self.prepared_upstream = target
+        except PostgresError as exc:
+            log.warning("switchover: %s; following the target will make the slot", exc)
 
     def _set_sync(self, d):
         self.acting_primary = True
@@ -500,7 +522,9 @@ class Node:
         switchover = d.why == "switchover"
         if switchover:
             log.failover("following %s from the hand-over point (clean switchover: no rewind)", d.primary)
-        self.pg.prepare_upstream(d.address, self.s.slot_name, wait_promoted=not switchover)
+        if not (switchover and self.prepared_upstream == d.address):
+            self.pg.prepare_upstream(d.address, self.s.slot_name, wait_promoted=not switchover)
+        self.prepared_upstream = None
         self._run_as_standby(d)
 
     def _run_as_standby(self, d):

@@ -261,6 +261,16 @@ class Postgres:
         self._write(path, block + text)
 
     def _write(self, path, content):
+        """Write a managed file durably, unless it already holds `content`:
+        a promotion or a restart rewrites only what changes (each write is
+        two fsyncs on the switchover's path). Whatever wrote the file before
+        made it durable: this daemon, initdb, pg_basebackup or pg_rewind."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                if f.read() == content:
+                    return
+        except (OSError, UnicodeDecodeError):
+            pass
         store.write_durably(path, content, owner=(self._user.pw_uid, self._user.pw_gid) if self._as_root else None)
 
     # -- running ---------------------------------------------------------------
@@ -285,13 +295,34 @@ class Postgres:
         pid = self.postmaster_pid()
         if pid is None:
             return
-        # -W and our own 10 ms wait: pg_ctl -w looks only every 100 ms.
-        result = self._run(["pg_ctl", "stop", "-W", "-m", mode, "-D", self.pgdata], timeout=timeout + 10)
-        if result.returncode == 0 and not wait_until(lambda: not process_alive(pid), timeout, 0.01):
-            result = subprocess.CompletedProcess(result.args, 1)
-        if result.returncode != 0 and self.postmaster_pid():
-            log.warning("pg_ctl stop -m %s failed; killing postmaster %d", mode, pid)
+        # The signal pg_ctl stop -m MODE sends, without running pg_ctl (a
+        # fork and two execs on a switchover's path), and a 10 ms wait of
+        # our own: pg_ctl -w looks only every 100 ms.
+        try:
+            os.kill(pid, STOP_SIGNALS[mode])
+            stopped = wait_until(lambda: not process_alive(pid), timeout, 0.01)
+        except ProcessLookupError:
+            stopped = True
+        except PermissionError as exc:
+            log.warning("cannot signal postmaster %d: %s", pid, exc)
+            stopped = False
+        if not stopped and self.postmaster_pid():
+            log.warning("stop -m %s failed; killing postmaster %d", mode, pid)
             self.kill()
+
+    def checkpoint(self, timeout=1.0):
+        """A CHECKPOINT bounded by `timeout` seconds (a cancelled one goes on
+        in the checkpointer); False when it did not finish."""
+        try:
+            self.execute("SET statement_timeout = %s", (int(timeout * 1000),))
+            try:
+                self.execute("CHECKPOINT")
+            finally:
+                self.execute("RESET statement_timeout")
+        except PostgresError as exc:
+            log.warning("checkpoint before the hand-over: %s", exc)
+            return False
+        return True
 
     def fence(self, timeout=5.0):
         """Stop PostgreSQL now, without a subprocess: SIGQUIT is what
@@ -650,6 +681,8 @@ class Postgres:
             return "(no log)"
 
 
+# What pg_ctl stop -m MODE sends the postmaster.
+STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
 PROMOTION_WAIT = 2.0    # seconds a rejoin waits for the named primary to finish its promotion
 
 
