@@ -255,6 +255,10 @@ class Node:
     def _read_data_dir(self):
         if self.pg.data_is_empty():
             return DataDir.EMPTY, None
+        if self.hand_over is HandOver.SWITCHED_OVER:
+            # This daemon stopped it as primary for a switchover and nothing
+            # started it since: no pg_controldata run on the switchover's path.
+            return DataDir.WAS_PRIMARY, None
         try:
             return (DataDir.WAS_STANDBY if self.pg.was_standby() else DataDir.WAS_PRIMARY), None
         except PostgresError as exc:
