@@ -289,6 +289,20 @@ class Postgres:
         if result.returncode != 0:
             raise PostgresError(f"pg_ctl start failed: {self._tail_log()}")
 
+    def launch(self, timeout=10):
+        """Start the postmaster without waiting until it accepts connections:
+        return once it runs (its pid file names a live process), so status()
+        says "starting" from then on. The caller goes on while it starts."""
+        self.close()
+        self._wait_postmaster_gone()
+        result = self._run(["pg_ctl", "start", "-W", "-D", self.pgdata, "-l", self.logfile], timeout=timeout + 10)
+        if result.returncode != 0 or not wait_until(lambda: self.postmaster_pid() is not None, timeout, 0.005):
+            raise PostgresError(f"pg_ctl start failed: {self._tail_log()}")
+
+    def recovery_signal_set(self):
+        """Whether the next start runs in recovery (standby.signal is there)."""
+        return os.path.exists(os.path.join(self.pgdata, "standby.signal"))
+
     def stop(self, mode="fast", timeout=60):
         """Stop PostgreSQL; in the end kill it, so a fence always holds."""
         self.close()
