@@ -10,7 +10,8 @@ killed at the same moment as the primary's host), which the file backend,
 with its one arbiter, does not have.
 
 Runs each fault several times against one local cluster, with a writer
-committing every 50 ms through the multi-host DSN and an independent monitor
+committing every 50 ms (and retrying 50 ms after a failed attempt: the gap's
+resolution) through the multi-host DSN and an independent monitor
 (harness/exposure.py) reading every server every 50 ms, heals between trials,
 and prints per fault the median and worst of:
 
@@ -26,6 +27,8 @@ and the rows lost, and the node daemon's idle CPU and RSS. Then the per-phase
 breakdown of each fault that moves the primary, from the daemons' logs (ms
 timestamps) and the writer:
 
+  stopping     fault -> a switching-over primary starts its clean stop (writes
+               end about here; switchover only)
   decided      fault -> the arbiter's decision is durable (detection + decision
                + fsync; the arbiter logs "epoch N: promoting" after the write)
   heard        -> the new primary's node starts acting on it (its next heartbeat)
@@ -48,6 +51,7 @@ from harness import workload
 from harness.exposure import ExposureMonitor
 from harness.localcluster import NODES, LocalCluster
 
+PROBE_INTERVAL = 0.05  # seconds between the writer's attempts, after a failure too
 SETTLE = 2.0          # seconds of writes before the fault
 AFTER = 2.0           # seconds of writes after the cluster is whole again
 FREEZE_EXTRA = 2.0    # a frozen primary stays frozen this long past lease + margin
@@ -118,11 +122,13 @@ def wait_primary_other_than(cluster, node, timeout=60):
 
 # Markers in the logs (FAILOVER and WARNING lines), in phase order.
 PHASES = (
+    ("stopping", "node", re.compile(r"switchover: stopping PostgreSQL")),
     ("decided", "arbiter", re.compile(r"epoch \d+: promoting")),
     ("heard", "node", re.compile(r"promoting this node|starting the former standby|"
                                  r"PostgreSQL stopped unexpectedly")),
     ("writable", "node", re.compile(r"this node is now the primary|PostgreSQL running as primary")),
 )
+PHASE_NAMES = tuple(name for name, _, _ in PHASES) + ("first write",)
 _LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \S+\s+(\S+) ")
 
 
@@ -165,7 +171,10 @@ def phases(cluster, fault_wall, first_ack_wall):
 def trial(cluster, fault):
     primary = cluster.wait_healthy(timeout=180)["primary"]
     monitor = ExposureMonitor({n: cluster.dsn_for(n) for n in NODES})
-    writer = workload.Writer(cluster.dsn, writers=1, interval=0.05, commit_timeout=30)
+    # Every attempt is recorded, failed ones too; retrying as often as the
+    # writer writes makes 50 ms the gap's resolution whether commits fail or not.
+    writer = workload.Writer(cluster.dsn, writers=1, interval=PROBE_INTERVAL, commit_timeout=30,
+                             retry_pause=PROBE_INTERVAL)
     monitor.start()
     writer.start()
     time.sleep(SETTLE)
@@ -269,10 +278,10 @@ def main():
         print(f"{fault:{NAME_WIDTH}s} " + " ".join(f"{c:>22s}" for c in cells)
               + f" {sum(r['lost'] for r in rows):5d} {sum(r['unexpected'] for r in rows):6d} {len(rows)}")
     print(f"\nphases (seconds from the fault, median / worst)\n{'fault':{NAME_WIDTH}s} "
-          + " ".join(f"{name:>16s}" for name in ("decided", "heard", "writable", "first write")))
+          + " ".join(f"{name:>16s}" for name in PHASE_NAMES))
     for fault, rows in results.items():
         cells = [" / ".join(summary([r["phases"].get(name) for r in rows]))
-                 for name in ("decided", "heard", "writable", "first write")]
+                 for name in PHASE_NAMES]
         print(f"{fault:{NAME_WIDTH}s} " + " ".join(f"{c:>16s}" for c in cells))
     for name, (cpu, rss) in footprint.items():
         print(f"{'node daemon' if name != 'arbiter' else 'arbiter'} idle: {cpu:.2f}% of one core, "

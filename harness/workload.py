@@ -390,7 +390,7 @@ class Writer:
     """
 
     def __init__(self, dsn, writers=4, count=None, duration=None, interval=0.0,
-                 commit_timeout=10.0, connect_timeout=2.0, server_of=None):
+                 commit_timeout=10.0, connect_timeout=2.0, server_of=None, retry_pause=RETRY_PAUSE):
         if not 1 <= writers <= MAX_WRITERS:
             raise ValueError(f"writers must be between 1 and {MAX_WRITERS}")
         self.dsn = dsn
@@ -400,6 +400,9 @@ class Writer:
         self.interval = interval
         self.commit_timeout = commit_timeout
         self.connect_timeout = connect_timeout
+        # Seconds after a failed attempt (at least `interval`): with the
+        # interval, what sets how finely a gap is measured.
+        self.retry_pause = retry_pause
         # conn -> "host:port" of the server that answers; the default names the
         # DSN's host, which behind a proxy is the proxy (see server_address).
         self.server_of = server_of or node_of
@@ -473,7 +476,7 @@ class Writer:
             seq += 1
             attempt, conn = self._attempt(w, make_id(self.run, w, seq), conn)
             self._record(attempt)
-            pause = self.interval if attempt.outcome == ACK else max(self.interval, RETRY_PAUSE)
+            pause = self.interval if attempt.outcome == ACK else max(self.interval, self.retry_pause)
             if pause:
                 self._stop.wait(pause)
         discard(conn)

@@ -123,6 +123,11 @@ def _observe_primary(state: ClusterState, memory: Memory, topology: Topology, no
     # A primary that reports is alive: an operator's pending failover is void.
     memory = replace(memory, primary_seen_at=now, failover_to=None, failover_forced=False)
     standby = topology.standby_of(node)
+    # Relinquished: its PostgreSQL stopped, or runs again only in recovery
+    # (a switchover's old primary, following the target): no commit is
+    # acknowledged there any more. Read-write, it is no hand-over (yet).
+    if report.relinquished and report.running_as == PRIMARY:
+        return state, memory, ()
     if report.relinquished:
         blocker = failover_blocker(state, memory, standby, now, timings, primary_relinquished=True)
         if blocker is None:

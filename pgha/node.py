@@ -20,7 +20,7 @@ from pgha.arbiter_link import ArbiterLink, addresses_from_settings
 from pgha.callbacks import CallbackRunner
 from pgha.fencing import Fencer
 from pgha.lease import Grants, Leases, LeaseRenewer, PeerServer, peer_credential, peer_verifier
-from pgha.messages import PG_STOPPED, PRIMARY, STANDBY, WAIT, Address, Instruction, Report
+from pgha.messages import PG_STARTING, PG_STOPPED, PRIMARY, STANDBY, WAIT, Address, Instruction, Report
 from pgha.node_rules import (CRASH_RESTART_WINDOW, STANDBY_STREAM_DEADLINE, IDLE, Action, DataDir,
                              HandOver, NodeView, decide)
 from pgha.node_state import ClusterWatcher, LoopStats, NodeSnapshot, StatePublisher
@@ -34,6 +34,9 @@ CLONE_LOG_INTERVAL = 5.0    # seconds between progress lines of a clone
 WATCHDOG_IDLE = 1.0
 # Heartbeat interval of a standby a switchover is handing over to, until it is promoted.
 HURRY_INTERVAL = 0.02
+# Seconds a switching-over primary gives its checkpoint before it stops anyway
+# (writes go on meanwhile; a cut one goes on in the checkpointer).
+HAND_OVER_CHECKPOINT = 1.0
 
 
 class Node:
@@ -78,6 +81,8 @@ class Node:
         self.standby_since = None
         self.rejoin_failures = 0       # rejoins that did not end streaming: next one clones afresh
         self.slot_ensured = None
+        self.prepared_upstream = None   # the switchover target our slot was made on before the hand-over
+        self._launching = None          # the thread of _follow_target while it runs
         self.last_action = None         # the last action other than a steady one (node_rules.IDLE)
         self.clone_progress = None      # a rewind.CloneProgress while pg_basebackup runs
         self._actions = {action: getattr(self, "_" + action.value) for action in Action}
@@ -135,7 +140,8 @@ class Node:
                 started = self.clock()
                 acting_before = self.acting_primary, self.pg.postmaster_pid()
                 try:
-                    self.reloader.reload_if_asked(self)
+                    if not self._starting_for_switchover():   # it writes PostgreSQL's files: reload after it
+                        self.reloader.reload_if_asked(self)
                     self.step()
                     self._said.pop("postgres", None)
                 except PostgresError as exc:    # logged once until it changes or clears
@@ -185,6 +191,9 @@ class Node:
 
     def shutdown_postgres(self):
         # A primary nobody renews leases for must not outlive its node daemon.
+        launching = self._launching
+        if launching is not None:
+            launching.join(30)      # a start under way ends first, so it is stopped too
         if self.pg.postmaster_pid():
             log.info("stopping PostgreSQL")
             self.acting_primary = False
@@ -192,8 +201,16 @@ class Node:
 
     # -- one heartbeat -----------------------------------------------------------
 
+    def _starting_for_switchover(self):
+        return self._launching is not None and self._launching.is_alive()
+
     def step(self):
-        status = self.status = self.pg.status()
+        if self._starting_for_switchover():
+            # _follow_target is starting PostgreSQL: leave it alone meanwhile.
+            status = self.status = Report(pg=PG_STARTING)
+        else:
+            self._launching = None
+            status = self.status = self.pg.status()
         report = self._report(status)
         self.grant_reported = report.grant_remaining
         sent_at = self.clock()
@@ -254,6 +271,10 @@ class Node:
     def _read_data_dir(self):
         if self.pg.data_is_empty():
             return DataDir.EMPTY, None
+        if self.hand_over is HandOver.SWITCHED_OVER and not self.pg.recovery_signal_set():
+            # This daemon stopped it as primary for a switchover and did not
+            # start it again: no pg_controldata run on the switchover's path.
+            return DataDir.WAS_PRIMARY, None
         try:
             return (DataDir.WAS_STANDBY if self.pg.was_standby() else DataDir.WAS_PRIMARY), None
         except PostgresError as exc:
@@ -390,11 +411,59 @@ class Node:
 
     def _relinquish(self, d):
         self.acting_primary = True
+        self._prepare_hand_over(d.address)
         log.failover("switchover: stopping PostgreSQL to hand over to %s", d.why)
         self.pg.stop("fast")
         self.acting_primary = False
         self.hand_over = HandOver.SWITCHED_OVER
         self._callback("on_role_change", "demoted")
+        if self.prepared_upstream is not None and self.pg.postmaster_pid() is None:
+            self._launching = threading.Thread(target=self._follow_target, args=(d,), daemon=True,
+                                               name="follow-target")
+            self._launching.start()
+
+    def _follow_target(self, d):
+        """Start PostgreSQL again at once, in recovery, as a standby of the
+        switchover's target. A thread: the HA loop reports the hand-over
+        meanwhile (PostgreSQL "starting"), so it starts while the arbiter
+        decides and the target is promoted; it streams from the target
+        (cascading) and follows its timeline switch, so it is the synchronous
+        standby the new primary's first commit waits for. Read-only, on the
+        arbiter's relinquish instruction that named the target, and after the
+        clean stop: the arbiter promotes the target only once we report that.
+        If it will not start, the standby rows start it after the decision."""
+        try:
+            self.fencer.disarm()    # before PostgreSQL runs here as a standby
+            self.pg.write_settings(STANDBY, primary_address=d.address)
+            self.pg.set_recovery_signal(True)
+            self.pg.launch()
+        except PostgresError as exc:
+            log.warning("switchover: PostgreSQL did not start as a standby of %s (%s); it starts "
+                        "after the arbiter's decision", d.primary, exc)
+            return
+        self.prepared_upstream = None
+        self.upstream, self.standby_since = d.address, self.clock()
+        log.failover("switchover: PostgreSQL starting as a standby of %s (cascading until it is promoted)",
+                     d.primary)
+        self._callback("on_role_change", "replica")
+        self._wake.set()    # report what runs now
+
+    def _prepare_hand_over(self, target):
+        """Work a switchover would otherwise do while no write is accepted,
+        done while PostgreSQL still takes writes: a checkpoint, so the
+        shutdown checkpoint has little left to write, and our replication
+        slot on the target (a standby can hold a physical slot, and keeps it
+        when promoted), so following it after the decision needs no round
+        trip. Both best effort: a failure only leaves the work for later."""
+        self.prepared_upstream = None
+        self.pg.checkpoint(timeout=HAND_OVER_CHECKPOINT)
+        if target is None:
+            return
+        try:
+            self.pg.prepare_upstream(target, self.s.slot_name, wait_promoted=False)
+            self.prepared_upstream = target
+        except PostgresError as exc:
+            log.warning("switchover: %s; following the target will make the slot", exc)
 
     def _set_sync(self, d):
         self.acting_primary = True
@@ -498,7 +567,9 @@ class Node:
         switchover = d.why == "switchover"
         if switchover:
             log.failover("following %s from the hand-over point (clean switchover: no rewind)", d.primary)
-        self.pg.prepare_upstream(d.address, self.s.slot_name, wait_promoted=not switchover)
+        if not (switchover and self.prepared_upstream == d.address):
+            self.pg.prepare_upstream(d.address, self.s.slot_name, wait_promoted=not switchover)
+        self.prepared_upstream = None
         self._run_as_standby(d)
 
     def _run_as_standby(self, d):

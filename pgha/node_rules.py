@@ -22,7 +22,9 @@ order; the first that matches wins.
     P7  stopped, data last ran as standby ............. PROMOTE_STOPPED_STANDBY
     P8  stopped ....................................... START_PRIMARY (HAND_OVER if it will not start)
     P9  running as standby ............................ PROMOTE_RUNNING_STANDBY
-    P10 running, arbiter asks to hand over ............ RELINQUISH (switchover)
+    P10 running, arbiter asks to hand over ............ RELINQUISH (switchover: a clean stop, then
+                                                        PostgreSQL starts again in recovery as a
+                                                        standby of the target, not yet promoted)
     P11 running, sync name differs .................... SET_SYNC (and the slot, when P12 is also due)
     P12 running, standby's slot not yet ensured ....... ENSURE_SLOT
     P13 running ....................................... STAY_PRIMARY
@@ -45,7 +47,8 @@ order; the first that matches wins.
 Every row from P3 on, except P4, and every standby row makes epoch E durable
 (remember_epoch) before it acts, so a restarted node never obeys an older
 decision. Only P3, P5, P7-P13 run PostgreSQL read-write, and only under a
-primary instruction at an epoch not older than the one acted on.
+primary instruction at an epoch not older than the one acted on; P10 leaves
+it running read-only (in recovery), following the standby the arbiter named.
 """
 from __future__ import annotations
 
@@ -149,7 +152,7 @@ class Decision:
     then: Action | None = None              # RESTART_AFTER_CRASH: the start that follows
     sync_standby: str | None = None         # SET_SYNC, starts and promotions: the sync name
     slot: str | None = None                 # SET_SYNC, ENSURE_SLOT: the standby's slot to ensure
-    primary: str | None = None              # standby rows: whom to follow, and where
+    primary: str | None = None              # standby rows, RELINQUISH: whom to follow, and where
     address: Address | None = None
     why: str = ""                           # for the log line (DATA_UNREADABLE: the error)
 
@@ -178,9 +181,10 @@ def _as_primary(view: NodeView, ins: Instruction) -> Decision:
     epoch, sync = ins.epoch, ins.sync_standby
 
     def row(name: str, action: Action, remember: bool = True, then: Action | None = None,
-            slot: str | None = None, why: str = "") -> Decision:
+            slot: str | None = None, why: str = "", follow: str | None = None,
+            address: Address | None = None) -> Decision:
         return Decision(action, name, remember_epoch=epoch if remember else None, then=then,
-                        sync_standby=sync, slot=slot, why=why)
+                        sync_standby=sync, slot=slot, why=why, primary=follow, address=address)
 
     if view.pg == PG_STARTING:
         return row("P1", Action.AWAIT_START, remember=False)
@@ -202,7 +206,9 @@ def _as_primary(view: NodeView, ins: Instruction) -> Decision:
     if view.running_as == STANDBY:
         return row("P9", Action.PROMOTE_RUNNING_STANDBY)
     if ins.relinquish:
-        return row("P10", Action.RELINQUISH, why=ins.standby or "")
+        # Whom to follow once stopped: the target, still a standby (None: only stop).
+        return row("P10", Action.RELINQUISH, why=ins.standby or "", follow=ins.standby,
+                   address=ins.standby_address)
     slot = ins.standby_slot if ins.standby_slot and ins.standby_slot != view.slot_ensured else None
     if view.sync_standby != sync:
         return row("P11", Action.SET_SYNC, slot=slot)

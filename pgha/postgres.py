@@ -288,6 +288,16 @@ class Postgres:
         self._write(path, block + text)
 
     def _write(self, path, content):
+        """Write a managed file durably, unless it already holds `content`:
+        a promotion or a restart rewrites only what changes (each write is
+        two fsyncs on the switchover's path). Whatever wrote the file before
+        made it durable: this daemon, initdb, pg_basebackup or pg_rewind."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                if f.read() == content:
+                    return
+        except (OSError, UnicodeDecodeError):
+            pass
         store.write_durably(path, content, owner=(self._user.pw_uid, self._user.pw_gid) if self._as_root else None)
 
     # -- running ---------------------------------------------------------------
@@ -306,19 +316,54 @@ class Postgres:
         if result.returncode != 0:
             raise PostgresError(f"pg_ctl start failed: {self._tail_log()}")
 
+    def launch(self, timeout=10):
+        """Start the postmaster without waiting until it accepts connections:
+        return once it runs (its pid file names a live process), so status()
+        says "starting" from then on. The caller goes on while it starts."""
+        self.close()
+        self._wait_postmaster_gone()
+        result = self._run(["pg_ctl", "start", "-W", "-D", self.pgdata, "-l", self.logfile], timeout=timeout + 10)
+        if result.returncode != 0 or not wait_until(lambda: self.postmaster_pid() is not None, timeout, 0.005):
+            raise PostgresError(f"pg_ctl start failed: {self._tail_log()}")
+
+    def recovery_signal_set(self):
+        """Whether the next start runs in recovery (standby.signal is there)."""
+        return os.path.exists(os.path.join(self.pgdata, "standby.signal"))
+
     def stop(self, mode="fast", timeout=60):
         """Stop PostgreSQL; in the end kill it, so a fence always holds."""
         self.close()
         pid = self.postmaster_pid()
         if pid is None:
             return
-        # -W and our own 10 ms wait: pg_ctl -w looks only every 100 ms.
-        result = self._run(["pg_ctl", "stop", "-W", "-m", mode, "-D", self.pgdata], timeout=timeout + 10)
-        if result.returncode == 0 and not wait_until(lambda: not process_alive(pid), timeout, 0.01):
-            result = subprocess.CompletedProcess(result.args, 1)
-        if result.returncode != 0 and self.postmaster_pid():
-            log.warning("pg_ctl stop -m %s failed; killing postmaster %d", mode, pid)
+        # The signal pg_ctl stop -m MODE sends, without running pg_ctl (a
+        # fork and two execs on a switchover's path), and a 10 ms wait of
+        # our own: pg_ctl -w looks only every 100 ms.
+        try:
+            os.kill(pid, STOP_SIGNALS[mode])
+            stopped = wait_until(lambda: not process_alive(pid), timeout, 0.01)
+        except ProcessLookupError:
+            stopped = True
+        except PermissionError as exc:
+            log.warning("cannot signal postmaster %d: %s", pid, exc)
+            stopped = False
+        if not stopped and self.postmaster_pid():
+            log.warning("stop -m %s failed; killing postmaster %d", mode, pid)
             self.kill()
+
+    def checkpoint(self, timeout=1.0):
+        """A CHECKPOINT bounded by `timeout` seconds (a cancelled one goes on
+        in the checkpointer); False when it did not finish."""
+        try:
+            self.execute("SET statement_timeout = %s", (int(timeout * 1000),))
+            try:
+                self.execute("CHECKPOINT")
+            finally:
+                self.execute("RESET statement_timeout")
+        except PostgresError as exc:
+            log.warning("checkpoint before the hand-over: %s", exc)
+            return False
+        return True
 
     def fence(self, timeout=5.0):
         """Stop PostgreSQL now, without a subprocess: SIGQUIT is what
@@ -587,7 +632,8 @@ class Postgres:
         try:
             conn = psycopg2.connect(host=address.host, port=address.pg_port, user=self.s.admin_user,
                                     password=self.s.admin_password, dbname="postgres", connect_timeout=3,
-                                    application_name="pgha-node")
+                                    # no GSSAPI here (pg_hba: passwords): trying it maps Kerberos' libraries
+                                    application_name="pgha-node", gssencmode="disable")
         except psycopg2.Error as exc:
             raise PostgresError(f"cannot connect to primary {address.host}:{address.pg_port}: "
                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from None
@@ -678,6 +724,8 @@ class Postgres:
             return "(no log)"
 
 
+# What pg_ctl stop -m MODE sends the postmaster.
+STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
 PROMOTION_WAIT = 2.0    # seconds a rejoin waits for the named primary to finish its promotion
 
 

@@ -380,6 +380,22 @@ def test_relinquish_fails_over_at_once_only_to_a_healthy_promotable_standby(prom
         assert (i.role, i.epoch, i.relinquish) == ("primary", 5, False)   # start again
 
 
+@pytest.mark.parametrize("fields, handover", [
+    (dict(pg="stopped"), True),
+    (dict(pg="starting"), True),                     # starting again, as the target's standby
+    (dict(pg="running", role="standby"), True),      # in recovery, following the target
+    (dict(pg="running", role="primary"), False),     # still takes commits: no hand-over
+], ids=["stopped", "starting", "running-in-recovery", "running-read-write"])
+def test_a_hand_over_counts_only_while_the_old_primary_takes_no_commit(fields, handover):
+    state = ClusterState(epoch=5, primary="a", promotable=True)
+    memory = steady_memory(primary_seen_at=NOW - 0.5, switchover_to="b")
+    outcome = on_heartbeat(state, memory, TOPOLOGY, "a", 5, primary_report(relinquished=True, **fields), NOW, T)
+    if handover:
+        assert_failover(state, outcome, "b")
+    else:
+        assert outcome.state == state and failover_events(outcome) == []
+
+
 # -- switchover requests -------------------------------------------------------------
 
 @pytest.mark.parametrize("promotable, target, error", [

@@ -157,6 +157,24 @@ def test_standby_rows_carry_the_primary_to_follow():
     assert (decision.primary, decision.address) == ("a", B)
 
 
+def test_a_relinquish_names_the_target_to_follow_once_stopped():
+    decision = decide(view(primary(relinquish=True), **RUNNING_PRIMARY))
+    assert (decision.action, decision.primary, decision.address) == (Action.RELINQUISH, "b", B)
+
+
+@pytest.mark.parametrize("instruction, action", [
+    (standby(epoch=4, address=B), Action.AWAIT_START),          # the decision: keep starting
+    (primary(), Action.AWAIT_START),                            # kept primary: then P9 promotes
+])
+def test_a_switched_over_node_starting_as_the_targets_standby_is_left_to_start(instruction, action):
+    decision = decide(view(instruction, pg="starting", hand_over=HandOver.SWITCHED_OVER))
+    assert decision.action is action and decision.action not in READ_WRITE
+    running = decide(view(instruction, pg="running", running_as="standby", upstream=B, streaming=True,
+                          hand_over=HandOver.SWITCHED_OVER, not_streaming_since=NOW))
+    assert running.action is (Action.STAY_STANDBY if instruction.role == "standby"
+                              else Action.PROMOTE_RUNNING_STANDBY)
+
+
 @pytest.mark.parametrize("instruction, kept", [
     (primary(), HandOver.NONE),         # the arbiter kept this node: it starts again
     (standby(), HandOver.NONE),         # the arbiter has a new primary
@@ -210,6 +228,9 @@ def carry_out(node, decision, rng):
         node.update(pg="stopped", acting_primary=False, hand_over=HandOver.HANDED_OVER)
     elif action is Action.RELINQUISH:
         node.update(pg="stopped", acting_primary=False, hand_over=HandOver.SWITCHED_OVER)
+        if decision.address is not None and rng.random() < 0.8:    # starts again as the target's standby
+            node.update(pg="starting", running_as="standby", upstream=decision.address,
+                        not_streaming_since=node["now"])
     elif action in (Action.SET_SYNC, Action.ENSURE_SLOT, Action.STAY_PRIMARY):
         node["acting_primary"] = True
         if decision.action is Action.SET_SYNC:
