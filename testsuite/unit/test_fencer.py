@@ -17,7 +17,12 @@ from pgha.fencing import Fencer, is_fencer
 # How late past a deadline the stand-in postmaster may die: generous, since a
 # loaded shared machine delays the fencer's wake-up (the lower bounds stay exact).
 SLACK = 2.0
-SLEEPER = "import signal, sys, time\nif 'ignore-quit' in sys.argv: signal.signal(signal.SIGQUIT, signal.SIG_IGN)\ntime.sleep(600)"
+# The stand-in sets its SIGQUIT disposition itself: a test run started in the
+# background of a non-interactive shell inherits SIGQUIT ignored, as PostgreSQL
+# (which installs its own handler) never would.
+SLEEPER = ("import signal, sys, time\n"
+           "signal.signal(signal.SIGQUIT, signal.SIG_IGN if 'ignore-quit' in sys.argv else signal.SIG_DFL)\n"
+           "time.sleep(600)")
 
 
 @pytest.fixture
