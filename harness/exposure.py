@@ -49,7 +49,10 @@ class ExposureMonitor(threading.Thread):
                     writable.add(node)
                     if not answer[1]:
                         unprotected.add(node)
-            self.samples.append(Sample(started, frozenset(writable), frozenset(unprotected)))
+            # Dated when the answers are in, not when the sweep began: a frozen
+            # server answers only once it resumes, and its answer says what it
+            # was then, not during the freeze (it took no commit while frozen).
+            self.samples.append(Sample(time.monotonic(), frozenset(writable), frozenset(unprotected)))
             self._stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
         for conn in self._conns.values():
             conn.close()
