@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 
-from harness.bench_failover import idle_footprint
+from harness.procs import cpu_share_and_rss
 from harness.localcluster import NODES, LocalCluster
 
 PATHS = ("/primary", "/replica", "/metrics")
@@ -50,7 +50,7 @@ def percentile(values, share):
 
 
 def footprints(cluster, seconds):
-    return {name: idle_footprint(cluster.procs[name].pid, seconds) for name in NODES}
+    return {name: cpu_share_and_rss(cluster.procs[name].pid, seconds) for name in NODES}
 
 
 def run_cluster(args, api_on):

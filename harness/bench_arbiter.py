@@ -27,20 +27,19 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
 
 from harness.etcd import EtcdCluster
+from harness.procs import cpu_seconds, listening_within, rss_mb, stop_process
 from pgha import keys
 from pgha.etcd_client import EtcdClient, EtcdOptions, EtcdUnavailable
 from pgha.etcd_store import leader_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 P99_LIMIT = 0.050
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def write_keys(folder: str, clusters: list[str]) -> None:
@@ -59,31 +58,6 @@ def write_keys(folder: str, clusters: list[str]) -> None:
                             {f"{cluster}/{node}": ring[f"{cluster}/{node}"], "pair": pair})
     keys._write_new(os.path.join(folder, "arbiter.keys"), ring)
     keys._write_new(os.path.join(folder, "operator.keys"), {"operator": ring["operator"]})
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def wait_listening(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the arbiter did not listen on {port} within {timeout}s")
 
 
 ETCD_PREFIX = "/pgha-bench"
@@ -134,7 +108,8 @@ def run_one(count: int, folder: str, port: int, duration: float, procs: int, bac
                                 "--init"], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     loaders = []
     try:
-        wait_listening(port)
+        if not listening_within(port, 30):
+            raise RuntimeError(f"the arbiter did not listen on {port} within 30s")
         if etcd is not None:
             wait_leading(etcd)
         nodes = [{"cluster": c, "node": n, "peer": "n2" if n == "n1" else "n1",
@@ -171,12 +146,8 @@ def run_one(count: int, folder: str, port: int, duration: float, procs: int, bac
         for loader in loaders:
             if loader.poll() is None:
                 loader.terminate()
-        arbiter.terminate()
         try:
-            arbiter.wait(20)
-        except subprocess.TimeoutExpired:
-            arbiter.kill()
-            arbiter.wait(10)
+            stop_process(arbiter, grace=20)
         finally:
             if etcd is not None:
                 etcd.stop()

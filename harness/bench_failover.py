@@ -50,6 +50,7 @@ import time
 from harness import workload
 from harness.exposure import ExposureMonitor
 from harness.localcluster import NODES, LocalCluster
+from harness.procs import cpu_share_and_rss
 
 PROBE_INTERVAL = 0.05  # seconds between the writer's attempts, after a failure too
 SETTLE = 2.0          # seconds of writes before the fault
@@ -206,23 +207,6 @@ def _gaps_after(attempts, fault_at):
     return [workload.Gap(s, e) for s, e in zip(acked, acked[1:]) if e > fault_at]
 
 
-def idle_footprint(pid, seconds):
-    """CPU share of one core over `seconds`, and RSS in MB, of a process."""
-    ticks = os.sysconf("SC_CLK_TCK")
-
-    def cpu():
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / ticks
-
-    before, start = cpu(), time.monotonic()
-    time.sleep(seconds)
-    share = (cpu() - before) / (time.monotonic() - start) * 100
-    with open(f"/proc/{pid}/status") as f:
-        rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return share, rss_kb / 1024
-
-
 def summary(values):
     values = [v for v in values if v is not None]
     if not values:
@@ -257,7 +241,7 @@ def main():
     try:
         cluster.wait_healthy(timeout=180)
         time.sleep(3)
-        footprint = {name: idle_footprint(cluster.procs[name].pid, args.idle_seconds)
+        footprint = {name: cpu_share_and_rss(cluster.procs[name].pid, args.idle_seconds)
                      for name in (NODES[0], "arbiter")}
         for fault in faults:
             for i in range(args.trials):

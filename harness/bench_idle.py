@@ -9,24 +9,13 @@ CPU milliseconds per heartbeat (the node's 0.5 s heartbeat: less noisy on
 a shared machine than the share), and RSS.
 """
 import argparse
-import os
 import statistics
 import time
 
 from harness.localcluster import NODES, LocalCluster
+from harness.procs import cpu_seconds, rss_mb
 
 HEARTBEAT = 0.5     # the default heartbeat interval (lease timings)
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
 def daemons(cluster):

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from harness.bench_failover import idle_footprint
+from harness.procs import cpu_share_and_rss
 from harness.localcluster import ADMIN_USER, LocalCluster
 
 PGBENCH = ("-c", "4", "-j", "2", "-N", "-n")
@@ -160,7 +160,7 @@ def main():
         primary = status["primary"]
         if args.idle_seconds:
             time.sleep(3)
-            idle = idle_footprint(cluster.procs[primary].pid, args.idle_seconds)
+            idle = cpu_share_and_rss(cluster.procs[primary].pid, args.idle_seconds)
             print(f"primary node daemon idle: {idle[0]:.2f}% of one core, {idle[1]:.1f} MB RSS", flush=True)
         if args.idle_only:
             return

@@ -13,6 +13,8 @@ import subprocess
 import time
 import urllib.request
 
+from harness.procs import stop_process
+
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
 
@@ -85,14 +87,7 @@ class EtcdCluster:
 
     def stop(self) -> None:
         for name in list(self.procs):
-            proc = self.procs.pop(name)
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+            stop_process(self.procs.pop(name))
 
     def pids(self) -> dict[str, int]:
         return {name: p.pid for name, p in self.procs.items()}

@@ -21,7 +21,6 @@ import runpy
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ import psycopg2
 import psycopg2.extensions
 
 from harness.cluster import ARBITER_TIMEOUT, ClusterHandle, FaultError
+from harness.procs import listening_within
 from harness.etcd import EtcdCluster
 from pgha import arbiter_link, keys, protocol
 from pgha import tls as tls_mod
@@ -351,14 +351,8 @@ class LocalCluster(ClusterHandle):
         return self._spawn(key, "arbiter.py", f"{key}.py", flags)
 
     def wait_listening(self, port, timeout=15):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise ClusterError(f"no arbiter listening on port {port} after {timeout}s; see {self.dir}/arbiter.log")
+        if not listening_within(port, timeout):
+            raise ClusterError(f"no arbiter listening on port {port} after {timeout}s; see {self.dir}/arbiter.log")
 
     def start_node(self, name):
         return self._spawn(name, "node.py", f"{name}.py")
