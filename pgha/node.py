@@ -121,7 +121,8 @@ class Node:
         renewer = LeaseRenewer(self.s.name, self.leases, self._renew_target, lambda: self.heartbeat_interval,
                                credential=self.peer_credential, tls_context=self.tls_client)
         renewer.start()
-        if self.pg.status().running_as == PRIMARY:
+        running_as = self.pg.status().running_as    # one status query at start, for both uses below
+        if running_as == PRIMARY:
             # PostgreSQL outlived a previous node daemon: it gets one lease
             # period to be confirmed by the arbiter, then it is fenced.
             self.acting_primary = True
@@ -132,7 +133,7 @@ class Node:
         else:
             self.fencer.disarm()    # an adopted fencer's old deadline must not hit a standby
         threading.Thread(target=self._watchdog, daemon=True, name="watchdog").start()
-        self._callback("on_start", self.pg.status().running_as or "stopped")
+        self._callback("on_start", running_as or "stopped")
         log.info("node %s started (last epoch acted on: %d); asking the arbiter at %s:%s before "
                  "starting PostgreSQL", self.s.name, self.acted_epoch, self.s.arbiter_host, self.s.arbiter_port)
         try:
