@@ -33,7 +33,9 @@ COPY . /app/
 # Test project only: one fresh key set per image build, baked in; each
 # container deletes at start the keyrings it must not hold (entrypoint.sh).
 # A real deployment runs pgha-keys once and copies each file to its host.
-RUN chmod 0755 /app/docker/entrypoint.sh \
+# The daemons also refuse a settings file group or others can write (a
+# checkout made under umask 002): the app is root's and not group-writable.
+RUN chmod -R go-w /app && chmod 0755 /app/docker/entrypoint.sh \
  && chown postgres:postgres /app/docker/node.py && chmod 0600 /app/docker/node.py \
  && python3 -m pgha.keys generate --dir /etc/pgha/keys --nodes pgsql-1,pgsql-2 >/dev/null
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The arbiter: decides which node is primary and keeps that decision on disk.
 
-    python arbiter.py [--settings FILE] [--init | --rebuild] [--cluster NAME]
+    python arbiter.py [--settings FILE] [--init | --rebuild] [--cluster NAME] [--validate]
 
 --init on a new cluster only; without it a missing state file stops the
 arbiter (README: Arbiter state loss). With the setting `clusters` (many
@@ -15,8 +15,8 @@ import threading
 
 from pgha import logs as logger
 from pgha import arbiter_backend as backend, cli, clusters, keys, limits, settings as settings_mod
+from pgha import sdnotify
 from pgha.arbiter import ArbiterServer, StateFileError, service_verifier
-from pgha.arbiter_service import ArbiterService
 
 DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arbiter_settings.py")
 
@@ -28,7 +28,10 @@ def main(argv=None):
                           ("--rebuild", "the state was lost: rebuild it from the nodes' reports, with an "
                                         "operator's confirmation (python -m pgha.ctl rebuild)"),
                           ("--cluster", "--init/--rebuild this cluster only (setting clusters); default: every "
-                                        "cluster whose state is missing", "NAME")))
+                                        "cluster whose state is missing", "NAME"), cli.VALIDATE))
+    if flags.validate:
+        from pgha import validate
+        return cli.validated("arbiter", settings, flags, validate.arbiter_problems)
     if flags.init and flags.rebuild:
         print("arbiter: --init and --rebuild exclude each other", file=sys.stderr)
         return 2
@@ -43,10 +46,7 @@ def main(argv=None):
     leadership = None
     try:
         arbiters = backend.build(settings, specs, init=flags.init, rebuild=flags.rebuild, only=flags.cluster)
-        if settings.state_backend == "etcd":
-            service, leadership = backend.lead(arbiters, settings)
-        else:
-            service = ArbiterService(arbiters, settings.cluster_name)
+        service, leadership = backend.serve(arbiters, settings)
         server = ArbiterServer(service, settings.listen_host, settings.listen_port,
                                idle_timeout=max(10.0, 20 * settings.heartbeat_interval),
                                verifier=service_verifier(keyring, specs, settings.cluster_name))
@@ -80,6 +80,7 @@ def main(argv=None):
                  len(specs), service)
     if leadership is not None:
         leadership.start()
+    sdnotify.ready()    # systemd (Type=notify): listening, its state loaded
     try:
         server.serve_forever()
     finally:

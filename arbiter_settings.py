@@ -3,6 +3,8 @@
 Edit this file or pass --settings FILE with only the values that differ.
 The timings here are the cluster's: nodes take them from the arbiter's replies.
 """
+from pgha import settings as _defaults
+
 listen_host = "127.0.0.1"       # "0.0.0.0" to accept nodes from other hosts
 listen_port = 5430
 nodes = ["pgsql-1", "pgsql-2"]  # the two database hosts, by their node names
@@ -16,9 +18,10 @@ cluster_name = "main"           # the cluster's name (nodes send it: their clust
 # "C/NODE" in key_file (`pgha-keys add-cluster`). README: Many clusters.
 clusters = None
 
-heartbeat_interval = 0.5        # seconds between node reports
-lease_time = 1.8                # a primary's lease; it fences itself when all its leases run out
-failover_margin = 0.4           # the arbiter waits lease_time + this before promoting (docs/ha-model.md: Timings)
+# The cluster's timings, in seconds; the defaults are named once, in pgha/settings.py.
+heartbeat_interval = _defaults.HEARTBEAT_INTERVAL    # between node reports
+lease_time = _defaults.LEASE_TIME   # a primary's lease; it fences itself when all its leases run out
+failover_margin = _defaults.FAILOVER_MARGIN  # the arbiter waits lease_time + this before promoting (docs/ha-model.md: Timings)
 strict_sync = False             # True: never drop synchronous replication, even if the standby dies
 sync_stall_timeout = 0.7        # commits waiting this long on the standby let the primary drop sync
 standby_reply_timeout = 1.5     # a standby silent this long on the replication link counts as gone (it replies every 1 s)

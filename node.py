@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The node daemon: runs on each database host beside PostgreSQL.
 
-    python node.py [--settings FILE]
+    python node.py [--settings FILE] [--validate]
 """
 import os
 import signal
@@ -15,7 +15,12 @@ DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_settin
 
 def main(argv=None):
     settings, args = cli.load_settings_and_flags("node", "PostgreSQL HA node daemon", DEFAULTS,
-                                                 settings_mod.NODE_SPECS, settings_mod.NODE_CHECKS, argv=argv)
+                                                 settings_mod.NODE_SPECS, settings_mod.NODE_CHECKS, argv=argv,
+                                                 flags=(cli.VALIDATE,))
+    if args.validate:
+        from pgha import validate
+        from pgha.postgres import Postgres
+        return cli.validated("node", settings, args, lambda s: validate.node_problems(s, Postgres))
     cli.without_system_openssl(settings)     # first: before hashlib or psycopg2 is imported
     from pgha import keys
     node_keys = cli.load_keys("node", keys.node_keys, settings.key_file, settings.name, settings.cluster_name)

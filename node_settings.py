@@ -17,6 +17,10 @@ slot_name = "rep177"            # replication slot this node streams through whe
 # REST API (Patroni's health-check paths, /metrics): see README, "REST API and HAProxy"
 api_bind = "127.0.0.1"          # address it listens on ("0.0.0.0" for HAProxy on another host; None: off)
 api_port = 8008
+tags = {}                       # Patroni's tags, shown by the REST API and matched by ?tag_NAME=VALUE
+disk_warning_percent = 90       # a data or pg_wal disk this full is logged, in the REST API and metrics
+api_cluster_key_file = None     # a reader.keys: then /cluster (the whole cluster's view) answers only a request
+                                # signed with it (pgha-ctl --key-file reader.keys status --print-signed); None: open
 
 # The arbiter
 arbiter_host = "127.0.0.1"
@@ -46,19 +50,40 @@ app_password = "change-me"
 database = "testdb"
 hba_networks = ["127.0.0.1/32"] # networks allowed to connect (clients, the other node)
 pg_parameters = {}              # extra postgresql.conf parameters, e.g. {"shared_buffers": "256MB"}
+# pg_hba.conf and pg_ident.conf as you write them (README: pg_hba and pg_ident).
+# None: the node's lines go on top of pg_hba.conf as it is. A list: pg_hba.conf
+# is the node's own lines (its users only), then exactly these, in order, e.g.
+# ["local all postgres peer", "local all all peer map=dba", "host all all 10.0.0.0/24 scram-sha-256"].
+pg_hba = None
+pg_ident = None                 # a list of "MAP SYSTEM-USER PG-USER" lines; None: pg_ident.conf left alone
 
 # Logging
 log_level = "INFO"
 log_file = None
 
-# Callbacks: executables run as `SCRIPT EVENT ROLE NODE_NAME` (like Patroni's),
+# Callbacks: executables run as `SCRIPT EVENT ROLE NODE_NAME` (Patroni passes its scope third),
 # off the HA loop, one at a time, killed after callback_timeout seconds.
 # on_role_change: ROLE primary (promoted or started as primary), replica
 # (started as standby), demoted or fenced. on_start / on_stop: the daemon.
+# on_reload: after a reload changed a setting. on_restart: after PostgreSQL
+# was restarted in place (a crashed primary). pre_promote: run before this
+# node promotes itself (e.g. a fencing script that powers the old primary
+# off), on the HA loop, waited for: a non-zero exit or the timeout blocks the
+# promotion, which is tried again (the script at most every 2 s).
 on_role_change = None
 on_start = None
 on_stop = None
+on_reload = None
+on_restart = None
+pre_promote = None
 callback_timeout = 30.0
+
+# Stopping this daemon (systemctl stop/restart) leaves PostgreSQL running: a
+# daemon back within the lease adopts it with no failover; else its fencer
+# stops it at the lease's end and the standby takes over. In pause it is left
+# running, unfenced, always. True: outside pause the daemon stops PostgreSQL
+# (fast) itself as it exits, the old way (README: Stopping the node daemon).
+stop_postgres_on_exit = False
 
 # TLS on the arbiter link and the node-to-node lease link (off: None). All
 # three or none: this node's certificate and key (0600) and the cluster's CA;
@@ -66,3 +91,7 @@ callback_timeout = 30.0
 tls_cert_file = None
 tls_key_file = None
 tls_ca_file = None
+# Without TLS the daemon keeps the system's OpenSSL (libcrypto, libssl: ~3.5 MB
+# resident) out of its process: Python's own SHA-256 signs, psycopg2 uses its
+# bundled library. True: load it anyway.
+system_openssl = False

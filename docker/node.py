@@ -33,3 +33,7 @@ hba_networks = ["127.0.0.1/32", "172.28.0.0/24"]
 key_file = f"/etc/pgha/keys/{name}.keys"   # baked into the test image; see the Dockerfile
 log_level = "INFO"
 log_file = None
+# A stopped container takes PostgreSQL with it (its PID namespace ends with
+# the daemon), so the daemon stops it cleanly first, as a host shutting down
+# would want; on real hosts the default leaves it running for a restart.
+stop_postgres_on_exit = True

@@ -8,7 +8,11 @@ Starts a local cluster, then asks the primary's REST API at a steady
 and /metrics, a new connection per request as HAProxy's checks make) and
 prints the answer time's median, p99 and worst. Then the node daemon's
 idle CPU and RSS with the API on, and again on a cluster started with
-api_bind = None (API off). Measured here, never asserted in the tests.
+api_bind = None (API off). With --loris N, the /primary probe (a new
+connection every 0.2 s, HAProxy's 2 s check timeout) while N slow-loris
+clients (one byte a second) and N/3 silent connections attack the API:
+the share answered 200 and the answer times. Measured here, never asserted
+in the tests (testsuite/unit/test_api.py asserts the slow-loris share).
 """
 import argparse
 import http.client
@@ -16,6 +20,7 @@ import statistics
 import sys
 import time
 
+from harness import abusers
 from harness.procs import cpu_share_and_rss
 from harness.localcluster import NODES, LocalCluster
 
@@ -69,7 +74,9 @@ def main():
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument("--dir", default="/var/tmp/pgha-bench-api")
     parser.add_argument("--base-port", type=int, default=8430)
+    parser.add_argument("--loris", type=int, default=300, help="slow-loris clients (0: none; default %(default)s)")
     args = parser.parse_args()
+    loris = None
 
     results, idle = {}, {}
     for api_on in (True, False):
@@ -85,6 +92,10 @@ def main():
                     times = results[path][0]
                     print(f"{path}: {len(times)} answers, median {statistics.median(times) * 1000:.2f} ms",
                           file=sys.stderr, flush=True)
+                if args.loris:
+                    answers, _ = abusers.probe_under_loris(cluster.api_ports[primary], slow=args.loris,
+                                                           flood=args.loris // 3, seconds=args.seconds)
+                    loris = abusers.describe(answers)
         finally:
             cluster.stop()
 
@@ -95,6 +106,8 @@ def main():
         print(f"{path:10s} {len(times):8d} {errors:6d} {statistics.median(times) * 1000:7.2f}ms "
               f"{percentile(times, 0.99) * 1000:7.2f}ms {max(times) * 1000:7.2f}ms "
               f"{(len(times) + errors) / took:7.1f}/s")
+    if loris:
+        print(f"\n/primary under a slow-loris of {args.loris} (+{args.loris // 3} silent): {loris}")
     print(f"\nnode daemon idle ({args.idle_seconds:g} s sample), CPU share of one core and RSS:")
     for api_on in (True, False):
         row = ", ".join(f"{name} {cpu:.2f}% {rss:.1f} MB" for name, (cpu, rss) in idle[api_on].items())

@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
 """Failover benchmark on the local cluster.
 
-    bin/bench [--trials 5] [--idle-seconds 20] [--only NAME,...] [--etcd]   (python -m harness.bench_failover)
+    bin/bench [--trials 5] [--idle-seconds 20] [--only NAME,...] [--etcd] [--haproxy [CFG]]
+                                                                  (python -m harness.bench_failover)
+
+--haproxy: the writer goes through HAProxy (Debian's haproxy) run with
+docs/haproxy.cfg, or CFG (a variant of it), its ports rewritten to the
+cluster's (harness/haproxy.py), instead of the multi-host DSN.
 
 --etcd: the arbiter's decision in a 3-member etcd on loopback, two arbiter
 processes of which one leads (LocalCluster(etcd=True)); it adds the fault
@@ -49,6 +54,7 @@ import time
 
 from harness import workload
 from harness.exposure import ExposureMonitor
+from harness.haproxy import SHIPPED, HAProxy
 from harness.localcluster import NODES, LocalCluster
 from harness.procs import cpu_share_and_rss
 
@@ -169,12 +175,13 @@ def phases(cluster, fault_wall, first_ack_wall):
     return found
 
 
-def trial(cluster, fault):
+def trial(cluster, fault, dsn=None):
+    """One fault; the writer on `dsn` (default: the cluster's multi-host DSN)."""
     primary = cluster.wait_healthy(timeout=180)["primary"]
     monitor = ExposureMonitor({n: cluster.dsn_for(n) for n in NODES})
     # Every attempt is recorded, failed ones too; retrying as often as the
     # writer writes makes 50 ms the gap's resolution whether commits fail or not.
-    writer = workload.Writer(cluster.dsn, writers=1, interval=PROBE_INTERVAL, commit_timeout=30,
+    writer = workload.Writer(dsn or cluster.dsn, writers=1, interval=PROBE_INTERVAL, commit_timeout=30,
                              retry_pause=PROBE_INTERVAL)
     monitor.start()
     writer.start()
@@ -223,6 +230,8 @@ def main():
     parser.add_argument("--base-port", type=int, default=8430)
     parser.add_argument("--etcd", action="store_true",
                         help="the arbiter's state in etcd, two arbiters (base+9; etcd on base+30..35)")
+    parser.add_argument("--haproxy", nargs="?", const=SHIPPED, metavar="CFG",
+                        help="write through HAProxy with docs/haproxy.cfg or CFG (ports base+40..42)")
     args = parser.parse_args()
     known = FAULTS + ETCD_FAULTS if args.etcd else FAULTS
     faults = [f.strip() for f in args.only.split(",")] if args.only else list(known)
@@ -238,20 +247,26 @@ def main():
     cluster.prepare(fresh=True)
     cluster.start()
     results = {}
+    proxy = None
     try:
+        if args.haproxy:
+            proxy = HAProxy(cluster, os.path.join(cluster.dir, "haproxy"), args.base_port + 40, args.base_port + 41,
+                            shipped=args.haproxy).start()
         cluster.wait_healthy(timeout=180)
         time.sleep(3)
         footprint = {name: cpu_share_and_rss(cluster.procs[name].pid, args.idle_seconds)
                      for name in (NODES[0], "arbiter")}
         for fault in faults:
             for i in range(args.trials):
-                row = trial(cluster, fault)
+                row = trial(cluster, fault, proxy.dsn() if proxy else None)
                 results.setdefault(fault, []).append(row)
                 print(f"{fault:{NAME_WIDTH}s} trial {i + 1}: " + " ".join(
                     f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
                     if k != "phases") + " | " + " ".join(f"{k} {v:.3f}" for k, v in row["phases"].items()),
                       file=sys.stderr, flush=True)
     finally:
+        if proxy:
+            proxy.stop()
         cluster.stop()
 
     columns = ("gap", "unprotected", "refused", "two primaries")

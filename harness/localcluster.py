@@ -21,6 +21,7 @@ import runpy
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -42,6 +43,9 @@ NODES = ("pgsql-1", "pgsql-2")
 SLOTS = {"pgsql-1": "rep177", "pgsql-2": "rep98"}   # as in the original setup
 DEFAULT_BASE_PORT = 6430
 ADMIN_USER, APP_USER = "kronos", "app"     # the node's superuser; the application's role (the DSN's)
+# What a client needs not to hang on a dead or cut-off primary (README "Client settings"):
+# unacknowledged data gives up after 3 s, an idle connection is found dead within ~4 s.
+CLIENT_TIMEOUTS = "keepalives=1 keepalives_idle=2 keepalives_interval=1 keepalives_count=2 tcp_user_timeout=3000"
 SECRETS_FILE = "secrets.json"   # this cluster's random passwords, 0600
 PASSWORD_SETTINGS = ("admin_password", "replication_password", "app_password")
 MARKER = ".pgha-local-cluster"    # only folders holding it are ever wiped by --fresh
@@ -61,7 +65,7 @@ class LocalCluster(ClusterHandle):
 
     def __init__(self, workdir=None, base_port=DEFAULT_BASE_PORT, os_user="postgres", echo=False,
                  arbiter_overrides=None, passwords=None, node_overrides=None, etcd=False, tls=False,
-                 per_node_overrides=None, extra_clusters=None):
+                 per_node_overrides=None, extra_clusters=None, extra_env=None):
         """passwords: {setting: password} for PASSWORD_SETTINGS; by default
         random ones made at the first prepare() and kept in DIR/secrets.json.
         extra_clusters: {name: [node, node]} more clusters the same arbiter
@@ -80,6 +84,7 @@ class LocalCluster(ClusterHandle):
         self.per_node_overrides = per_node_overrides or {}     # node -> settings for that node alone
         self.user = pwd.getpwnam(os_user) if os_user and os.geteuid() == 0 else None
         self.procs = {}
+        self.extra_env = dict(extra_env or {})   # key ("arbiter", a node) -> more environment for that daemon
         self.arbiter_port = base_port
         self.arbiter = ("127.0.0.1", base_port)       # None: no arbiter to ask
         self.hosts = {name: "127.0.0.1" for name in NODES}
@@ -134,16 +139,18 @@ class LocalCluster(ClusterHandle):
 
     @property
     def dsn(self):
-        return self._dsn or self.dsn_for(*NODES)
+        return self._dsn or self.dsn_for(*NODES, timeouts=True)
 
-    def dsn_for(self, *nodes, password=True):
+    def dsn_for(self, *nodes, password=True, timeouts=False):
         """The application's DSN (the app role) for nodes; password=None leaves
-        the password out (it is in the pgpass file)."""
+        the password out (it is in the pgpass file); timeouts: with the
+        client settings an application should use (CLIENT_TIMEOUTS)."""
         hosts = ",".join("127.0.0.1" for _ in nodes)
         ports = ",".join(str(self.pg_ports[n]) for n in nodes)
         secret = f" password={conninfo_quote(self.passwords['app_password'])}" if password else ""
+        extra = f" {CLIENT_TIMEOUTS}" if timeouts else ""
         return (f"host={hosts} port={ports} dbname=testdb user={APP_USER}{secret} "
-                f"target_session_attrs=read-write connect_timeout=2")
+                f"target_session_attrs=read-write connect_timeout=2{extra}")
 
     def superuser_params(self, name):
         """psycopg2.connect keywords for the node's superuser (tests that inspect the server)."""
@@ -173,7 +180,9 @@ class LocalCluster(ClusterHandle):
         os.makedirs(app)
         for name in APP_FILES:
             if os.path.exists(os.path.join(ROOT, name)):
-                shutil.copy2(os.path.join(ROOT, name), app)
+                copied = shutil.copy2(os.path.join(ROOT, name), app)
+                # the daemons refuse a settings file others can write (a checkout under umask 002)
+                os.chmod(copied, stat.S_IMODE(os.stat(copied).st_mode) & ~0o022)
         shutil.copytree(os.path.join(ROOT, "pgha"), os.path.join(app, "pgha"),
                         ignore=shutil.ignore_patterns("__pycache__"))
         if self.etcd is not None:
@@ -316,6 +325,7 @@ class LocalCluster(ClusterHandle):
                os.path.join(self.dir, settings_file), *flags]
         kwargs = {}
         env = dict(os.environ)
+        env.update(self.extra_env.get(key, {}))
         if self.user:
             kwargs = dict(user=self.user.pw_uid, group=self.user.pw_gid, extra_groups=[])
             env.update(HOME=self.user.pw_dir, USER=self.user.pw_name)
@@ -569,28 +579,39 @@ class LocalCluster(ClusterHandle):
         finally:
             conn.close()
 
-    def healthy(self):
-        """Primary writable, standby streaming synchronously and promotable."""
+    def healthy_status(self):
+        """The arbiter's status if it shows the cluster healthy (primary writable,
+        standby streaming synchronously and promotable), else None. One status
+        call: a caller that also wants the primary or epoch reads them from this
+        same snapshot, never from a second call that can straddle a change."""
         try:
             status = self.status()
         except (OSError, protocol.ProtocolError):
-            return False
+            return None
         if status.get("type") != "status" or not status.get("promotable"):
-            return False
-        reports = {n: (status["nodes"][n] or {}).get("report") or {} for n in NODES}
+            return None
+        reports = {n: ((status.get("nodes") or {}).get(n) or {}).get("report") or {} for n in NODES}
         primary = status["primary"]
         standby = NODES[1] if primary == NODES[0] else NODES[0]
-        return reports[primary].get("role") == "primary" and reports[standby].get("role") == "standby" \
-            and reports[primary].get("sync_standby") == standby
+        if reports[primary].get("role") == "primary" and reports[standby].get("role") == "standby" \
+                and reports[primary].get("sync_standby") == standby:
+            return status
+        return None
+
+    def healthy(self):
+        """Primary writable, standby streaming synchronously and promotable."""
+        return self.healthy_status() is not None
 
     def wait_healthy(self, timeout=120):
+        """The first healthy status snapshot (the one judged healthy, not a later call)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             exited = [key for key, proc in self.procs.items() if proc.poll() is not None]
             if exited:
                 raise ClusterError(f"{', '.join(exited)} exited; see {self.dir}/{exited[0]}.log")
-            if self.healthy():
-                return self.status()
+            status = self.healthy_status()
+            if status is not None:
+                return status
             time.sleep(0.3)
         raise ClusterError(f"cluster not healthy within {timeout}s; last status: {self._safe_status()}")
 
@@ -692,7 +713,8 @@ def main(argv=None):
         status = cluster.wait_healthy(timeout=180)
         print(f"\ncluster healthy: primary {status['primary']} (epoch {status['epoch']})\n"
               f"connect with (the password is in the pgpass file, never printed):\n"
-              f"  PGPASSFILE={cluster.write_pgpass()} psql \"{cluster.dsn_for(*NODES, password=None)}\"\n"
+              f"  PGPASSFILE={cluster.write_pgpass()} "
+              f"psql \"{cluster.dsn_for(*NODES, password=None, timeouts=True)}\"\n"
               f"ask the arbiter with:\n  python -m pgha.ctl --arbiter 127.0.0.1:{cluster.arbiter_port} "
               f"--key-file {cluster.key_file('operator')} status\n"
               f"folder: {cluster.dir} (settings, logs, cluster.json, keys/)\nCtrl-C stops everything.\n",

@@ -5,15 +5,17 @@ reports and the clock, stores every changed decision durably *before*
 replying (through the StateStore interface), and keeps serving everyone else
 when one client misbehaves.
 """
+import logging
 import json
+import secrets
 import threading
 import time
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 
 from pgha import logs
-from pgha import auth, clusters, decision, protocol, rebuild, reload, settings as settings_mod, store
-from pgha import limits
+from pgha import auth, clusters, decision, protocol, rebuild, reload, requests, settings as settings_mod, store
+from pgha import limits, version
 from pgha.limits import clip
 from pgha.topology import Topology
 
@@ -68,9 +70,7 @@ class Arbiter:
         self.wall = wall            # event times and scheduled switchovers (operators think in wall time)
         self.lock = threading.Lock()
         self.acted_epochs = {}      # node -> the epoch its last heartbeat said it acted on (for list)
-        # A scheduled switchover (pgha.ctl switchover --at): (wall time, target or None).
-        # In memory only: an arbiter restart forgets it (the operator is told so).
-        self.scheduled = None
+        self.refusals = limits.RateLimitedLog(log, clock=self.clock)    # the rules' error events
         self.rebuilding = None      # a rebuild.Rebuild while the state is being rebuilt
         if rebuild:
             self.state = None
@@ -78,6 +78,18 @@ class Arbiter:
         else:
             self.state = self._load_or_create(self.cluster.initial_primary, init)
         self.memory = decision.Memory.at_start(clock())
+        # One handler per kind of pgha.requests about this cluster's decision.
+        self._answers = {
+            requests.Heartbeat: self._heartbeat,
+            requests.Status: self._status,
+            requests.Switchover: self._switchover_or_schedule,
+            requests.Failover: self._failover,
+            requests.Pause: self._set_paused,
+            requests.Resume: self._set_paused,
+            requests.History: self._history,
+            requests.Flush: self._flush,
+            requests.Reinit: self._reinit,
+        }
 
     def _load_or_create(self, initial_primary, init):
         state = self.store.load()
@@ -100,52 +112,47 @@ class Arbiter:
                  "; PAUSED (maintenance mode: no failover until resume)" if state.paused else "")
         return state
 
-    def handle(self, message):
-        """Answer one valid request (protocol.validate_request has parsed it)."""
-        kind = message["type"]
-        if kind == "rebuild" or self.rebuilding is not None:
-            return self._handle_rebuilding(message)
-        if kind == "heartbeat":
-            return self._heartbeat(message)
-        if kind == "status":
-            return self._status()
-        if kind == "switchover":
-            if message.get("at") is not None:
-                return self._schedule_switchover(message.get("to"), message["at"])
-            return self._switchover(message.get("to"))
-        if kind == "failover":
-            return self._failover(message["to"], message.get("force", False))
-        if kind in ("pause", "resume"):
-            return self._set_paused(kind == "pause")
-        if kind == "history":
-            return self._history(message.get("limit"))
-        # "reload" is the service's (pgha.arbiter_service): one settings file for every cluster.
-        raise protocol.ProtocolError(f"the arbiter does not serve {kind!r} messages")
+    def handle(self, request):
+        """Answer one request (a pgha.requests dataclass: protocol.validate_request
+        parsed it). One handler per kind."""
+        if self.rebuilding is not None or isinstance(request, requests.Rebuild):
+            return self._handle_rebuilding(request)
+        answer = self._answers.get(type(request))
+        if answer is None:
+            # "reload" and "clusters" are the service's (pgha.arbiter_service): one settings file for every cluster.
+            raise protocol.ProtocolError(f"the arbiter does not serve {requests.kind_of_request(request).name!r} "
+                                         "messages")
+        return answer(request)
 
-    def _heartbeat(self, message):
-        node = message["node"]
+    def _heartbeat(self, request):
+        node = request.node
         if node not in self.topology:
             raise protocol.ProtocolError(f"unknown node {clip(repr(node))} "
                                          f"(configured: {', '.join(self.topology.members)})")
         self._start_due_switchover()
         with self.lock:
-            self.acted_epochs[node] = message["epoch"]
+            self.acted_epochs[node] = request.epoch
             before, memory_before = self.state, self.memory
             now = self.clock()
-            outcome = decision.on_heartbeat(self.state, self.memory, self.topology, node, message["epoch"],
-                                            message["report"], now, self._rules_timings(now))
+            outcome = decision.on_heartbeat(self.state, self.memory, self.topology, node, request.epoch,
+                                            request.report, now, self._rules_timings(now))
             outcome = replace(outcome, instruction=self._stamp_instruction(outcome.instruction))
             if outcome.state != self.state:
                 # Durable before anyone hears of it (invariant 3): the state,
                 # then its history event.
                 self.store.save(outcome.state, expected_epoch=self.state.epoch)
             self.state, self.memory = outcome.state, outcome.memory
-            if outcome.state != before:
+            if outcome.state != before or memory_before.switchover_to != outcome.memory.switchover_to:
                 # The state is saved and adopted first: a history that cannot be
                 # written fails this reply, never the next compare-and-set.
                 self._record_change(before, outcome, memory_before)
         for level, text in outcome.events:
-            getattr(log, level)(text)
+            if level == "error":
+                # A refusal repeats with every heartbeat (a lost or re-created
+                # state): once per node and text per interval, with a count.
+                self.refusals.log(logging.ERROR, node, text, text)
+            else:
+                getattr(log, level)(text)
         return outcome.instruction.to_wire()
 
     # -- history (StateStore.append_event / history) -----------------------------------------
@@ -162,17 +169,26 @@ class Arbiter:
             old_report = memory_before.reports.get(before.primary)
             new_report = outcome.memory.reports.get(after.primary)
             reason = next((text for level, text in outcome.events if level == "failover"), None)
-            self._record("failover", epoch=after.epoch, old_primary=before.primary, new_primary=after.primary,
-                         reason=reason,
+            # A planned hand-over (switchover, or a failover --to with a live primary) is a switchover.
+            planned = outcome.memory.handover_from == before.primary
+            dropped = {"scheduled_switchover_dropped": _iso(before.scheduled_at)} \
+                if before.scheduled and not after.scheduled else {}
+            self._record("switchover" if planned else "failover", epoch=after.epoch, old_primary=before.primary,
+                         new_primary=after.primary, reason=reason, **dropped,
                          old_primary_lsn=old_report.lsn if old_report and old_report.lsn else None,
                          new_primary_lsn=_standby_lsn(new_report))
         elif after.promotable != before.promotable:
             reason = next((text for level, text in outcome.events if level in ("info", "warning")), None)
             self._record("promotable", epoch=after.epoch, primary=after.primary, promotable=after.promotable,
                          reason=reason)
+        if after.epoch == before.epoch and memory_before.switchover_to and not outcome.memory.switchover_to:
+            # A requested switchover the rules dropped: pgha-ctl switchover (waiting) reports why.
+            reason = next((text for level, text in outcome.events if level == "warning"), None)
+            self._record("switchover_failed", epoch=after.epoch, primary=after.primary,
+                         to=memory_before.switchover_to, reason=reason)
 
-    def _history(self, limit):
-        limit = HISTORY_DEFAULT if limit is None else max(1, min(limit, HISTORY_MAX))
+    def _history(self, request):
+        limit = HISTORY_DEFAULT if request.limit is None else request.limit     # 1..HISTORY_MAX (requests)
         events = self.store.history(limit)
         # The reply must fit one frame: drop the oldest until it does.
         truncated = False
@@ -180,7 +196,7 @@ class Arbiter:
             events, truncated = events[1:], True
         return {"type": "history", "events": events, "truncated": truncated}
 
-    def _status(self):
+    def _status(self, request=None):
         with self.lock:
             now = self.clock()
             nodes = {}
@@ -189,17 +205,23 @@ class Arbiter:
                 nodes[name] = {"last_seen_ago": None if seen is None else round(now - seen, 3),
                                "report": None if report is None else report.to_wire()}
                 nodes[name]["epoch"] = self.acted_epochs.get(name)
-            scheduled = None
-            if self.scheduled is not None:
-                at, target = self.scheduled
-                scheduled = {"at": _iso(at), "in": round(at - self.wall(), 1), "to": target}
-            return {"type": "status", **asdict(self.state), "nodes": nodes,
+            state = self.state
+            scheduled = scheduled_view(state, self.wall())
+            decided = {k: v for k, v in asdict(state).items() if k not in ("scheduled_at", "scheduled_to")}
+            return {"type": "status", **decided, "nodes": nodes,
                     "switchover_to": self.memory.switchover_to, "switchover_scheduled": scheduled,
-                    "failover_to": self.memory.failover_to}
+                    "failover_to": self.memory.failover_to,
+                    "heartbeat_interval": self.timings.heartbeat_interval, "arbiter_version": version.VERSION}
 
-    def _switchover(self, target, scheduled_for=None):
+    def _switchover_or_schedule(self, request):
+        if request.at is not None:
+            return self._schedule_switchover(request.to, request.at, request.replace, request.expect_primary)
+        return self._switchover(request.to, expect_primary=request.expect_primary)
+
+    def _switchover(self, target, scheduled_for=None, expect_primary=None):
         with self.lock:
-            memory, error = decision.request_switchover(self.state, self.memory, self.topology, target)
+            memory, error = decision.request_switchover(self.state, self.memory, self.topology, target,
+                                                        expect_primary)
             if error:
                 self._record("switchover_refused", epoch=self.state.epoch, to=target, reason=error,
                              **({"scheduled_for": scheduled_for} if scheduled_for else {}))
@@ -212,36 +234,77 @@ class Arbiter:
         log.failover("switchover to %s requested: the primary will hand over", memory.switchover_to)
         return {"type": "ok", "switchover_to": memory.switchover_to}
 
-    def _schedule_switchover(self, target, at):
+    def _change_scheduled(self, change):
+        """Store the state `change(state)` makes ((state, error)): durable
+        before the reply (invariant 3); (old state, new state, error)."""
         with self.lock:
-            # Checked now, so a typo is refused at once; checked again when due.
-            _, error = decision.request_switchover(self.state, self.memory, self.topology, target)
-            if error and "not promotable" not in error:
-                return {"type": "error", "error": f"switchover refused: {error}"}
-            self.scheduled = (float(at), target)
-            self._record("switchover_scheduled", epoch=self.state.epoch, primary=self.state.primary, to=target,
-                         at=_iso(at))
-        log.failover("switchover to %s scheduled at %s", target or "the standby", _iso(at))
-        return {"type": "ok", "switchover_to": target, "at": _iso(at)}
+            before = self.state
+            state, error = change(before)
+            if error is None and state != before:
+                self.store.save(state, expected_epoch=before.epoch)
+                self.state = state
+            return before, state, error
+
+    def _schedule_switchover(self, target, at, replacing, expect_primary=None):
+        before, state, error = self._change_scheduled(
+            lambda s: decision.schedule_switchover(s, self.topology, target, at, self.wall(), replacing,
+                                                   expect_primary))
+        if error:
+            return {"type": "error", "error": f"switchover not scheduled: {error}"}
+        replaced = {"replaced": _iso(before.scheduled_at)} if before.scheduled else {}
+        self._record("switchover_scheduled", epoch=state.epoch, primary=state.primary, to=target, at=_iso(at),
+                     **replaced)
+        log.failover("switchover to %s scheduled at %s%s", target or "the standby", _iso(at),
+                     f" (replacing the one at {replaced['replaced']})" if replaced else "")
+        return {"type": "ok", "switchover_to": target, "at": _iso(at), **replaced}
+
+    def _flush(self, request):
+        before, state, error = self._change_scheduled(decision.cancel_scheduled_switchover)
+        if error:
+            return {"type": "error", "error": f"flush refused: {error}"}
+        self._record("switchover_cancelled", epoch=state.epoch, primary=state.primary, to=before.scheduled_to,
+                     at=_iso(before.scheduled_at))
+        log.failover("scheduled switchover at %s cancelled by the operator", _iso(before.scheduled_at))
+        return {"type": "ok", "cancelled": {"at": _iso(before.scheduled_at), "to": before.scheduled_to}}
+
+    def _reinit(self, request):
+        member = request.member
+        with self.lock:
+            order = secrets.randbelow(2 ** 31 - 1) + 1     # fresh across arbiter restarts: never taken as done
+            state, memory, error = decision.request_reinit(self.state, self.memory, self.topology, member, order)
+            if error:
+                return {"type": "error", "error": f"reinit refused: {error}"}
+            if state != self.state:     # not promotable: durable before anyone hears of it (invariant 3)
+                self.store.save(state, expected_epoch=self.state.epoch)
+            self.state, self.memory = state, memory
+            self._record("reinit_requested", epoch=state.epoch, primary=state.primary, member=member)
+        log.failover("reinit of %s ordered by the operator: it is not promotable until its fresh copy streams; "
+                     "it starts once the primary has dropped it from synchronous replication", member)
+        return {"type": "ok", "member": member, "order": order}
 
     def _start_due_switchover(self):
         """A scheduled switchover whose time has come becomes a request (refused
-        then, with a history event, if the standby is not promotable)."""
-        with self.lock:
-            due = self.scheduled is not None and self.wall() >= self.scheduled[0]
-            if not due:
-                return
-            at, target = self.scheduled
-            self.scheduled = None
-        reply = self._switchover(target, scheduled_for=_iso(at))
+        then, with a history event, if the standby is not promotable). Taken
+        off the stored state first, so it fires once."""
+        if not decision.due_switchover(self.state, self.wall()):
+            return
+        before, _, error = self._change_scheduled(
+            lambda s: decision.cancel_scheduled_switchover(s) if decision.due_switchover(s, self.wall())
+            else (s, "not due"))
+        if error:
+            return
+        reply = self._switchover(before.scheduled_to, scheduled_for=_iso(before.scheduled_at))
         if reply["type"] == "error":
             log.warning("scheduled %s", reply["error"])
 
-    def _failover(self, target, force):
+    def _failover(self, request):
+        target, force = request.to, request.force
         with self.lock:
             now = self.clock()
             memory, error, how = decision.request_failover(self.state, self.memory, self.topology, target,
-                                                           force, now, self._rules_timings(now))
+                                                           force, now, self._rules_timings(now),
+                                                           primary_stopped=request.primary_stopped,
+                                                           expect_primary=request.expect_primary)
             if error:
                 return {"type": "error", "error": f"failover refused: {error}"}
             self._record("failover_requested", epoch=self.state.epoch, primary=self.state.primary, to=target,
@@ -255,7 +318,8 @@ class Arbiter:
                          else "")
         return {"type": "ok", "to": target, "how": how, "forced": memory.failover_forced}
 
-    def _set_paused(self, paused):
+    def _set_paused(self, request):
+        paused = isinstance(request, requests.Pause)
         with self.lock:
             if self.state.paused == paused:
                 return {"type": "ok", "paused": paused, "changed": False}
@@ -263,8 +327,6 @@ class Arbiter:
             # Durable before anyone hears of it (invariant 3).
             self.store.save(state, expected_epoch=self.state.epoch)
             self.state, self.memory = state, memory
-            if paused:
-                self.scheduled = None
             self._record("pause" if paused else "resume", epoch=state.epoch, primary=state.primary)
         log.failover("%s", "maintenance mode ON (paused): no failover or switchover; nodes leave PostgreSQL "
                            "alone; leases and fencing still run" if paused
@@ -344,18 +406,17 @@ class Arbiter:
         log.warning("rebuild mode: no state in %s; every node is told to wait until an operator confirms "
                     "the proposal (python -m pgha.ctl status, then rebuild --confirm)", self.store)
 
-    def _handle_rebuilding(self, message):
-        kind = message["type"]
+    def _handle_rebuilding(self, request):
         if self.rebuilding is None:
             return {"type": "error", "error": "the arbiter is not rebuilding its state"}
-        if kind == "heartbeat":
-            node = message["node"]
+        if isinstance(request, requests.Heartbeat):
+            node = request.node
             if node not in self.topology:
                 raise protocol.ProtocolError(f"unknown node {node!r} "
                                              f"(configured: {', '.join(self.topology.members)})")
             with self.lock:
                 now = self.clock()
-                instruction = self.rebuilding.on_heartbeat(node, message["epoch"], message["report"], now)
+                instruction = self.rebuilding.on_heartbeat(node, request.epoch, request.report, now)
                 proposal = self.rebuilding.proposal(now)
             if proposal != self._last_proposal:     # one line per change, not per heartbeat
                 self._last_proposal = proposal
@@ -367,7 +428,7 @@ class Arbiter:
                 else:
                     log.warning("rebuild: no proposal yet: %s", problem)
             return instruction.to_wire()
-        if kind == "status":
+        if isinstance(request, requests.Status):
             with self.lock:
                 now = self.clock()
                 found, problem = self.rebuilding.proposal(now)
@@ -375,8 +436,9 @@ class Arbiter:
                         "rebuilding": True, "proposal": found.to_wire() if found else None,
                         "proposal_problem": problem, "nodes": self.rebuilding.status_nodes(now),
                         "switchover_to": None}
-        if kind == "rebuild":
-            return self._confirm_rebuild(message["epoch"], message["primary"])
+        if isinstance(request, requests.Rebuild):
+            return self._confirm_rebuild(request.epoch, request.primary)
+        kind = requests.kind_of_request(request).name
         return {"type": "error", "error": f"the arbiter is rebuilding its state: {kind} refused until an "
                                           "operator confirms (python -m pgha.ctl rebuild)"}
 
@@ -399,8 +461,15 @@ class Arbiter:
 
 
 HISTORY_DEFAULT = 20
-HISTORY_MAX = 1000
+HISTORY_MAX = requests.HISTORY_MAX
 HISTORY_REPLY_BYTES = protocol.MAX_FRAME - 4096   # room for the envelope and signature
+
+
+def scheduled_view(state, wall_now):
+    """The state's scheduled switchover as status shows it ({"at", "in", "to"}), or None."""
+    if state.scheduled_at is None:
+        return None
+    return {"at": _iso(state.scheduled_at), "in": round(state.scheduled_at - wall_now, 1), "to": state.scheduled_to}
 
 
 def _iso(wall):
@@ -415,32 +484,33 @@ def _standby_lsn(report):
 
 
 class _Handler(protocol.LineHandler):
-    def answer(self, message):
+    def answer(self, request):
         try:
-            return self.server.service.handle(message)
+            return self.server.service.handle(request)
         except StateFileError as exc:
             log.error("%s", exc)
             raise protocol.ProtocolError("arbiter cannot store its decision") from None
 
 
 class ArbiterServer(protocol.LineServer):
-    """verifier: an auth.Verifier (auth.arbiter_lookup says who may send
-    what); None only in tests of other behaviour: the entry point always
-    passes one."""
+    """Serves one pgha.arbiter_service.ArbiterService (one cluster's Arbiter:
+    ArbiterService.single(arbiter)). verifier: an auth.Verifier
+    (auth.arbiter_lookup says who may send what); None only in tests of other
+    behaviour: the entry point always passes one."""
 
-    def __init__(self, arbiter, host, port, idle_timeout=30.0, verifier=None):
-        from pgha.arbiter_service import ArbiterService
-        self.arbiter = arbiter      # what was given: one cluster's Arbiter, or an ArbiterService
-        self.service = arbiter if isinstance(arbiter, ArbiterService) else ArbiterService.single(arbiter)
+    def __init__(self, service, host, port, idle_timeout=30.0, verifier=None):
+        self.service = service
         self.idle_timeout = idle_timeout
         self.verifier = verifier
+        if verifier is not None:
+            service.clock_skews = verifier.skews
         super().__init__((host, port), _Handler)
         # Members keep their slots: two per cluster, and as many again for their restarts.
         self.slots.member_slots = max(self.slots.member_slots, limits.member_slots_for(len(self.service.handlers)))
         self.slots.stranger_slots = max(self.slots.stranger_slots, limits.stranger_slots_for(len(self.service.handlers)))
 
-    def is_member(self, message):
+    def is_member(self, request):
         """A heartbeat the arbiter answered, in the name of a configured node,
         earns the connection a member's slot (authentication tightens this:
         the name must also be proven)."""
-        return self.service.is_member(message)
+        return self.service.is_member(request)

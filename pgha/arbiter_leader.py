@@ -1,8 +1,9 @@
 """An Arbiter that acts only while it leads (several arbiter processes, state
 in etcd; pgha.leadership campaigns, pgha.etcd_store keeps the decision).
 
-In front of Arbiter.handle: heartbeats, switchovers and rebuilds are answered
-only by the leader; the others answer {"type":"error","error":"not the
+In front of Arbiter.handle: the kinds pgha.requests marks leader_only
+(heartbeat, switchover, failover, pause, resume, rebuild; reload is gated by
+the service) are answered only by the leader; the others answer {"type":"error","error":"not the
 leader","leader":"host:port"}. Each new term starts as a restarted arbiter
 does: the decision re-read from etcd (another leader may have changed it) and
 Memory.at_start (the primary may just have renewed its lease: no failover
@@ -16,14 +17,15 @@ import threading
 import time
 from typing import Any, Callable
 
-from pgha import decision, logs, store
-from pgha.arbiter import Arbiter, StateFileError
-from pgha.arbiter_link import NOT_LEADER
-from pgha.leadership import Leadership
+from pgha import decision, logs, requests, store
+from pgha.arbiter import Arbiter, StateFileError, scheduled_view
+from pgha.election import LeaderElection, not_the_leader
 
 log = logs.get("arbiter")
 
-LEADER_ONLY = ("heartbeat", "switchover", "rebuild")
+# Every kind that changes the decision or decides from the memory of heartbeats
+# (a follower's memory is stale): from the table of request kinds.
+LEADER_ONLY = requests.LEADER_ONLY
 
 
 class ActingRecord:
@@ -41,7 +43,7 @@ class ActingRecord:
 
 
 class LeadingArbiter:
-    def __init__(self, arbiter: Arbiter, leadership: Leadership,
+    def __init__(self, arbiter: Arbiter, leadership: LeaderElection,
                  record: Callable[[str], None] | None = None) -> None:
         self.arbiter = arbiter
         self.leadership = leadership
@@ -52,18 +54,17 @@ class LeadingArbiter:
     def topology(self) -> Any:
         return self.arbiter.topology
 
-    def handle(self, message: dict[str, Any]) -> dict[str, Any]:
-        kind = message["type"]
-        if kind == "status":
+    def handle(self, request: requests.Request) -> dict[str, Any]:
+        if isinstance(request, requests.Status):
             return self._status()
-        if kind not in LEADER_ONLY:
-            return self.arbiter.handle(message)
+        if requests.kind_of_request(request).name not in LEADER_ONLY:
+            return self.arbiter.handle(request)
         term = self.leadership.term()
         if term is None:
             return self._not_leader()
         if term != self.term:
             self._start_term(term)
-        reply = self.arbiter.handle(message)
+        reply = self.arbiter.handle(request)
         # Checked again after deciding: a term that ended meanwhile sends nothing
         # (its writes were refused by etcd already; this covers lease renewals).
         if self.leadership.term() != term:
@@ -73,7 +74,7 @@ class LeadingArbiter:
         return reply
 
     def _not_leader(self) -> dict[str, Any]:
-        return {"type": "error", "error": NOT_LEADER, "leader": self.leadership.leader_hint()}
+        return not_the_leader(self.leadership)
 
     def _start_term(self, term: int) -> None:
         arbiter = self.arbiter
@@ -103,14 +104,15 @@ class LeadingArbiter:
                 problem = str(exc)
         leading = term is not None and term == self.term
         if leading:
-            reply = self.arbiter.handle({"type": "status"})
+            reply = self.arbiter.handle(requests.Status(None))
         else:
             reply = {"type": "status", "epoch": None, "primary": None, "promotable": False, "nodes": {},
                      "switchover_to": None, "leader": self.leadership.leader_hint()}
             try:
                 state = self.arbiter.store.load()
                 if state is not None:
-                    reply.update(epoch=state.epoch, primary=state.primary, promotable=state.promotable)
+                    reply.update(epoch=state.epoch, primary=state.primary, promotable=state.promotable,
+                                 switchover_scheduled=scheduled_view(state, self.arbiter.wall()))
             except store.StateStoreError as exc:
                 problem = str(exc)
         reply["arbiter"] = {"leader": leading, "term": term if leading else None,

@@ -54,7 +54,8 @@ class ArbiterLink:
         self.addresses = list(dict.fromkeys(addresses))
         self.timeout = timeout
         self.credential = credential
-        self._connections = {a: protocol.Connection(a[0], a[1], timeout, credential, tls_context) for a in self.addresses}
+        self._connections = {a: protocol.Connection(a[0], a[1], timeout, credential, tls_context,
+                                                    name="the arbiter at %s:%s" % a) for a in self.addresses}
         self.current = self.addresses[0]     # the last one that answered as leader (or at all)
 
     @property
@@ -63,6 +64,11 @@ class ArbiterLink:
 
     def __str__(self) -> str:
         return "%s:%s" % self.current
+
+    @property
+    def clock_skew(self) -> float | None:
+        """The current arbiter's wall clock minus ours, s (None: not heard yet)."""
+        return self._connections[self.current].clock.skew
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         """The leader's reply; a not-the-leader reply only when no arbiter leads.

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from pgha import clusters, logs, reload
+from pgha import clusters, logs, reload, requests
 from pgha.errors import ProtocolError
+from pgha.election import LeaderElection, not_the_leader
 from pgha.limits import clip
 
 log = logs.get("arbiter")
@@ -24,13 +25,19 @@ SHOWN_CLUSTERS = 5      # an error names at most this many of the clusters serve
 class ArbiterService:
     """handlers: name -> what answers that cluster's requests (an Arbiter, or
     a LeadingArbiter in front of it); deciders: name -> the Arbiter itself
-    (for a reload), the handlers when they are Arbiters."""
+    (for a reload), the handlers when they are Arbiters; leadership: when
+    several arbiter processes share the state, the reload request is the
+    leader's (SIGHUP still reloads every process's own settings)."""
 
-    def __init__(self, handlers: Mapping[str, Any], home: str, deciders: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, handlers: Mapping[str, Any], home: str, deciders: Mapping[str, Any] | None = None,
+                 leadership: LeaderElection | None = None) -> None:
         self.handlers = dict(handlers)
+        self.leadership = leadership    # several arbiter processes: the service's own kinds wait for the lead
         self.deciders = dict(deciders if deciders is not None else handlers)
         self.home = home
         self.settings_loader: Callable[[], Any] | None = None   # arbiter.py sets it: reload_settings
+        # key id -> that sender's clock minus ours (auth.Verifier.skews; ArbiterServer sets it)
+        self.clock_skews: Mapping[str, float] = {}
 
     @classmethod
     def single(cls, arbiter: Any) -> ArbiterService:
@@ -50,25 +57,36 @@ class ArbiterService:
                                 "(pgha-ctl --cluster NAME)")
         raise ProtocolError(f"this arbiter does not serve cluster {clip(repr(cluster))} (it serves {self})")
 
-    def handle(self, message: dict[str, Any]) -> dict[str, Any]:
-        kind = message["type"]
-        if kind == "clusters":
+    def handle(self, request: requests.Request) -> dict[str, Any]:
+        if isinstance(request, requests.Clusters):
             return {"type": "clusters", "clusters": sorted(self.handlers),
                     "home": self.home if self.home in self.handlers else None}
-        if kind == "reload":
-            return self._reload(message.get("cluster"))
-        name, handler = self.resolve(message.get("cluster"))
-        reply = handler.handle(message)
+        if isinstance(request, requests.Reload):
+            if self.leadership is not None and self.leadership.term() is None:
+                return not_the_leader(self.leadership)
+            return self._reload(request.cluster)
+        named = getattr(request, "cluster", None)
+        name, handler = self.resolve(named)
+        reply: dict[str, Any] = handler.handle(request)
+        if reply.get("type") == "status" and isinstance(reply.get("nodes"), dict):
+            reply = {**reply, "nodes": self._with_skews(name, reply["nodes"])}
         # Echoed to whoever named it (every node does); a tool that named none
         # asked the home cluster and gets its reply as it always was.
-        return reply if message.get("cluster") is None else {**reply, "cluster": name}
+        return reply if named is None else {**reply, "cluster": name}
 
-    def is_member(self, message: dict[str, Any]) -> bool:
+    def _with_skews(self, cluster: str, nodes: dict[str, Any]) -> dict[str, Any]:
+        """Each node's entry with "clock_skew": its wall clock minus ours, in
+        seconds, as its last authentic request showed (None: not heard)."""
+        home = cluster == self.home
+        return {name: {**entry, "clock_skew": self.clock_skews.get(clusters.member_id(cluster, name, home))}
+                if isinstance(entry, dict) else entry for name, entry in nodes.items()}
+
+    def is_member(self, request: requests.Request) -> bool:
         """A heartbeat in the name of a member of the cluster it names."""
-        if message["type"] != "heartbeat":
+        if not isinstance(request, requests.Heartbeat):
             return False
-        handler = self.handlers.get(clusters.addressed(message.get("cluster"), self.home))
-        return handler is not None and message["node"] in handler.topology
+        handler = self.handlers.get(clusters.addressed(request.cluster, self.home))
+        return handler is not None and request.node in handler.topology
 
     # -- reload: one settings file for every cluster ---------------------------------------
 

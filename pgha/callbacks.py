@@ -1,7 +1,8 @@
-"""User callbacks (on_role_change, on_start, on_stop), run off the HA loop.
+"""User callbacks (on_role_change, on_start, on_stop, on_reload, on_restart),
+run off the HA loop; and pre_promote, the one run on it and waited for.
 
-Like Patroni's: the script gets three arguments, the event name, the role
-and the node's name. fire() only queues the event and returns at once, so a
+The script gets three arguments, the event name, the role and the node's
+name (Patroni's third is the cluster's scope). fire() only queues the event and returns at once, so a
 slow or hanging script never delays a failover. One background thread runs
 the queue, one script at a time; events that pile up are coalesced (a newer
 event of the same name replaces a queued one: only the latest role matters).
@@ -24,7 +25,7 @@ from pgha import logs
 
 log = logs.get("callbacks")
 
-EVENTS = ("on_role_change", "on_start", "on_stop")
+EVENTS = ("on_role_change", "on_start", "on_stop", "on_reload", "on_restart")
 STDERR_TAIL = 400       # bytes of a script's stderr that reach the log
 
 

@@ -39,6 +39,19 @@ def load_settings_and_flags(program, description, defaults, specs, checks=(), ar
     return settings, args
 
 
+VALIDATE = ("--validate", "check the settings (and what they name on this host), print what is wrong, and exit")
+
+
+def validated(program, settings, args, problems):
+    """--validate: print each problem (exit status 2) or that the settings are OK (0)."""
+    found = problems(settings)
+    for line in found:
+        print(f"{program}: {line}", file=sys.stderr)
+    if not found:
+        print(f"{program}: settings OK ({args.settings or 'the defaults'})")
+    return 2 if found else 0
+
+
 def settings_loader(defaults, specs, checks, path):
     """A function that loads the settings again (for a reload), raising
     SettingsError with one line, placeholders included."""
@@ -61,18 +74,23 @@ def load_tls(program, settings):
         sys.exit(2)
 
 
-def load_keys(program, loader, *args):
-    """loader(*args) from pgha.keys; exit 2 with one line when the key file is missing or unsafe."""
+def load_keys(program, loader, path, *args):
+    """loader(path, *args) from pgha.keys; exit 2 with one line when the key
+    file is missing or unsafe (a daemon trusts only a key file that root or
+    its own user owns and only they can write)."""
+    from pgha import files
     from pgha import keys as keys_mod
     try:
-        return loader(*args)
-    except keys_mod.KeyFileError as exc:
+        files.check_trusted(path, "key file")
+        return loader(path, *args)
+    except (keys_mod.KeyFileError, files.UnsafePathError) as exc:
         print(f"{program}: {exc}", file=sys.stderr)
         sys.exit(2)
 
 
 def without_system_openssl(settings):
-    """The node daemon without TLS: keep the system's OpenSSL out of the process.
+    """The node daemon without TLS, unless its setting system_openssl says
+    otherwise: keep the system's OpenSSL out of the process.
 
     A daemon that never speaks TLS would still map the system's libcrypto and
     libssl (~3.5 MB resident): hashlib/hmac (pgha.auth) use OpenSSL's SHA-256,
@@ -83,13 +101,13 @@ def without_system_openssl(settings):
     pgha.api. With TLS on, ssl loads the library anyway: nothing is changed.
     TLS contexts are made once at start (Node), never on a reload.
     """
-    if tls_mod.enabled(settings):
+    if tls_mod.enabled(settings) or settings.system_openssl:
         return
     # hashlib and hmac fall back to Python's built-in SHA-256 (same bytes;
     # a heartbeat signs a few short messages, so speed does not matter), and
     # hmac.compare_digest to _operator's, the same constant-time comparison.
-    sys.modules.setdefault("_hashlib", None)
+    sys.modules.setdefault("_hashlib", None)  # type: ignore[arg-type]  # None: "import fails", by design
     # `import ssl` now raises ImportError: psycopg2 then leaves thread safety
     # to libpq and its bundled libcrypto (OpenSSL >= 1.1 needs no callbacks),
     # http.client goes without HTTPS, which the node never uses.
-    sys.modules.setdefault("ssl", None)
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]

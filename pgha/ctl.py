@@ -1,11 +1,24 @@
 """Operator commands against the arbiter (console script `pgha-ctl`, or `python -m pgha.ctl`).
 
-    pgha-ctl [--arbiter HOST:PORT] [--key-file FILE] [--cluster NAME] COMMAND
+    pgha-ctl [--arbiter HOST:PORT ...] [--key-file FILE] [--cluster NAME] COMMAND
       list [--json] [--watch [SECONDS]]    members as a table (like patronictl list)
       status [-v]                          the decision and each node's last report
       history [--json] [--limit N]         the arbiter's durable event log
-      switchover [--to NODE] [--at TIME]   planned hand-over (TIME: ISO 8601 or +30s, +5m)
-      failover --to NODE [--force]         manual failover (refused if NODE could lose data)
+      topology                             the table as a tree: who streams from whom
+      version                              pgha-ctl's version and the arbiter's
+      switchover [--to NODE] [--at TIME [--replace]]
+                                           planned hand-over (TIME: ISO 8601 or +30s, +5m); --at is
+                                           kept in the arbiter's state until due or flushed
+      failover --to NODE [--allow-data-loss] [--primary-stopped]
+                                           manual failover (refused if NODE could lose data)
+        switchover and failover: [--force] (no question; needed without a terminal)
+                                 [--wait SECONDS | --no-wait] (default: wait 60 s for the new primary
+                                 and print it; exit 1 if it is not there)
+      flush switchover                     cancel the scheduled switchover
+      reinit MEMBER [--force] [--wait SECONDS | --no-wait]
+                                           a standby makes a fresh copy of the primary (its old data
+                                           kept until the copy is complete); waits until it streams
+      query [-m MEMBER | -r ROLE] -c SQL   run SQL on a member (password from PGPASSWORD or pgpass)
       pause | resume                       maintenance mode: no failover, nodes leave PostgreSQL alone
       rebuild --confirm --epoch N --primary NODE
 
@@ -16,14 +29,23 @@
 (its cluster_name). On a many-cluster arbiter `list` and `status` without
 --cluster show every cluster (list with a Cluster column).
 
-The credential is the operator's key file (operator.keys from pgha-keys
-generate), or the reader's (or a node's) for list, status and history;
---key-file, else the environment variable PGHA_OPERATOR_KEY_FILE. When the
-arbiter port runs TLS (pgha.tls), --tls-ca/--tls-cert/--tls-key (or
-PGHA_TLS_CA/PGHA_TLS_CERT/PGHA_TLS_KEY) name the CA and the operator's certificate.
+--arbiter: several arbiters (state on etcd, one leads): pgha-ctl asks the
+one that leads and follows a "not the leader" reply to it, as the nodes do
+(pgha.arbiter_link). An arbiter that does not lead refuses every command
+that changes or decides from the cluster's state.
 
-Exit codes: 0 done; 1 refused by the arbiter or arbiter unreachable;
-2 usage error or no usable credential. Errors are one line on stderr.
+The credential is the operator's key file (operator.keys from pgha-keys
+generate), or the reader's (or a node's) for list, status and history.
+When the arbiter port runs TLS (pgha.tls), --tls-ca/--tls-cert/--tls-key
+name the CA and the operator's certificate. Options not given come from the
+environment, then a settings file (pgha.ctl_settings: PGHA_ARBITERS,
+PGHA_KEY_FILE or PGHA_OPERATOR_KEY_FILE, PGHA_CLUSTER, PGHA_TLS_CA/CERT/KEY;
+~/.config/pgha/ctl). Output to a closed pipe (`list | head -2`) ends quietly.
+
+Exit codes: 0 done; 1 refused by the arbiter, arbiter unreachable, not
+confirmed, or a switchover/failover that did not complete within --wait;
+2 usage error, no usable credential, or switchover/failover without a
+terminal and without --force. Errors are one line on stderr.
 """
 from __future__ import annotations
 
@@ -36,12 +58,20 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from pgha import keys, protocol, tls
+from pgha import arbiter_link, ctl_settings, keys, protocol, requests, settings, tls, version
+from pgha.auth import SKEW_NOTICE
+from pgha.errors import ProtocolError
+from pgha.limits import clip, printable
 
 KEY_FILE_ENV = "PGHA_OPERATOR_KEY_FILE"
 TLS_OPTIONS = (("ca", "PGHA_TLS_CA", "cluster's CA certificate"), ("cert", "PGHA_TLS_CERT", "operator's certificate"),
                ("key", "PGHA_TLS_KEY", "operator's certificate key (0600)"))
 OK, REFUSED, USAGE = 0, 1, 2
+TIMEOUT = 5.0
+WAIT = 60.0             # switchover, failover: seconds to wait for the new primary
+REINIT_WAIT = 600.0     # reinit: seconds to wait for the fresh copy to stream (a clone takes its time)
+POLL = 0.25             # between status requests while waiting
+STALE_HEARTBEATS = 3    # list: a report older than this many heartbeats is "unknown"
 MB = 1024 * 1024
 
 
@@ -54,15 +84,18 @@ class Usage(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pgha-ctl", description="Ask the arbiter")
-    parser.add_argument("--arbiter", default="127.0.0.1:5430", help="HOST:PORT (default %(default)s)")
-    parser.add_argument("--key-file", default=os.environ.get(KEY_FILE_ENV),
-                        help=f"operator (or reader) key file (default: ${KEY_FILE_ENV})")
+    parser = argparse.ArgumentParser(prog="pgha-ctl", description="Ask the arbiter",
+                                     epilog="Unset options come from the environment, then the settings file "
+                                            "(pgha.ctl_settings: PGHA_ARBITERS, PGHA_KEY_FILE, ~/.config/pgha/ctl)")
+    parser.add_argument("--arbiter", action="append",
+                        help="HOST:PORT of an arbiter; several (repeated, or HOST:PORT,HOST:PORT): the one that "
+                             f"leads answers (default: $PGHA_ARBITERS, else {ctl_settings.DEFAULT_ARBITER})")
+    parser.add_argument("--key-file",
+                        help=f"operator (or reader) key file (default: $PGHA_KEY_FILE or ${KEY_FILE_ENV})")
     parser.add_argument("--cluster", help="the cluster (on an arbiter serving several; default: its home "
                                           "cluster; list and status: every cluster)")
     for option, env, what in TLS_OPTIONS:
-        parser.add_argument(f"--tls-{option}", default=os.environ.get(env),
-                            help=f"TLS: the {what} (default: ${env}); all three or none")
+        parser.add_argument(f"--tls-{option}", help=f"TLS: the {what} (default: ${env}); all three or none")
     sub = parser.add_subparsers(dest="command", required=True)
     lister = sub.add_parser("list", help="the members as a table")
     lister.add_argument("--json", action="store_true", help="machine-readable output")
@@ -70,17 +103,45 @@ def build_parser() -> argparse.ArgumentParser:
                         help="redraw every SECONDS (default 2) until Ctrl-C")
     status = sub.add_parser("status", help="the cluster's decision and each node's last report")
     status.add_argument("-v", action="store_true", help="also the arbiter's whole reply as JSON")
+    status.add_argument("--print-signed", action="store_true",
+                        help="print the signed request instead of sending it (the X-Pgha-Signed header for a "
+                             "node's REST /cluster when api_cluster_key_file is set; valid once, for auth.WINDOW s)")
     history = sub.add_parser("history", help="the arbiter's event log (failovers, switchovers, pauses)")
     history.add_argument("--json", action="store_true")
     history.add_argument("--limit", type=int, default=20, help="the last N events (default %(default)s)")
     switch = sub.add_parser("switchover", help="planned hand-over to the standby (or --to NODE)")
     switch.add_argument("node", nargs="?", help=argparse.SUPPRESS)    # the old positional form
-    switch.add_argument("--to", help="the node to hand over to (default: the standby)")
-    switch.add_argument("--at", help="when: ISO 8601 time (UTC unless it has an offset) or +30s, +5m, +1h")
+    switch.add_argument("--to", "--candidate", dest="to", help="the node to hand over to (default: the standby)")
+    switch.add_argument("--at", "--scheduled", dest="at", help="when: ISO 8601 time (UTC unless it has an offset) or +30s, +5m, +1h; "
+                                     "kept in the arbiter's state until then (cancel: flush switchover)")
+    switch.add_argument("--replace", action="store_true", help="with --at: replace a switchover already scheduled")
     fail = sub.add_parser("failover", help="manual failover to NODE (a switchover while the primary lives)")
-    fail.add_argument("--to", required=True, help="the node to promote")
-    fail.add_argument("--force", action="store_true",
+    fail.add_argument("--to", "--candidate", dest="to", required=True, help="the node to promote")
+    fail.add_argument("--primary-stopped", action="store_true",
+                      help="the primary's daemon was stopped in maintenance mode and left PostgreSQL running "
+                           "unfenced: you have stopped that PostgreSQL (the arbiter refuses the failover without this)")
+    fail.add_argument("--allow-data-loss", action="store_true",
                       help="promote it even if it may lack acknowledged commits (DATA LOSS)")
+    for cmd in (switch, fail):
+        cmd.add_argument("--primary", "--leader", dest="expect_primary", metavar="NODE",
+                         help="refuse unless NODE is the primary now (patronictl's --primary)")
+        cmd.add_argument("--force", action="store_true", help="no confirmation (needed when stdin is not a terminal)")
+        cmd.add_argument("--wait", type=float, default=WAIT, metavar="SECONDS",
+                         help="wait this long for the new primary (default %(default)g); exit 1 if it is not there")
+        cmd.add_argument("--no-wait", dest="wait", action="store_const", const=0.0,
+                         help="return once the arbiter has accepted the request")
+    reinit = sub.add_parser("reinit", help="a standby makes a fresh copy of the primary (pg_basebackup)")
+    reinit.add_argument("member", help="the standby to copy afresh")
+    reinit.add_argument("--force", action="store_true", help="no confirmation (needed when stdin is not a terminal)")
+    reinit.add_argument("--wait", type=float, default=REINIT_WAIT, metavar="SECONDS",
+                        help="wait this long for it to stream again (default %(default)g); exit 1 if it does not")
+    reinit.add_argument("--no-wait", dest="wait", action="store_const", const=0.0,
+                        help="return once the arbiter has accepted the order")
+    flush = sub.add_parser("flush", help="cancel something scheduled: `flush switchover`")
+    flush.add_argument("what", choices=requests.FLUSHABLE)
+    sub.add_parser("version", help="pgha-ctl's version and the arbiter's")
+    sub.add_parser("topology", help="the members as a tree: who streams from whom")
+    add_query_command(sub)
     sub.add_parser("pause", help="maintenance mode on: no failover; nodes leave PostgreSQL alone")
     sub.add_parser("resume", help="maintenance mode off")
     add_rebuild_command(sub)
@@ -93,11 +154,18 @@ def main(argv: list[str] | None = None,
     """call(host, port, message, timeout=, credential=): protocol.call unless a test passes another."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    host, _, port = args.arbiter.rpartition(":")
-    if not host or not port.isdigit():
-        parser.error(f"--arbiter must be HOST:PORT, got {args.arbiter!r}")
+    try:
+        found = ctl_settings.resolve({"arbiters": ",".join(args.arbiter or ()), "key_file": args.key_file,
+                                      "cluster": args.cluster, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert,
+                                      "tls_key": args.tls_key}, os.environ)
+        addresses = ctl_settings.addresses(found["arbiters"])
+    except ctl_settings.SettingsError as exc:
+        print(f"ctl: {exc}", file=sys.stderr)
+        return USAGE
+    args.key_file, args.cluster = found["key_file"], found["cluster"]
+    args.tls_ca, args.tls_cert, args.tls_key = found["tls_ca"], found["tls_cert"], found["tls_key"]
     if not args.key_file:
-        parser.error(f"no credential: pass --key-file or set {KEY_FILE_ENV}")
+        parser.error(f"no credential: pass --key-file or set PGHA_KEY_FILE (or {KEY_FILE_ENV})")
     try:
         credential = keys.client_credential(args.key_file)
     except keys.KeyFileError as exc:
@@ -106,28 +174,45 @@ def main(argv: list[str] | None = None,
     given = [args.tls_ca, args.tls_cert, args.tls_key]
     if any(given) and not all(given):
         parser.error("--tls-ca, --tls-cert and --tls-key go together (all or none)")
-    extra: dict[str, Any] = {}
+    tls_context = None
     if all(given):
         try:
-            extra["tls_context"] = tls.client_context(args.tls_cert, args.tls_key, args.tls_ca)
+            tls_context = tls.client_context(args.tls_cert, args.tls_key, args.tls_ca)
         except tls.TLSError as exc:
             print(f"ctl: {exc}", file=sys.stderr)
             return USAGE
-    if args.command == "reload" and args.print_signed:     # a body for POST /reload: nothing is sent
-        request = about({"v": protocol.VERSION, "type": "reload"}, args.cluster)
+    if getattr(args, "print_signed", False):    # a body for POST /reload, a header for GET /cluster: nothing is sent
+        request = about({"v": protocol.VERSION, "type": args.command}, args.cluster)
         print(json.dumps(credential.sign(request)))
         return OK
-    send = call or protocol.call
+    send: Callable[[dict[str, Any]], dict[str, Any]]
+    close: Callable[[], None]
+    if call is None:        # the leading arbiter among the addresses, as the nodes find it
+        link = arbiter_link.ArbiterLink(addresses, TIMEOUT, credential, tls_context)
+        send, close = link.request, link.close
+    else:                   # a test's stand-in for protocol.call, at the first address
+        host, port = addresses[0]
+        extra = {} if tls_context is None else {"tls_context": tls_context}
+
+        def send(message: dict[str, Any]) -> dict[str, Any]:
+            return call(host, port, message, timeout=TIMEOUT, credential=credential, **extra)
+
+        def close() -> None:
+            pass
+    shown = ", ".join("%s:%s" % a for a in addresses)
 
     def ask(message: dict[str, Any]) -> dict[str, Any]:
-        message = about(message, args.cluster)
+        message = checked(about(message, args.cluster))
         try:
-            reply = send(host, int(port), message, timeout=5.0, credential=credential, **extra)
+            reply = send(message)
         except (OSError, protocol.ProtocolError) as exc:
-            raise Refused(f"arbiter {args.arbiter} unreachable: {exc}") from None
+            raise Refused(f"arbiter {shown} unreachable: {exc}") from None
         if reply.get("type") == "error":
-            raise Refused(str(reply.get("error")))
-        return reply
+            close()     # the arbiter may close after a refusal: the next request connects again
+            raise Refused(printable(refusal(reply)))
+        # Strings from the arbiter (node names, an operator's text) are shown
+        # with control characters escaped; --json output escapes them itself.
+        return reply if getattr(args, "json", False) else printable_tree(reply)
 
     try:
         return COMMANDS[args.command](args, ask)
@@ -139,6 +224,32 @@ def main(argv: list[str] | None = None,
         return USAGE
     except KeyboardInterrupt:
         return OK
+    except BrokenPipeError:
+        # The reader left (`pgha-ctl list | head -2`): end quietly, and let
+        # the interpreter's last flush go nowhere instead of failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK
+    finally:
+        close()
+
+
+def checked(message: dict[str, Any]) -> dict[str, Any]:
+    """The message, once the arbiter's own check of every field (pgha.requests)
+    passes; a Usage error before anything is sent."""
+    try:
+        requests.parse(dict(message))
+    except ProtocolError as exc:
+        raise Usage(str(exc)) from None
+    return message
+
+
+def refusal(reply: dict[str, Any]) -> str:
+    """The arbiter's error; "not the leader" names where the leader is."""
+    error = str(reply.get("error"))
+    if arbiter_link.is_not_leader(reply):
+        leader = reply.get("leader")
+        error += f" (the leader is at {leader}: add --arbiter {leader})" if leader else " (no arbiter leads)"
+    return error
 
 
 Ask = Callable[[dict[str, Any]], dict[str, Any]]
@@ -199,44 +310,87 @@ def cmd_list(args: argparse.Namespace, ask: Ask) -> int:
         time.sleep(args.watch)
 
 
-COLUMNS = ("Member", "Host", "Role", "State", "TL", "Lag in MB", "Lease left", "Epoch", "Last action")
+COLUMNS = ("Member", "Host", "Role", "State", "TL", "Lag in MB", "Lease left", "Disk", "Epoch", "Last action")
 
 
 def list_rows(status: dict[str, Any]) -> list[dict[str, Any]]:
     """One dict per member from the arbiter's status reply (what --json prints)."""
     nodes = status.get("nodes") or {}
     primary_name = status.get("primary")
-    primary = (nodes.get(primary_name) or {}).get("report") or {} if primary_name else {}
+    stale_after = STALE_HEARTBEATS * (status.get("heartbeat_interval") or settings.HEARTBEAT_INTERVAL)
+    primary_node = (nodes.get(primary_name) or {}) if primary_name else {}
+    primary_stale = (primary_node.get("last_seen_ago") or 0) > stale_after
+    primary = {} if primary_stale else primary_node.get("report") or {}
     primary_lsn = primary.get("lsn") if primary.get("pg") == "running" and primary.get("role") == "primary" \
         else None
     rows = []
     for name, node in nodes.items():
         node = node or {}
-        report = node.get("report") or {}
+        age = node.get("last_seen_ago")
+        old = age is not None and age > stale_after
+        # A daemon stopped in pause said it left PostgreSQL running unfenced: its
+        # last report stays what is known (with its age), never "unknown"; the
+        # mark is also in the stored decision, which an arbiter restart keeps.
+        unfenced = bool((node.get("report") or {}).get("unfenced")) or \
+            (name == primary_name and bool(status.get("primary_unfenced")))
+        stale = old and not unfenced
+        report = {} if stale else node.get("report") or {}
+        if unfenced:
+            report = {**report, "unfenced": True}
         running = report.get("pg") == "running"
         role = report.get("role") if running else None
         lag = None
         if role == "standby" and primary_lsn is not None:
             lag = max(0, primary_lsn - max(report.get("lsn") or 0, report.get("receive_lsn") or 0))
         leases = report.get("lease_remaining")
-        address = report.get("address") or {}
+        address = (node.get("report") or {}).get("address") or {}
         rows.append({
             "member": name,
             "host": f"{address['host']}:{address['pg_port']}" if address.get("host") else None,
-            "role": _role(name, role, primary_name, primary.get("sync_standby")),
-            "state": ("streaming" if report.get("receiver") == "streaming" else report.get("pg", "unknown"))
-            if report else "unknown",
+            "role": _role(name, role, primary_name, primary.get("sync_standby"), stale),
+            "state": "unknown" + f" (report {age:.1f}s old)" if stale else
+            _state(report) + (f" (report {age:.1f}s old)" if old else ""),
+            "stale": stale,
             "timeline": report.get("timeline"),
             "lag_bytes": lag,
             "lease_left": max(leases.values()) if leases else None,
+            "disk": report.get("disk"),
             "epoch": node.get("epoch"),
             "last_action": report.get("last_action"),
-            "last_seen_ago": node.get("last_seen_ago"),
+            "last_seen_ago": age,
         })
     return rows
 
 
-def _role(name: str, running_as: str | None, primary: str | None, sync_name: str | None) -> str:
+def disk_text(disk: dict[str, Any], long: bool = False) -> str:
+    """The report's disk use: "43% (WAL 96 MB)", "!" when past the node's warning
+    share; long: with the free space, and pg_wal's own disk when it has one."""
+    def used(size: Any, free: Any) -> str:
+        return f"{100 * (size - free) / size:.0f}%" if isinstance(size, int) and isinstance(free, int) and size > 0 \
+            else "?"
+    text = used(disk.get("data_size"), disk.get("data_free"))
+    if long and isinstance(disk.get("data_free"), int):
+        text += f" used ({disk['data_free'] / MB:.0f} MB free)"
+    if "wal_size" in disk:
+        text += f", pg_wal's disk {used(disk.get('wal_size'), disk.get('wal_free'))}"
+    wal = disk.get("wal_bytes")
+    if isinstance(wal, int):
+        text += f", pg_wal {wal / MB:.0f} MB" if long else f" (WAL {wal / MB:.0f} MB)"
+    return text + (" !" if disk.get("warning") else "")
+
+
+def _state(report: dict[str, Any]) -> str:
+    if not report:
+        return "unknown"
+    if report.get("unfenced"):      # its daemon stopped in pause (docs/ha-model.md, maintenance mode)
+        return "running, daemon stopped, unfenced"
+    return "streaming" if report.get("receiver") == "streaming" else report.get("pg", "unknown")
+
+
+def _role(name: str, running_as: str | None, primary: str | None, sync_name: str | None,
+          stale: bool = False) -> str:
+    if stale:
+        return "Leader (unknown)" if name == primary else "unknown"
     if running_as == "primary":
         return "Leader" if name == primary else "Primary (NOT the arbiter's)"
     if running_as == "standby":
@@ -262,6 +416,7 @@ def list_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
     return [[r["member"], r["host"] or "-", r["role"], r["state"], _show(r["timeline"]),
              "-" if r["lag_bytes"] is None else f"{r['lag_bytes'] / MB:.1f}",
              "-" if r["lease_left"] is None else f"{r['lease_left']:.1f}s",
+             "-" if not r["disk"] else disk_text(r["disk"]),
              _show(r["epoch"]), r["last_action"] or "-"] for r in rows]
 
 
@@ -303,6 +458,17 @@ def _show(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def printable_tree(value: Any) -> Any:
+    """A reply with every string in it (keys too) passed through limits.printable."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable_tree(k): printable_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [printable_tree(v) for v in value]
+    return value
+
+
 # -- status ----------------------------------------------------------------------------------
 
 def cmd_status(args: argparse.Namespace, ask: Ask) -> int:
@@ -321,15 +487,26 @@ def show_status(args: argparse.Namespace, reply: dict[str, Any]) -> int:
     print(f"epoch {reply['epoch']}, primary {reply['primary']}, standby "
           f"{'promotable' if reply['promotable'] else 'NOT promotable'}, "
           f"{'PAUSED (maintenance mode)' if reply.get('paused') else 'not paused'}")
+    if reply.get("switchover_to"):
+        print(f"switchover to {reply['switchover_to']} pending")
+    scheduled = reply.get("switchover_scheduled")
+    if scheduled:
+        print(f"switchover to {scheduled.get('to') or 'the standby'} scheduled at {scheduled.get('at')} "
+              f"(in {scheduled.get('in')}s; cancel: pgha-ctl flush switchover)")
     for name, node in reply["nodes"].items():
         report = node.get("report") or {}
         seen = node.get("last_seen_ago")
         action = report.get("last_action")
         clone = report.get("clone_progress") or {}
         cloning = f", cloning {clone.get('percent')}% of {clone.get('total_bytes', 0) / MB:.0f} MB" if clone else ""
+        disk = report.get("disk")
+        skew = node.get("clock_skew")
+        skewed = f", clock skew of {skew:+.1f} s with the arbiter (this node's clock is " \
+            f"{'ahead' if skew > 0 else 'behind'})" if isinstance(skew, (int, float)) and abs(skew) >= SKEW_NOTICE else ""
         print(f"  {name}: {report.get('pg', 'unknown')} {report.get('role') or ''}"
               f"{'' if seen is None else f', last report {seen:.1f}s ago'}"
-              f"{'' if action is None else f', last action {action}'}{cloning}")
+              f"{'' if action is None else f', last action {action}'}{cloning}{skewed}"
+              f"{'' if not disk else ', disk ' + disk_text(disk, long=True)}")
     if args.v:
         print(json.dumps(reply, indent=1))
     return OK
@@ -384,17 +561,162 @@ def format_lsn(value: Any) -> str:
 def cmd_switchover(args: argparse.Namespace, ask: Ask) -> int:
     if args.node and args.to and args.node != args.to:
         raise Usage(f"two targets: {args.node} and --to {args.to}")
+    if args.replace and not args.at:
+        raise Usage("--replace goes with --at (it replaces a scheduled switchover)")
     target = args.to or args.node
     message: dict[str, Any] = {"type": "switchover", "to": target}
+    if args.expect_primary:     # checked again by the arbiter, under its lock
+        message["primary"] = args.expect_primary
     if args.at:
         message["at"] = parse_at(args.at, time.time())
+        if args.replace:
+            message["replace"] = True
+    checked(message)        # the arbiter's own check of every field (--at's range too), before anything is sent
+    before = ask({"type": "status"})
+    when = "at " + datetime.fromtimestamp(message["at"], timezone.utc).isoformat(timespec="seconds") \
+        if args.at else "now"
+    confirm(args, f"Switch over from {before.get('primary')} to {target or 'the standby'} {when}?", before)
     reply = ask(message)
     if args.at:
-        print(f"switchover to {reply.get('switchover_to') or 'the standby'} scheduled at {reply.get('at')} "
-              "(held in the arbiter's memory: an arbiter restart forgets it)")
-    else:
-        print(f"switchover to {reply['switchover_to']} requested: the primary hands over at its next heartbeat")
+        replaced = f" (replacing the one at {reply['replaced']})" if reply.get("replaced") else ""
+        print(f"switchover to {reply.get('switchover_to') or 'the standby'} scheduled at {reply.get('at')}"
+              f"{replaced}: kept in the arbiter's state; cancel with `pgha-ctl flush switchover`")
+        return OK
+    print(f"switchover to {reply['switchover_to']} requested: the primary hands over at its next heartbeat")
+    return wait_for_new_primary(args, ask, before, reply["switchover_to"], "switchover")
+
+
+def confirm(args: argparse.Namespace, question: str, status: dict[str, Any]) -> None:
+    """Ask on the terminal (patronictl's "Are you sure"); --force skips it. A
+    stdin that is no terminal is refused (patronictl reads EOF and aborts):
+    a script says --force. --wait below 0 is refused first; a wrong
+    --primary (switchover, failover) too, before the question."""
+    if args.wait < 0:
+        raise Usage(f"--wait must be 0 or more seconds, got {args.wait:g}")
+    expected = getattr(args, "expect_primary", None)
+    if expected and expected != status.get("primary"):
+        raise Refused(f"{expected} is not the primary ({status.get('primary')} is, at epoch "
+                      f"{status.get('epoch')}): nothing sent")
+    if args.force:
+        return
+    if not _is_tty(sys.stdin):
+        raise Usage(f"{args.command}: stdin is not a terminal, nobody to confirm: pass --force")
+    print(cluster_header(status))
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
+        raise Refused(f"{args.command} not confirmed: nothing sent")
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def wait_for_new_primary(args: argparse.Namespace, ask: Ask, before: dict[str, Any], target: str,
+                         what: str) -> int:
+    """After the arbiter accepted a switchover or failover: wait (--wait) for
+    `target` to be the primary at a newer epoch and to report running as one;
+    print the result; 0, or Refused (exit 1) on a dropped request or a timeout.
+    Each check reads one status snapshot."""
+    if args.wait <= 0:
+        return OK
+    epoch = before.get("epoch") or 0
+
+    def look(status: dict[str, Any], last: bool) -> bool:
+        outcome = switch_outcome(status, epoch, target)
+        if outcome == "done":
+            return True
+        if outcome is not None and outcome != "deciding":
+            raise Refused(f"{what} to {target} failed: {outcome}{last_failure(ask, epoch)}")
+        if last:
+            where = (f"{status.get('primary')} is the primary at epoch {status.get('epoch')} but has not yet "
+                     "reported running as one" if outcome == "deciding" else
+                     f"{status.get('primary')} is still the primary at epoch {status.get('epoch')}")
+            raise Refused(f"{what} to {target}: no result after {args.wait:g}s ({where}); "
+                          "see `pgha-ctl status` and `pgha-ctl history`")
+        return False
+    status, took = poll_status(ask, args.wait, look)
+    print(f"{what} done: {target} is the primary at epoch {status['epoch']} ({took:.1f}s)")
+    print(render_list(status))
     return OK
+
+
+def poll_status(ask: Ask, seconds: float, look: Callable[[dict[str, Any], bool], bool]) -> tuple[dict[str, Any], float]:
+    """One status snapshot every POLL until look(status, last) says done:
+    (that status, seconds waited). `last` is True on the look after `seconds`;
+    look raises Refused to end with a failure (it must, on the last look)."""
+    started = time.monotonic()
+    while True:
+        status = ask({"type": "status"})
+        last = time.monotonic() >= started + seconds
+        if look(status, last):
+            return status, time.monotonic() - started
+        if last:        # a look that forgot to say why
+            raise Refused(f"no result after {seconds:g}s; see `pgha-ctl status`")
+        time.sleep(POLL)
+
+
+def switch_outcome(status: dict[str, Any], epoch: int, target: str) -> str | None:
+    """From one status snapshot: "done" (target decided at a newer epoch and
+    reporting as primary), "deciding" (decided, not yet running as primary),
+    None (still pending), else why it failed."""
+    if (status.get("epoch") or 0) > epoch:
+        if status.get("primary") != target:
+            return f"{status.get('primary')} was promoted instead (epoch {status.get('epoch')})"
+        node = (status.get("nodes") or {}).get(target) or {}
+        report = node.get("report") or {}
+        running = report.get("pg") == "running" and report.get("role") == "primary"
+        return "done" if running and (node.get("epoch") or 0) >= status["epoch"] else "deciding"
+    if status.get("paused"):
+        return "the cluster was paused"
+    if status.get("switchover_to") != target and status.get("failover_to") != target:
+        return "the arbiter dropped the request"
+    return None
+
+
+def cmd_reinit(args: argparse.Namespace, ask: Ask) -> int:
+    message = checked({"type": "reinit", "member": args.member})
+    before = ask({"type": "status"})
+    confirm(args, f"Reinitialize {args.member} (a fresh copy of {before.get('primary')}; its data is replaced)?",
+            before)
+    reply = ask(message)
+    order = reply.get("order")
+    if not isinstance(order, int):      # else "done" could be any stream, before any copy
+        raise Refused(f"reinit of {args.member}: the arbiter's answer names no order ({clip(repr(reply), 80)})")
+    print(f"reinit of {args.member} ordered: it starts once the primary has dropped it from synchronous "
+          "replication")
+    if args.wait <= 0:
+        return OK
+
+    def look(status: dict[str, Any], last: bool) -> bool:
+        report = ((status.get("nodes") or {}).get(args.member) or {}).get("report") or {}
+        if report.get("reinit_done") == order and report.get("receiver") == "streaming":
+            return True
+        if last:
+            clone = report.get("clone_progress") or {}
+            where = f"cloning, {clone.get('percent')}% done" if clone else f"{report.get('pg', 'no report')}"
+            raise Refused(f"reinit of {args.member}: not streaming after {args.wait:g}s ({where}); see "
+                          "`pgha-ctl status`")
+        return False
+    status, took = poll_status(ask, args.wait, look)
+    print(f"reinit done: {args.member} streams from {status.get('primary')} again ({took:.1f}s)")
+    print(render_list(status))
+    return OK
+
+
+def last_failure(ask: Ask, epoch: int) -> str:
+    """The reason of the newest switchover_failed event at `epoch`, if any."""
+    try:
+        events = ask({"type": "history", "limit": 10}).get("events") or []
+    except Refused:
+        return ""
+    reasons = [e.get("reason") for e in events if e.get("event") == "switchover_failed" and e.get("epoch") == epoch]
+    return f" ({reasons[-1]})" if reasons and reasons[-1] else ""
 
 
 _RELATIVE = re.compile(r"^\+(\d+(?:\.\d+)?)([smh]?)$")
@@ -417,17 +739,72 @@ def parse_at(text: str, now: float) -> float:
 
 
 def cmd_failover(args: argparse.Namespace, ask: Ask) -> int:
-    if args.force:
+    message = checked({"type": "failover", "to": args.to, "force": bool(args.allow_data_loss),
+                       "primary_stopped": bool(args.primary_stopped),
+                       **({"primary": args.expect_primary} if args.expect_primary else {})})
+    before = ask({"type": "status"})
+    risk = " even if it may lack acknowledged commits (DATA LOSS)" if args.allow_data_loss else ""
+    confirm(args, f"Fail over from {before.get('primary')} to {args.to}{risk}?", before)
+    if args.allow_data_loss:
         print(f"WARNING: forced failover to {args.to}: if it is not promotable it may lack acknowledged "
               "commits, which are then lost. The arbiter still waits for the old primary's lease to run out.",
               file=sys.stderr)
-    reply = ask({"type": "failover", "to": args.to, "force": bool(args.force)})
+    reply = ask(message)
     if reply.get("how") == "switchover":
         print(f"the primary is alive: switching over to {args.to} (the primary hands over at its next heartbeat)")
     else:
         print(f"failover to {args.to} requested{' (FORCED)' if reply.get('forced') else ''}: it is promoted once "
               "the old primary's lease has run out")
+    return wait_for_new_primary(args, ask, before, args.to, "failover")
+
+
+def cmd_flush(args: argparse.Namespace, ask: Ask) -> int:
+    reply = ask({"type": "flush", "what": args.what})
+    cancelled = reply.get("cancelled") or {}
+    print(f"scheduled switchover to {cancelled.get('to') or 'the standby'} at {cancelled.get('at')} cancelled")
     return OK
+
+
+def cmd_version(args: argparse.Namespace, ask: Ask) -> int:
+    print(f"pgha-ctl version {version.VERSION}")
+    status = ask({"type": "status"})
+    print(f"arbiter version {status.get('arbiter_version') or 'unknown (it does not say: an arbiter older than pgha-ctl version)'}")
+    return OK
+
+
+def cmd_topology(args: argparse.Namespace, ask: Ask) -> int:
+    print(render_topology(ask({"type": "status"})))
+    return OK
+
+
+def render_topology(status: dict[str, Any]) -> str:
+    """The list table as a tree (patronictl topology): each member under the
+    one whose pg_stat_replication names it, indented one "+ " per level."""
+    if status.get("rebuilding"):
+        return "\n".join(rebuild_status_lines(status))
+    rows = {r["member"]: r for r in list_rows(status)}
+    nodes = status.get("nodes") or {}
+    upstream: dict[str, str] = {}
+    for name, node in nodes.items():
+        for row in ((node or {}).get("report") or {}).get("replication") or ():
+            if row.get("name") in rows and row.get("name") != name:
+                upstream.setdefault(row["name"], name)
+    ordered: list[tuple[int, dict[str, Any]]] = []
+
+    def add(name: str, depth: int, seen: frozenset[str]) -> None:
+        ordered.append((depth, rows[name]))
+        for child in sorted(c for c, up in upstream.items() if up == name and c not in seen):
+            add(child, depth + 1, seen | {child})
+    roots = [n for n in rows if n not in upstream]
+    for root in sorted(roots, key=lambda n: (n != status.get("primary"), n)):
+        add(root, 0, frozenset({root}))
+    for name in rows:       # a streaming loop (no root): shown anyway
+        if all(r["member"] != name for _, r in ordered):
+            add(name, 0, frozenset({name}))
+    cells = list_cells([r for _, r in ordered])
+    for (depth, _), row in zip(ordered, cells):
+        row[0] = "+ " * depth + row[0]
+    return cluster_header(status) + "\n" + table(COLUMNS, cells)
 
 
 def cmd_pause(args: argparse.Namespace, ask: Ask) -> int:
@@ -501,10 +878,87 @@ def rebuild_status_lines(reply: dict[str, Any]) -> list[str]:
     return lines
 
 
+# -- query: SQL on a member (patronictl query) ------------------------------------------
+
+QUERY_TIMEOUT = 5       # seconds to connect
+
+
+def add_query_command(sub: Any) -> None:
+    cmd = sub.add_parser("query", help="run SQL on a member (found through the arbiter); the password from "
+                                       "libpq's PGPASSWORD or pgpass file, never an option")
+    which = cmd.add_mutually_exclusive_group()
+    which.add_argument("-m", "--member", help="this member")
+    which.add_argument("-r", "--role", choices=("primary", "standby", "any"), default="primary",
+                       help="the member running as (default %(default)s)")
+    text = cmd.add_mutually_exclusive_group(required=True)
+    text.add_argument("-c", "--command", dest="sql", help="the SQL")
+    text.add_argument("-f", "--file", help="a file with the SQL ('-': stdin)")
+    cmd.add_argument("-d", "--dbname", default=os.environ.get("PGDATABASE", "postgres"),
+                     help="database (default: $PGDATABASE, else postgres)")
+    cmd.add_argument("-U", "--username", default=os.environ.get("PGUSER"),
+                     help="user (default: $PGUSER, else libpq's default)")
+    cmd.add_argument("--json", action="store_true", help="rows as JSON objects")
+
+
+def query_target(status: dict[str, Any], member: str | None, role: str) -> tuple[str, str, int]:
+    """(member, host, port) to run a query on, from one status snapshot; Refused naming why none fits."""
+    nodes = status.get("nodes") or {}
+    if member is not None and member not in nodes:
+        raise Refused(f"no member {member!r} (members: {', '.join(nodes)})")
+    for name in [member] if member else sorted(nodes, key=lambda n: n != status.get("primary")):
+        report = (nodes.get(name) or {}).get("report") or {}
+        address = report.get("address") or {}
+        running_as = report.get("role") if report.get("pg") == "running" else None
+        if member is None and (running_as is None or role != "any" and running_as != role
+                               or role == "primary" and name != status.get("primary")):
+            continue
+        if not address.get("host") or not address.get("pg_port"):
+            raise Refused(f"{name} has not reported its address")
+        return name, str(address["host"]), int(address["pg_port"])
+    raise Refused(f"no member runs as {role} now (see pgha-ctl list)")
+
+
+def cmd_query(args: argparse.Namespace, ask: Ask) -> int:
+    if args.file:
+        try:
+            if args.file == "-":
+                sql = sys.stdin.read()
+            else:
+                with open(args.file, encoding="utf-8") as f:
+                    sql = f.read()
+        except OSError as exc:
+            raise Usage(f"--file: {exc.strerror or exc}: {args.file}") from None
+    else:
+        sql = args.sql
+    name, host, port = query_target(ask({"type": "status"}), args.member, args.role)
+    import psycopg2     # only here: every other command works without a PostgreSQL client library
+    try:
+        with psycopg2.connect(host=host, port=port, dbname=args.dbname, user=args.username,
+                              connect_timeout=QUERY_TIMEOUT, application_name="pgha-ctl") as conn:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                columns = [d[0] for d in cur.description] if cur.description else []
+                rows = cur.fetchall() if cur.description else []
+                done = cur.statusmessage
+        conn.close()
+    except psycopg2.Error as exc:
+        raise Refused(f"query on {name} ({host}:{port}): {' '.join(str(exc).split())}") from None
+    if args.json:
+        print(json.dumps([dict(zip(columns, row)) for row in rows], indent=1, default=str))
+    elif columns:
+        print(table(tuple(printable(c) for c in columns),
+                    [[printable("NULL" if v is None else str(v)) for v in row] for row in rows]))
+    else:
+        print(printable(str(done)))
+    return OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Ask], int]] = {
     "list": cmd_list, "status": cmd_status, "history": cmd_history, "switchover": cmd_switchover,
     "failover": cmd_failover, "pause": cmd_pause, "resume": cmd_resume, "rebuild": cmd_rebuild,
-    "reload": cmd_reload,
+    "reload": cmd_reload, "flush": cmd_flush, "version": cmd_version, "topology": cmd_topology,
+    "query": cmd_query, "reinit": cmd_reinit,
 }
 
 

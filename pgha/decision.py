@@ -12,6 +12,10 @@ Durable state (written before any instruction that depends on it is sent):
     promotable  the standby holds every acknowledged commit (invariant 1)
     paused      maintenance mode: no failover, no switchover; the nodes leave
                 PostgreSQL alone (node_rules row M1); leases and fencing run on
+    scheduled_at, scheduled_to
+                an operator's scheduled switchover (pgha-ctl switchover --at):
+                its wall-clock time and target (None: the standby); durable, so
+                it survives an arbiter restart and a change of leading arbiter
 
 Observations (memory only, rebuilt conservatively after an arbiter restart):
     when each node was last heard, its last report, and the bookkeeping of
@@ -59,6 +63,18 @@ class ClusterState:
     primary: str
     promotable: bool = False
     paused: bool = False
+    # The primary's daemon stopped in pause and left its PostgreSQL running
+    # with the fencer disarmed: no lease bounds that server, so no automatic
+    # failover until the daemon reports again (failover_blocker), and an
+    # operator's failover only with primary_stopped (request_failover).
+    # Durable, so a restarted arbiter or a new etcd leader holds it back too.
+    primary_unfenced: bool = False
+    scheduled_at: float | None = None   # wall-clock seconds
+    scheduled_to: str | None = None
+
+    @property
+    def scheduled(self) -> bool:
+        return self.scheduled_at is not None
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,9 @@ class Memory:
     # (request_failover); forced: even when it is not promotable.
     failover_to: str | None = None
     failover_forced: bool = False
+    # An operator's reinit order (request_reinit): (member, order id), until
+    # the member reports that order carried out (Report.reinit_done).
+    reinit: tuple[str, int] | None = None
 
     @classmethod
     def at_start(cls, now: float) -> Memory:
@@ -100,20 +119,34 @@ def on_heartbeat(state: ClusterState, memory: Memory, topology: Topology, node: 
                  report: Report, now: float, timings: Timings) -> Outcome:
     """Decide what `node` must do, given the report it just sent."""
     previous = memory.reports.get(node)
+    order = memory.reinit
+    done = order is not None and order[0] == node and report.reinit_done == order[1]
+    if done:
+        memory = replace(memory, reinit=None)
+    if report.unfenced and not state.paused:
+        report = replace(report, unfenced=False)    # outside pause its fencer stays armed (invariant 2)
     memory = replace(memory,
                      last_seen={**memory.last_seen, node: now},
                      reports={**memory.reports, node: report})
+    if node == state.primary and epoch == state.epoch and report.unfenced != state.primary_unfenced:
+        # Saved before the reply: the daemon disarms its fencer only once it is told "paused".
+        state = replace(state, primary_unfenced=report.unfenced)
     if epoch > state.epoch:
         # The node acted on a decision this arbiter does not remember: its
         # state file was lost or replaced. Refuse to decide anything.
         why = f"node has acted on epoch {epoch}, newer than the arbiter's {state.epoch}"
+        # Also what an arbiter started with --init on a cluster that already ran sees.
         return Outcome(state, memory, _wait(state, why + ": arbiter state lost?"),
-                       (("error", f"{node}: {why}; refusing to decide (restore the arbiter's state file)"),))
+                       (("error", f"{node}: {why}; refusing to decide: restore the arbiter's state file, or "
+                                  "stop the arbiter, move its state file away and start it with --rebuild "
+                                  "(a state re-created with --init is not this cluster's)"),))
     events: Events
     if node == state.primary:
         state, memory, events = _observe_primary(state, memory, topology, node, previous, report, now, timings)
     else:
         state, memory, events = _observe_standby(state, memory, node, now, timings)
+    if done:
+        events = (("info", f"{node}: reinit done (a fresh copy of {state.primary})"),) + tuple(events)
     return Outcome(state, memory, instruction_for(state, memory, topology, node, now, timings), events)
 
 
@@ -222,7 +255,17 @@ def _instruction_for(state: ClusterState, memory: Memory, topology: Topology, no
                        primary_address=primary_report.address,
                        hurry=memory.switchover_to == node and state.promotable,
                        lease_time=timings.lease_time, heartbeat_interval=timings.heartbeat_interval,
-                       paused=state.paused)
+                       paused=state.paused, reinit=reinit_order_for(memory, primary_report, node, timings))
+
+
+def reinit_order_for(memory: Memory, primary_report: Report, node: str, timings: Timings) -> int:
+    """The reinit order `node` is to carry out now, or 0: only once the primary
+    no longer names it in synchronous_standby_names, so the copy never holds a
+    commit (in strict_sync mode commits wait for it, as the DBA asked)."""
+    order = memory.reinit
+    if order is None or order[0] != node:
+        return 0
+    return order[1] if timings.strict_sync or primary_report.sync_standby != node else 0
 
 
 def failover_blocker(state: ClusterState, memory: Memory, standby: str, now: float, timings: Timings,
@@ -232,6 +275,9 @@ def failover_blocker(state: ClusterState, memory: Memory, standby: str, now: flo
     invariant 1's check, never the lease checks of invariant 2."""
     if state.paused:
         return "the cluster is paused (maintenance mode)"
+    if state.primary_unfenced and memory.failover_to != standby:
+        return (f"{state.primary}'s daemon stopped in maintenance mode and left its PostgreSQL running, "
+                "unfenced: start that daemon again, or stop that PostgreSQL and run pgha-ctl failover")
     forced = memory.failover_forced and memory.failover_to == standby
     if not state.promotable and not forced:
         return "the standby is not known to hold every acknowledged commit"
@@ -258,7 +304,7 @@ def _failover(state: ClusterState, memory: Memory, new_primary: str, now: float,
     # about which nothing is known yet.
     new_memory = replace(memory, primary_seen_at=now, sync_since_lsn=None, sync_dropped_at=None,
                          switchover_to=None, reconnect_grace_until=None, handover_from=None,
-                         failover_to=None, failover_forced=False)
+                         failover_to=None, failover_forced=False, reinit=None)
     event = ("failover", f"epoch {new_state.epoch}: promoting {new_primary} "
                          f"(was standby of {state.primary}): {why}")
     return new_state, new_memory, (event,)
@@ -285,14 +331,17 @@ def _manage_sync(state: ClusterState, memory: Memory, standby: str, report: Repo
     if state.promotable and (not named or not timings.strict_sync and (stalled or not healthy and not reconnecting)):
         why = ("the primary does not name it in synchronous_standby_names" if not named
                else f"commits waited {report.syncrep_wait:.1f}s for it" if stalled
-               else "it is not streaming")
+               else "it is not streaming" if row is None or row.state != "streaming"
+               else f"it has not answered the primary for {row.reply_age:.1f}s")
         state = replace(state, promotable=False)
         # A pending switchover is dropped too: it must not fire much later.
         memory = replace(memory, sync_dropped_at=now, sync_since_lsn=None, switchover_to=None)
         events.append(("warning", f"standby {standby} marked not promotable ({why}); "
                                   "primary may drop synchronous replication"))
     elif not state.promotable:
-        if row is not None and sync_on and healthy and not stalled:
+        if memory.reinit is not None and memory.reinit[0] == standby:
+            memory = replace(memory, sync_since_lsn=None)   # not promotable until its fresh copy streams
+        elif row is not None and sync_on and healthy and not stalled:
             if memory.sync_since_lsn is None:
                 memory = replace(memory, sync_since_lsn=report.lsn)
             elif row.flush_lsn >= memory.sync_since_lsn:
@@ -309,6 +358,8 @@ def desired_sync_standby(state: ClusterState, memory: Memory, standby: str, now:
     """The name the primary must put in synchronous_standby_names, or None."""
     if timings.strict_sync or state.promotable:
         return standby
+    if memory.reinit is not None and memory.reinit[0] == standby:
+        return None     # it is about to make a fresh copy: off first, so no commit waits for it
     if memory.handover_from == standby and now - memory.handover_at < timings.lease_time:
         return standby
     primary_report = memory.reports.get(state.primary)
@@ -325,9 +376,20 @@ def _wait(state: ClusterState, reason: str) -> Instruction:
     return Instruction(epoch=state.epoch, role=WAIT, reason=reason)
 
 
+def not_the_expected_primary(state: ClusterState, expected: str | None) -> str | None:
+    """An operator named the primary they saw (pgha-ctl --primary): refused,
+    under the arbiter's lock, when it is no longer the primary."""
+    if expected is None or expected == state.primary:
+        return None
+    return f"{expected} is not the primary ({state.primary} is, at epoch {state.epoch})"
+
+
 def request_switchover(state: ClusterState, memory: Memory, topology: Topology,
-                       target: str | None) -> tuple[Memory, str | None]:
+                       target: str | None, expect_primary: str | None = None) -> tuple[Memory, str | None]:
     """A planned switchover: the primary will be told to hand over."""
+    wrong = not_the_expected_primary(state, expect_primary)
+    if wrong:
+        return memory, wrong
     target = target or topology.standby_of(state.primary)
     if target not in topology:
         return memory, f"unknown node {target!r}"
@@ -340,13 +402,35 @@ def request_switchover(state: ClusterState, memory: Memory, topology: Topology,
     return replace(memory, switchover_to=target), None
 
 
+def request_reinit(state: ClusterState, memory: Memory, topology: Topology, member: str,
+                   order: int) -> tuple[ClusterState, Memory, str | None]:
+    """An operator's order: `member`, a standby, makes a fresh copy of the
+    primary (pg_basebackup; its old data is kept until the copy is complete).
+    It is not promotable from now on (saved before the order is announced),
+    the primary is told to drop it from synchronous replication, and the
+    order reaches it once the primary has (reinit_order_for). `order`: a
+    fresh id, so an order given before an arbiter restart is not taken as
+    this one. An order still pending for the same member is replaced."""
+    if member not in topology:
+        return state, memory, f"unknown member {member!r} (members: {', '.join(topology.members)})"
+    if member == state.primary:
+        return state, memory, f"{member} is the primary: switch over first (pgha-ctl switchover), then reinit it"
+    if state.paused:
+        return state, memory, "the cluster is paused (maintenance mode: nodes leave PostgreSQL alone): resume first"
+    if memory.switchover_to == member:
+        return state, memory, f"a switchover to {member} is under way"
+    return (replace(state, promotable=False),
+            replace(memory, reinit=(member, order), sync_since_lsn=None, switchover_to=None), None)
+
+
 def primary_alive(memory: Memory, now: float, timings: Timings) -> bool:
     """The primary reported within a lease: its leases may still run."""
     return now - memory.primary_seen_at < timings.lease_time
 
 
 def request_failover(state: ClusterState, memory: Memory, topology: Topology, target: str, force: bool,
-                     now: float, timings: Timings) -> tuple[Memory, str | None, str]:
+                     now: float, timings: Timings, primary_stopped: bool = False,
+                     expect_primary: str | None = None) -> tuple[Memory, str | None, str]:
     """An operator's manual failover to `target`: (memory, error, how).
 
     With a live primary it is a switchover (how "switchover"): the primary
@@ -354,13 +438,20 @@ def request_failover(state: ClusterState, memory: Memory, topology: Topology, ta
     (how "failover") the standby is promoted once the primary's lease has
     run out, like the automatic failover; `force` waives invariant 1 (the
     standby may lack acknowledged commits), never the lease wait of
-    invariant 2."""
+    invariant 2. A primary left unfenced (its daemon stopped in pause) has no
+    lease to wait for: the operator must say it is stopped (`primary_stopped`)."""
+    wrong = not_the_expected_primary(state, expect_primary)
+    if wrong:
+        return memory, wrong, ""
     if target not in topology:
         return memory, f"unknown node {target!r}", ""
     if target == state.primary:
         return memory, f"{target} is already the primary", ""
     if state.paused:
         return memory, "the cluster is paused (maintenance mode): resume first", ""
+    if state.primary_unfenced and not primary_stopped:
+        return memory, (f"{state.primary}'s daemon stopped in maintenance mode and left its PostgreSQL running "
+                        "with nothing to fence it: stop that PostgreSQL, then pass --primary-stopped"), ""
     if primary_alive(memory, now, timings):
         if not state.promotable:
             return memory, (f"{target} is not promotable (not synchronous and caught up) and the primary "
@@ -369,13 +460,52 @@ def request_failover(state: ClusterState, memory: Memory, topology: Topology, ta
         return replace(memory, switchover_to=target), None, "switchover"
     if not state.promotable and not force:
         return memory, (f"{target} is not promotable: it may lack acknowledged commits; "
-                        "use --force to promote it anyway (data loss)"), ""
+                        "force it (pgha-ctl failover --allow-data-loss) to promote it anyway (data loss)"), ""
     return replace(memory, failover_to=target, failover_forced=force and not state.promotable), None, "failover"
 
 
 def set_paused(state: ClusterState, memory: Memory, paused: bool) -> tuple[ClusterState, Memory]:
-    """Maintenance mode on or off. Pausing drops any pending switchover or
-    manual failover, so none fires at the resume."""
+    """Maintenance mode on or off. Pausing drops any pending or scheduled
+    switchover and any manual failover, so none fires at the resume."""
     if paused:
         memory = replace(memory, switchover_to=None, failover_to=None, failover_forced=False)
+        state = replace(state, scheduled_at=None, scheduled_to=None)
     return replace(state, paused=paused), memory
+
+
+# -- a scheduled switchover (durable: part of ClusterState) ----------------------------------
+
+def schedule_switchover(state: ClusterState, topology: Topology, target: str | None, at: float, wall_now: float,
+                        replacing: bool, expect_primary: str | None = None) -> tuple[ClusterState, str | None]:
+    """An operator's switchover at wall-clock time `at`: (new state, error).
+    Refused: a primary other than the one the operator named, an unknown
+    target or the primary itself, a paused cluster, a time in the past, or
+    one already scheduled unless `replacing` it. A standby not promotable yet
+    is no refusal: it is checked again when due."""
+    wrong = not_the_expected_primary(state, expect_primary)
+    if wrong:
+        return state, wrong
+    if target is not None and target not in topology:
+        return state, f"unknown node {target!r}"
+    if target == state.primary:
+        return state, f"{target} is already the primary"
+    if state.paused:
+        return state, "the cluster is paused (maintenance mode): resume first"
+    if at < wall_now:
+        return state, f"the time is {wall_now - at:.0f}s in the past (by the arbiter's clock)"
+    if state.scheduled and not replacing:
+        return state, ("a switchover is already scheduled (to " + (state.scheduled_to or "the standby") +
+                       "): cancel it with `pgha-ctl flush switchover`, or pass --replace")
+    return replace(state, scheduled_at=float(at), scheduled_to=target), None
+
+
+def cancel_scheduled_switchover(state: ClusterState) -> tuple[ClusterState, str | None]:
+    """pgha-ctl flush switchover: (new state, error when none is scheduled)."""
+    if not state.scheduled:
+        return state, "no switchover is scheduled"
+    return replace(state, scheduled_at=None, scheduled_to=None), None
+
+
+def due_switchover(state: ClusterState, wall_now: float) -> bool:
+    """The scheduled switchover's time has come."""
+    return state.scheduled_at is not None and wall_now >= state.scheduled_at

@@ -156,9 +156,15 @@ def open_fifo(path):
 
 
 def write_pidfile(path):
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        f.write("%d\n" % os.getpid())
+    # Standard library only (this script runs alone), so not pgha.files: a
+    # unique temporary name created O_EXCL|O_NOFOLLOW, so a link planted at
+    # any name is never opened; the rename replaces a link at the target.
+    tmp = "%s.%d.%s.tmp" % (path, os.getpid(), os.urandom(6).hex())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, b"%d\n" % os.getpid())
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
 
 

@@ -9,6 +9,12 @@ One fencer per state folder: a restarted daemon adopts the running one (by
 its pid file) instead of starting a second, and tells it at once what it
 knows (cap or disarm). Commands are written only when the deadline moves by
 more than WRITE_STEP, to keep an idle primary's CPU low.
+
+Threads: the HA loop (start, cap, disarm), the follow-target thread
+(disarm), the watchdog (check, follow) and
+the lease renewer (follow, never waiting) share one handle; its lock orders
+their commands. It writes only the fencer's FIFO and its own view of the
+fencer's deadline.
 """
 import errno
 import os
@@ -147,6 +153,7 @@ class Fencer:
             except OSError:
                 self._until = _UNKNOWN
                 return False
+        assert self._fd is not None     # _open_fifo() opened it or raised
         try:
             os.write(self._fd, (command + "\n").encode("ascii"))
             return True

@@ -10,14 +10,18 @@ a complete segment of exactly that name is served: a ".partial" or another
 timeline's copy holds different WAL past the switch point. Exit 1 (and one
 line on stderr) when the source does not have it; pg_rewind then says which
 record it could not read. Standalone on purpose (psycopg2 only): it runs
-outside the node daemon.
+outside the node daemon (pgha/files.py, its sibling, writes the segment).
 """
 import argparse
-import os
 import re
 import sys
 
 import psycopg2
+
+try:
+    from pgha import files
+except ImportError:     # run as a script (pg_rewind's restore_command): pgha/ is sys.path[0]
+    import files  # type: ignore[no-redef]
 
 SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 # NULL when missing; a whole segment (PostgreSQL 15 has no (name, missing_ok) form).
@@ -54,12 +58,7 @@ def main(argv=None):
     if data is None:
         print(f"pgha fetch_wal: {where} no longer has {args.segment}", file=sys.stderr)
         return 1
-    tmp = args.dest + ".pgha-fetch"
-    with open(tmp, "wb") as f:
-        f.write(bytes(data))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, args.dest)
+    files.write_durably(args.dest, bytes(data))
     print(f"pgha fetch_wal: fetched {args.segment} ({len(data)} bytes) from {where}", file=sys.stderr)
     return 0
 

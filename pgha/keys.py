@@ -33,7 +33,7 @@ import stat
 import sys
 from typing import Mapping, Sequence
 
-from pgha import tls
+from pgha import files, tls
 from pgha.auth import OPERATOR, PAIR, READER, RESERVED, Credential, Keys, is_member_name
 
 KEY_BYTES = 32
@@ -116,6 +116,16 @@ def arbiter_keys(path: str, nodes: Sequence[str]) -> dict[str, Keys]:
     return ring
 
 
+def reader_keys(path: str) -> dict[str, Keys]:
+    """Who may read a node's /cluster when its api_cluster_key_file is set:
+    the reader's key, and the operator's if the file holds it."""
+    ring = load(path)
+    found = {p: ring[p] for p in (READER, OPERATOR) if p in ring}
+    if not found:
+        raise KeyFileError(f"key file {path} holds neither a {READER!r} nor an {OPERATOR!r} key")
+    return found
+
+
 def client_credential(path: str) -> Credential:
     """A tool's credential: the operator's if the file holds it, else the reader's."""
     return credential_in(load(path), path)
@@ -130,9 +140,13 @@ def credential_in(ring: Mapping[str, Keys], path: str) -> Credential:
 
 # -- writing -------------------------------------------------------------------------------
 
+def _body(ring: Mapping[str, Sequence[bytes]]) -> str:
+    return json.dumps({p: [k.hex() for k in keys] for p, keys in ring.items()}, indent=1) + "\n"
+
+
 def _write_new(path: str, ring: Mapping[str, Sequence[bytes]]) -> None:
     """Create `path` 0600 (never wider, even for a moment) and fsync it."""
-    body = json.dumps({p: [k.hex() for k in keys] for p, keys in ring.items()}, indent=1) + "\n"
+    body = _body(ring)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         os.fchmod(f.fileno(), 0o600)
@@ -142,13 +156,9 @@ def _write_new(path: str, ring: Mapping[str, Sequence[bytes]]) -> None:
 
 
 def _replace(path: str, ring: Mapping[str, Sequence[bytes]]) -> None:
-    tmp = path + ".tmp"
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    _write_new(tmp, ring)
-    info = os.stat(path)
-    os.chown(tmp, info.st_uid, info.st_gid)     # a node's file stays its user's
-    os.replace(tmp, path)
+    info = os.lstat(path)
+    # a node's file stays its user's; never through a link planted at a temporary name
+    files.write_durably(path, _body(ring), mode=0o600, owner=(info.st_uid, info.st_gid))
 
 
 def generate(folder: str, nodes: Sequence[str], reader: bool = True) -> list[str]:

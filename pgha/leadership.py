@@ -29,6 +29,8 @@ log = logs.get("arbiter")
 
 
 class Leadership:
+    """The etcd LeaderElection (pgha.election)."""
+
     def __init__(self, client: EtcdClient, key: str, address: str, ttl: int,
                  clock: Callable[[], float] = time.monotonic, record: Callable[[str], None] | None = None) -> None:
         self.client = client

@@ -5,6 +5,12 @@ or from the standby (ha-model.md, invariant 2). Lease time runs on the
 holder's monotonic clock from the moment it *sent* the request that was
 granted, so a lease can only look shorter to its holder than to its
 grantor, never longer.
+
+Threads: Leases is renewed by the HA loop (the arbiter's lease) and the
+"lease-renewer" thread (the standby's), and read by the watchdog; Grants is
+written by the "peer-server" thread and the HA loop. Each holds its own
+lock; neither writes the node's memory (pgha/node_memory.py), which the
+renewer and the peer server only read (the instruction, the timings).
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from pgha import auth, logs
-from pgha import protocol
+from pgha import protocol, requests
 
 if TYPE_CHECKING:     # ssl only in annotations: it loads OpenSSL (~4 MB), see pgha/tls.py
     import ssl
@@ -86,6 +92,16 @@ class Grants:
         self._paused = False
         self._allowed: tuple[str, int] | None = None     # (primary name, epoch) we may grant to, from the arbiter
 
+    def assume_granted(self, duration: float, since: float | None = None) -> None:
+        """A restarted daemon: the one before it may have granted a lease
+        just before it died, and the primary may still hold it. Count it
+        outstanding for `duration` (the lease time last heard) from now (or
+        from `since`, the daemon's start, once the lease is heard), so
+        the arbiter hears "no grant" only once that grant has surely run
+        out (found by the Spin model and the simulation, docs/ha-model.md)."""
+        with self._lock:
+            self._until = max(self._until, (self.clock() if since is None else since) + duration)
+
     def follow(self, primary: str, epoch: int) -> None:
         """The arbiter says: stay standby of `primary` at `epoch`; grants may resume."""
         with self._lock:
@@ -125,10 +141,11 @@ class Grants:
 class _PeerHandler(protocol.LineHandler):
     server: PeerServer
 
-    def answer(self, message: dict[str, Any]) -> dict[str, Any]:
-        if message["type"] != "lease":
-            raise protocol.ProtocolError(f"the lease link does not serve {message['type']!r}")
-        granted, reason = self.server.grants.request(message["node"], message["epoch"], self.server.duration())
+    def answer(self, request: requests.Request) -> dict[str, Any]:
+        if not isinstance(request, requests.Lease):
+            raise protocol.ProtocolError(f"the lease link does not serve "
+                                         f"{requests.kind_of_request(request).name!r}")
+        granted, reason = self.server.grants.request(request.node, request.epoch, self.server.duration())
         return {"type": "grant", "granted": granted, "reason": reason}
 
 
@@ -139,18 +156,30 @@ class PeerServer(protocol.LineServer):
                  verifier: auth.Verifier | None = None) -> None:
         self.grants = grants
         self.duration = duration    # callable: the cluster's lease time, from the arbiter
-        # auth.peer_verifier: only the other node, as itself, with the pair key.
+        # peer_verifier: only the other node, as itself, with the pair key.
         # None only in tests of other behaviour: the node always passes one.
         self.verifier = verifier
         super().__init__((host, port), _PeerHandler)
 
-    def is_member(self, message: dict[str, Any]) -> bool:
+    def is_member(self, request: requests.Request) -> bool:
         """A lease request from the primary we follow earns a member's slot."""
-        return message["type"] == "lease" and message["node"] == self.grants.allowed_primary()
+        return isinstance(request, requests.Lease) and request.node == self.grants.allowed_primary()
 
 
-def peer_verifier(own_name: str, pair_keys: auth.Keys) -> auth.Verifier:
-    return auth.Verifier(own_name, auth.peer_lookup(own_name, pair_keys))
+def peer_verifier(own_name: str, pair_keys: auth.Keys,
+                  partner: Callable[[], str | None] | None = None) -> auth.Verifier:
+    """The lease link's verifier. The pair key is shared by the two nodes,
+    so it cannot tell one name from another: with `partner` (the node daemon
+    passes Grants.allowed_primary) only the one member the arbiter named as
+    this standby's primary is heard at all; any other name a pair-key holder
+    claims is refused as an unknown sender (issue 19)."""
+    lookup = auth.peer_lookup(own_name, pair_keys)
+    if partner is None:
+        return auth.Verifier(own_name, lookup)
+
+    def bound(sender: str) -> tuple[auth.Keys, frozenset[str]] | None:
+        return lookup(sender) if sender == partner() else None
+    return auth.Verifier(own_name, bound)
 
 
 def peer_credential(own_name: str, pair_keys: auth.Keys) -> auth.Credential:
@@ -191,7 +220,8 @@ class LeaseRenewer(threading.Thread):
             if self._conn:
                 self._conn.close()
             self._conn = protocol.Connection(host, port, timeout=min(1.0, duration / 3),
-                                             credential=self.credential, tls_context=self.tls_context)
+                                             credential=self.credential, tls_context=self.tls_context,
+                                             name=f"the standby at {host}:{port}")
             self._address = (host, port)
         sent_at = time.monotonic()
         try:
@@ -200,6 +230,12 @@ class LeaseRenewer(threading.Thread):
             return
         if reply.get("type") == "grant" and reply.get("granted"):
             self.leases.renew("standby", sent_at, duration)
+
+    @property
+    def clock_skew(self) -> float | None:
+        """The standby's wall clock minus ours, s, as its last grant showed."""
+        conn = self._conn
+        return None if conn is None else conn.clock.skew
 
     def stop(self) -> None:
         self._stop.set()

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 # -- the constants ---------------------------------------------------------------
 
-LISTEN_BACKLOG = 128        # a flood fills this, not the accept loop's patience
+LISTEN_BACKLOG = 1024       # above a flood's connections in flight: a full queue drops SYNs (a 1 s retransmit fails a check)
 MEMBER_SLOTS = 16           # connections that proved membership (two nodes, their restarts)
 MEMBER_SLOTS_PER_CLUSTER = 4    # a many-cluster arbiter (pgha.clusters): two nodes each, and their restarts
 STRANGER_SLOTS = 64         # everyone else: tools, and whoever floods; dropped first
@@ -27,6 +27,9 @@ MESSAGE_DEADLINE = 5.0      # a frame must complete this long after its first by
 MAX_JSON_DEPTH = 32         # our messages nest 5 deep; json.loads recurses per level
 CLIP = 60                   # characters of client input shown in a log line
 WARN_INTERVAL = 30.0        # one warning per source and reason per interval
+API_SLOTS = 32              # REST API connections at once (HAProxy checks: one per proxy per interval)
+API_SLOTS_PER_SOURCE = 16   # so one address cannot take them all (a second proxy still gets in)
+API_REQUEST_DEADLINE = 5.0  # a REST request (line, headers, body) must be whole this long after connecting
 
 
 def member_slots_for(clusters: int) -> int:
@@ -43,13 +46,22 @@ def stranger_slots_for(clusters: int) -> int:
     return max(STRANGER_SLOTS, clusters)
 
 
+def printable(text: str) -> str:
+    """`text` with every character that is not printable (line breaks,
+    terminal escapes, lone surrogates) shown escaped (\\n, \\x1b): what an
+    operator reads (pgha-ctl's output, every log line) can neither move the
+    cursor nor fake another line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
+
+
 def clip(value: Any, limit: int = CLIP) -> str:
     """Client input made safe for a log line: at most `limit` characters (an
     ellipsis says more was cut) and no line breaks."""
     text = value if isinstance(value, str) else repr(value)
-    cut = text[:limit]
-    if not cut.isprintable():     # line breaks, escapes, lone surrogates: shown escaped
-        cut = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cut)
+    cut = printable(text[:limit])
     return cut if len(text) <= limit else cut + "…"
 
 
@@ -101,10 +113,13 @@ class RateLimitedLog:
 
     def warning(self, source: str, reason: str, text: str) -> bool:
         """Log `text` (already clipped) unless this source logged `reason` lately."""
+        return self.log(logging.WARNING, source, reason, text)
+
+    def log(self, level: int, source: str, reason: str, text: str) -> bool:
         allowed, held = self.allow(source, reason)
         if allowed:
             suffix = f" ({held} more like it held back)" if held else ""
-            self.logger.warning("%s%s", text, suffix)
+            self.logger.log(level, "%s%s", text, suffix)
         return allowed
 
 
@@ -132,6 +147,7 @@ class Slots:
     stranger_slots: int = STRANGER_SLOTS
     per_source: int = STRANGER_SLOTS_PER_SOURCE
     grace: float = STRANGER_GRACE
+    silent_evict: bool = True   # False: only a newcomer whose request is here takes another's place
     _strangers: list[Slot] = field(default_factory=list)
     _members: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -150,6 +166,8 @@ class Slots:
             crowd = same if len(same) >= self.per_source else \
                 self._busiest_source() if len(self._strangers) >= self.stranger_slots else []
             evicted: list[Slot] = []
+            if crowd and not talking and not self.silent_evict:
+                return None, []
             if crowd:
                 # Who has had its chance goes first: past the grace, a stranger
                 # was answered already or is too slow; then the silent; then the oldest.

@@ -19,6 +19,8 @@ import logging.handlers
 import os
 import sys
 
+from pgha.limits import printable
+
 FAILOVER = 35  # between WARNING and ERROR: always shown, never mistaken for a fault
 logging.addLevelName(FAILOVER, "FAILOVER")
 
@@ -36,7 +38,17 @@ _JOURNAL_FORMAT = "%(levelname)s {program} %(name)s: %(message)s"
 _DATEFMT = "%Y-%m-%d %H:%M:%S"
 
 
-class _ColourFormatter(logging.Formatter):
+class _Formatter(logging.Formatter):
+    """One line per message: control characters in it (from a client, an
+    operator, a PostgreSQL error) are shown escaped (limits.printable); a
+    traceback after it stays as it is."""
+
+    def formatMessage(self, record):
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
+class _ColourFormatter(_Formatter):
     def format(self, record):
         text = super().format(record)
         colour = _COLOURS.get(record.levelno, "")
@@ -63,9 +75,9 @@ def setup(program, level="INFO", log_file=None, stream=None):
         root.removeHandler(handler)
     console = logging.StreamHandler(stream)
     if to_journal(stream):
-        console.setFormatter(logging.Formatter(_JOURNAL_FORMAT.format(program=program.replace("%", "%%"))))
+        console.setFormatter(_Formatter(_JOURNAL_FORMAT.format(program=program.replace("%", "%%"))))
     else:
-        formatter_class = _ColourFormatter if stream.isatty() else logging.Formatter
+        formatter_class = _ColourFormatter if stream.isatty() else _Formatter
         console.setFormatter(formatter_class(line_format, _DATEFMT))
     root.addHandler(console)
     if log_file:
@@ -79,7 +91,7 @@ _line_format = _FORMAT.format(program="pgha")    # setup() sets the program's
 
 def _file_handler(log_file, line_format):
     handler = logging.handlers.WatchedFileHandler(log_file)
-    handler.setFormatter(logging.Formatter(line_format, _DATEFMT))
+    handler.setFormatter(_Formatter(line_format, _DATEFMT))
     return handler
 
 

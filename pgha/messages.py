@@ -8,7 +8,7 @@ ignored, so a newer node can talk to an older arbiter.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from pgha import clusters
@@ -64,8 +64,9 @@ class ReplicationRow:
 
 
 @dataclass(frozen=True)
-class Report:
-    """A node's heartbeat report: its PostgreSQL and its leases."""
+class PgStatus:
+    """The local PostgreSQL as one status query saw it (postgres.Postgres.status);
+    the node's Report is built from it (Report.from_status), never by hand."""
     pg: str = PG_STOPPED                    # running | starting | stopped
     role: str | None = None                 # primary | standby, when running
     lsn: int = 0                            # current (primary) or replayed (standby) WAL position
@@ -75,21 +76,40 @@ class Report:
     receiver: str | None = None             # the standby's WAL receiver status
     syncrep_wait: float = 0.0               # longest wait of a commit for the sync standby, s
     replication: tuple[ReplicationRow, ...] = ()
-    address: Address | None = None
-    relinquished: bool = False              # the primary stopped PostgreSQL to hand over
-    grant_remaining: float = 0.0            # the standby's outstanding lease grant, s
-    lease_remaining: Mapping[str, float] | None = None  # the primary's leases, s, by source
-    error: str | None = None
-    last_action: str | None = None          # the node's last action (node_rules), for status
-    clone_progress: Mapping[str, int] | None = None  # a clone under way: done_bytes, total_bytes, percent
+    error: str | None = None                # why a running server did not answer (pg "starting")
 
     @property
     def running_as(self) -> str | None:
         """The role of a running PostgreSQL, else None."""
         return self.role if self.pg == PG_RUNNING else None
 
+
+@dataclass(frozen=True)
+class Report(PgStatus):
+    """A node's heartbeat report: its PostgreSQL's status and what the node adds, its leases."""
+    address: Address | None = None
+    relinquished: bool = False              # the primary stopped PostgreSQL to hand over
+    grant_remaining: float = 0.0            # the standby's outstanding lease grant, s
+    lease_remaining: Mapping[str, float] | None = None  # the primary's leases, s, by source
+    last_action: str | None = None          # the node's last action (node_rules), for status
+    clone_progress: Mapping[str, int] | None = None  # a clone under way: done_bytes, total_bytes, percent
+    unfenced: bool = False                  # the daemon is stopping in pause, leaving its primary running unfenced
+    disk: Mapping[str, int] | None = None   # disk use under PostgreSQL (pgha.disk.DiskUse.to_report), bytes
+    reinit_done: int = 0                    # the last reinit order (Instruction.reinit) this node carried out
+
     def replication_row(self, standby: str) -> ReplicationRow | None:
         return next((row for row in self.replication if row.name == standby), None)
+
+    @classmethod
+    def from_status(cls, status: PgStatus, *, address: Address, relinquished: bool, grant_remaining: float,
+                    last_action: str | None, clone_progress: Mapping[str, int] | None,
+                    lease_remaining: Mapping[str, float] | None, disk: Mapping[str, int] | None = None,
+                    reinit_done: int = 0) -> Report:
+        """The node's report: PostgreSQL's status and what the node adds."""
+        return cls(**{f.name: getattr(status, f.name) for f in fields(PgStatus)},
+                   address=address, relinquished=relinquished, grant_remaining=grant_remaining,
+                   lease_remaining=lease_remaining, last_action=last_action, clone_progress=clone_progress,
+                   disk=disk, reinit_done=reinit_done)
 
     @classmethod
     def from_wire(cls, wire: Any) -> Report:
@@ -110,10 +130,7 @@ class Report:
                        for v in leases.values()):
                 raise ProtocolError("report field 'lease_remaining' must map sources to seconds")
             leases = {source: float(seconds) for source, seconds in leases.items()}
-        clone = _field(wire, "clone_progress", (dict, type(None)), where)
-        if clone is not None and (len(clone) > MAX_LEASE_SOURCES or not all(
-                isinstance(v, int) and not isinstance(v, bool) and abs(v) < INT_RANGE[1] for v in clone.values())):
-            raise ProtocolError("report field 'clone_progress' must map a few names to integers")
+        clone, disk = (_small_int_map(wire, name, where) for name in ("clone_progress", "disk"))
         return cls(
             pg=_field(wire, "pg", str, where, default=PG_STOPPED),
             role=_field(wire, "role", OPTIONAL_STR, where),
@@ -131,6 +148,9 @@ class Report:
             error=_field(wire, "error", OPTIONAL_STR, where, text=True),
             last_action=_field(wire, "last_action", OPTIONAL_STR, where, text=True),
             clone_progress=clone,
+            unfenced=_field(wire, "unfenced", bool, where, default=False),
+            disk=disk,
+            reinit_done=_field(wire, "reinit_done", int, where, default=0),
         )
 
     def to_wire(self) -> dict:
@@ -142,10 +162,14 @@ class Report:
                         syncrep_wait=self.syncrep_wait, replication=[r.to_wire() for r in self.replication])
         if self.address is not None:
             wire["address"] = self.address.to_wire()
-        for name in ("lease_remaining", "error", "last_action", "clone_progress"):
+        for name in ("lease_remaining", "error", "last_action", "clone_progress", "disk"):
             value = getattr(self, name)
             if value is not None:
                 wire[name] = dict(value) if isinstance(value, Mapping) else value
+        if self.unfenced:
+            wire["unfenced"] = True
+        if self.reinit_done:
+            wire["reinit_done"] = self.reinit_done
         return wire
 
 
@@ -169,6 +193,7 @@ class Instruction:
     report_in: float | None = None
     paused: bool = False                    # maintenance mode: leave PostgreSQL alone (node_rules M1)
     reload_generation: int = 0              # a node seeing it grow re-reads its settings (pgha.ctl reload)
+    reinit: int = 0                         # standby: an operator's reinit order to carry out (its id), 0: none
     cluster: str | None = None              # the cluster it is for (echoes the heartbeat's)
 
     @property
@@ -204,6 +229,7 @@ class Instruction:
             report_in=_positive(wire, "report_in", where),
             paused=_field(wire, "paused", bool, where, default=False),
             reload_generation=_field(wire, "reload_generation", int, where, default=0),
+            reinit=_field(wire, "reinit", int, where, default=0),
             cluster=parse_cluster(wire.get("cluster"), where),
         )
         if role == STANDBY and (instruction.primary is None or instruction.primary_address is None):
@@ -230,6 +256,8 @@ class Instruction:
                         primary_address=self.primary_address.to_wire() if self.primary_address else None)
             if self.hurry:
                 wire["hurry"] = True
+            if self.reinit:
+                wire["reinit"] = self.reinit
         wire.update(lease_time=self.lease_time, heartbeat_interval=self.heartbeat_interval)
         if self.report_in is not None:
             wire["report_in"] = self.report_in
@@ -245,6 +273,15 @@ OPTIONAL_STR = (str, type(None))
 MAX_STRING = 200
 MAX_REPLICATION_ROWS = 8
 MAX_LEASE_SOURCES = 8
+
+
+def _small_int_map(wire: dict[str, Any], name: str, where: str) -> dict[str, int] | None:
+    """A report field that maps a few short names to integers (clone_progress, disk), or None."""
+    value = _field(wire, name, (dict, type(None)), where)
+    if value is not None and (len(value) > MAX_LEASE_SOURCES or any(len(k) > MAX_STRING for k in value) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and abs(v) < INT_RANGE[1] for v in value.values())):
+        raise ProtocolError(f"{where} field {name!r} must map a few names to integers")
+    return value
 INT_RANGE = (-2 ** 63, 2 ** 64)      # LSNs are unsigned 64-bit; nothing else is larger
 
 

@@ -1,6 +1,10 @@
 """GET /metrics: the node's snapshot in Prometheus' text exposition format
 (version 0.0.4): a # HELP and a # TYPE line per family, base units in the
-names (_bytes, _seconds), counters ending in _total."""
+names (_bytes, _seconds), counters ending in _total. Every series carries
+Patroni's `scope` and `name` labels. Our pgha_* families come first, then
+Patroni's patroni_* families with Patroni's names and meanings (for its
+dashboards and alerts); Patroni's few `counter` families that lack the
+_total suffix are typed gauge here, which promtool accepts."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -17,6 +21,7 @@ Sample = tuple[str, dict[str, str], float]     # name suffix ("" or "_sum"...), 
 
 def render(s: NodeSnapshot, view: ClusterView | None, now: float) -> str:
     lines: list[str] = []
+    base = {"scope": s.scope or "", "name": s.name}     # Patroni's labels, on every series
 
     def family(name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> None:
         samples = list(samples)
@@ -25,7 +30,7 @@ def render(s: NodeSnapshot, view: ClusterView | None, now: float) -> str:
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} {kind}")
         for suffix, labels, value in samples:
-            lines.append(f"{name}{suffix}{_labels(labels)} {_number(value)}")
+            lines.append(f"{name}{suffix}{_labels({**base, **labels})} {_number(value)}")
 
     primary = health.is_primary(s, view, now)
     role = "primary" if primary else "standby" if s.pg == PG_RUNNING and s.running_as == STANDBY else "none"
@@ -66,6 +71,9 @@ def render(s: NodeSnapshot, view: ClusterView | None, now: float) -> str:
            [("", {}, s.arbiter_reachable)])
     family("pgha_heartbeat_rtt_seconds", "gauge", "Round trip of the last answered heartbeat.",
            [("", {}, s.heartbeat_rtt)] if s.heartbeat_rtt is not None else [])
+    family("pgha_clock_skew_seconds", "gauge",
+           "Wall clock of the arbiter or the other node minus ours (signed messages are stamped on the receiver's).",
+           [("", {"with": k}, v) for k, v in s.clock_skew.items() if v is not None])
     family("pgha_failovers_total", "counter", "Promotions to primary this daemon carried out.",
            [("", {}, s.failovers)])
     family("pgha_fences_total", "counter", "Times this daemon fenced PostgreSQL when its leases ran out.",
@@ -76,7 +84,74 @@ def render(s: NodeSnapshot, view: ClusterView | None, now: float) -> str:
            [("", {}, s.loop.last)])
     family("pgha_snapshot_age_seconds", "gauge", "Seconds since the HA loop last finished a turn.",
            [("", {}, max(0.0, now - s.taken_at))])
+    disks = [] if s.disk is None else [("data", s.disk.data), ("wal", s.disk.wal)]
+    family("pgha_disk_size_bytes", "gauge", "Size of the filesystem holding the data directory or pg_wal.",
+           [("", {"disk": what}, fs.total_bytes) for what, fs in disks])
+    family("pgha_disk_free_bytes", "gauge", "Bytes free to PostgreSQL on the data directory's or pg_wal's filesystem.",
+           [("", {"disk": what}, fs.free_bytes) for what, fs in disks])
+    family("pgha_disk_warning", "gauge", "1 while a disk is past disk_warning_percent full.",
+           [("", {}, bool(s.disk.warnings()))] if s.disk else [])
+    family("pgha_wal_directory_bytes", "gauge", "What the files in pg_wal take.",
+           [("", {}, s.disk.wal_bytes)] if s.disk else [])
+    for name, help_text, value in patroni_values(s, view, now):
+        family(name, "gauge", help_text, [("", {}, value)])
     return "\n".join(lines) + "\n"
+
+
+# Patroni's patroni_postgres_state numbers for our PostgreSQL states.
+POSTGRES_STATES = {"running": 5, "starting": 6, "stopped": 12}
+
+
+def patroni_values(s: NodeSnapshot, view: ClusterView | None, now: float) -> list[tuple[str, str, float]]:
+    """Patroni's metric families as (name, help, value), with its meanings:
+    0 where Patroni says 0 for unknown or not applicable."""
+    running = s.pg == PG_RUNNING
+    facts = s.facts if running else None
+    replica = running and s.running_as == STANDBY
+    primary = health.is_primary(s, view, now)
+    major, minor, patch = (health.PATRONI_VERSION.split(".") + ["0", "0"])[:3]
+    return [
+        ("patroni_version", "Patroni semver without periods (the Patroni release this API answers like).",
+         int(major) * 10000 + int(minor) * 100 + int(patch)),
+        ("patroni_postgres_running", "Value is 1 if Postgres is running, 0 otherwise.", running),
+        ("patroni_postmaster_start_time", "Epoch seconds since Postgres started.",
+         facts.postmaster_start_time if facts else 0),
+        ("patroni_primary", "Value is 1 if this node is the leader, 0 otherwise.", primary),
+        ("patroni_xlog_location", "Current location of the Postgres transaction log, 0 if this node is not "
+         "the leader.", s.lsn if running and s.running_as == PRIMARY else 0),
+        ("patroni_standby_leader", "Value is 1 if this node is the standby_leader, 0 otherwise.", 0),
+        ("patroni_replica", "Value is 1 if this node is a replica, 0 otherwise.", replica),
+        ("patroni_sync_standby", "Value is 1 if this node is a sync standby replica, 0 otherwise.",
+         health.sync_standby_here(s, view, now)),
+        ("patroni_quorum_standby", "Value is 1 if this node is a quorum standby replica, 0 otherwise.", 0),
+        ("patroni_xlog_received_location", "Current location of the received Postgres transaction log, 0 if "
+         "this node is not a replica.", s.receive_lsn if replica else 0),
+        ("patroni_xlog_replayed_location", "Current location of the replayed Postgres transaction log, 0 if "
+         "this node is not a replica.", s.lsn if replica else 0),
+        ("patroni_xlog_replayed_timestamp", "Current timestamp of the replayed Postgres transaction log, 0 if "
+         "null.", facts.replay_timestamp or 0 if facts and replica else 0),
+        ("patroni_xlog_paused", "Value is 1 if the Postgres xlog is paused, 0 otherwise.",
+         bool(facts and replica and facts.replay_paused)),
+        ("patroni_postgres_streaming", "Value is 1 if Postgres is streaming, 0 otherwise.",
+         replica and s.receiver == "streaming"),
+        ("patroni_postgres_in_archive_recovery", "Value is 1 if Postgres is replicating from archive, "
+         "0 otherwise.", 0),
+        ("patroni_postgres_server_version", "Version of Postgres (if running), 0 otherwise.",
+         facts.server_version if facts else 0),
+        ("patroni_cluster_unlocked", "Value is 1 if the cluster is unlocked (the arbiter names no primary), "
+         "0 if locked.", bool(health.cluster_unlocked(view, now))),
+        ("patroni_failsafe_mode_is_active", "Value is 1 if failsafe mode is active, 0 if inactive.", 0),
+        ("patroni_postgres_timeline", "Postgres timeline of this node (if running), 0 otherwise.",
+         s.timeline or 0 if running else 0),
+        ("patroni_dcs_last_seen", "Epoch timestamp when the arbiter (Patroni's DCS) was last contacted "
+         "successfully.", int(s.arbiter_last_seen or 0)),
+        ("patroni_pending_restart", "Value is 1 if the node needs a restart, 0 otherwise.",
+         bool(facts and facts.pending_restart)),
+        ("patroni_is_paused", "Value is 1 if auto failover is disabled, 0 otherwise.",
+         health.paused(s, view, now)),
+        ("patroni_postgres_state", "Numeric representation of Postgres state (Patroni's: 5=running, "
+         "6=starting, 12=stopped).", POSTGRES_STATES.get(s.pg, 12)),
+    ]
 
 
 def _lag_samples(s: NodeSnapshot, view: ClusterView | None, now: float) -> list[Sample]:

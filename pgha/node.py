@@ -2,41 +2,48 @@
 
 Each heartbeat the node reads its PostgreSQL's status, sends it to the
 arbiter, gathers what the rules look at (a node_rules.NodeView), asks
-node_rules.decide() for one action and carries it out here, one small
-method per action. It never decides a role by itself. Two threads guard
-the primary: the watchdog fences PostgreSQL when every lease has run out,
-and the lease renewer asks the standby for its lease. The standby answers
-those requests from the peer server.
+node_rules.decide() for one action and has pgha/node_actions.py carry it
+out. It never decides a role by itself.
+
+Runs on the HA loop's thread (Node.run; the main thread), and writes the
+node's memory (Node.memory, pgha/node_memory.py) alone: the actions return
+their Changes, the other threads hand results to its inbox
+(pgha/node_inbox.py). The other threads: the watchdog (pgha/node_watchdog.py),
+the lease renewer and the peer server (pgha/lease.py), the follow-target
+thread (pgha/node_actions.py), the callbacks runner (pgha/callbacks.py), and
+with a REST API its server and the cluster watcher (pgha/api.py,
+pgha/node_state.py). They read Node.memory (one attribute: one consistent
+value) and the published snapshot; none writes either. Also written by the
+loop alone and read by nobody else: the last status, the heartbeat's
+round trip, the loop's statistics and the clone's progress.
 """
 import os
-import select
 import threading
 import time
 from dataclasses import replace
 
 from pgha import logs
-from pgha import arbiter_link, auth, clusters, node_ops, protocol, reaper, store, tls
+from pgha import sdnotify
+from pgha import arbiter_link, auth, clusters, node_ops, pg_facts, protocol, reaper, store, tls
 from pgha.arbiter_link import ArbiterLink, addresses_from_settings
 from pgha.callbacks import CallbackRunner
 from pgha.fencing import Fencer
 from pgha.lease import Grants, Leases, LeaseRenewer, PeerServer, peer_credential, peer_verifier
-from pgha.messages import PG_STARTING, PG_STOPPED, PRIMARY, STANDBY, WAIT, Address, Instruction, Report
-from pgha.node_rules import (CRASH_RESTART_WINDOW, STANDBY_STREAM_DEADLINE, IDLE, Action, DataDir,
-                             HandOver, NodeView, decide)
+from pgha.messages import PG_STARTING, PG_STOPPED, PRIMARY, STANDBY, WAIT, Address, Instruction, PgStatus, Report
+from pgha.node_actions import STARTS_READ_WRITE, NodeActions
+from pgha.node_inbox import Inbox
+from pgha.node_facts import FactsWatcher
+from pgha.node_memory import Changes, NodeMemory
+from pgha.node_rules import IDLE, Action, DataDir, HandOver, NodeView, decide
 from pgha.node_state import ClusterWatcher, LoopStats, NodeSnapshot, StatePublisher
+from pgha.node_watchdog import Watchdog
 from pgha.postgres import PostgresError
 
 log = logs.get("node")
-CLONE_LOG_INTERVAL = 5.0    # seconds between progress lines of a clone
 
-# Seconds the watchdog sleeps when nothing wakes it (a change of role or
-# postmaster, the postmaster's exit and the lease's end do).
-WATCHDOG_IDLE = 1.0
+FACTS_TIMEOUT = 2.0     # s a facts query may run (its own connection: never the HA loop's)
 # Heartbeat interval of a standby a switchover is handing over to, until it is promoted.
 HURRY_INTERVAL = 0.02
-# Seconds a switching-over primary gives its checkpoint before it stops anyway
-# (writes go on meanwhile; a cut one goes on in the checkpointer).
-HAND_OVER_CHECKPOINT = 1.0
 
 
 class Node:
@@ -47,10 +54,6 @@ class Node:
         self.s = settings
         self.pg = pg
         self.clock = clock
-        # The watchdog sleeps on this pipe (and the postmaster's pidfd) instead of polling.
-        self._watch_r, self._watch_w = os.pipe()
-        os.set_blocking(self._watch_r, False)
-        os.set_blocking(self._watch_w, False)
         self.leases = Leases(clock, on_renew=self._lease_renewed)
         # Fences PostgreSQL at the lease end even if this daemon dies or freezes.
         self.fencer = Fencer(pg.state_dir, pg.pgdata, getattr(settings, "log_file", None))
@@ -64,40 +67,38 @@ class Node:
         self.tls_server, self.tls_client = tls.contexts(settings)
         self.arbiter = ArbiterLink(addresses_from_settings(settings), timeout=1.0, credential=credential,
                                    tls_context=self.tls_client)
-        self.peer_verifier = peer_verifier(settings.name, pair_keys)
+        self.peer_verifier = peer_verifier(settings.name, pair_keys, self.grants.allowed_primary)
         self.peer_credential = peer_credential(settings.name, pair_keys)
         self.state_file = os.path.join(pg.state_dir, "node-state.json")
         # Where the other members reach this node, in every report.
         self.address = Address(host=settings.host, pg_port=settings.pg_port,
                                peer_port=settings.peer_advertise_port or settings.peer_port, slot=settings.slot_name)
-        self.acted_epoch = 0
-        self.instruction = None         # the last Instruction taken (the lease renewer reads it)
-        self.lease_time = 1.8           # until the arbiter tells us the cluster's timings
-        self.heartbeat_interval = 0.5
-        self.acting_primary = False     # PostgreSQL runs as primary under our leases
-        self.hand_over = HandOver.NONE  # HANDED_OVER: we stopped PostgreSQL for the standby; reported
-        self.last_crash_restart = -CRASH_RESTART_WINDOW
-        self.upstream = None            # primary address the running standby follows
-        self.standby_since = None
-        self.rejoin_failures = 0       # rejoins that did not end streaming: next one clones afresh
-        self.slot_ensured = None
-        self.prepared_upstream = None   # the switchover target our slot was made on before the hand-over
-        self._launching = None          # the thread of _follow_target while it runs
-        self.last_action = None         # the last action other than a steady one (node_rules.IDLE)
+        # The node's memory (pgha/node_memory.py): one frozen value, replaced by the HA loop alone.
+        self.memory = NodeMemory()
+        self._saved_state = None        # what the state file holds (acted_epoch, lease_time)
+        self._grant_lease_unknown_since = None  # a restart whose state file held no lease_time: when
         self.clone_progress = None      # a rewind.CloneProgress while pg_basebackup runs
-        self._actions = {action: getattr(self, "_" + action.value) for action in Action}
         self._said = {}
         self._stop = threading.Event()
-        self._wake = threading.Event()  # run the next heartbeat now, not at the next tick
+        # What the watchdog and the follow-target thread hand the loop, and its wake-up.
+        self.inbox = Inbox()
+        self.watchdog = Watchdog(pg, self.fencer, self.leases, clock, lambda: self.memory.acting_term, self.inbox,
+                                 on_fenced=lambda: self._callback("on_role_change", "fenced"))
+        self.actions = NodeActions(pg, self.fencer, lambda: self.s, clock, self.inbox, self._callback, self._say,
+                                   clone_progress=self._clone_progress,
+                                   heartbeat_while_busy=lambda: self._heartbeat(self._report(PgStatus(pg=PG_STOPPED))),
+                                   lease_end=self.leases.deadline, pre_promote=lambda: node_ops.pre_promote(self.s))
+        # What the REST API serves beyond the report, read by a thread of its own (never the HA loop).
+        self.facts = FactsWatcher(lambda: self.s, lambda: pg.new_connection(statement_timeout=FACTS_TIMEOUT),
+                                  clock=clock)
         # What the REST API serves: a snapshot published after each heartbeat.
         self.state = StatePublisher(settings.name, clock)
-        self.status = Report()              # PostgreSQL as the last heartbeat saw it
-        self.failovers = 0                  # promotions carried out
-        self.fences = 0                     # fences by the watchdog
+        self.status = PgStatus()            # PostgreSQL as the last heartbeat saw it
         self.loop_stats = LoopStats()
         self.heartbeat_rtt = None
         self.arbiter_reachable = False
         self.grant_reported = 0.0           # not grants.remaining_for_report(): that pauses grants
+        self.renewer = None                 # the lease renewer, once run() starts it
         self.reloader = node_ops.NodeReloader(settings_loader)
         self.callbacks = CallbackRunner(settings.name, lambda: node_ops.callback_scripts(self.s))
 
@@ -106,43 +107,59 @@ class Node:
     def run(self):
         # First, before anything starts: a damaged state file stops the node (store.NodeStateError),
         # and a taken API port stops it before it acts.
-        self.acted_epoch = store.load_acted_epoch(self.state_file)
+        saved = store.load_node_state(self.state_file)     # read once
+        acted_epoch, remembered = saved.acted_epoch, saved.lease_time
+        lease_time = remembered or self.memory.lease_time
+        self.memory = replace(self.memory, acted_epoch=acted_epoch, lease_time=lease_time)
+        self._saved_state = {"acted_epoch": acted_epoch, "lease_time": lease_time}
+        if acted_epoch:     # this node was a member before: its last daemon may have granted a lease
+            self.grants.assume_granted(lease_time)
+            if remembered is None:
+                # Saved by an older version: the cluster's lease may be longer than
+                # the default; the first instruction's lease counts from the start too.
+                self._grant_lease_unknown_since = self.clock()
         api_server, watcher = self._start_api()
         self.pg.prepare_folders()
         if reaper.become_subreaper():   # the postmaster becomes our child: its death is reaped at once
             reaper.reap_postgres()
         adopted = self.fencer.start()
         log.info("fencer %s (pid %d)", "adopted" if adopted else "started", self.fencer.pid)
-        peer = PeerServer(self.s.peer_bind, self.s.peer_port, self.grants, lambda: self.lease_time,
+        peer = PeerServer(self.s.peer_bind, self.s.peer_port, self.grants, lambda: self.memory.lease_time,
                           verifier=self.peer_verifier)
         peer.tls_context = self.tls_server
         threading.Thread(target=peer.serve_forever, daemon=True,
                          name="peer-server").start()
-        renewer = LeaseRenewer(self.s.name, self.leases, self._renew_target, lambda: self.heartbeat_interval,
+        renewer = LeaseRenewer(self.s.name, self.leases, self._renew_target, lambda: self.memory.heartbeat_interval,
                                credential=self.peer_credential, tls_context=self.tls_client)
         renewer.start()
+        self.renewer = renewer
         running_as = self.pg.status().running_as    # one status query at start, for both uses below
         if running_as == PRIMARY:
             # PostgreSQL outlived a previous node daemon: it gets one lease
-            # period to be confirmed by the arbiter, then it is fenced.
-            self.acting_primary = True
-            self.leases.renew("grace", self.clock(), self.lease_time)
-            self.fencer.cap(self.lease_time)    # never later than the lease the last daemon armed
+            # period (the cluster's, as last heard: never longer than the
+            # arbiter's failover wait) to be confirmed by the arbiter, then it is fenced.
+            self.memory = self.memory.acting(True)
+            lease_time = self.memory.lease_time
+            self.leases.renew("grace", self.clock(), lease_time)
+            self.fencer.cap(lease_time)     # never later than the lease the last daemon armed
             log.warning("PostgreSQL is already running as primary: fencing it unless the arbiter "
-                        "confirms this node within %.1fs", self.lease_time)
+                        "confirms this node within %.1fs", lease_time)
         else:
             self.fencer.disarm()    # an adopted fencer's old deadline must not hit a standby
-        threading.Thread(target=self._watchdog, daemon=True, name="watchdog").start()
+        self.watchdog.start()
+        self.facts.start()
         self._callback("on_start", running_as or "stopped")
         log.info("node %s started (last epoch acted on: %d); asking the arbiter at %s:%s before "
-                 "starting PostgreSQL", self.s.name, self.acted_epoch, self.s.arbiter_host, self.s.arbiter_port)
+                 "starting PostgreSQL", self.s.name, self.memory.acted_epoch, self.s.arbiter_host, self.s.arbiter_port)
         try:
             while not self._stop.is_set():
                 started = self.clock()
-                acting_before = self.acting_primary, self.pg.postmaster_pid()
+                acting_before = self.memory.acting_primary, self.pg.postmaster_pid()
                 try:
-                    if not self._starting_for_switchover():   # it writes PostgreSQL's files: reload after it
-                        self.reloader.reload_if_asked(self)
+                    if not self.actions.starting_for_switchover():   # it writes PostgreSQL's files: reload after it
+                        reloaded = self.reloader.reload_if_asked(self)
+                        if reloaded is not None and (reloaded.applied or reloaded.restart_needed):
+                            self._callback("on_reload", self.status.running_as or "stopped")
                     self.step()
                     self._said.pop("postgres", None)
                 except PostgresError as exc:    # logged once until it changes or clears
@@ -150,22 +167,26 @@ class Node:
                 except Exception:   # a bug must not take the daemon (and its fencing) down
                     log.exception("unexpected error in the HA loop; carrying on")
                 self._publish(self.clock() - started)
-                if (self.acting_primary, self.pg.postmaster_pid()) != acting_before:
-                    self._poke_watchdog()   # it watches the new role and postmaster
+                if (self.memory.acting_primary, self.pg.postmaster_pid()) != acting_before:
+                    self.watchdog.poke()    # it watches the new role and postmaster
                     continue    # a role or process change: report it at once
-                self._wake.wait(max(0.02, self._next_report_in() - (self.clock() - started)))
-                self._wake.clear()
+                self.inbox.wait(max(0.02, self._next_report_in() - (self.clock() - started)))
         finally:
+            self.facts.stop()
             if api_server:
                 api_server.stop()
                 watcher.stop()
             renewer.stop()
             peer.shutdown()
             peer.server_close()
-            self.shutdown_postgres()
-            if self.pg.postmaster_pid() is None:
-                self.fencer.stop()      # nothing left to fence; else it stays, armed
-            self._callback("on_stop", "stopped")
+            if self.stop_leaves_postgres_running():
+                self.leave_postgres_running()
+            else:
+                self.shutdown_postgres()
+            left_as = self._left_running_as()
+            if left_as is None:
+                self.fencer.stop()      # nothing left to fence; else it stays (armed on an unpaused primary)
+            self._callback("on_stop", left_as or "stopped")
             self.callbacks.stop()       # the queued callbacks, at most a timeout each
 
     def _next_report_in(self):
@@ -173,7 +194,7 @@ class Node:
         sooner when the arbiter's last answer (this heartbeat's, not an older
         one) asked for it: a switchover's target hurries, and a decision due
         before the next heartbeat (decision.report_in) is reported for in time."""
-        instruction, interval = self.instruction, self.heartbeat_interval
+        instruction, interval = self.memory.instruction, self.memory.heartbeat_interval
         if instruction is None or not self.arbiter_reachable:
             return interval
         if instruction.hurry and instruction.role == STANDBY:
@@ -182,73 +203,150 @@ class Node:
 
     def stop(self):
         self._stop.set()
-        self._wake.set()
-        self._poke_watchdog()
+        self.inbox.wake()
+        self.watchdog.stop()
 
     def request_reload(self):
         """Re-read the settings before the next heartbeat (SIGHUP)."""
         self.reloader.ask()
-        self._wake.set()
+        self.inbox.wake()
+
+    def paused(self):
+        """The cluster is in maintenance mode, as the last instruction said."""
+        instruction = self.memory.instruction
+        return instruction is not None and instruction.paused
+
+    def stop_leaves_postgres_running(self):
+        """A stopping daemon leaves PostgreSQL running (a restart adopts it),
+        unless stop_postgres_on_exit asks for the old way outside pause."""
+        return self.paused() or not getattr(self.s, "stop_postgres_on_exit", False)
+
+    def leave_postgres_running(self):
+        """The daemon stops, PostgreSQL runs on. A standby keeps streaming.
+        A primary says goodbye in one last heartbeat: outside pause its answer
+        renews the arbiter lease and the fencer stays armed to that lease's
+        end (a daemon back by then adopts the server; else it is fenced and
+        the standby promoted, invariant 2). In pause, once the arbiter has
+        answered that it is paused and heard that this primary is left
+        unfenced (it then holds back any failover until the daemon reports
+        again, ClusterState.primary_unfenced), the fencer is disarmed."""
+        launching = self.actions.launching
+        if launching is not None:
+            launching.join(30)      # a start under way ends first
+        if not self.pg.postmaster_pid():
+            return
+        if not self.memory.acting_primary:
+            log.info("PostgreSQL left running (not primary): a restarted daemon takes it over")
+            return
+        paused = self.paused()
+        sent_at = self.clock()
+        try:
+            instruction = self._heartbeat(replace(self._report(self.pg.status()), unfenced=paused))
+        except PostgresError as exc:
+            self._say("postgres", "error", str(exc))
+            instruction = None
+        confirmed = instruction is not None and instruction.role == PRIMARY \
+            and instruction.epoch == self.memory.acted_epoch
+        if confirmed and paused and instruction.paused:
+            self.memory = self.memory.acting(False)
+            self.fencer.disarm()
+            log.warning("paused: PostgreSQL left running as primary, unfenced; the arbiter allows no failover "
+                        "until this daemon reports again")
+            return
+        if confirmed:
+            self.leases.renew("arbiter", sent_at, self.memory.lease_time)
+        self.fencer.follow(self.watchdog.fence_deadline)
+        left = max(0.0, self.leases.deadline() - self.clock())
+        log.warning("PostgreSQL left running as primary: its fencer stops it in %.1fs (the lease's end) unless "
+                    "a restarted daemon is confirmed by the arbiter before", left)
+
+    def _left_running_as(self):
+        """PostgreSQL's role as the daemon leaves it ("running" if it does
+        not answer), or None when it is stopped."""
+        if not self.pg.postmaster_pid():
+            return None
+        try:
+            return self.pg.status().running_as or "running"
+        except PostgresError:
+            return "running"
 
     def shutdown_postgres(self):
-        # A primary nobody renews leases for must not outlive its node daemon.
-        launching = self._launching
+        """Stop PostgreSQL with the daemon (stop_postgres_on_exit)."""
+        launching = self.actions.launching
         if launching is not None:
             launching.join(30)      # a start under way ends first, so it is stopped too
         if self.pg.postmaster_pid():
             log.info("stopping PostgreSQL")
-            self.acting_primary = False
+            self.memory = self.memory.acting(False)
             self.pg.stop("fast", timeout=30)
 
     # -- one heartbeat -----------------------------------------------------------
 
-    def _starting_for_switchover(self):
-        return self._launching is not None and self._launching.is_alive()
-
     def step(self):
-        if self._starting_for_switchover():
-            # _follow_target is starting PostgreSQL: leave it alone meanwhile.
-            status = self.status = Report(pg=PG_STARTING)
+        launching = self.actions.starting_for_switchover()  # before the drain: a finished start has put its result
+        self._take_results()
+        if launching:
+            # The follow-target thread is starting PostgreSQL: leave it alone meanwhile.
+            status = self.status = PgStatus(pg=PG_STARTING)
         else:
-            self._launching = None
+            self.actions.launching = None
             status = self.status = self.pg.status()
         report = self._report(status)
         self.grant_reported = report.grant_remaining
         sent_at = self.clock()
         instruction = self._heartbeat(report)
+        sdnotify.ready()    # systemd (Type=notify): up once a first heartbeat went out, answered or not
         view = self._view(instruction, status)
         decision = decide(view)
-        if decision.action not in IDLE:
-            self.last_action = decision.action.value
+        if decision.hand_over is not self.memory.hand_over and instruction.role == PRIMARY:
+            log.warning("the arbiter kept this node primary after it handed over: starting again")
+        self.memory = self.memory.decided(decision)
         self._say("action", "debug" if decision.action in IDLE else "info",
                   f"action {decision.action.value} (row {decision.row}, PostgreSQL {view.pg})")
         if decision.action is Action.NO_ANSWER:
             return
         if decision.action is Action.IGNORE_OLD_EPOCH:
             self._say("arbiter", "warning", f"ignoring instruction of epoch {instruction.epoch}: this node "
-                                            f"already acted on epoch {self.acted_epoch}")
+                                            f"already acted on epoch {self.memory.acted_epoch}")
             return
         self._take(instruction, sent_at)
-        if decision.hand_over is not self.hand_over:
-            if instruction.role == PRIMARY:
-                log.warning("the arbiter kept this node primary after it handed over: starting again")
-            self.hand_over = decision.hand_over
-        if decision.remember_epoch is not None:
-            self._remember_epoch(decision.remember_epoch)
-        self._actions[decision.action](decision)
+        self._remember(decision.remember_epoch)
+        self._act(decision)
+
+    def _take_results(self):
+        """Apply what the other threads handed over since the last heartbeat."""
+        for result in self.inbox.drain():
+            self.memory = self.memory.after(result)
+
+    def _act(self, decision):
+        """Carry out the decision's action; what it changed of the memory
+        stands, also when it raised part-way."""
+        changes = Changes(self.memory)
+        starting = decision.action in STARTS_READ_WRITE
+        if starting:
+            self.watchdog.starting_read_write(True)
+        try:
+            self.actions.run(decision.action, changes, decision)
+        finally:
+            self.memory = changes.memory
+            if starting:    # after the memory: the watchdog sees acting (or not) from here on
+                self.watchdog.starting_read_write(False)
 
     def _take(self, instruction, sent_at):
         """Adopt a current instruction: its timings, and the leases and grants its role calls for."""
-        self.instruction = instruction
+        m = self.memory
+        self.memory = m = replace(m, instruction=instruction, lease_time=instruction.lease_time or m.lease_time,
+                                  heartbeat_interval=instruction.heartbeat_interval or m.heartbeat_interval)
         self.reloader.note_generation(instruction.reload_generation)
-        self.lease_time = instruction.lease_time or self.lease_time
-        self.heartbeat_interval = instruction.heartbeat_interval or self.heartbeat_interval
+        if self._grant_lease_unknown_since is not None and instruction.lease_time:
+            self.grants.assume_granted(instruction.lease_time, since=self._grant_lease_unknown_since)
+            self._grant_lease_unknown_since = None
         role = instruction.role
         self._say("role", "info", f"arbiter: {role} at epoch {instruction.epoch}"
                   + (f" of {instruction.primary}" if role == STANDBY else "")
                   + (f" ({instruction.reason})" if role == WAIT else ""))
         if role == PRIMARY:
-            self.leases.renew("arbiter", sent_at, self.lease_time)
+            self.leases.renew("arbiter", sent_at, m.lease_time)
             self.grants.stop()
         elif role == STANDBY:
             self.grants.follow(instruction.primary, instruction.epoch)
@@ -256,23 +354,24 @@ class Node:
     def _view(self, instruction, status):
         """What the rules look at. The data directory of a stopped PostgreSQL
         is read only when the instruction may act on it."""
-        data, data_error = None, None
+        m, data, data_error = self.memory, None, None
         if status.pg == PG_STOPPED and instruction is not None and instruction.role != WAIT \
-                and instruction.epoch >= self.acted_epoch:
+                and instruction.epoch >= m.acted_epoch:
             data, data_error = self._read_data_dir()
         return NodeView(
-            now=self.clock(), instruction=instruction, acted_epoch=self.acted_epoch, pg=status.pg,
+            now=self.clock(), instruction=instruction, acted_epoch=m.acted_epoch, pg=status.pg,
             running_as=status.running_as,
-            data=data, data_error=data_error, acting_primary=self.acting_primary, hand_over=self.hand_over,
-            last_crash_restart=self.last_crash_restart, rejoin_failures=self.rejoin_failures,
-            upstream=self.upstream, streaming=status.receiver == "streaming",
-            not_streaming_since=self.standby_since, slot_ensured=self.slot_ensured,
+            data=data, data_error=data_error, acting_primary=m.acting_primary, hand_over=m.hand_over,
+            last_crash_restart=m.last_crash_restart, rejoin_failures=m.rejoin_failures,
+            failed_rejoins=m.failed_rejoins, last_rejoin_failure=m.last_rejoin_failure, reinit_done=m.reinit_done,
+            upstream=m.upstream, streaming=status.receiver == "streaming",
+            not_streaming_since=m.standby_since, slot_ensured=m.slot_ensured,
             sync_standby=status.sync_standby)
 
     def _read_data_dir(self):
         if self.pg.data_is_empty():
             return DataDir.EMPTY, None
-        if self.hand_over is HandOver.SWITCHED_OVER and not self.pg.recovery_signal_set():
+        if self.memory.hand_over is HandOver.SWITCHED_OVER and not self.pg.recovery_signal_set():
             # This daemon stopped it as primary for a switchover and did not
             # start it again: no pg_controldata run on the switchover's path.
             return DataDir.WAS_PRIMARY, None
@@ -284,12 +383,24 @@ class Node:
     def _report(self, status):
         """This heartbeat's messages.Report: PostgreSQL's status (pg.status())
         and what the node adds, its address, leases and last action."""
-        return replace(
-            status, address=self.address, relinquished=self.hand_over is not HandOver.NONE,
-            grant_remaining=round(self.grants.remaining_for_report(), 3), last_action=self.last_action,
+        m = self.memory
+        return Report.from_status(
+            status, address=self.address, relinquished=m.hand_over is not HandOver.NONE,
+            grant_remaining=round(self.grants.remaining_for_report(), 3), last_action=m.last_action,
             clone_progress=None if self.clone_progress is None else self.clone_progress.to_wire(),
             lease_remaining={source: round(self.leases.remaining(source), 3) for source in ("arbiter", "standby")}
-            if self.acting_primary else None)
+            if m.acting_primary else None,
+            disk=self.facts.latest.disk_report,     # one read of the facts thread's latest
+            reinit_done=m.reinit_done)
+
+    def _clock_skews(self, acting_primary):
+        """The arbiter's and the other node's wall clock minus ours, s (None: not
+        heard): the peer as the lease link last showed it, from whichever side
+        of it this node is on."""
+        renewer = self.renewer
+        peer = renewer.clock_skew if acting_primary and renewer else \
+            next(iter(self.peer_verifier.skews.copy().values()), None)     # copy: the lease link's threads add
+        return {"arbiter": self.arbiter.clock_skew, "peer": peer}
 
     def _heartbeat(self, report):
         """The arbiter's Instruction, or None (logged) when there is none to act on."""
@@ -297,7 +408,7 @@ class Node:
         sent = self.clock()
         try:
             reply = self.arbiter.request({"type": "heartbeat", "cluster": self.cluster, "node": self.s.name,
-                                          "epoch": self.acted_epoch, "report": report.to_wire()})
+                                          "epoch": self.memory.acted_epoch, "report": report.to_wire()})
             self.heartbeat_rtt = self.clock() - sent
         except auth.AuthError as exc:   # not the arbiter's reply to this heartbeat: act on nothing
             self._say("arbiter", "error", f"ignoring a reply that is not the arbiter's: {exc}")
@@ -320,357 +431,41 @@ class Node:
         self.arbiter_reachable = True
         return instruction
 
-    # -- actions: one method per node_rules.Action, named after its value --------
-    # The epoch (decision.remember_epoch) is already durable when these run.
-
-    def _no_answer(self, d):
-        pass    # handled in step()
-
-    _ignore_old_epoch = _no_answer
-
-    def _wait(self, d):
-        pass    # the role line logged the reason
-
-    def _await_start(self, d):
-        pass
-
-    def _paused(self, d):
-        pass    # maintenance mode: PostgreSQL is left alone (node_rules M1)
-
-    def _await_streaming(self, d):
-        pass
-
-    def _data_unreadable(self, d):
-        raise PostgresError(d.why)
-
-    # primary
-
-    def _refuse_empty(self, d):
-        self._say("data", "error", f"data directory {self.pg.pgdata} is empty but this node is the "
-                                   f"primary at epoch {self.instruction.epoch}: refusing to create an empty "
-                                   "cluster over one that had data (restore it, or switch over to the standby)")
-
-    def _bootstrap(self, d):
-        log.info("empty data directory: creating a new cluster in %s", self.pg.pgdata)
-        self.pg.initdb()
-        self.pg.write_settings(PRIMARY, sync_standby=None)
-        self.pg.set_recovery_signal(False)
-        self.pg.start()
-        self.pg.create_roles()
-        self.acting_primary = True
-        log.failover("new cluster created; running as primary (epoch %d)", d.remember_epoch)
-        self._callback("on_role_change", "primary")
-
-    def _hand_over(self, d):
-        log.failover("handing over to the standby: %s", d.why)
-        self.acting_primary = False
-        self.pg.stop("immediate")
-        self.hand_over = HandOver.HANDED_OVER
-        self._callback("on_role_change", "demoted")
-
-    def _restart_after_crash(self, d):
-        self.last_crash_restart = self.clock()
-        log.warning("PostgreSQL stopped unexpectedly: restarting it as primary")
-        self._actions[d.then](d)
-
-    def _promote_stopped_standby(self, d):
-        log.failover("starting the former standby and promoting it (epoch %d)", d.remember_epoch)
-        self.pg.write_settings(STANDBY)     # no upstream: replay only the WAL it has
-        self.pg.set_recovery_signal(True)
-        self.pg.start()
-        self.pg.write_settings(PRIMARY, sync_standby=d.sync_standby)
-        self.pg.promote()
-        self.failovers += 1
-        self._running_as_primary(d)
-
-    def _start_primary(self, d):
-        self.pg.write_settings(PRIMARY, sync_standby=d.sync_standby)
-        self.pg.set_recovery_signal(False)
-        try:
-            self.pg.start()
-        except PostgresError as exc:
-            self._hand_over(replace(d, why=str(exc)))
-            return
-        self._running_as_primary(d)
-
-    def _running_as_primary(self, d):
-        self.acting_primary = True
-        self.slot_ensured = None
-        log.failover("PostgreSQL running as primary (epoch %d)", d.remember_epoch)
-        self._callback("on_role_change", "primary")
-
-    def _promote_running_standby(self, d):
-        log.failover("promoting this node to primary at epoch %d", d.remember_epoch)
-        self.pg.write_settings(PRIMARY, sync_standby=d.sync_standby)   # standby.signal: PostgreSQL removes it
-        self.pg.reload()    # the sync name holds from the first commit after the promotion
-        self.pg.promote()
-        self.failovers += 1
-        self.acting_primary = True
-        self.slot_ensured = None
-        log.failover("this node is now the primary (epoch %d)", d.remember_epoch)
-        self._callback("on_role_change", "primary")
-
-    def _relinquish(self, d):
-        self.acting_primary = True
-        self._prepare_hand_over(d.address)
-        log.failover("switchover: stopping PostgreSQL to hand over to %s", d.why)
-        self.pg.stop("fast")
-        self.acting_primary = False
-        self.hand_over = HandOver.SWITCHED_OVER
-        self._callback("on_role_change", "demoted")
-        if self.prepared_upstream is not None and self.pg.postmaster_pid() is None:
-            self._launching = threading.Thread(target=self._follow_target, args=(d,), daemon=True,
-                                               name="follow-target")
-            self._launching.start()
-
-    def _follow_target(self, d):
-        """Start PostgreSQL again at once, in recovery, as a standby of the
-        switchover's target. A thread: the HA loop reports the hand-over
-        meanwhile (PostgreSQL "starting"), so it starts while the arbiter
-        decides and the target is promoted; it streams from the target
-        (cascading) and follows its timeline switch, so it is the synchronous
-        standby the new primary's first commit waits for. Read-only, on the
-        arbiter's relinquish instruction that named the target, and after the
-        clean stop: the arbiter promotes the target only once we report that.
-        If it will not start, the standby rows start it after the decision."""
-        try:
-            self.fencer.disarm()    # before PostgreSQL runs here as a standby
-            self.pg.write_settings(STANDBY, primary_address=d.address)
-            self.pg.set_recovery_signal(True)
-            self.pg.launch()
-        except PostgresError as exc:
-            log.warning("switchover: PostgreSQL did not start as a standby of %s (%s); it starts "
-                        "after the arbiter's decision", d.primary, exc)
-            return
-        self.prepared_upstream = None
-        self.upstream, self.standby_since = d.address, self.clock()
-        log.failover("switchover: PostgreSQL starting as a standby of %s (cascading until it is promoted)",
-                     d.primary)
-        self._callback("on_role_change", "replica")
-        self._wake.set()    # report what runs now
-
-    def _prepare_hand_over(self, target):
-        """Work a switchover would otherwise do while no write is accepted,
-        done while PostgreSQL still takes writes: a checkpoint, so the
-        shutdown checkpoint has little left to write, and our replication
-        slot on the target (a standby can hold a physical slot, and keeps it
-        when promoted), so following it after the decision needs no round
-        trip. Both best effort: a failure only leaves the work for later."""
-        self.prepared_upstream = None
-        self.pg.checkpoint(timeout=HAND_OVER_CHECKPOINT)
-        if target is None:
-            return
-        try:
-            self.pg.prepare_upstream(target, self.s.slot_name, wait_promoted=False)
-            self.prepared_upstream = target
-        except PostgresError as exc:
-            log.warning("switchover: %s; following the target will make the slot", exc)
-
-    def _set_sync(self, d):
-        self.acting_primary = True
-        self.pg.write_settings(PRIMARY, sync_standby=d.sync_standby)
-        self.pg.reload()
-        if d.sync_standby:
-            log.info("synchronous replication on: commits wait for %s", d.sync_standby)
-        else:
-            log.warning("synchronous replication off (arbiter marked the standby not promotable)")
-        if d.slot:
-            self._ensure_slot(d)
-
-    def _ensure_slot(self, d):
-        self.acting_primary = True
-        self.pg.ensure_slot(d.slot)
-        self.slot_ensured = d.slot
-
-    def _stay_primary(self, d):
-        self.acting_primary = True
-
-    # standby
-
-    def _demote(self, d):
-        log.failover("demoting: %s is the primary at epoch %d; stopping PostgreSQL to rejoin as "
-                     "its standby", d.primary, d.remember_epoch)
-        self.acting_primary = False
-        self.pg.stop("fast")
-        self._callback("on_role_change", "demoted")
-
-    def _follow(self, d):
-        self.pg.write_settings(STANDBY, primary_address=d.address)
-        self.pg.reload()
-        self.upstream, self.standby_since = d.address, self.clock()
-        self.pg.drop_inactive_slots()
-
-    def _stay_standby(self, d):
-        self.standby_since = self.clock()
-        self.rejoin_failures = 0
-
-    def _restart_rejoin(self, d):
-        log.warning("not streaming from the primary for %.0fs (diverged timeline?): stopping to "
-                    "rejoin again", STANDBY_STREAM_DEADLINE)
-        self.pg.stop("fast")
-        self.rejoin_failures += 1
-
-    # Rejoin: plain start if our data follows the primary, else pg_rewind,
-    # else (or when a rewound copy still cannot follow) a fresh pg_basebackup.
-
-    def _clone(self, d):
-        if d.why == "empty":
-            log.info("empty data directory: cloning %s with pg_basebackup", d.primary)
-        else:
-            log.failover("rejoining as standby of %s: a fresh pg_basebackup (earlier attempt could not "
-                         "follow it)", d.primary)
-        self.pg.prepare_upstream(d.address, self.s.slot_name)
-        self._basebackup(d)
-        self._run_as_standby(d)
-
-    def _rewind(self, d):
-        log.failover("rejoining as standby of %s: pg_rewind", d.primary)
-        self.pg.prepare_upstream(d.address, self.s.slot_name, checkpoint=True)
-        try:
-            outcome = self.pg.rewind(d.address)
-        except PostgresError as exc:
-            # Only when pg_rewind itself gave up: the WAL kept here and on the
-            # new primary (wal_keep_size) did not reach back far enough.
-            log.warning("%s; rewinding is not possible: falling back to a fresh pg_basebackup", exc)
-            self._basebackup(d)
-        else:
-            fetched = (f"{outcome.fetched_segments} missing WAL segment(s) fetched from {d.primary}"
-                       if outcome.fetched_segments else "with the WAL kept here")
-            log.failover("pg_rewind done in %.1fs (%s): path %s", outcome.seconds, fetched, outcome.path)
-        self._run_as_standby(d)
-
-    def _basebackup(self, d):
-        """pg_basebackup into a temporary folder, saying its progress in the
-        log every CLONE_LOG_INTERVAL and in the report. The HA loop is busy
-        meanwhile, so the progress callback also sends the arbiter a
-        heartbeat; its instruction is acted on once the clone is done."""
-        started = self.clock()
-        said_at = heartbeat_at = started
-
-        def progress(p):
-            nonlocal said_at, heartbeat_at
-            self.clone_progress = p
-            now = self.clock()
-            if now - said_at >= CLONE_LOG_INTERVAL:
-                said_at = now
-                log.info("clone from %s: %s after %.0fs", d.primary, p.describe(), now - started)
-            if now - heartbeat_at >= self.heartbeat_interval:
-                heartbeat_at = now
-                self._heartbeat(self._report(Report(pg=PG_STOPPED)))
-
-        try:
-            self.pg.basebackup(d.address, on_progress=progress)
-        finally:
-            self.clone_progress = None
-        log.failover("clone from %s complete in %.1fs", d.primary, self.clock() - started)
-
-    def _start_standby(self, d):
-        switchover = d.why == "switchover"
-        if switchover:
-            log.failover("following %s from the hand-over point (clean switchover: no rewind)", d.primary)
-        if not (switchover and self.prepared_upstream == d.address):
-            self.pg.prepare_upstream(d.address, self.s.slot_name, wait_promoted=not switchover)
-        self.prepared_upstream = None
-        self._run_as_standby(d)
-
-    def _run_as_standby(self, d):
-        self.fencer.disarm()    # before PostgreSQL runs here as a standby
-        self.pg.write_settings(STANDBY, primary_address=d.address)
-        self.pg.set_recovery_signal(True)
-        try:
-            self.pg.start()
-        except PostgresError:
-            self.rejoin_failures += 1
-            raise
-        self.upstream, self.standby_since = d.address, self.clock()
-        log.failover("PostgreSQL running as standby of %s", d.primary)
-        self._callback("on_role_change", "replica")
-
     # -- helpers -------------------------------------------------------------------
 
-    def _remember_epoch(self, epoch):
-        # Durable before acting, so a restarted node never obeys an older decision.
-        if epoch > self.acted_epoch:
-            store.save_json(self.state_file, {"acted_epoch": epoch})
-            self.acted_epoch = epoch
+    def _remember(self, epoch):
+        """Durable before acting: the epoch, so a restarted node never obeys
+        an older decision, and the cluster's lease, a restarted node's grace
+        for a primary it finds running. Written only when either changes."""
+        epoch = max(self.memory.acted_epoch, epoch or 0)
+        state = {"acted_epoch": epoch, "lease_time": self.memory.lease_time}
+        if state != self._saved_state:
+            store.save_json(self.state_file, state)
+            self._saved_state = state
+        self.memory = replace(self.memory, acted_epoch=epoch)
 
     def _renew_target(self):
-        instruction = self.instruction
-        if not instruction or instruction.role != PRIMARY or not self.acting_primary:
+        m = self.memory     # one read: a consistent instruction and lease
+        instruction = m.instruction
+        if not instruction or instruction.role != PRIMARY or self.watchdog.guarding() is None:
             return None
         address = instruction.standby_address
         if not address:
             return None
-        return address.host, address.peer_port, instruction.epoch, self.lease_time
+        return address.host, address.peer_port, instruction.epoch, m.lease_time
 
     def _lease_renewed(self):
         """The fencer follows a renewed lease from the renewing thread (the HA
         loop or the lease renewer). Waking the watchdog for it cost a thread
-        switch per renewal; the watchdog still looks every WATCHDOG_IDLE.
+        switch per renewal; the watchdog still looks every node_watchdog.IDLE.
         Never waits for the fencer handle (the watchdog may be restarting
         the fencer): then the watchdog is woken to follow instead."""
         try:
-            if self.fencer.follow(self._fence_deadline, wait=False):
+            if self.fencer.follow(self.watchdog.fence_deadline, wait=False):
                 return
         except Exception:   # the watchdog follows at its next look
-            self._say("fencer", "error", "fencer handle failed; this daemon still fences by itself")
-        self._poke_watchdog()
-
-    def _fence_deadline(self):
-        return self.leases.deadline() if self.acting_primary else None
-
-    def _poke_watchdog(self):
-        try:
-            os.write(self._watch_w, b"!")
-        except (BlockingIOError, OSError):
-            pass    # a full pipe wakes it all the same
-
-    def _watchdog(self):
-        """Fences at the lease end, keeps the fencer armed to the lease, and
-        wakes the HA loop the moment the primary's PostgreSQL dies.
-
-        Event-driven: it sleeps until the lease ends, a heartbeat changed the
-        role or the postmaster, the postmaster exits (its pidfd), or
-        WATCHDOG_IDLE at most. A renewed lease does not wake it: the renewing
-        thread moves the fencer's deadline itself (_lease_renewed)."""
-        death = reaper.DeathWatch()
-        while not self._stop.is_set():
-            try:    # the fencer enforces the same lease should this daemon die or freeze
-                restarted = self.fencer.check()
-                if restarted:
-                    log.warning("%s", restarted)
-                self.fencer.follow(self._fence_deadline)
-            except Exception:   # never lose the watchdog to it
-                self._say("fencer", "error", "fencer handle failed; this daemon still fences by itself")
-            timeout, watched = WATCHDOG_IDLE, [self._watch_r]
-            if self.acting_primary:
-                if not self.leases.held():
-                    self.acting_primary = False
-                    log.failover("no lease from the arbiter or the standby: fencing PostgreSQL")
-                    self.fences += 1
-                    self.pg.fence()
-                    self._callback("on_role_change", "fenced")
-                    continue
-                pid = self.pg.postmaster_pid()
-                if pid is None:
-                    reaper.reap_postgres()
-                    self._wake.set()    # PostgreSQL died: don't wait for the next heartbeat
-                fd = death.watch(pid)
-                if fd is not None:
-                    watched.append(fd)
-                elif pid is not None:
-                    timeout = 0.1       # no pidfd on this system: poll while primary
-                timeout = min(timeout, max(0.0, self.leases.held_until() - self.clock()) + 0.002)
-            else:
-                death.close()
-            readable = select.select(watched, [], [], timeout)[0]
-            if self._watch_r in readable:
-                try:
-                    while os.read(self._watch_r, 512):
-                        pass
-                except BlockingIOError:
-                    pass
-        death.close()
+            self.watchdog.fencer_failed()
+        self.watchdog.poke()
 
     # -- the REST API's view -------------------------------------------------------
 
@@ -682,7 +477,8 @@ class Node:
         from pgha import api    # the HTTP server's modules (http, email) only when it runs
         server = api.start(self.s.api_bind, self.s.api_port, self.state,
                            relay=api.arbiter_relay(self.arbiter.addresses, tls_context=self.tls_client,
-                                                   cluster=self.cluster))
+                                                   cluster=self.cluster),
+                           reader=api.reader_verifier(getattr(self.s, "api_cluster_key_file", None), self.s.name))
         if server is None:
             return None, None
         watcher = ClusterWatcher(self.state, lambda: arbiter_link.call(
@@ -694,24 +490,32 @@ class Node:
     def _publish(self, duration):
         """Publish what this heartbeat saw; readers never wait for it."""
         self.loop_stats = self.loop_stats.add(duration)
-        status, instruction = self.status, self.instruction
+        status, m = self.status, self.memory
+        instruction = m.instruction
+        self.facts.note(status.pg)
+        reading = self.facts.latest     # one reference: facts and disk of one reading
         self.state.publish(NodeSnapshot(
             name=self.s.name, taken_at=self.clock(), pg=status.pg, running_as=status.running_as,
             lsn=status.lsn, receive_lsn=status.receive_lsn, timeline=status.timeline,
             sync_standby=status.sync_standby, receiver=status.receiver, replication=status.replication,
-            acting_primary=self.acting_primary,
+            acting_primary=m.acting_primary,
             instruction_role=instruction.role if instruction else None,
             instruction_epoch=instruction.epoch if instruction else None,
             instruction_reason=instruction.reason if instruction else None,
             instruction_paused=instruction.paused if instruction else False,
             primary=(self.s.name if instruction.role == PRIMARY else instruction.primary) if instruction else None,
             primary_address=instruction.primary_address if instruction else None,
-            upstream=self.upstream, acted_epoch=self.acted_epoch,
+            upstream=m.upstream, acted_epoch=m.acted_epoch,
             lease_until=self.leases.until(), grant_remaining=self.grant_reported,
-            heartbeat_interval=self.heartbeat_interval, lease_time=self.lease_time,
+            heartbeat_interval=m.heartbeat_interval, lease_time=m.lease_time,
             arbiter_reachable=self.arbiter_reachable, heartbeat_rtt=self.heartbeat_rtt,
-            last_action=self.last_action, failovers=self.failovers, fences=self.fences,
-            loop=self.loop_stats, started_at=self.state.snapshot.started_at))
+            clock_skew=self._clock_skews(m.acting_primary),
+            last_action=m.last_action, failovers=m.failovers, fences=self.watchdog.fences,
+            loop=self.loop_stats, started_at=self.state.snapshot.started_at,
+            disk=reading.disk, **pg_facts.snapshot_fields(self.s, self.cluster, reading.facts)))
+
+    def _clone_progress(self, progress):
+        self.clone_progress = progress
 
     def _callback(self, event, role):
         """Queue a user callback (pgha.callbacks): returns at once."""

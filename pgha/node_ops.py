@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-from pgha import logs, reload
+from pgha import callbacks, logs, reload
 from pgha.postgres import PostgresError
 from pgha.settings import NODE_SPECS
 
@@ -20,8 +20,7 @@ log = logs.get("node")
 
 def callback_scripts(settings: Any) -> tuple[dict[str, str | None], float]:
     """The callbacks and their timeout from the settings (read at each event)."""
-    return ({"on_role_change": settings.on_role_change, "on_start": settings.on_start,
-             "on_stop": settings.on_stop}, float(settings.callback_timeout))
+    return ({event: getattr(settings, event, None) for event in callbacks.EVENTS}, float(settings.callback_timeout))
 
 
 class NodeReloader:
@@ -72,9 +71,25 @@ def apply(node: Any, new: Any) -> reload.Diff:
     merged = reload.merge(old, new, diff)
     node.s = node.pg.s = merged     # callbacks read node.s at each event
     logs.reconfigure(merged.log_level, merged.log_file)
-    if {"hba_networks", "pg_parameters"} & set(diff.applied):
+    if {"hba_networks", "pg_parameters", "pg_hba", "pg_ident"} & set(diff.applied):
         _reload_postgres(node.pg)
     return diff
+
+
+def pre_promote(settings: Any) -> str | None:
+    """Run the pre_promote script, if one is set, and wait for it: None when
+    it exited 0 (or there is none), else why the promotion must wait."""
+    path = getattr(settings, "pre_promote", None)
+    if not path:
+        return None
+    code = callbacks.run_script(path, "pre_promote", "replica", settings.name, float(settings.callback_timeout))
+    if code == 0:
+        return None
+    how = "was killed at the callback_timeout" if code is None else f"exited with status {code}"
+    return f"pre_promote {path} {how}: not promoting (tried again in {PRE_PROMOTE_RETRY:g}s at the earliest)"
+
+
+PRE_PROMOTE_RETRY = 2.0     # s between runs of a failing pre_promote script
 
 
 def _reload_postgres(pg: Any) -> None:

@@ -1,8 +1,10 @@
 """The node's rules: what to do with the local PostgreSQL this heartbeat.
 
 Pure: no I/O, the clock is an input. node.py gathers a NodeView, calls
-decide() and carries out the one Action it returns. The rows are tried in
-order; the first that matches wins.
+decide() and has node_actions.py carry out the one Action it returns.
+decide() first reads the wire Instruction as its role's own type (orders():
+AsPrimary, AsStandby, Wait). The rows are tried in order; the first that
+matches wins.
 
   Any instruction
     no answer from the arbiter ........................ NO_ANSWER (leases lapse; the watchdog fences)
@@ -32,17 +34,22 @@ order; the first that matches wins.
   Standby of X at epoch E (a hand-over ends: X is the new primary)
     S1  acting primary, or running as primary ......... DEMOTE
     S2  PostgreSQL starting ........................... AWAIT_START
+    R1  the arbiter orders a reinit not yet carried out REINIT (stop, a fresh pg_basebackup, the old
+                                                        data kept until it is complete; S7's backoff
+                                                        after a failed one)
     S3  running, following another address ............ FOLLOW
     S4  running, streaming ............................ STAY_STANDBY
     S5  running, not streaming past the deadline ...... RESTART_REJOIN
     S6  running ....................................... AWAIT_STREAMING
-    S7  stopped, data empty ........................... CLONE
-    S8  stopped, an earlier rejoin failed ............. CLONE (afresh)
-    S9  stopped, data unreadable ...................... DATA_UNREADABLE
-    S10 stopped cleanly for a planned switchover ...... START_STANDBY (no rewind: its WAL ends where
+    S7  stopped, the last rejoin failed moments ago ... REJOIN_BACKOFF (the next try waits
+                                                        rejoin_backoff(): 0.5 s, doubling to 30 s)
+    S8  stopped, data empty ........................... CLONE
+    S9  stopped, an earlier rejoin failed ............. CLONE (afresh)
+    S10  stopped, data unreadable ...................... DATA_UNREADABLE
+    S11 stopped cleanly for a planned switchover ...... START_STANDBY (no rewind: its WAL ends where
                                                         the new primary's timeline begins)
-    S11 stopped, data last ran as primary ............. REWIND (pg_basebackup if rewind fails)
-    S12 stopped ....................................... START_STANDBY
+    S12 stopped, data last ran as primary ............. REWIND (pg_basebackup if rewind fails)
+    S13 stopped ....................................... START_STANDBY
 
 Every row from P3 on, except P4, and every standby row makes epoch E durable
 (remember_epoch) before it acts, so a restarted node never obeys an older
@@ -52,13 +59,16 @@ it running read-only (in recovery), following the standby the arbiter named.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from pgha.messages import PG_RUNNING, PG_STARTING, PRIMARY, STANDBY, Address, Instruction
 
 CRASH_RESTART_WINDOW = 60.0     # one quick local restart of a crashed primary per window
 STANDBY_STREAM_DEADLINE = 30.0  # a standby not streaming by then stops and rejoins again
+REJOIN_BACKOFF_FIRST = 0.5      # s before retrying a rejoin (rewind, clone, start) that failed once
+REJOIN_BACKOFF_MAX = 30.0       # ... doubling per failure in a row, up to this: a clone that cannot
+                                # succeed (a full disk) must not cost the new primary a checkpoint a second
 
 
 class Action(Enum):
@@ -83,6 +93,8 @@ class Action(Enum):
     STAY_STANDBY = "stay_standby"
     RESTART_REJOIN = "restart_rejoin"
     AWAIT_STREAMING = "await_streaming"
+    REINIT = "reinit"
+    REJOIN_BACKOFF = "rejoin_backoff"
     CLONE = "clone"
     REWIND = "rewind"
     START_STANDBY = "start_standby"
@@ -95,12 +107,15 @@ class Action(Enum):
 TOUCHES_POSTGRES = frozenset({Action.BOOTSTRAP, Action.HAND_OVER, Action.RESTART_AFTER_CRASH,
                               Action.PROMOTE_STOPPED_STANDBY, Action.START_PRIMARY,
                               Action.PROMOTE_RUNNING_STANDBY, Action.RELINQUISH, Action.DEMOTE, Action.FOLLOW,
-                              Action.RESTART_REJOIN, Action.CLONE, Action.REWIND, Action.START_STANDBY})
+                              Action.RESTART_REJOIN, Action.CLONE, Action.REWIND, Action.START_STANDBY,
+                              Action.REINIT})
 
 
 # Steady states: nothing changes. The node's report keeps the last other action.
 IDLE = frozenset({Action.NO_ANSWER, Action.WAIT, Action.AWAIT_START, Action.STAY_PRIMARY,
-                  Action.STAY_STANDBY, Action.AWAIT_STREAMING})
+                  Action.STAY_STANDBY, Action.AWAIT_STREAMING, Action.REJOIN_BACKOFF})
+# The standby's ways back; one that raises counts a failed rejoin (the backoff of row S7).
+REJOINS = frozenset({Action.CLONE, Action.REWIND, Action.START_STANDBY, Action.REINIT})
 # Actions under which PostgreSQL runs (or keeps running) read-write.
 READ_WRITE = frozenset({Action.BOOTSTRAP, Action.RESTART_AFTER_CRASH, Action.PROMOTE_STOPPED_STANDBY,
                         Action.START_PRIMARY, Action.PROMOTE_RUNNING_STANDBY, Action.SET_SYNC,
@@ -122,6 +137,58 @@ class DataDir(Enum):
     UNREADABLE = "unreadable"       # pg_controldata failed; NodeView.data_error says why
 
 
+# The arbiter's instruction as its role's own type: what the rules read of
+# it. decide() parses the wire Instruction (one bag of optional fields) into
+# one of these first; the wire format stays as it is.
+
+@dataclass(frozen=True)
+class AsPrimary:
+    epoch: int
+    sync_standby: str | None                # the name synchronous_standby_names must hold
+    standby: str | None                     # our standby, and where it is
+    standby_address: Address | None
+    relinquish: bool                        # stop PostgreSQL and hand over (switchover)
+    paused: bool
+
+    @property
+    def standby_slot(self) -> str | None:
+        return self.standby_address.slot if self.standby_address else None
+
+
+@dataclass(frozen=True)
+class AsStandby:
+    epoch: int
+    primary: str                            # whom to follow, and where
+    primary_address: Address
+    paused: bool
+    reinit: int = 0                         # an operator's reinit order (its id), 0: none
+
+
+@dataclass(frozen=True)
+class Wait:
+    epoch: int
+    reason: str
+    paused: bool
+
+
+Orders = AsPrimary | AsStandby | Wait
+
+
+def orders(instruction: Instruction) -> Orders:
+    """The instruction as its role's type. Instruction.from_wire checked the
+    role and what a standby needs; a standby instruction naming no primary
+    is a ValueError here (a bug in whoever made it)."""
+    epoch, paused = instruction.epoch, instruction.paused
+    if instruction.role == PRIMARY:
+        return AsPrimary(epoch, instruction.sync_standby, instruction.standby, instruction.standby_address,
+                         instruction.relinquish, paused)
+    if instruction.role == STANDBY:
+        if instruction.primary is None or instruction.primary_address is None:
+            raise ValueError(f"standby instruction at epoch {epoch} names no primary")
+        return AsStandby(epoch, instruction.primary, instruction.primary_address, paused, instruction.reinit)
+    return Wait(epoch, instruction.reason or "", paused)
+
+
 @dataclass(frozen=True)
 class NodeView:
     """Everything the rules look at, gathered once per heartbeat."""
@@ -136,6 +203,9 @@ class NodeView:
     hand_over: HandOver = HandOver.NONE
     last_crash_restart: float = float("-inf")
     rejoin_failures: int = 0                # rejoins that did not end streaming
+    failed_rejoins: int = 0                 # rejoin actions (REJOINS) that raised, in a row
+    reinit_done: int = 0                    # the last reinit order carried out
+    last_rejoin_failure: float = float("-inf")
     upstream: Address | None = None         # the address the running standby follows
     streaming: bool = False                 # the standby's WAL receiver streams
     not_streaming_since: float | None = None  # last time the standby was (re)pointed or streamed
@@ -151,6 +221,7 @@ class Decision:
     hand_over: HandOver = HandOver.NONE     # the hand-over state once the instruction is taken
     then: Action | None = None              # RESTART_AFTER_CRASH: the start that follows
     sync_standby: str | None = None         # SET_SYNC, starts and promotions: the sync name
+    reinit: int = 0                         # REINIT: the order carried out
     slot: str | None = None                 # SET_SYNC, ENSURE_SLOT: the standby's slot to ensure
     primary: str | None = None              # standby rows, RELINQUISH: whom to follow, and where
     address: Address | None = None
@@ -163,13 +234,14 @@ def decide(view: NodeView) -> Decision:
         return Decision(Action.NO_ANSWER, "-", hand_over=view.hand_over)
     if instruction.epoch < view.acted_epoch:
         return Decision(Action.IGNORE_OLD_EPOCH, "-", hand_over=view.hand_over)
-    if instruction.role == PRIMARY:
-        chosen = _as_primary(view, instruction)
-    elif instruction.role == STANDBY:
-        chosen = _as_standby(view, instruction)
+    ordered = orders(instruction)
+    if isinstance(ordered, AsPrimary):
+        chosen = _as_primary(view, ordered)
+    elif isinstance(ordered, AsStandby):
+        chosen = _as_standby(view, ordered)
     else:
-        return Decision(Action.WAIT, "-", hand_over=view.hand_over, why=instruction.reason or "")
-    if instruction.paused and chosen.action in TOUCHES_POSTGRES:
+        return Decision(Action.WAIT, "-", hand_over=view.hand_over, why=ordered.reason)
+    if ordered.paused and chosen.action in TOUCHES_POSTGRES:
         # Nothing is made durable and the hand-over state is kept: on resume
         # the same row is chosen again.
         return Decision(Action.PAUSED, "M1", hand_over=view.hand_over,
@@ -177,7 +249,7 @@ def decide(view: NodeView) -> Decision:
     return chosen
 
 
-def _as_primary(view: NodeView, ins: Instruction) -> Decision:
+def _as_primary(view: NodeView, ins: AsPrimary) -> Decision:
     epoch, sync = ins.epoch, ins.sync_standby
 
     def row(name: str, action: Action, remember: bool = True, then: Action | None = None,
@@ -228,9 +300,7 @@ def _start_for(data: DataDir | None) -> Action:
     return Action.START_PRIMARY
 
 
-def _as_standby(view: NodeView, ins: Instruction) -> Decision:
-    assert ins.primary is not None and ins.primary_address is not None     # Instruction.from_wire checks
-
+def _as_standby(view: NodeView, ins: AsStandby) -> Decision:
     def row(name: str, action: Action, why: str = "", hand_over: HandOver = HandOver.NONE) -> Decision:
         return Decision(action, name, remember_epoch=ins.epoch, primary=ins.primary,
                         address=ins.primary_address, why=why, hand_over=hand_over)
@@ -240,6 +310,10 @@ def _as_standby(view: NodeView, ins: Instruction) -> Decision:
     if view.pg == PG_STARTING:
         # A clean hand-over is remembered until PostgreSQL is started as a standby.
         return row("S2", Action.AWAIT_START, hand_over=view.hand_over)
+    if ins.reinit and ins.reinit != view.reinit_done:
+        if view.failed_rejoins and view.now - view.last_rejoin_failure < rejoin_backoff(view.failed_rejoins):
+            return row("S7", Action.REJOIN_BACKOFF)
+        return replace(row("R1", Action.REINIT), reinit=ins.reinit)
     if view.pg == PG_RUNNING:
         if view.upstream != ins.primary_address:
             return row("S3", Action.FOLLOW)
@@ -249,16 +323,23 @@ def _as_standby(view: NodeView, ins: Instruction) -> Decision:
                 view.now - view.not_streaming_since > STANDBY_STREAM_DEADLINE:
             return row("S5", Action.RESTART_REJOIN)
         return row("S6", Action.AWAIT_STREAMING)
+    if view.failed_rejoins and view.now - view.last_rejoin_failure < rejoin_backoff(view.failed_rejoins):
+        return row("S7", Action.REJOIN_BACKOFF)
     if view.data is DataDir.EMPTY:
-        return row("S7", Action.CLONE, why="empty")
+        return row("S8", Action.CLONE, why="empty")
     if view.rejoin_failures:
-        return row("S8", Action.CLONE, why="retry")
+        return row("S9", Action.CLONE, why="retry")
     if view.data is DataDir.UNREADABLE:
-        return row("S9", Action.DATA_UNREADABLE, why=view.data_error or "")
+        return row("S10", Action.DATA_UNREADABLE, why=view.data_error or "")
     if view.data is DataDir.WAS_PRIMARY and view.hand_over is HandOver.SWITCHED_OVER:
         # A fast shutdown waits until the standby has flushed all WAL,
         # the shutdown checkpoint included: nothing to rewind.
-        return row("S10", Action.START_STANDBY, why="switchover")
+        return row("S11", Action.START_STANDBY, why="switchover")
     if view.data is not DataDir.WAS_STANDBY:
-        return row("S11", Action.REWIND)
-    return row("S12", Action.START_STANDBY)
+        return row("S12", Action.REWIND)
+    return row("S13", Action.START_STANDBY)
+
+
+def rejoin_backoff(failed_in_a_row: int) -> float:
+    """Seconds a standby waits after its `failed_in_a_row`-th failed rejoin."""
+    return min(REJOIN_BACKOFF_MAX, REJOIN_BACKOFF_FIRST * 2 ** max(0, failed_in_a_row - 1))

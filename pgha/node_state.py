@@ -13,11 +13,13 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
-from pgha import logs
+from pgha import logs, settings
 from pgha.messages import Address, ReplicationRow, Report
+from pgha.disk import DiskUse
+from pgha.pg_facts import PgFacts
 
 log = logs.get("api")
 
@@ -63,15 +65,22 @@ class NodeSnapshot:
     acted_epoch: int = 0
     lease_until: Mapping[str, float] = field(default_factory=dict)   # arbiter/standby lease ends
     grant_remaining: float = 0.0            # this standby's outstanding grant to the primary
-    heartbeat_interval: float = 0.5
-    lease_time: float = 1.8
+    heartbeat_interval: float = settings.HEARTBEAT_INTERVAL
+    lease_time: float = settings.LEASE_TIME
     arbiter_reachable: bool = False
     heartbeat_rtt: float | None = None      # last answered heartbeat's round trip, s
+    clock_skew: Mapping[str, float | None] = field(default_factory=dict)   # "arbiter"/"peer": their clock - ours, s
     last_action: str | None = None
     failovers: int = 0                      # promotions this daemon carried out
     fences: int = 0                         # times its watchdog fenced PostgreSQL
     loop: LoopStats = LoopStats()
     started_at: float = 0.0                 # when the daemon started
+    # What Patroni's tools read (README "REST API"); filled where node.py builds the snapshot.
+    scope: str | None = None                # the cluster's name (Patroni's scope)
+    tags: Mapping[str, Any] = field(default_factory=dict)   # the tags setting (Patroni's tags)
+    facts: PgFacts | None = None            # PostgreSQL facts beyond the report, while running
+    disk: DiskUse | None = None             # the data directory's and pg_wal's disks (pgha/disk.py)
+    arbiter_last_seen: float | None = None  # wall clock of the last answered heartbeat (StatePublisher)
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ class ClusterView:
     promotable: bool
     members: tuple[Member, ...] = ()
     paused: bool = False                    # maintenance mode (pgha.ctl pause)
+    scheduled_switchover: Mapping[str, Any] | None = None   # the arbiter's {"at": ISO time, "to": name}
 
     def member(self, name: str) -> Member | None:
         return next((m for m in self.members if m.name == name), None)
@@ -111,7 +121,9 @@ class ClusterView:
         return cls(fetched_at=fetched_at, epoch=epoch if isinstance(epoch, int) else 0,
                    primary=status.get("primary") if isinstance(status.get("primary"), str) else None,
                    promotable=status.get("promotable") is True, members=tuple(members),
-                   paused=status.get("paused") is True)
+                   paused=status.get("paused") is True,
+                   scheduled_switchover=scheduled if isinstance(scheduled := status.get("switchover_scheduled"), dict)
+                   else None)
 
 
 @dataclass(frozen=True)
@@ -151,8 +163,9 @@ class StatePublisher:
     """The HA loop's latest snapshot and the cluster view, swapped whole."""
 
     def __init__(self, name: str, clock: Callable[[], float] = time.monotonic,
-                 history: History | None = None) -> None:
+                 history: History | None = None, wall: Callable[[], float] = time.time) -> None:
         self.clock = clock
+        self.wall = wall
         self.history = history or History()
         self.snapshot: NodeSnapshot = NodeSnapshot(name=name, taken_at=clock(), started_at=clock())
         self.cluster: ClusterView | None = None
@@ -165,6 +178,10 @@ class StatePublisher:
             fenced = snapshot.fences > self.snapshot.fences
             reason = "fenced: no lease left" if fenced else snapshot.last_action or snapshot.instruction_reason
             self.history.add(snapshot.acted_epoch, old, new, reason)
+        # Patroni's dcs_last_seen: when the arbiter last answered, kept across turns it did not.
+        seen = self.wall() if snapshot.arbiter_reachable else self.snapshot.arbiter_last_seen
+        if seen != snapshot.arbiter_last_seen:
+            snapshot = replace(snapshot, arbiter_last_seen=seen)
         self.snapshot = snapshot    # one reference swap: readers see the old or the new one
         self._published = True
 

@@ -19,14 +19,14 @@ import time
 import psycopg2
 from psycopg2 import sql
 
-from pgha import logs, reaper, rewind as rejoin, store
-from pgha.messages import PG_RUNNING, PG_STARTING, PG_STOPPED, PRIMARY, STANDBY, Report, ReplicationRow
+from pgha import disk, files, hba, logs, reaper, rewind as rejoin
+from pgha.reply_age import REPLY_INTERVAL, ReplyAges
+from pgha.messages import PG_RUNNING, PG_STARTING, PG_STOPPED, PRIMARY, STANDBY, PgStatus, ReplicationRow
 
 log = logs.get("postgres")
 
 CONF_FILE = "pgha.conf"
 INCLUDE_LINE = f"include_if_exists = '{CONF_FILE}'\t# pgha: managed settings, keep last"
-HBA_BEGIN, HBA_END = "# pgha: begin (managed by node.py)", "# pgha: end"
 # Settings node.py owns: removed from postgresql.auto.conf so ALTER SYSTEM
 # (e.g. the seed's synchronous_standby_names='*') cannot override them.
 MANAGED_KEYS = ("synchronous_standby_names", "primary_conninfo", "primary_slot_name", "port",
@@ -47,16 +47,26 @@ SELECT pg_is_in_recovery(),
        -- the standbys, in the same round trip (a standby's list is ignored)
        (SELECT coalesce(json_agg(json_build_array(
                    application_name, state, sync_state, coalesce(flush_lsn - '0/0', 0),
-                   coalesce(extract(epoch FROM clock_timestamp() - reply_time), 1e9))), '[]')
+                   coalesce(extract(epoch FROM clock_timestamp() - reply_time), 1e9),
+                   extract(epoch FROM reply_time))), '[]')
           FROM pg_stat_replication)
 """
 
+# A slot PostgreSQL invalidated (past max_slot_wal_keep_size) can serve no
+# one, not even pg_basebackup -S: drop it so it is made afresh.
+DROP_LOST_SLOT_SQL = ("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                      "WHERE slot_name = %s AND wal_status = 'lost' AND NOT active")
 ENSURE_SLOT_SQL = ("SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS "
                    "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)")
 
 
 class PostgresError(Exception):
     """A PostgreSQL operation failed; the message says which and why."""
+
+
+class UpstreamNotReady(PostgresError):
+    """The primary a standby would join cannot be reached or is not promoted
+    yet: nothing was tried (a rejoin retries at the next heartbeat, no backoff)."""
 
 
 def find_bindir(configured=None):
@@ -173,6 +183,7 @@ class Postgres:
                 raise PostgresError(f"OS user {settings.pg_os_user!r} (setting 'pg_os_user') does not exist; "
                                     "PostgreSQL cannot run as root") from None
         self._conn = None
+        self.reply_ages = ReplyAges()   # pg_stat_replication's reply age, whatever the standby's clock
         self._written = None    # write_settings' last arguments: a reload rewrites the same role
         self._control_cache = None  # (the control file's stat, pg_controldata's fields)
 
@@ -225,8 +236,9 @@ class Postgres:
             "wal_level": "replica", "max_wal_senders": 10, "max_replication_slots": 10,
             "wal_log_hints": "on", "hot_standby": "on", "synchronous_commit": "on",
             "wal_keep_size": rejoin.wal_keep_size(self.s.pg_parameters),  # pg_rewind after a crash
+            "max_slot_wal_keep_size": rejoin.max_slot_wal_keep_size(self.s.pg_parameters, self._wal_fs_bytes()),
             "wal_sender_timeout": "5s", "wal_receiver_timeout": "5s",
-            "wal_receiver_status_interval": "1s", "wal_retrieve_retry_interval": "200ms",
+            "wal_receiver_status_interval": f"{REPLY_INTERVAL:g}s", "wal_retrieve_retry_interval": "50ms",
             "recovery_target_timeline": "latest",
             "synchronous_standby_names": f'"{sync_standby}"' if sync_standby and not standby else "",
             "primary_conninfo": self._primary_conninfo(primary_address) if primary_address else "",
@@ -261,44 +273,48 @@ class Postgres:
 
     def _ensure_include(self):
         path = os.path.join(self.pgdata, "postgresql.conf")
-        with open(path) as f:
-            lines = [line for line in f.read().splitlines() if not line.startswith("include_if_exists = 'pgha.conf'")]
+        lines = [line for line in self._read(path).splitlines() if not line.startswith("include_if_exists = 'pgha.conf'")]
         self._write(path, "\n".join(lines + [INCLUDE_LINE]) + "\n")
 
     def _strip_auto_conf(self):
         path = os.path.join(self.pgdata, "postgresql.auto.conf")
-        if not os.path.exists(path):
+        text = self._read(path, missing_ok=True)
+        if text is None:
             return
-        with open(path) as f:
-            lines = f.read().splitlines()
+        lines = text.splitlines()
         kept = [line for line in lines if line.split("=", 1)[0].strip() not in MANAGED_KEYS]
         if kept != lines:
             self._write(path, "\n".join(kept) + "\n")
 
     def _write_hba(self):
+        """pg_hba.conf and pg_ident.conf from the settings (pgha.hba)."""
         path = os.path.join(self.pgdata, "pg_hba.conf")
-        with open(path) as f:
-            text = f.read()
-        text = re.sub(re.escape(HBA_BEGIN) + r".*?" + re.escape(HBA_END) + r"\n?", "", text, flags=re.S)
-        rules = ["local all all scram-sha-256", "local replication all scram-sha-256"]
-        for network in ["127.0.0.1/32", "::1/128"] + list(self.s.hba_networks):
-            rules += [f"host all all {network} scram-sha-256",
-                      f"host replication {self.s.replication_user} {network} scram-sha-256"]
-        block = "\n".join([HBA_BEGIN] + rules + [HBA_END]) + "\n"
-        self._write(path, block + text)
+        self._write(path, hba.render_hba(self._read(path), self.s))
+        ident = hba.render_ident(self.s)
+        if ident is not None:
+            self._write(os.path.join(self.pgdata, "pg_ident.conf"), ident)
+
+    def _read(self, path, missing_ok=False):
+        """A managed file's text, never through a link: the daemon may run
+        as root, and a link planted in the data directory (a database
+        superuser can write there) must not make it copy another file."""
+        data = files.read_no_follow(path)
+        if data is not None:
+            return data.decode("utf-8", errors="replace")
+        if not os.path.lexists(path):
+            if missing_ok:
+                return None
+            raise PostgresError(f"{path} is missing")
+        raise PostgresError(f"{path} is a link or not a regular file: refusing to read it")
 
     def _write(self, path, content):
         """Write a managed file durably, unless it already holds `content`:
         a promotion or a restart rewrites only what changes (each write is
         two fsyncs on the switchover's path). Whatever wrote the file before
         made it durable: this daemon, initdb, pg_basebackup or pg_rewind."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                if f.read() == content:
-                    return
-        except (OSError, UnicodeDecodeError):
-            pass
-        store.write_durably(path, content, owner=(self._user.pw_uid, self._user.pw_gid) if self._as_root else None)
+        if files.read_no_follow(path) == content.encode("utf-8"):
+            return
+        files.write_durably(path, content, owner=(self._user.pw_uid, self._user.pw_gid) if self._as_root else None)
 
     # -- running ---------------------------------------------------------------
 
@@ -353,15 +369,18 @@ class Postgres:
 
     def checkpoint(self, timeout=1.0):
         """A CHECKPOINT bounded by `timeout` seconds (a cancelled one goes on
-        in the checkpointer); False when it did not finish."""
+        in the checkpointer); False when it did not finish. On a connection
+        of its own: it runs beside the HA loop's status queries (a switchover's
+        preparation thread)."""
         try:
-            self.execute("SET statement_timeout = %s", (int(timeout * 1000),))
+            conn = self.new_connection(statement_timeout=timeout)
             try:
-                self.execute("CHECKPOINT")
+                with conn.cursor() as cur:
+                    cur.execute("CHECKPOINT")
             finally:
-                self.execute("RESET statement_timeout")
-        except PostgresError as exc:
-            log.warning("checkpoint before the hand-over: %s", exc)
+                conn.close()
+        except psycopg2.Error as exc:
+            log.warning("checkpoint before the hand-over: %s", _first_line(exc))
             return False
         return True
 
@@ -534,11 +553,7 @@ class Postgres:
     def _set_restore_command(self, command):
         """Append restore_command to the managed settings (a later line wins)."""
         path = os.path.join(self.pgdata, CONF_FILE)
-        try:
-            with open(path) as f:
-                text = f.read()
-        except FileNotFoundError:
-            text = ""
+        text = self._read(path, missing_ok=True) or ""
         self._ensure_include()
         self._write(path, text + f"restore_command = {quote_conf(command)}\t# pgha: for pg_rewind only\n")
 
@@ -569,12 +584,17 @@ class Postgres:
 
     def _connect(self):
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg2.connect(
-                host=self.socket_dir, port=self.s.pg_port, user=self.s.admin_user,
-                password=self.s.admin_password, dbname="postgres", connect_timeout=2,
-                application_name="pgha-node", options="-c statement_timeout=5000")
-            self._conn.autocommit = True
+            self._conn = self.new_connection(statement_timeout=5.0)
         return self._conn
+
+    def new_connection(self, statement_timeout):
+        """A connection of its own (autocommit) to the local server, for a thread other than the HA loop's."""
+        conn = psycopg2.connect(
+            host=self.socket_dir, port=self.s.pg_port, user=self.s.admin_user,
+            password=self.s.admin_password, dbname="postgres", connect_timeout=2,
+            application_name="pgha-node", options=f"-c statement_timeout={int(statement_timeout * 1000)}")
+        conn.autocommit = True
+        return conn
 
     def query(self, sql, params=None):
         try:
@@ -583,7 +603,7 @@ class Postgres:
                 return cur.fetchall() if cur.description else []
         except psycopg2.Error as exc:
             self.close()
-            raise PostgresError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from None
+            raise PostgresError(_first_line(exc)) from None
 
     def execute(self, sql, params=None):
         self.query(sql, params)
@@ -597,20 +617,22 @@ class Postgres:
         self._conn = None
 
     def status(self):
-        """What PostgreSQL says for the node's report: a messages.Report with
-        the PostgreSQL fields filled in (pg "running", "starting" or "stopped")."""
+        """What PostgreSQL says of itself: a messages.PgStatus (pg "running",
+        "starting" or "stopped")."""
         if self.postmaster_pid() is None:
-            return Report(pg=PG_STOPPED)
+            return PgStatus(pg=PG_STOPPED)
         try:
             (in_recovery, lsn, receive_lsn, sync_names, receiver, syncrep_wait, timeline, standbys), = \
                 self.query(STATUS_SQL)
+            now = time.monotonic()
             replication = () if in_recovery else tuple(
                 ReplicationRow(name=name, state=state, sync_state=sync_state, flush_lsn=int(flush),
-                               reply_age=round(float(age), 3))
-                for name, state, sync_state, flush, age in standbys)
+                               reply_age=round(self.reply_ages.age(name, sent, float(age), now), 3))
+                for name, state, sync_state, flush, age, sent in standbys)
+            self.reply_ages.polled(now, {row.name for row in replication if row.name is not None})
         except PostgresError as exc:
-            return Report(pg=PG_STARTING, error=str(exc))
-        return Report(
+            return PgStatus(pg=PG_STARTING, error=str(exc))
+        return PgStatus(
             pg=PG_RUNNING, role=STANDBY if in_recovery else PRIMARY,
             lsn=int(lsn or 0), receive_lsn=int(receive_lsn or 0), timeline=timeline,
             sync_standby=sync_names.strip('"') or None, receiver=receiver,
@@ -635,7 +657,7 @@ class Postgres:
                                     # no GSSAPI here (pg_hba: passwords): trying it maps Kerberos' libraries
                                     application_name="pgha-node", gssencmode="disable")
         except psycopg2.Error as exc:
-            raise PostgresError(f"cannot connect to primary {address.host}:{address.pg_port}: "
+            raise UpstreamNotReady(f"cannot connect to primary {address.host}:{address.pg_port}: "
                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from None
         try:
             conn.autocommit = True
@@ -644,23 +666,35 @@ class Postgres:
                 # from (or following) a server still in recovery finds "nothing to
                 # rewind" and leaves a copy that cannot follow its new timeline.
                 if wait_promoted and not wait_until(lambda: not _in_recovery(cur), PROMOTION_WAIT, 0.02):
-                    raise PostgresError(f"primary {address.host}:{address.pg_port} is not promoted yet; "
+                    raise UpstreamNotReady(f"primary {address.host}:{address.pg_port} is not promoted yet; "
                                         "retrying at the next heartbeat")
                 if checkpoint:
                     cur.execute("CHECKPOINT")
-                cur.execute(ENSURE_SLOT_SQL, (slot, slot))
+                _ensure_slot(cur.execute, slot)
         except psycopg2.Error as exc:
             raise PostgresError(f"cannot prepare the primary for this standby: {str(exc).strip()}") from None
         finally:
             conn.close()
 
     def ensure_slot(self, slot):
-        self.execute(ENSURE_SLOT_SQL, (slot, slot))
+        _ensure_slot(self.execute, slot)
+
+    def _wal_fs_bytes(self):
+        """Size of the filesystem that holds pg_wal (None if unreadable)."""
+        try:
+            return disk.filesystem(os.path.join(self.pgdata, "pg_wal")).total_bytes
+        except OSError:
+            return None
 
     def drop_inactive_slots(self, keep=()):
         for (slot,) in self.query("SELECT slot_name FROM pg_replication_slots WHERE NOT active"):
             if slot not in keep:
                 self.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+
+    def parameter_names(self):
+        """Every parameter name this PostgreSQL knows (`postgres --describe-config`), lowercased."""
+        described = self._run(["postgres", "--describe-config"], check=True, quiet=True, timeout=20).stdout
+        return frozenset(line.split("\t", 1)[0].lower() for line in described.splitlines() if line.strip())
 
     # -- helpers ---------------------------------------------------------------
 
@@ -669,7 +703,7 @@ class Postgres:
         run it (as the PostgreSQL OS user when the node runs as root)."""
         cmd = [os.path.join(self.bindir, args[0])] + args[1:]
         full_env = {**os.environ, "LC_ALL": "C", **(env or {})}
-        kwargs = {"env": full_env}
+        kwargs: dict = {"env": full_env}
         if self._as_root:
             full_env.update(HOME=self._user.pw_dir, USER=self._user.pw_name)
             kwargs.update(user=self._user.pw_uid, group=self._user.pw_gid, extra_groups=[])
@@ -702,6 +736,7 @@ class Postgres:
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         lines = []
+        assert proc.stderr is not None      # opened as a pipe above
         try:
             for line in proc.stderr:
                 line = line.rstrip("\r\n")
@@ -729,6 +764,12 @@ STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": sig
 PROMOTION_WAIT = 2.0    # seconds a rejoin waits for the named primary to finish its promotion
 
 
+def _ensure_slot(execute, slot):
+    """Our physical slot, made afresh if PostgreSQL invalidated it (execute: a cursor's or Postgres.execute)."""
+    execute(DROP_LOST_SLOT_SQL, (slot,))
+    execute(ENSURE_SLOT_SQL, (slot, slot))
+
+
 def _in_recovery(cur):
     cur.execute("SELECT pg_is_in_recovery()")
     return cur.fetchone()[0]
@@ -747,3 +788,8 @@ def wait_until(predicate, timeout, interval=0.1):
             return True
         time.sleep(interval)
     return predicate()
+
+
+def _first_line(exc):
+    """A psycopg2 error's first line (its text goes on with context lines)."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)

@@ -4,10 +4,11 @@ One JSON object per line (UTF-8, ending in "\\n"), at most MAX_FRAME bytes.
 Every message carries "v" (the protocol version) and "type".
 
 node -> arbiter   {"v":1,"type":"heartbeat","cluster":C,"node":NAME,"epoch":N,"report":{...}}
-                  (validate_request parses the report into a messages.Report)
+                  (validate_request parses it once into a pgha.requests dataclass)
 arbiter -> node   {"v":1,"type":"instruction","cluster":C,"epoch":N,"role":...,...}
                   (every request to the arbiter may name its "cluster", every
                   reply echoes it; pgha.clusters; {"type":"clusters"} lists them)
+                  (every request kind, its fields and who may send it: pgha/requests.py)
 tool -> arbiter   {"v":1,"type":"status"} | {"v":1,"type":"switchover","to":NAME}
                   | {"v":1,"type":"rebuild","epoch":N,"primary":NAME} (confirms a rebuild proposal)
                   | {"v":1,"type":"reload"} (the arbiter and, through reload_generation, the nodes)
@@ -26,7 +27,10 @@ Authentication (auth.py): a client with a Credential signs each request and
 checks each reply; a server with a Verifier checks each request before
 answering it and signs the reply. A request that fails the check gets one
 {"type":"error","error":"authentication failed"}, is logged (rate-limited)
-and the connection is closed.
+and the connection is closed; one whose MAC is valid but whose timestamp
+is refused (auth.ClockRefused) gets a signed {"type":"error","error":
+auth.CLOCK_REFUSED}, from which the client's Connection learns the server's
+clock and sends the request again, once (auth.ServerClock).
 
 TLS (pgha.tls, optional): a LineServer with a tls_context wraps each accepted
 connection in its handler thread (a handshake that fails costs that
@@ -43,11 +47,10 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from pgha import auth, limits, logs
+from pgha import auth, limits, logs, requests
 from pgha.errors import ProtocolError
 from pgha.limits import clip
-from pgha.messages import Report, check_type, parse_cluster
-from pgha.serve import WakeOnShutdown
+from pgha.serve import Admitting, WakeOnShutdown
 
 if TYPE_CHECKING:     # ssl only in annotations: it loads OpenSSL (~4 MB), see pgha/tls.py
     import ssl
@@ -56,8 +59,6 @@ log = logs.get("protocol")
 
 VERSION = 1
 MAX_FRAME = 64 * 1024
-REQUEST_TYPES = {"heartbeat", "status", "switchover", "lease", "rebuild", "failover", "pause", "resume",
-                 "history", "reload", "clusters"}
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -119,57 +120,47 @@ def nesting_depth(line: bytes) -> int:
     return deepest
 
 
-def validate_request(message: dict[str, Any]) -> dict[str, Any]:
-    """Check the fields a server relies on; raise ProtocolError naming the first problem.
-
-    A heartbeat's report is parsed here, once: message["report"] becomes a
-    messages.Report, so the arbiter never sees a wire dict.
-    """
-    kind = message["type"]
-    if kind not in REQUEST_TYPES:
-        raise ProtocolError(f"unknown message type {clip(repr(kind))}")
-    # Which of the arbiter's clusters it is about (None: the arbiter's home cluster).
-    message["cluster"] = parse_cluster(message.get("cluster"))
-    if kind in ("heartbeat", "lease"):
-        check_type(message.get("node"), str, "node")
-        check_type(message.get("epoch"), int, "epoch")
-    if kind == "heartbeat":
-        check_type(message.get("report"), dict, "report")
-        message["report"] = Report.from_wire(message["report"])
-    if kind == "rebuild":     # an operator's confirmation of the rebuild proposal (pgha.rebuild)
-        check_type(message.get("epoch"), int, "epoch")
-        check_type(message.get("primary"), str, "primary")
-    if kind in ("switchover", "failover") and message.get("to") is not None:
-        check_type(message["to"], str, "to")
-    if kind == "switchover" and message.get("at") is not None:    # wall-clock seconds (scheduled)
-        check_type(message["at"], (int, float), "at")
-    if kind == "failover":
-        check_type(message.get("to"), str, "to")
-        if message.get("force") is not None:
-            check_type(message["force"], bool, "force")
-    if kind == "history" and message.get("limit") is not None:
-        check_type(message["limit"], int, "limit")
-    return message
+def validate_request(message: dict[str, Any]) -> requests.Request:
+    """The request parsed once, at the boundary, by its kind's parser
+    (pgha.requests): every server after this sees the dataclass, never the
+    wire dict. ProtocolError names the first problem."""
+    return requests.parse(message)
 
 
 class Connection:
     """A client connection that sends one request and reads one reply at a time.
 
     Reconnects lazily: any socket or protocol error closes it, and the next
-    request opens a new one.
+    request opens a new one. Signed requests are stamped on the server's clock
+    as the replies tell it (auth.ServerClock, kept across reconnections);
+    `clock.skew` is how far the server's wall clock is from ours.
     """
 
     def __init__(self, host: str, port: int, timeout: float, credential: auth.Credential | None = None,
-                 tls_context: ssl.SSLContext | None = None) -> None:
+                 tls_context: ssl.SSLContext | None = None, name: str | None = None) -> None:
         self.address = (host, port)
+        self.name = name or f"{host}:{port}"     # for the clock skew's log line
         self.timeout = timeout
         self.credential = credential    # None: unsigned requests (a server without a Verifier)
         self.tls_context = tls_context  # pgha.tls.client_context, or None: plain TCP
         self._sock: socket.socket | None = None
         self._reader: FrameReader | None = None
+        self.clock = server_clock(host, port, credential.clock if credential else time.time)
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
-        """The reply, which must arrive whole within the timeout of sending."""
+        """The reply, which must arrive whole within the timeout of sending.
+        A signed clock refusal is answered by sending again, once, on the
+        server's clock it told us."""
+        reply, verified = self._request(message)
+        # Only a signed refusal: an unsigned one could come from anyone on the
+        # path, and a resend would run twice a request the server carried out.
+        if verified and reply.get("type") == "error" and reply.get("error") == auth.CLOCK_REFUSED:
+            self.close()                # the server closed it after refusing
+            reply, _ = self._request(message)
+        return reply
+
+    def _request(self, message: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """The reply, and whether its MAC was verified."""
         try:
             if self._sock is None or self._reader is None:
                 self._sock = socket.create_connection(self.address, timeout=self.timeout)
@@ -179,18 +170,36 @@ class Connection:
                 self._reader = FrameReader(self._sock)
             request = {"v": VERSION, **message}
             if self.credential is not None:
-                request = self.credential.sign(request)
+                request = self.credential.sign(request, self.clock)
+            sent = self.clock.marks()
             self._sock.settimeout(self.timeout)
             self._sock.sendall(encode(request))
             reply = self._reader.read_frame(self.timeout)
             if reply is None:
                 raise ConnectionError("closed by peer")
+            verified = False
             if self.credential is not None:
+                signed = reply
                 reply = self.credential.check_reply(reply, request)
-            return reply
+                verified = "mac" in signed          # check_reply passed: its "ts" is the server's
+                if verified:
+                    self.clock.learn(signed, sent, self.clock.marks())
+                    self._note_skew()
+            return reply, verified
         except (OSError, ProtocolError):
             self.close()
             raise
+
+    def _note_skew(self) -> None:
+        """Log once when the skew passes auth.SKEW_NOTICE, once when it is back."""
+        skew = self.clock.skew
+        if skew is None or (abs(skew) >= auth.SKEW_NOTICE) == self.clock.noted:
+            return
+        self.clock.noted = not self.clock.noted
+        if self.clock.noted:
+            log.warning("%s; our requests are stamped on its clock", auth.skew_text(skew, self.name))
+        else:
+            log.info("clock skew with %s back within %.0f s (%+.1f s)", self.name, auth.SKEW_NOTICE, skew)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -199,6 +208,15 @@ class Connection:
             except OSError:
                 pass
         self._sock, self._reader = None, None
+
+
+_server_clocks: dict[tuple[str, int, Callable[[], float]], auth.ServerClock] = {}
+
+
+def server_clock(host: str, port: int, wall: Callable[[], float]) -> auth.ServerClock:
+    """The one ServerClock of this process for a server, shared by every
+    Connection to it (a fresh connection per call must not start unlearned)."""
+    return _server_clocks.setdefault((host, port, wall), auth.ServerClock(wall=wall))
 
 
 def call(host: str, port: int, message: dict[str, Any], timeout: float = 3.0,
@@ -306,7 +324,7 @@ class LineHandler(socketserver.StreamRequestHandler):
     def setup(self) -> None:
         # With TLS, self.connection is a TLS socket over a duplicate of the
         # accepted one; self.request stays the plain socket the server's slot
-        # table knows (and _wake shuts down). The handshake runs here, in this
+        # table knows (and serve.wake shuts down). The handshake runs here, in this
         # connection's thread, under the stranger's first-message deadline.
         self.connected_at = time.monotonic()
         self.tls_refused = False
@@ -346,7 +364,7 @@ class LineHandler(socketserver.StreamRequestHandler):
                 except OSError:
                     pass
 
-    def answer(self, message: dict[str, Any]) -> dict[str, Any]:
+    def answer(self, request: requests.Request) -> dict[str, Any]:
         raise NotImplementedError
 
     def verify(self, message: dict[str, Any]) -> auth.Sender | None:
@@ -380,15 +398,25 @@ class LineHandler(socketserver.StreamRequestHandler):
                     return
                 message = decode(line)
                 sender = self.verify(message)       # over the wire form: before parsing
-                message = validate_request(message)
-                reply = self.sign(self.answer(message), sender)
+                if sender is not None and sender.skew is not None and abs(sender.skew) >= auth.SKEW_NOTICE:
+                    self.server.warn(source, f"skew:{sender.identity}", f"{auth.skew_text(sender.skew, sender.identity)} "
+                                     "(its requests are stamped on our clock)")
+                request = validate_request(message)
+                reply = self.sign(self.answer(request), sender)
                 # A proven sender (a member, an operator, a reader) keeps its slot;
                 # without authentication the server's own is_member() decides.
                 if slot is not None and not slot.member and \
-                        (sender is not None or self.server.is_member(message)):
+                        (sender is not None or self.server.is_member(request)):
                     self.server.slots.promote(slot)
                 if not self._send(reply):
                     return
+        except auth.ClockRefused as exc:
+            # Authentic but stamped outside our window: nothing changed; tell it our time, signed.
+            skew = exc.sender.skew
+            told = "" if skew is None else f" ({auth.skew_text(skew, exc.sender.identity)})"
+            self.server.warn(source, f"auth:clock:{exc.sender.identity}", f"refused a request from {peer}: {clip(str(exc), 200)}{told}; "
+                             "told it our time")
+            self._send(self.sign({"type": "error", "error": auth.CLOCK_REFUSED}, exc.sender))
         except auth.AuthError as exc:
             # Nothing changed; tell the client only that it failed, log why (rate-limited).
             self.server.warn(source, f"auth:{exc.check}", f"refused a request from {peer}: {clip(str(exc), 200)}")
@@ -420,7 +448,7 @@ class LineHandler(socketserver.StreamRequestHandler):
             return False
 
 
-class LineServer(WakeOnShutdown, socketserver.ThreadingTCPServer):
+class LineServer(Admitting, WakeOnShutdown, socketserver.ThreadingTCPServer):
     """A threaded server that admits connections through limits.Slots.
 
     Admission runs in the accept loop, so a refused connection costs an
@@ -435,68 +463,17 @@ class LineServer(WakeOnShutdown, socketserver.ThreadingTCPServer):
     verifier: auth.Verifier | None = None   # set it to authenticate every request
     tls_context: ssl.SSLContext | None = None   # pgha.tls.server_context: TLS on every connection
 
-    def __init__(self, server_address: tuple[str, int], handler: type[LineHandler],
-                 bind_and_activate: bool = True) -> None:
-        self.slots = limits.Slots()
-        self.warnings = limits.RateLimitedLog(log)
-        self._slot_of: dict[socket.socket, limits.Slot] = {}
-        super().__init__(server_address, handler, bind_and_activate)
+    warn_log = log
 
-    def is_member(self, message: dict[str, Any]) -> bool:
-        """Whether a validated request that was answered without error
+    def is_member(self, request: requests.Request) -> bool:
+        """Whether a request that was answered without error
         comes from a member of the cluster (the hook authentication tightens)."""
         return False
 
-    def warn(self, source: str, reason: str, text: str) -> None:
-        self.warnings.warning(source, reason, text)
-
-    def slot_of(self, sock: Any) -> limits.Slot | None:
-        return self._slot_of.get(sock)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        source = str(client_address[0])
+    def refuse(self, request: socket.socket) -> None:
         try:
-            talking = bool(request.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except (BlockingIOError, InterruptedError):
-            talking = False
+            request.send(encode({"type": "error", "error": "too many connections"}), socket.MSG_DONTWAIT)
         except OSError:
-            self.shutdown_request(request)
-            return
-        slot, evicted = self.slots.admit(source, time.monotonic(), lambda: _wake(request), talking)
-        for gone in evicted:
-            gone.close()
-        if evicted:
-            self.warn(source, "evicted", f"strangers' slots full: dropped the least connection from "
-                                         f"{evicted[0].source} for one from {source}")
-        if slot is None:
-            self.warn(source, "refused", f"refusing connection from {source}: "
-                                         f"{self.slots.per_source} strangers' slots in use")
-            try:
-                request.send(encode({"type": "error", "error": "too many connections"}), socket.MSG_DONTWAIT)
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        self._slot_of[request] = slot
-        try:
-            super().process_request(request, client_address)
-        except Exception:       # noqa: BLE001 -- no thread to be had: this connection only
-            self._forget(request)
-            self.shutdown_request(request)
-
-    def close_request(self, request: Any) -> None:
-        self._forget(request)
-        super().close_request(request)
-
-    def _forget(self, request: Any) -> None:
-        slot = self._slot_of.pop(request, None)
-        if slot is not None:
-            self.slots.release(slot)
+            pass
 
 
-def _wake(sock: socket.socket) -> None:
-    """Make a connection's handler see the end of its stream."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass

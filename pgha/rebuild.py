@@ -1,10 +1,20 @@
 """Rebuilding a lost arbiter state from what the nodes report.
 
-`arbiter.py --rebuild` runs the arbiter in this mode: every heartbeat is
-answered with "wait" (so no node changes role), each node's highest epoch
-acted on and its running role are collected, and `status` shows a proposal.
-The state is written only when an operator confirms exactly that proposal
-(`python -m pgha.ctl rebuild --confirm --epoch N --primary NODE`).
+`arbiter.py --rebuild` runs the arbiter in this mode: no node changes role,
+each node's highest epoch acted on and its running role are collected, and
+`status` shows a proposal. The state is written only when an operator
+confirms exactly that proposal (`python -m pgha.ctl rebuild --confirm
+--epoch N --primary NODE`).
+
+Writes keep flowing meanwhile (issue 19): a heartbeat is answered "wait",
+except when the proposal's primary is the status quo its standby still
+leases (keep_leased): the primary runs as primary at the proposal's epoch
+and the standby acted on that epoch, runs in recovery and reports a grant
+outstanding. Then the primary is told to stay primary at that epoch with the
+standby and synchronous standby it reports (so it keeps renewing its
+standby lease: a "wait" stopped that, and its fencer stopped PostgreSQL a
+lease later), and the standby to stay its standby (so its grants go on).
+Nothing changes role and nothing is saved before the confirmation.
 
 The proposal is deliberately narrow: epoch = the highest epoch any node
 reports having acted on, primary = the node that acted on that epoch and
@@ -19,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pgha.decision import ClusterState
-from pgha.messages import PRIMARY, WAIT, Instruction, Report
+from pgha.messages import PRIMARY, STANDBY, WAIT, Instruction, Report
 from pgha.topology import Topology
 
 
@@ -49,9 +59,10 @@ class Rebuild:
 
     def on_heartbeat(self, node: str, epoch: int, report: Report, now: float) -> Instruction:
         self.heard[node] = Heard(epoch=epoch, report=report, at=now)
-        return Instruction(epoch=max(1, epoch), role=WAIT,
-                           reason="the arbiter is rebuilding its lost state and waits for an operator "
-                                  "(python -m pgha.ctl rebuild)")
+        kept = keep_leased(self.topology, self.heard, node, now, self.fresh_within, self.started_at)
+        return kept or Instruction(epoch=max(1, epoch), role=WAIT,
+                                   reason="the arbiter is rebuilding its lost state and waits for an operator "
+                                          "(python -m pgha.ctl rebuild)")
 
     def proposal(self, now: float) -> tuple[Proposal | None, str | None]:
         """(the proposal, None), or (None, why there is none)."""
@@ -103,3 +114,28 @@ def propose(topology: Topology, heard: dict[str, Heard], now: float, fresh_withi
         return None, (f"{primary} runs as primary but acted on epoch {behind}, while another node acted on "
                       f"epoch {highest}; resolve by hand")
     return Proposal(epoch=highest, primary=primary), None
+
+
+def keep_leased(topology: Topology, heard: dict[str, Heard], node: str, now: float, fresh_within: float,
+                started_at: float | None = None) -> Instruction | None:
+    """What `node` is told while the state is rebuilt when the proposal is
+    the primary its standby still leases: the status quo, at the proposal's
+    epoch (see the module's docstring). None: "wait"."""
+    proposal, _ = propose(topology, heard, now, fresh_within, started_at)
+    if proposal is None:
+        return None
+    primary, standby = proposal.primary, topology.standby_of(proposal.primary)
+    ours, theirs = heard.get(primary), heard.get(standby)
+    if ours is None or theirs is None or now - theirs.at > fresh_within:
+        return None
+    leased = (theirs.epoch == proposal.epoch and theirs.report.running_as == STANDBY
+              and theirs.report.grant_remaining > 0)
+    if not leased:
+        return None
+    if node == primary:
+        return Instruction(epoch=proposal.epoch, role=PRIMARY, standby=standby,
+                           standby_address=theirs.report.address, sync_standby=ours.report.sync_standby)
+    if node == standby and ours.report.address is not None:
+        return Instruction(epoch=proposal.epoch, role=STANDBY, primary=primary,
+                           primary_address=ours.report.address)
+    return None

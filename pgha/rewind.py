@@ -55,6 +55,24 @@ def wal_keep_size(pg_parameters: dict) -> str:
     return f"{int(max_wal * KEEP_FACTOR)}MB"
 
 
+# A replication slot keeps WAL for its standby while that standby is away;
+# without a cap a standby gone for a day fills the primary's disk and
+# PostgreSQL PANICs. Past the cap PostgreSQL invalidates the slot (the
+# standby then rejoins by a clone: pgha/postgres.py recreates a lost slot).
+SLOT_DISK_SHARE = 0.10    # of the filesystem that holds pg_wal
+
+
+def max_slot_wal_keep_size(pg_parameters: dict, wal_fs_bytes: int | None) -> str:
+    """The managed default for max_slot_wal_keep_size: SLOT_DISK_SHARE of
+    the filesystem holding pg_wal, never below what wal_keep_size keeps
+    anyway (a smaller cap would bound nothing). pg_parameters is applied
+    after this, so an explicit max_slot_wal_keep_size (-1: no cap) wins."""
+    keep = pg_parameters.get("wal_keep_size", wal_keep_size(pg_parameters))
+    floor_mb = size_mb(keep, DEFAULT_MAX_WAL_SIZE_MB * KEEP_FACTOR)
+    share_mb = (wal_fs_bytes or 0) * SLOT_DISK_SHARE / (1024 * 1024)
+    return f"{int(max(floor_mb, share_mb))}MB"
+
+
 def pgpass_line(host: str, port: int, user: str, password: str) -> str:
     """One ~/.pgpass line; ':' and '\\' escaped as libpq wants."""
     def esc(value: object) -> str:

@@ -1,14 +1,28 @@
-"""A socketserver serve loop that sleeps until a connection or shutdown().
+"""What the daemons' socketserver servers share.
 
+WakeOnShutdown: a serve loop that sleeps until a connection or shutdown().
 socketserver's own loop wakes every poll_interval to look for shutdown();
 an idle daemon paid for those wake-ups in two servers. Here shutdown()
 writes to a pipe the loop also waits on, so the loop sleeps without a
 timeout and still stops at once.
+
+Admitting: every connection is admitted through a limits.Slots table in the
+accept loop (the arbiter's and lease link's line servers, the REST API), so
+one source cannot take every slot, a fresh client gets in by taking the
+place of the least useful stranger (a slow or silent one), and refusals are
+logged once per source and reason per limits.WARN_INTERVAL.
 """
+from __future__ import annotations
+
+import logging
 import os
 import selectors
+import socket
 import threading
+import time
 from typing import Any
+
+from pgha import limits
 
 
 class WakeOnShutdown:
@@ -65,3 +79,88 @@ class WakeOnShutdown:
                 os.close(fd)
             except OSError:
                 pass
+
+
+class Admitting:
+    """Mix in before a socketserver server class: admission through
+    limits.Slots (it overrides process_request and close_request).
+    `warn_log` is the logger its rate-limited warnings go to; `refuse`
+    tells a refused client why, without blocking."""
+
+    warn_log = logging.getLogger("pgha")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.slots = limits.Slots()
+        self.warnings = limits.RateLimitedLog(self.warn_log)
+        self._slot_of: dict[socket.socket, limits.Slot] = {}
+        super().__init__(*args, **kwargs)
+
+    def warn(self, source: str, reason: str, text: str) -> None:
+        self.warnings.warning(source, reason, text)
+
+    def slot_of(self, sock: Any) -> limits.Slot | None:
+        return self._slot_of.get(sock)
+
+    def refuse(self, request: socket.socket) -> None:
+        """Say why, in the server's protocol (best effort, never blocking)."""
+
+    def park(self, request: socket.socket, client_address: Any) -> bool:
+        """A silent newcomer found no slot: True when the server keeps it to
+        look at again once it talks (then it owns it); False: refused now."""
+        return False
+
+    def turn_away(self, request: socket.socket, source: str) -> None:
+        self.warn(source, "refused", f"refusing connection from {source}: "
+                                     f"{self.slots.per_source} strangers' slots in use")
+        self.refuse(request)
+        self.shutdown_request(request)      # type: ignore[attr-defined]
+
+    def talking(self, request: socket.socket) -> bool:
+        """Whether a new connection's first bytes are here (a peek, never blocking)."""
+        return bool(request.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Admission runs here, in the accept loop: a refused connection costs
+        # an accept, one non-blocking reply and a close, never a thread.
+        source = str(client_address[0])
+        try:
+            talking = self.talking(request)
+        except (BlockingIOError, InterruptedError):
+            talking = False
+        except OSError:
+            self.shutdown_request(request)      # type: ignore[attr-defined]
+            return
+        slot, evicted = self.slots.admit(source, time.monotonic(), lambda: wake(request), talking)
+        for gone in evicted:
+            gone.close()
+        if evicted:
+            self.warn(source, "evicted", f"strangers' slots full: dropped the least connection from "
+                                         f"{evicted[0].source} for one from {source}")
+        if slot is None:
+            if not talking and self.park(request, client_address):
+                return                          # looked at again when its first bytes come
+            self.turn_away(request, source)
+            return
+        self._slot_of[request] = slot
+        try:
+            super().process_request(request, client_address)   # type: ignore[misc]
+        except Exception:       # noqa: BLE001 -- no thread to be had: this connection only
+            self._forget(request)
+            self.shutdown_request(request)      # type: ignore[attr-defined]
+
+    def close_request(self, request: Any) -> None:
+        self._forget(request)
+        super().close_request(request)          # type: ignore[misc]
+
+    def _forget(self, request: Any) -> None:
+        slot = self._slot_of.pop(request, None)
+        if slot is not None:
+            self.slots.release(slot)
+
+
+def wake(sock: socket.socket) -> None:
+    """Make a connection's handler see the end of its stream."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -14,8 +14,17 @@ import traceback
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from pgha import files, hba
 from pgha.clusters import has_name_chars, settings_problem as clusters_problem
 from pgha.tls import settings_problem as tls_settings_problem
+
+
+# The cluster's timings (seconds) unless the arbiter's settings say otherwise:
+# arbiter_settings.py reads them, and a node uses them until the arbiter has
+# told it the cluster's own (docs/ha-model.md: Timings).
+HEARTBEAT_INTERVAL = 0.5        # between a node's reports
+LEASE_TIME = 1.8                # a primary's lease; it fences itself when all its leases run out
+FAILOVER_MARGIN = 0.4           # the arbiter waits lease_time + this before promoting
 
 
 class SettingsError(Exception):
@@ -32,6 +41,10 @@ class Spec:
 
 def positive(value):
     return None if value > 0 else "must be greater than 0"
+
+
+def percent(value):
+    return None if 0 < value <= 100 else "must be a percentage (1-100)"
 
 
 def port(value):
@@ -95,6 +108,16 @@ def unmanaged_parameters(value):
         if key.lower() in MANAGED_PARAMETERS:
             return (f"sets {key!r}, which the node manages itself (synchronous replication, "
                     "roles and addresses come from the other settings)")
+    return None
+
+
+def tags(value):
+    """Patroni's tags: names to strings, numbers or booleans (the REST API's ?tag_NAME=VALUE)."""
+    for key, item in value.items():
+        if not isinstance(key, str) or not key or len(key) > 64:
+            return f"has a key {str(key)[:64]!r} that is not a tag name"
+        if not isinstance(item, (str, int, float, bool)) or len(str(item)) > 256:
+            return f"gives tag {key!r} a value that is not a short string, number or boolean"
     return None
 
 
@@ -162,6 +185,13 @@ def placeholder_passwords(settings, specs):
 
 def _read(path, specs, allow_missing):
     try:
+        # Before running it: a file others can write would run their code in the daemon.
+        files.check_trusted(str(path), "settings file")
+    except files.UnsafePathError as exc:
+        raise SettingsError(str(exc)) from None
+    if str(path).endswith(".toml"):
+        return _names_checked(path, _read_toml(path), specs, allow_missing)
+    try:
         namespace = runpy.run_path(str(path))
     except FileNotFoundError:
         raise SettingsError(f"settings file {path} does not exist") from None
@@ -172,10 +202,33 @@ def _read(path, specs, allow_missing):
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
         where = f", line {frames[-1].lineno}" if frames else ""
         raise SettingsError(f"settings file {path}{where}: {type(exc).__name__} while loading it") from None
+    return _names_checked(path, {name: value for name, value in namespace.items()
+                                 if not (name.startswith("_") or callable(value) or type(value).__name__ == "module")},
+                          specs, allow_missing)
+
+
+def _read_toml(path):
+    """A settings file in TOML: data only, nothing runs (`name = value` per
+    line; TOML has no None: an optional setting left out keeps its default)."""
+    try:
+        import tomllib
+    except ImportError:     # Python 3.10
+        raise SettingsError(f"settings file {path}: TOML settings need Python 3.11 or newer "
+                            "(or write it as a .py file)") from None
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise SettingsError(f"settings file {path} does not exist") from None
+    except OSError as exc:
+        raise SettingsError(f"settings file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:     # says the line and column, never the value
+        raise SettingsError(f"settings file {path}: {exc}") from None
+
+
+def _names_checked(path, held, specs, allow_missing):
     values = {}
-    for name, value in namespace.items():
-        if name.startswith("_") or callable(value) or type(value).__name__ == "module":
-            continue
+    for name, value in held.items():
         if name not in specs:
             raise SettingsError(f"settings file {path}: unknown setting {name!r}")
         values[name] = value
@@ -230,16 +283,26 @@ NODE_SPECS = {
     "app_password": Spec(str, password, secret=True),
     "database": Spec(str, identifier),
     "hba_networks": Spec(list, networks),
+    "pg_hba": Spec(list, hba.hba_lines, optional=True),      # None: pgha's lines on top of the file as it is
+    "pg_ident": Spec(list, hba.ident_lines, optional=True),  # None: pg_ident.conf left alone
     "pg_parameters": Spec(dict, unmanaged_parameters),
     "key_file": Spec(str, non_empty),
     "log_level": Spec(str, log_level),
     "log_file": Spec(str, non_empty, optional=True),
     "api_bind": Spec(str, optional=True),       # None or "": no REST API
     "api_port": Spec(int, port),
+    "tags": Spec(dict, tags),                   # Patroni's tags, in the REST API
+    "disk_warning_percent": Spec(int, percent),  # a disk this full is logged and flagged (pgha/disk.py)
+    "api_cluster_key_file": Spec(str, non_empty, optional=True),    # set: /cluster only for reader-signed requests
     "on_role_change": Spec(str, non_empty, optional=True),   # callbacks (pgha.callbacks): executables
     "on_start": Spec(str, non_empty, optional=True),
     "on_stop": Spec(str, non_empty, optional=True),
+    "on_reload": Spec(str, non_empty, optional=True),
+    "on_restart": Spec(str, non_empty, optional=True),
+    "pre_promote": Spec(str, non_empty, optional=True),     # run before a promotion; its failure blocks it
     "callback_timeout": Spec(NUMBER, positive),
+    # Outside pause, stopping the daemon also stops PostgreSQL (the old way; False: left running for a restart).
+    "stop_postgres_on_exit": Spec(bool),
     # Several arbiter processes (state on etcd): every one's "host:port"; None: arbiter_host:arbiter_port.
     "arbiter_hosts": Spec(list, addresses, optional=True),
     # The cluster this node belongs to on the arbiter (its clusters setting; "main" for a one-cluster arbiter).
@@ -248,6 +311,8 @@ NODE_SPECS = {
     "tls_cert_file": Spec(str, non_empty, optional=True),
     "tls_key_file": Spec(str, non_empty, optional=True),
     "tls_ca_file": Spec(str, non_empty, optional=True),
+    # Map the system's OpenSSL even without TLS (cli.without_system_openssl): ~3.5 MB resident.
+    "system_openssl": Spec(bool),
 }
 
 ARBITER_SPECS = {

@@ -1,12 +1,12 @@
 """Durable storage: files written safely, and the arbiter's decision store.
 
-write_durably/save_json/load_json: write to a temporary file (created with
-its final mode), fsync, rename, fsync the folder. A reader sees either the
-old content or the new, never a torn write, and once a write returns the new
-content survives a crash or power loss.
+save_json/load_json: JSON through pgha.files.write_durably (a temporary file
+created with its final mode, never through a planted link, fsynced, renamed,
+the folder fsynced). A reader sees either the old content or the new, never a
+torn write, and once a write returns the new content survives a crash.
 
 StateStore: where the arbiter keeps its decision (epoch, primary,
-promotable, paused) and its event history. The arbiter uses only this
+promotable, paused, a scheduled switchover) and its event history. The arbiter uses only this
 interface; FileStore is today's implementation, one JSON file plus a
 JSON-lines history beside it.
 """
@@ -14,40 +14,17 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import threading
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:     # the arbiter's rules: a node daemon (load_acted_epoch, save_json) never loads them
+from pgha.files import write_durably
+
+if TYPE_CHECKING:     # the arbiter's rules: a node daemon (load_node_state, save_json) never loads them
     from pgha.decision import ClusterState
-
-
-def write_durably(path: str, text: str, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
-    """Replace path by text; owner is (uid, gid) when the file must belong to another user."""
-    tmp = f"{path}.tmp"
-    try:
-        # Created with its final mode, so a secret is never readable by others, even briefly.
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), mode)     # a leftover tmp file keeps its old mode otherwise
-            if owner is not None:
-                os.fchown(f.fileno(), *owner)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # The old file is untouched; leave no half-written temporary behind.
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_json(path: str, data: Any) -> None:
@@ -67,10 +44,16 @@ class NodeStateError(Exception):
     """The node's own state file is unreadable or damaged; the message names it, on one line."""
 
 
-def load_acted_epoch(path: str) -> int:
-    """The highest epoch a node acted on, from its state file; 0 when there is
-    none yet. A damaged file is an error, never read as 0: that would let the
-    node obey an older decision."""
+@dataclass(frozen=True)
+class NodeState:
+    acted_epoch: int                # the highest epoch the node acted on; 0: none yet
+    lease_time: float | None        # the cluster's lease as last heard; None: not saved (older versions)
+
+
+def load_node_state(path: str) -> NodeState:
+    """A node's state file, read once. A damaged acted_epoch is an error, never
+    read as 0: that would let the node obey an older decision. A lease_time
+    that is not a positive number is left out (the default serves)."""
     try:
         saved = load_json(path)
     except (OSError, ValueError) as exc:
@@ -78,13 +61,16 @@ def load_acted_epoch(path: str) -> int:
                              "restore it, or put the highest epoch this node acted on in it as "
                              '{"acted_epoch": N}') from None
     if saved is None:
-        return 0
+        return NodeState(0, None)
     epoch = saved.get("acted_epoch") if isinstance(saved, dict) else None
     if type(epoch) is not int or epoch < 0:
         shown = repr(saved) if len(repr(saved)) <= 100 else repr(saved)[:100] + "..."
         raise NodeStateError(f"node state file {path} is damaged (no whole 'acted_epoch' in {_one_line(shown)}); "
                              'restore it, or put the highest epoch this node acted on in it as {"acted_epoch": N}')
-    return epoch
+    lease = saved.get("lease_time")
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease < math.inf:
+        lease = None
+    return NodeState(epoch, None if lease is None else float(lease))
 
 
 class StateStoreError(Exception):
@@ -136,11 +122,29 @@ def check_state(value: Any) -> ClusterState | None:
         return None
     epoch, primary, promotable = value.get("epoch"), value.get("primary"), value.get("promotable")
     paused = value.get("paused", False)     # absent in states saved before maintenance mode
+    unfenced = value.get("primary_unfenced", False)     # absent unless set
+    scheduled = _check_scheduled(value.get("scheduled_switchover"))     # absent: none scheduled
     from pgha.decision import ClusterState
     if type(epoch) is int and epoch >= 1 and isinstance(primary, str) and primary \
-            and type(promotable) is bool and type(paused) is bool:
-        return ClusterState(epoch=epoch, primary=primary, promotable=promotable, paused=paused)
+            and type(promotable) is bool and type(paused) is bool and type(unfenced) is bool \
+            and scheduled is not None:
+        return ClusterState(epoch=epoch, primary=primary, promotable=promotable, paused=paused,
+                            primary_unfenced=unfenced, scheduled_at=scheduled[0], scheduled_to=scheduled[1])
     return None
+
+
+def _check_scheduled(value: Any) -> tuple[float | None, str | None] | None:
+    """(at, to) of a stored scheduled switchover ((None, None): none), or None when damaged."""
+    if value is None:
+        return None, None
+    if not isinstance(value, dict) or set(value) - {"at", "to"}:
+        return None
+    from pgha.requests import AT_RANGE     # what an operator may name: a time status can show
+    at, to = value.get("at"), value.get("to")
+    if not isinstance(at, (int, float)) or isinstance(at, bool) or not math.isfinite(at) \
+            or not AT_RANGE[0] <= at <= AT_RANGE[1] or not (to is None or isinstance(to, str) and to):
+        return None
+    return float(at), to
 
 
 def state_to_stored(state: ClusterState) -> dict[str, Any]:
@@ -151,6 +155,10 @@ def state_to_stored(state: ClusterState) -> dict[str, Any]:
     stored: dict[str, Any] = {"epoch": state.epoch, "primary": state.primary, "promotable": state.promotable}
     if state.paused:    # absent when off: files stay as they were before maintenance mode
         stored["paused"] = True
+    if state.primary_unfenced:
+        stored["primary_unfenced"] = True
+    if state.scheduled_at is not None:      # absent when none: files stay as they were before
+        stored["scheduled_switchover"] = {"at": state.scheduled_at, "to": state.scheduled_to}
     if check_state(stored) != state:
         raise TypeError(f"not a valid cluster state: {state!r}")
     return stored
@@ -219,7 +227,7 @@ class FileStore(StateStore):
                     self._history_lines = len(kept) + 1
                     return
                 created = not os.path.exists(self.history_path)
-                fd = os.open(self.history_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+                fd = os.open(self.history_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
                 try:
                     size = os.fstat(fd).st_size
                     # After a torn append, start on a line of our own.

@@ -21,9 +21,10 @@ _ports = itertools.count(int(os.environ.get("PGHA_TEST_PORT_BASE", "7430")), 40)
 
 
 def next_port():
-    """A base port whose cluster ports (base .. base+22) are all free now."""
+    """A base port whose cluster ports (base .. base+22) and the HAProxy ports
+    tests put beside them (base+30 .. base+36) are all free now."""
     for base in _ports:
-        if all(_free(base + offset) for offset in (0, 1, 2, 11, 12, 21, 22)):
+        if all(_free(base + offset) for offset in (0, 1, 2, 11, 12, 21, 22, 30, 31, 32, 33, 34, 35, 36)):
             return base
     raise RuntimeError("no free ports")
 
@@ -42,11 +43,14 @@ def local_cluster(request):
     yield from running_cluster(request, request.node.name.replace("/", "_")[:60])
 
 
-def running_cluster(request, name, **options):
+def running_cluster(request, name, before_start=None, **options):
     """A fresh, healthy LocalCluster(options) for the test; stopped after it,
-    with its daemons' logs shown when the test failed."""
+    with its daemons' logs shown when the test failed. before_start(cluster)
+    runs once its folder is prepared, before any process starts."""
     cluster = LocalCluster(os.path.join(BASE, name), base_port=next_port(), **options)
     cluster.prepare(fresh=True)
+    if before_start is not None:
+        before_start(cluster)
     cluster.start()
     try:
         cluster.wait_healthy(timeout=120)

@@ -5,78 +5,16 @@ client is bounded in count and time."""
 import json
 import os
 import resource
-import selectors
-import socket
-import threading
 import time
 
 from conftest import wait_for
+from harness.abusers import Abusers
 from pgha import keys, protocol
 from testsuite.helpers import raw_exchange
 
 SLOW_CLIENTS = 500
 FLOOD = 300
 FAILOVER_BOUND = 10.0       # seconds from the kill to the new primary in `status` (target: ~5)
-
-
-class Abusers(threading.Thread):
-    """`slow` clients from 127.0.0.1 that send one byte every 2 s, and `flood`
-    silent connections from 127.0.0.2, each reopened when the server drops it."""
-
-    def __init__(self, address, slow=SLOW_CLIENTS, flood=FLOOD):
-        super().__init__(daemon=True)
-        self.address = address
-        self.wanted = [("127.0.0.1", True)] * slow + [("127.0.0.2", False)] * flood
-        self.stop_event = threading.Event()
-        self.opened = 0
-        self.dropped = 0
-
-    def _open(self, selector, source, slow):
-        sock = socket.socket()
-        sock.setblocking(False)
-        try:
-            sock.bind((source, 0))
-            sock.connect_ex(self.address)
-        except OSError:
-            sock.close()
-            return
-        self.opened += 1
-        selector.register(sock, selectors.EVENT_READ, (source, slow))
-
-    def run(self):
-        selector = selectors.DefaultSelector()
-        for source, slow in self.wanted:
-            self._open(selector, source, slow)
-        byte, next_byte = 0, time.monotonic()
-        payload = b'{"v":1,"type":"status"}'
-        while not self.stop_event.is_set():
-            for key, _ in selector.select(timeout=0.1):
-                try:
-                    data = key.fileobj.recv(4096)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    data = b""
-                if not data:        # dropped by the server: come back
-                    selector.unregister(key.fileobj)
-                    key.fileobj.close()
-                    self.dropped += 1
-                    self._open(selector, *key.data)
-            if time.monotonic() >= next_byte:
-                for key in list(selector.get_map().values()):
-                    if key.data[1]:
-                        try:
-                            key.fileobj.send(payload[byte % len(payload):][:1])
-                        except OSError:
-                            pass
-                byte, next_byte = byte + 1, time.monotonic() + 2.0
-        for key in list(selector.get_map().values()):
-            key.fileobj.close()
-        selector.close()
-
-    def stop(self):
-        self.stop_event.set()
-        self.join(10)
 
 
 def raise_nofile():
@@ -114,7 +52,7 @@ def test_failover_under_slow_clients_and_a_connection_flood(local_cluster):
     link = OperatorLink(local_cluster)
     before = link.status()      # answered: from now on the link holds a member's slot
     old, epoch = before["primary"], before["epoch"]
-    abusers = Abusers(local_cluster.arbiter)
+    abusers = Abusers(local_cluster.arbiter, SLOW_CLIENTS, FLOOD)
     abusers.start()
     try:
         time.sleep(4)       # every slot taken, the slow clients mid-frame

@@ -215,7 +215,7 @@ def switch_over_to_pgsql_2(cluster):
     """pgha-ctl switchover as the operator; pgsql-2 is primary at epoch 2 within 60 s."""
     from pgha import ctl
     assert ctl.main(["--arbiter", f"127.0.0.1:{cluster.arbiter_port}",
-                     "--key-file", cluster.key_file("operator"), "switchover"]) == 0
+                     "--key-file", cluster.key_file("operator"), "switchover", "--force"]) == 0
     wait_for(primary_is(cluster, "pgsql-2", epoch=2), 60, "switchover to pgsql-2")
 
 

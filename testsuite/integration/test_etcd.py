@@ -8,6 +8,7 @@ import pytest
 
 from harness import acting, etcd
 from harness.exposure import ExposureMonitor
+from pgha import ctl, protocol
 from testsuite.integration.conftest import WriteRun, running_cluster, wait_for
 
 pytestmark = pytest.mark.skipif(not etcd.available(), reason="etcd is not installed (apt-get install etcd-server)")
@@ -89,6 +90,63 @@ def test_leading_arbiter_its_etcd_member_and_primary_host_killed_the_other_arbit
     cluster.etcd.wait_healthy(names=[member])
 
 
+def test_operator_commands_sent_to_the_follower_get_not_the_leader_never_a_stale_answer(etcd_cluster):
+    """pause, failover and resume sent to the arbiter that does not lead: it
+    answers "not the leader" and where the leader is (before, it answered from
+    its own stale memory: "cannot store its decision", "not promotable", "it
+    was not paused"), and nothing changes."""
+    cluster = etcd_cluster
+    leader = wait_for(cluster.leading_arbiter, 10, "a leading arbiter")
+    follower = next(key for key in cluster.arbiter_ports if key != leader)
+    wait_for(lambda: both_heard(cluster) and cluster.healthy(), 30, "both nodes heard, the standby promotable")
+
+    def ask_follower(message):
+        return protocol.call("127.0.0.1", cluster.arbiter_ports[follower], message, timeout=5.0,
+                             credential=cluster.operator(), tls_context=cluster.tls_client())
+
+    for message in ({"type": "pause"}, {"type": "failover", "to": "pgsql-2"}, {"type": "resume"},
+                    {"type": "switchover"}, {"type": "reload"}):
+        reply = ask_follower(message)
+        assert (reply["type"], reply["error"]) == ("error", "not the leader"), (message, reply)
+        assert reply["leader"].rpartition(":")[2] == str(cluster.arbiter_ports[leader]), reply
+    status = cluster.status()
+    assert (status["epoch"], status["primary"], bool(status.get("paused"))) == (1, "pgsql-1", False)
+    assert status["failover_to"] is None and status["switchover_to"] is None
+    assert cluster.leading_arbiter() == leader
+    # pgha-ctl given both arbiters, the follower first: the command takes effect through the leader.
+    both = ",".join(f"127.0.0.1:{cluster.arbiter_ports[key]}" for key in (follower, leader))
+    for command, paused in (("pause", True), ("resume", False)):
+        assert ctl.main(["--arbiter", both, "--key-file", cluster.key_file("operator"), command]) == 0
+        assert cluster.status()["paused"] is paused
+
+
+def test_a_scheduled_switchover_survives_a_change_of_leading_arbiter(etcd_cluster):
+    """switchover --at is in the stored state (issue 21): the follower shows it
+    from etcd, the arbiter that takes over has it, and it happens once, on time."""
+    cluster = etcd_cluster
+    leader = wait_for(cluster.leading_arbiter, 10, "a leading arbiter")
+    follower = next(key for key in cluster.arbiter_ports if key != leader)
+    wait_for(lambda: both_heard(cluster) and cluster.healthy(), 30, "both nodes heard, the standby promotable")
+    both = ",".join(f"127.0.0.1:{cluster.arbiter_ports[key]}" for key in (follower, leader))
+    asked_at = time.monotonic()
+    assert ctl.main(["--arbiter", both, "--key-file", cluster.key_file("operator"), "switchover", "--to", "pgsql-2",
+                     "--at", "+12s", "--force"]) == 0
+    at = cluster.status()["switchover_scheduled"]["at"]
+    from_follower = protocol.call("127.0.0.1", cluster.arbiter_ports[follower], {"type": "status"}, timeout=5.0,
+                                  credential=cluster.operator(), tls_context=cluster.tls_client())
+    assert from_follower["switchover_scheduled"]["at"] == at, from_follower
+
+    cluster.terminate(leader)       # it revokes its etcd lease: the other leads at once
+    wait_for(lambda: cluster.leading_arbiter() not in (None, leader), 20, "the other arbiter leading")
+    scheduled = cluster.status()["switchover_scheduled"]
+    assert (scheduled["at"], scheduled["to"]) == (at, "pgsql-2"), scheduled
+    wait_for(primary_is(cluster, "pgsql-2", 2), 60, "the scheduled switchover by the new leader")
+    assert time.monotonic() - asked_at > 11.5
+    assert cluster.status()["switchover_scheduled"] is None
+    kinds = [e["event"] for e in cluster.arbiter_call({"type": "history", "limit": 50})["events"]]
+    assert kinds.count("switchover") == 1 and "failover" not in kinds, kinds
+
+
 def test_leadership_moves_back_and_forth_while_a_writer_runs(etcd_cluster):
     """20 moves, alternately a killed leader (the other waits out its etcd
     lease) and a stopped one (it revokes its lease: the other takes over at once)."""
@@ -104,6 +162,9 @@ def test_leadership_moves_back_and_forth_while_a_writer_runs(etcd_cluster):
             (cluster.terminate if move % 2 else cluster.kill)(leader)
             wait_for(lambda: cluster.leading_arbiter() not in (None, leader), 20, "the other arbiter leading")
             cluster.start_arbiter(key=leader)
+            # Up before the next move stops the other: else, under load, neither arbiter
+            # runs for longer than the primary's lease and a failover is right (not a move).
+            cluster.wait_listening(cluster.arbiter_ports[leader])
             wait_for(lambda: both_heard(cluster), 20, "both nodes found the new leader")
             assert run.wait_for_acks(3, timeout=30), f"writes stalled after move {move + 1}"
         monitor.stop()

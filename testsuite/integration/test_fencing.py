@@ -13,12 +13,16 @@ writable servers at one sampled moment.
 import os
 import threading
 import time
+from datetime import datetime
 
 import psycopg2
+import pytest
 
-from conftest import WriteRun, wait_for
+from conftest import WriteRun, running_cluster, wait_for
+from pgha import settings
 
-LEASE_TIME = 1.8     # the default lease (arbiter_settings.py)
+LEASE_TIME = settings.LEASE_TIME     # the default lease (arbiter_settings.py reads it)
+SHORT_LEASE = 1.0    # a cluster's lease under the default (two heartbeats at least)
 OTHER = {"pgsql-1": "pgsql-2", "pgsql-2": "pgsql-1"}
 
 
@@ -158,14 +162,13 @@ def daemon_fault_on_primary(cluster, inject, recover):
         inject(old)
         wait_for(postmaster_gone(cluster, old), LEASE_TIME + 5, "the old primary fenced")
         fenced_at = time.monotonic()
-        status = wait_for(lambda: cluster.status()["primary"] == new and cluster.status(), 30,
+        status = wait_for(lambda: (s := cluster.status())["primary"] == new and s, 30,
                           f"{new} promoted")
         assert status["epoch"] > epoch
         wait_for(lambda: sampler.promoted(new, fault_at), 10, f"{new} seen writable")
         time.sleep(1.0)     # a few more samples after the promotion
         recover(old)
-        cluster.wait_healthy(timeout=120)
-        assert cluster.status()["primary"] == new, "the old primary came back as primary"
+        assert cluster.wait_healthy(timeout=120)["primary"] == new, "the old primary came back as primary"
     finally:
         writer.stop()
         sampler.stop()
@@ -235,3 +238,44 @@ def test_fencer_killed(local_cluster):
     cluster.kill_daemon(primary)
     wait_for(postmaster_gone(cluster, primary), LEASE_TIME + 2, "the primary fenced by its new fencer")
     print(f"{primary}: daemon killed, postmaster gone {time.monotonic() - killed_at:.2f}s later")
+
+
+@pytest.fixture
+def short_lease_cluster(request):
+    yield from running_cluster(request, "short-lease", arbiter_overrides={"lease_time": SHORT_LEASE})
+
+
+def first_line(path, skip, text):
+    """The first line after the first `skip` lines of a log that holds text, or None."""
+    with open(path) as f:
+        return next((line for line in f.readlines()[skip:] if text in line), None)
+
+
+def _logged_at(line):
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f")
+
+
+def test_a_restarted_daemon_gives_a_running_primary_the_clusters_lease_as_grace(short_lease_cluster):
+    """Issue 16: a node daemon restarted beside a running primary gives it the
+    cluster's lease (as last heard from the arbiter), not a fixed 1.8 s that
+    outlasts the arbiter's failover wait (lease_time + failover_margin) when
+    lease_time is shorter. The arbiter and the old fencer are gone, so only
+    the restarted daemon's grace (and its new fencer) bound the primary."""
+    cluster = short_lease_cluster
+    primary, _ = current_primary(cluster)
+    cluster.kill("arbiter")         # nobody confirms the primary
+    cluster.kill_daemon(primary)
+    cluster.kill_fencer(primary)
+    assert cluster.postmaster_pid(primary), "PostgreSQL should outlive its daemon and fencer"
+    log_path = os.path.join(cluster.dir, f"{primary}.log")
+    with open(log_path) as f:
+        seen = len(f.readlines())
+    cluster.start_node(primary)
+    wait_for(postmaster_gone(cluster, primary), 20, "the adopted primary fenced")
+    adopted = wait_for(lambda: first_line(log_path, seen, "PostgreSQL is already running as primary"), 5,
+                       "the adoption logged")
+    fenced = wait_for(lambda: first_line(log_path, seen, "fencing PostgreSQL"), 5, "the fence logged")
+    grace = (_logged_at(fenced) - _logged_at(adopted)).total_seconds()
+    print(f"\n{primary}: adopted primary fenced {grace:.2f}s after the restart ({adopted.strip()})")
+    assert f"within {SHORT_LEASE:.1f}s" in adopted
+    assert grace <= SHORT_LEASE + 0.3, f"the grace ({grace:.2f}s) outlasted the cluster's lease {SHORT_LEASE}s"

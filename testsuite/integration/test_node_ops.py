@@ -34,6 +34,15 @@ def make_cluster(request):
             _show_logs(cluster)
 
 
+def write_script(cluster, name, body):
+    """An executable shell script in the cluster's folder; its path."""
+    path = os.path.join(cluster.dir, name)
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\n" + body + "\n")
+    os.chmod(path, 0o755)
+    return path
+
+
 def append_settings(cluster, member, text):
     with open(os.path.join(cluster.dir, f"{member}.py"), "a") as f:
         f.write(text)
@@ -83,12 +92,9 @@ def test_sighup_and_ctl_reload_apply_settings_without_a_restart(make_cluster):
 def test_callbacks_run_on_a_failover_and_a_hanging_one_does_not_delay_it(make_cluster):
     cluster = make_cluster()
     calls = os.path.join(cluster.dir, "callbacks.txt")
-    script = os.path.join(cluster.dir, "callback.sh")
     # Records its arguments; hangs when the node starts as a replica, so that
     # pgsql-2's callback is still hanging when it must take over.
-    with open(script, "w") as f:
-        f.write(f'#!/bin/sh\necho "$1 $2 $3" >> {calls}\n[ "$2" = replica ] && exec sleep 600\nexit 0\n')
-    os.chmod(script, 0o755)
+    script = write_script(cluster, "callback.sh", f'echo "$1 $2 $3" >> {calls}\n[ "$2" = replica ] && exec sleep 600\nexit 0')
     open(calls, "w").close()
     os.chmod(calls, 0o666)
     cluster.node_overrides = {"on_role_change": script, "on_start": script, "callback_timeout": 25.0}
@@ -108,3 +114,27 @@ def test_callbacks_run_on_a_failover_and_a_hanging_one_does_not_delay_it(make_cl
     wait_for(lambda: "on_role_change primary pgsql-2" in open(calls).read(), 40, "pgsql-2's primary callback")
     assert "killed after the 25s timeout (callback_timeout)" in log_text(cluster, "pgsql-2")
     print(f"promoted {took:.1f}s after the kill")
+
+
+def test_a_failing_pre_promote_holds_the_promotion_until_it_succeeds(make_cluster):
+    """Issue 21: pre_promote (e.g. a fencing script) runs before the node
+    promotes itself; while it fails the standby is not promoted (the arbiter's
+    decision stands, the script is run again), and once it succeeds the
+    promotion goes on."""
+    cluster = make_cluster()
+    allow = os.path.join(cluster.dir, "allow-promotion")
+    script = write_script(cluster, "pre_promote.sh", f'[ -e {allow} ] || {{ echo "old primary not fenced yet" >&2; exit 1; }}')
+    cluster.node_overrides = {"pre_promote": script}
+    cluster.prepare()
+    cluster.start()
+    cluster.wait_healthy(timeout=120)
+    cluster.kill_host("pgsql-1")
+    # Refused, and tried again (at most every 2 s): the arbiter decided, the node stays a standby.
+    wait_for(lambda: log_text(cluster, "pgsql-2").count("pre_promote replica: exit status 1") >= 2,
+             FAILOVER_BOUND + 10, "pgsql-2's pre_promote refusing twice")
+    status = cluster.status()       # one snapshot
+    assert status["primary"] == "pgsql-2" and status["nodes"]["pgsql-2"]["report"]["role"] == "standby", status
+    assert "old primary not fenced yet" in log_text(cluster, "pgsql-2")     # the script's stderr, in the log
+    open(allow, "w").close()
+    wait_for(primary_is(cluster, "pgsql-2", epoch=2), 20, "pgsql-2 promoted once pre_promote succeeds")
+    assert sql(cluster, "pgsql-2", "SELECT NOT pg_is_in_recovery()") == [(True,)]

@@ -9,9 +9,9 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgha import ctl
+from pgha import ctl, disk, rewind
 from testsuite.integration.conftest import wait_for
-from testsuite.integration.test_cluster import primary_is
+from testsuite.integration.test_cluster import primary_is, sql
 
 
 def get(cluster, node, path):
@@ -37,6 +37,26 @@ def role_metric(cluster, node):
     return max(roles, key=roles.get), families
 
 
+def patroni_fields_are_real(cluster):
+    """The fields Patroni's tools read, from the running PostgreSQL."""
+    # Who each sender is comes from the facts query, at most FACTS_INTERVAL
+    # (2 s) old: one read after the standby connected names its user.
+    def primary_with_its_sender():
+        body = json.loads(get(cluster, "pgsql-1", "/patroni")[1])
+        rows = body.get("replication") or []
+        return body if len(rows) == 1 and rows[0]["usename"] else None
+    primary = wait_for(primary_with_its_sender, 10, "the primary's facts naming its standby")
+    standby = json.loads(get(cluster, "pgsql-2", "/patroni")[1])
+    assert primary["server_version"] >= 120000 and primary["patroni"]["scope"] == "main"
+    assert primary["database_system_identifier"] == standby["database_system_identifier"]
+    assert primary["postmaster_start_time"] and primary["dcs_last_seen"] > time.time() - 10
+    row, = primary["replication"]
+    assert row["application_name"] == "pgsql-2" and row["usename"] and row["sync_state"] == "sync"
+    assert standby["sync_standby"] is True and standby["replication_state"] == "streaming"
+    assert standby["xlog"]["paused"] is False and "sync_standby" not in primary
+    assert "pending_restart" not in primary and "cluster_unlocked" not in primary
+
+
 def test_health_codes_and_metrics_follow_a_switchover(local_cluster):
     cluster = local_cluster
     everything = {"/health": 200, "/liveness": 200, "/readiness": 200, "/read-only": 200}
@@ -45,9 +65,19 @@ def test_health_codes_and_metrics_follow_a_switchover(local_cluster):
     assert codes(cluster, "pgsql-2") == {**everything, "/primary": 503, "/replica": 200}
     role, families = role_metric(cluster, "pgsql-1")
     assert role == "primary"
+    patroni_fields_are_real(cluster)
     assert [s.value for s in families["pgha_epoch"].samples] == [1]
     assert [s.value for s in families["pgha_sync_standby"].samples] == [1]
     assert role_metric(cluster, "pgsql-2")[0] == "standby"
+    # The disks under PostgreSQL, read by the node itself (pgha/disk.py).
+    disk_use = wait_for(lambda: json.loads(get(cluster, "pgsql-1", "/patroni")[1])["pgha"]["disk"], 10,
+                        "pgsql-1's disk reading")
+    assert disk_use["data"]["size_bytes"] > disk_use["data"]["free_bytes"] > 0 and disk_use["wal_directory_bytes"] >= 16 * 2**20
+    assert [s.value for s in families["pgha_wal_directory_bytes"].samples] != []
+    # The managed WAL cap for an absent standby reaches PostgreSQL (test_wal_retention sets its own).
+    cap = rewind.max_slot_wal_keep_size({}, disk.filesystem(cluster.pgdata("pgsql-1") + "/pg_wal").total_bytes)
+    assert sql(cluster, "pgsql-1", "SELECT setting || unit FROM pg_settings "
+                                   "WHERE name = 'max_slot_wal_keep_size'")[0][0] == cap
 
     both = []       # moments both nodes said 200 on /primary
     stop = threading.Event()
@@ -61,7 +91,7 @@ def test_health_codes_and_metrics_follow_a_switchover(local_cluster):
     watcher.start()
     try:
         assert ctl.main(["--arbiter", f"127.0.0.1:{cluster.arbiter_port}", "--key-file", cluster.key_file("operator"),
-                         "switchover"]) == 0
+                         "switchover", "--force"]) == 0
         wait_for(primary_is(cluster, "pgsql-2", epoch=2), 60, "switchover to pgsql-2")
         wait_for(lambda: codes(cluster, "pgsql-2")["/primary"] == 200, 20, "pgsql-2 /primary 200")
         wait_for(lambda: codes(cluster, "pgsql-1")["/replica"] == 200, 60, "pgsql-1 /replica 200")
@@ -78,8 +108,12 @@ def test_health_codes_and_metrics_follow_a_switchover(local_cluster):
     assert [s.value for s in families["pgha_failovers"].samples] == [1]
     assert role_metric(cluster, "pgsql-1")[0] == "standby"
 
-    history = json.loads(get(cluster, "pgsql-2", "/history")[1])
+    history = json.loads(get(cluster, "pgsql-2", "/pgha/history")[1])
     assert any(e["from"] == "standby" and e["to"] == "primary" and e["epoch"] == 2 for e in history), history
+    # Patroni's /history: the timeline switch the promotion made, from PostgreSQL's history file.
+    wait_for(lambda: json.loads(get(cluster, "pgsql-2", "/history")[1]), 10, "pgsql-2's /history")
+    switches = json.loads(get(cluster, "pgsql-2", "/history")[1])
+    assert [row[0] for row in switches] == [1] and switches[0][1] > 0 and switches[0][3], switches
     wait_for(lambda: json.loads(get(cluster, "pgsql-1", "/cluster")[1]).get("epoch") == 2, 10,
              "pgsql-1's /cluster at epoch 2")
     members = {m["name"]: m for m in json.loads(get(cluster, "pgsql-1", "/cluster")[1])["members"]}

@@ -10,6 +10,7 @@ import glob
 import os
 import stat
 import subprocess
+import time
 
 import psycopg2
 
@@ -74,7 +75,7 @@ def test_special_character_passwords_bootstrap_replicate_and_fail_over():
             assert secrets_visible(cluster) == []
             run.mark_fault()
             cluster.kill_host("pgsql-1")
-            wait_for(lambda: cluster.status()["primary"] == "pgsql-2" and cluster.status()["epoch"] == 2, 60,
+            wait_for(lambda: ((s := cluster.status())["primary"], s["epoch"]) == ("pgsql-2", 2), 60,
                      "pgsql-2 promoted")
             assert run.wait_for_acks(20, timeout=60), "writes did not resume on the new primary"
             # the old primary comes back: pg_rewind / pg_basebackup with the nasty passwords
@@ -102,10 +103,13 @@ def test_a_lost_arbiter_state_stops_it_and_a_confirmed_rebuild_carries_on(local_
     with WriteRun(cluster) as run:
         assert run.wait_for_acks(10, timeout=30)
         # a planned switchover first, so the right answer is not the initial primary
-        assert ctl.main(["--arbiter", where, "--key-file", cluster.key_file("operator"), "switchover"]) == 0
-        wait_for(lambda: cluster.healthy() and cluster.status()["primary"] == "pgsql-2", 90,
-                 "pgsql-2 primary and healthy at epoch 2")
-        assert cluster.status()["epoch"] == 2
+        assert ctl.main(["--arbiter", where, "--key-file", cluster.key_file("operator"), "switchover", "--force"]) == 0
+        # one snapshot: healthy AND pgsql-2 primary in the same status (two calls could
+        # see the healthy epoch-1 cluster, then the fresh epoch-2 decision, and the
+        # arbiter would be killed in the middle of the hand-over)
+        status = wait_for(lambda: (s := cluster.healthy_status()) and s["primary"] == "pgsql-2" and s, 90,
+                          "pgsql-2 primary and healthy at epoch 2")
+        assert status["epoch"] == 2
         run.mark_fault()
 
         cluster.kill("arbiter")
@@ -121,6 +125,12 @@ def test_a_lost_arbiter_state_stops_it_and_a_confirmed_rebuild_carries_on(local_
         cluster.start_arbiter("--rebuild")
         wait_for(lambda: proposal(cluster) == {"epoch": 2, "primary": "pgsql-2"}, 30, "the rebuild proposal")
         assert not os.path.exists(state_file)
+        # Writes keep flowing while the rebuild waits for the operator (issue 19: the
+        # primary was told "wait" and fenced a lease later): past several lease times
+        # the primary still commits and is still the proposal.
+        time.sleep(3 * cluster.arbiter_setting("lease_time"))
+        assert run.wait_for_acks(10, timeout=5), "writes stopped while the rebuild waited for the operator"
+        assert proposal(cluster) == {"epoch": 2, "primary": "pgsql-2"}
         assert ctl.main(["--arbiter", where, "--key-file", cluster.key_file("operator"), "rebuild", "--confirm", "--epoch", "2", "--primary", "pgsql-1"]) == 1
         assert not os.path.exists(state_file)
         assert ctl.main(["--arbiter", where, "--key-file", cluster.key_file("operator"), "rebuild", "--confirm", "--epoch", "2", "--primary", "pgsql-2"]) == 0

@@ -4,14 +4,17 @@ bodies, /metrics through a real Prometheus parser, and the HTTP edges
 (404, 405, HEAD/OPTIONS, bad ?lag=, slow clients, a flood)."""
 import http.client
 import json
+import logging
 import socket
+import threading
 import time
 from dataclasses import replace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgha import api, health, metrics
+from harness import abusers as abusers_mod
+from pgha import api, health, limits, metrics, node_facts, pg_facts
 from pgha.messages import Address, Report, ReplicationRow
 from pgha.node_state import ClusterView, ClusterWatcher, History, LoopStats, Member, NodeSnapshot, StatePublisher
 
@@ -180,7 +183,9 @@ def test_node_json_on_the_standby(server):
     show(server, STANDBY, VIEW)
     node = json.loads(get(server, "/patroni")[2])
     assert node["role"] == "replica"
-    assert node["xlog"] == {"received_location": 4500, "replayed_location": 4000}
+    # Patroni's xlog adds replayed_timestamp and paused (None/False without PostgreSQL's facts).
+    assert node["xlog"] == {"received_location": 4500, "replayed_location": 4000,
+                            "replayed_timestamp": None, "paused": False}
     assert node["lag_bytes"] == 500 and node["pgha"]["lease_remaining"] is None
 
 
@@ -208,7 +213,7 @@ def test_history_records_role_changes_with_reasons():
     state.publish(STANDBY)        # no change: no event
     state.publish(replace(STANDBY, running_as="primary", acted_epoch=3, last_action="promote_running_standby"))
     state.publish(replace(STANDBY, running_as="primary", pg="stopped", acted_epoch=3, fences=1))
-    events = health.history_json(state.history.events())
+    events = health.role_history_json(state.history.events())
     assert [(e["from"], e["to"]) for e in events] == [("stopped", "standby"), ("standby", "primary"),
                                                       ("primary", "stopped")]
     assert events[1]["epoch"] == 3 and events[1]["reason"] == "promote_running_standby"
@@ -220,7 +225,8 @@ def test_history_records_role_changes_with_reasons():
 
 def test_history_endpoint(server):
     server.state.history.add(3, "standby", "primary", "promote_running_standby")
-    assert json.loads(get(server, "/history")[2]) == [
+    # Our role history moved to /pgha/history: /history is Patroni's timeline list.
+    assert json.loads(get(server, "/pgha/history")[2]) == [
         {"time": "2023-11-14T22:13:20.000+00:00", "epoch": 3, "from": "standby", "to": "primary",
          "reason": "promote_running_standby"}]
 
@@ -286,7 +292,7 @@ def test_answers_are_fast(server):
 
 
 def test_a_silent_client_is_dropped_and_others_are_served(server, monkeypatch):
-    monkeypatch.setattr(api._Handler, "timeout", 0.3)
+    monkeypatch.setattr(api, "REQUEST_DEADLINE", 0.3)     # the whole request (was a per-read timeout)
     show(server, PRIMARY, VIEW)
     silent = socket.create_connection(server.server_address, timeout=5)
     try:
@@ -298,7 +304,7 @@ def test_a_silent_client_is_dropped_and_others_are_served(server, monkeypatch):
 
 
 def test_a_flood_of_idle_connections_does_not_stop_answers(server, monkeypatch):
-    monkeypatch.setattr(api._Handler, "timeout", 1.0)
+    monkeypatch.setattr(api, "REQUEST_DEADLINE", 1.0)
     show(server, PRIMARY, VIEW)
     idle = [socket.create_connection(server.server_address, timeout=5) for _ in range(api.MAX_CLIENTS + 20)]
     try:
@@ -373,3 +379,399 @@ def wait_for_value(read, value, timeout=5.0):
     while read() != value:
         assert time.monotonic() < deadline, f"still {read()!r}, not {value!r}"
         time.sleep(0.01)
+
+
+# -- Patroni's paths, filters and fields ------------------------------------------------
+
+ASYNC_VIEW = replace(VIEW, members=(replace(VIEW.members[0], report=replace(VIEW.members[0].report,
+                                                                             sync_standby="pgsql-3")),
+                                    VIEW.members[1]))
+ROLES = {   # Patroni's four states of a node: (snapshot, view)
+    "primary": (PRIMARY, VIEW),
+    "sync standby": (STANDBY, VIEW),
+    "async standby": (STANDBY, ASYNC_VIEW),
+    "stopped": (NodeSnapshot(name="pgsql-2", taken_at=NOW, pg="stopped", instruction_role="wait"), VIEW),
+}
+PATRONI_PATHS = {   # path: codes on (primary, sync standby, async standby, stopped), as Patroni answers
+    "/": (200, 503, 503, 503),
+    "/primary": (200, 503, 503, 503),
+    "/master": (200, 503, 503, 503),
+    "/leader": (200, 503, 503, 503),
+    "/read-write": (200, 503, 503, 503),
+    "/standby-leader": (503, 503, 503, 503),
+    "/standby_leader": (503, 503, 503, 503),
+    "/replica": (503, 200, 200, 503),
+    "/read-only": (200, 200, 200, 503),
+    "/sync": (503, 200, 503, 503),
+    "/synchronous": (503, 200, 503, 503),
+    "/async": (503, 503, 200, 503),
+    "/asynchronous": (503, 503, 200, 503),
+    "/read-only-sync": (200, 200, 503, 503),
+    "/quorum": (503, 503, 503, 503),
+    "/read-only-quorum": (200, 503, 503, 503),
+    "/health": (200, 200, 200, 503),
+    "/liveness": (200, 200, 200, 200),
+    "/readiness": (200, 200, 200, 503),
+    "/readiness?lag=100": (200, 503, 503, 503),
+    "/readiness?lag=1MB": (200, 200, 200, 503),
+    "/sync?lag=100": (503, 503, 503, 503),
+    "/async?lag=1kB": (503, 503, 200, 503),
+    "/replica?replication_state=streaming": (503, 200, 200, 503),
+    "/replica?replication_state=in+archive+recovery": (503, 503, 503, 503),
+    "/patroni": (200, 200, 200, 200),
+    "/cluster": (200, 200, 200, 200),
+    "/config": (200, 200, 200, 200),
+    "/history": (200, 200, 200, 200),
+}
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
+@pytest.mark.parametrize("role", list(ROLES))
+def test_patroni_paths_in_each_role(server, role, method):
+    show(server, *ROLES[role])
+    column = list(ROLES).index(role)
+    got = {path: get(server, path, method)[0] for path in PATRONI_PATHS}
+    assert got == {path: codes[column] for path, codes in PATRONI_PATHS.items()}
+
+
+def test_sync_and_async_need_the_arbiter_status(server):
+    show(server, STANDBY, None)     # Patroni answers 503 on both without its DCS
+    assert (get(server, "/sync")[0], get(server, "/async")[0], get(server, "/replica")[0]) == (503, 503, 200)
+
+
+def test_tag_filters(server):
+    tagged = replace(STANDBY, tags={"dc": "east", "nofailover": True, "weight": 3})
+    show(server, tagged, VIEW)
+    assert get(server, "/replica?tag_dc=east")[0] == 200
+    assert get(server, "/replica?tag_dc=east&tag_nofailover=true&tag_weight=3")[0] == 200
+    assert get(server, "/replica?tag_dc=west")[0] == 503
+    assert get(server, "/replica?tag_rack=1")[0] == 503           # a tag the node does not have
+    assert get(server, "/read-only?tag_nofailover=True")[0] == 503   # non-strings compare lower-case
+    show(server, replace(PRIMARY, tags={"dc": "east"}), VIEW)
+    assert get(server, "/primary?tag_dc=west")[0] == 200          # leader paths ignore tags
+    assert get(server, "/read-only?tag_dc=west")[0] == 503
+    show(server, replace(STANDBY, tags={"noloadbalance": True}), VIEW)
+    assert get(server, "/replica")[0] == 503 and get(server, "/health")[0] == 200
+
+
+def test_liveness_holds_in_pause_when_the_loop_is_stuck(server):
+    stuck = replace(PRIMARY, taken_at=NOW - 30)
+    show(server, stuck, VIEW)
+    assert get(server, "/liveness")[0] == 503
+    show(server, stuck, replace(VIEW, paused=True))
+    assert get(server, "/liveness")[0] == 200
+
+
+FACTS = pg_facts.PgFacts(
+    server_version=150004, postmaster_start_time=1700000000.5, system_identifier="7268616322854375442",
+    replay_timestamp=1700000100.25, replay_paused=True, pending_restart=True,
+    senders=(pg_facts.Sender("pgsql-2", "repuser", "127.0.0.1", 1),),
+    history=(pg_facts.TimelineSwitch(1, 25623960, "no recovery target specified", 1700000050.0),))
+
+
+def test_patroni_fields_on_the_primary(server):
+    show(server, replace(PRIMARY, scope="main", tags={"clonefrom": True}, facts=FACTS,
+                         arbiter_last_seen=1700000200.7), VIEW)
+    node = json.loads(get(server, "/patroni")[2])
+    assert node["server_version"] == 150004
+    assert node["postmaster_start_time"] == "2023-11-14 22:13:20.500000+00:00"
+    assert node["database_system_identifier"] == "7268616322854375442"
+    assert node["dcs_last_seen"] == 1700000200 and node["tags"] == {"clonefrom": True}
+    assert node["pending_restart"] is True and "cluster_unlocked" not in node and "pause" not in node
+    assert node["patroni"] == {"version": health.PATRONI_VERSION, "scope": "main", "name": "pgsql-1"}
+    row = node["replication"][0]
+    assert (row["usename"], row["client_addr"], row["sync_priority"], row["sync_state"]) == \
+        ("repuser", "127.0.0.1", 1, "sync")
+    assert "sync_standby" not in node and node["pgha"]["sync_standby"] == "pgsql-2"
+    assert json.loads(get(server, "/history")[2]) == [
+        [1, 25623960, "no recovery target specified", "2023-11-14T22:14:10+00:00"]]
+
+
+def test_patroni_fields_on_the_standby(server):
+    show(server, replace(STANDBY, facts=FACTS), VIEW)
+    assert json.loads(get(server, "/patroni")[2])["sync_standby"] is True
+    show(server, replace(STANDBY, facts=FACTS), replace(VIEW, paused=True, primary=None))
+    node = json.loads(get(server, "/patroni")[2])
+    assert "sync_standby" not in node and node["replication_state"] == "streaming"
+    assert node["xlog"]["replayed_timestamp"] == "2023-11-14 22:15:00.250000+00:00"
+    assert node["xlog"]["paused"] is True
+    assert node["pause"] is True and node["cluster_unlocked"] is True
+    show(server, STANDBY, ASYNC_VIEW)
+    assert "sync_standby" not in json.loads(get(server, "/patroni")[2])
+
+
+def test_cluster_in_patroni_shape(server):
+    scheduled = {"at": "2026-01-01T00:00:00+00:00", "in": 60.0, "to": "pgsql-2"}
+    show(server, replace(STANDBY, scope="main", tags={"dc": "east"}),
+         replace(VIEW, scheduled_switchover=scheduled))
+    cluster = json.loads(get(server, "/cluster")[2])
+    assert cluster["scope"] == "main"
+    assert cluster["scheduled_switchover"] == {"at": "2026-01-01T00:00:00+00:00", "from": "pgsql-1",
+                                               "to": "pgsql-2"}
+    members = {m["name"]: m for m in cluster["members"]}
+    assert "lag" not in members["pgsql-1"] and members["pgsql-2"]["tags"] == {"dc": "east"}
+    assert (members["pgsql-2"]["receive_lag"], members["pgsql-2"]["replay_lag"]) == (500, 1000)
+    show(server, STANDBY, replace(VIEW, members=(VIEW.members[0], Member("pgsql-2", None, None))))
+    members = {m["name"]: m for m in json.loads(get(server, "/cluster")[2])["members"]}
+    assert members["pgsql-2"]["lag"] == "unknown" and members["pgsql-2"]["role"] == "replica"
+
+
+def test_config(server):
+    show(server, STANDBY, replace(VIEW, paused=True))
+    assert json.loads(get(server, "/config")[2]) == {"ttl": 1.8, "loop_wait": 0.5, "synchronous_mode": True,
+                                                     "synchronous_mode_strict": True, "pause": True}
+
+
+def test_timeline_history_file_parsing():
+    text = "1\t0/1870B98\tno recovery target specified\n\n2\t0/3000000\tbefore 2000-01-01\n"
+    assert pg_facts.parse_history(text, {2: 10.0}) == (
+        pg_facts.TimelineSwitch(1, 0x1870B98, "no recovery target specified", 10.0),
+        pg_facts.TimelineSwitch(2, 0x3000000, "before 2000-01-01", None))
+
+
+def test_the_publisher_keeps_when_the_arbiter_last_answered():
+    walls = iter([100.0, 200.0, 300.0])
+    state = StatePublisher("pgsql-2", clock=lambda: NOW, wall=lambda: next(walls))
+    state.publish(STANDBY)
+    assert state.snapshot.arbiter_last_seen == 100.0
+    state.publish(replace(STANDBY, arbiter_reachable=False))
+    assert state.snapshot.arbiter_last_seen == 100.0      # kept while the arbiter is silent
+    state.publish(STANDBY)
+    assert state.snapshot.arbiter_last_seen == 200.0
+
+
+# -- Patroni's metric families -----------------------------------------------------
+
+def test_patroni_metrics_with_patronis_meanings():
+    primary = parse(metrics.render(replace(PRIMARY, scope="main", facts=FACTS, arbiter_last_seen=1700000200.0),
+                                   VIEW, NOW))
+    standby = parse(metrics.render(replace(STANDBY, scope="main", facts=FACTS), VIEW, NOW))
+    # Same ending, opposite sides: ours is 1 on the primary, Patroni's on the synchronous standby.
+    assert sample(primary, "pgha_sync_standby") == 1 and sample(primary, "patroni_sync_standby") == 0
+    assert sample(standby, "patroni_sync_standby") == 1
+    assert sample(parse(metrics.render(STANDBY, ASYNC_VIEW, NOW)), "patroni_sync_standby") == 0
+    assert (sample(primary, "patroni_primary"), sample(primary, "patroni_replica")) == (1, 0)
+    assert (sample(standby, "patroni_primary"), sample(standby, "patroni_replica")) == (0, 1)
+    assert sample(primary, "patroni_xlog_location") == 5000 and sample(standby, "patroni_xlog_location") == 0
+    assert sample(standby, "patroni_xlog_received_location") == 4500
+    assert sample(standby, "patroni_xlog_replayed_location") == 4000
+    assert sample(standby, "patroni_xlog_replayed_timestamp") == 1700000100.25
+    assert sample(standby, "patroni_xlog_paused") == 1 and sample(standby, "patroni_postgres_streaming") == 1
+    assert sample(primary, "patroni_postgres_server_version") == 150004
+    assert sample(primary, "patroni_postmaster_start_time") == 1700000000.5
+    assert sample(primary, "patroni_pending_restart") == 1 and sample(primary, "patroni_is_paused") == 0
+    assert sample(primary, "patroni_dcs_last_seen") == 1700000200
+    assert sample(primary, "patroni_cluster_unlocked") == 0 and sample(primary, "patroni_postgres_timeline") == 2
+    assert sample(primary, "patroni_version") == 40000 and sample(primary, "patroni_postgres_state") == 5
+    unlocked = parse(metrics.render(STANDBY, replace(VIEW, primary=None, paused=True), NOW))
+    assert sample(unlocked, "patroni_cluster_unlocked") == 1 and sample(unlocked, "patroni_is_paused") == 1
+    stopped = parse(metrics.render(ROLES["stopped"][0], VIEW, NOW))
+    assert sample(stopped, "patroni_postgres_running") == 0 and sample(stopped, "patroni_postgres_state") == 12
+    assert sample(stopped, "patroni_postgres_server_version") == 0
+    for families in (primary, standby, stopped):     # Patroni's labels on every series, ours included
+        for family in families.values():
+            for s in family.samples:
+                assert s.labels["name"] and "scope" in s.labels, (family.name, s)
+    assert {s.labels["scope"] for f in primary.values() for s in f.samples} == {"main"}
+
+
+def promtool_problems(text):
+    """promtool check metrics' complaints about an exposition (empty: none)."""
+    import shutil
+    import subprocess
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: bin/setup installs Debian's prometheus package"
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    return (result.stdout + result.stderr).strip() if result.returncode else ""
+
+
+@pytest.mark.parametrize("role", list(ROLES))
+def test_promtool_finds_no_problem(role):
+    snapshot, view = ROLES[role]
+    assert promtool_problems(metrics.render(replace(snapshot, scope="main", facts=FACTS), view, NOW)) == ""
+
+
+def test_promtool_catches_a_planted_problem():
+    text = metrics.render(PRIMARY, VIEW, NOW)
+    planted = text.replace("# TYPE pgha_failovers_total counter", "# TYPE pgha_failovers_total gauge") \
+        .replace("pgha_failovers_total", "pgha_failovers")
+    planted = planted.replace("# TYPE pgha_failovers gauge", "# TYPE pgha_failovers counter")
+    assert "_total" in promtool_problems(planted)
+
+
+class _Connection:
+    """A psycopg2 connection's shape: each query is recorded; `gate`, when
+    set, holds every query until it is set."""
+
+    def __init__(self, queries, rows, gate=None):
+        self.queries, self.rows, self.gate, self.closed = queries, rows, gate, False
+
+    def cursor(self):
+        connection = self
+
+        class Cursor:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def execute(self, sql, params=None):
+                connection.queries.append(sql)
+                if connection.gate is not None:
+                    connection.gate.wait(10)
+                if sql != pg_facts.FACTS_SQL:
+                    raise AssertionError("no history file: not read")
+
+            def fetchall(self):
+                return connection.rows(len(connection.queries))
+        return Cursor()
+
+    def close(self):
+        self.closed = True
+
+
+def test_facts_are_read_at_most_every_interval_and_at_once_after_a_stop(tmp_path):
+    now = [0.0]
+    queries = []
+
+    class Settings:
+        api_bind, tags, pgdata, disk_warning_percent = "127.0.0.1", {"dc": "east"}, str(tmp_path), 90
+
+    def rows(count):
+        return [(150004, 1.0, "1", None, False, count > 3, [], [])]
+    watcher = node_facts.FactsWatcher(lambda: Settings, lambda: _Connection(queries, rows), clock=lambda: now[0])
+    assert watcher.read_once().facts is None and queries == []     # PostgreSQL not running yet: no query
+    watcher.note("running")
+    first = watcher.read_once()
+    assert first.facts is not None and first.disk is not None and len(queries) == 1
+    now[0] = 1.9
+    assert watcher.read_once().facts is first.facts and len(queries) == 1     # within the interval: the last ones
+    now[0] = 2.0
+    assert watcher.read_once().facts is not first.facts and len(queries) == 2
+    watcher.note("stopped")
+    assert watcher.read_once().facts is None
+    watcher.note("running")
+    assert watcher.read_once().facts is not None and len(queries) == 3       # running again: read at once
+    Settings.api_bind = None
+    assert watcher.read_once().facts is None and len(queries) == 3           # no REST API: no query
+    assert pg_facts.snapshot_fields(Settings, "main", None) == {"scope": "main", "tags": {"dc": "east"}, "facts": None}
+
+
+def test_the_facts_thread_queries_by_itself_and_a_hung_query_does_not_wedge_it(tmp_path):
+    """It reads on its own (the HA loop only notes PostgreSQL's state:
+    test_node_actions checks the loop never queries for facts); once a hung
+    query returns, a stop noted meanwhile is taken at once."""
+    queries, gate = [], threading.Event()
+
+    class Settings:
+        api_bind, tags, pgdata, disk_warning_percent = "127.0.0.1", {}, str(tmp_path), 90
+    watcher = node_facts.FactsWatcher(lambda: Settings, lambda: _Connection(queries, lambda n: [], gate))
+    watcher.start()
+    try:
+        watcher.note("running")
+        wait_until(lambda: queries, 5, "the thread's own query")
+        watcher.note("stopped")         # while its query hangs
+        gate.set()
+        wait_until(lambda: watcher.latest.disk is not None and watcher.latest.facts is None, 5,
+                   "a reading taken after the hung query, with PostgreSQL stopped")
+    finally:
+        gate.set()
+        watcher.stop()
+        watcher.join(5)
+    assert not watcher.is_alive()
+
+
+def wait_until(predicate, seconds, what):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"no {what} within {seconds}s"
+        time.sleep(0.01)
+
+
+def test_a_slow_loris_of_hundreds_cannot_blind_the_primary_check(server, caplog):
+    """Issue 19: 33 connections sending a byte a second made every /primary
+    probe fail (0 of 60). 300 such clients and 100 silent ones now: the
+    probe (HAProxy's default 2 s check timeout) keeps getting 200, and each
+    source's drops are logged once."""
+    limits.raise_open_files_limit()
+    show(server, PRIMARY, VIEW)
+    caplog.set_level(logging.WARNING, logger=api.log.name)
+    answers, abusers = abusers_mod.probe_under_loris(server.server_address[1], slow=300, flood=100, seconds=8.0)
+    share = abusers_mod.summary(answers)[0]
+    print(f"/primary under a slow-loris of 300 + 100 silent: {abusers_mod.describe(answers)} "
+          f"({abusers.opened} attacker connections opened, {abusers.dropped} dropped by the server)")
+    assert abusers.opened >= 400 and abusers.dropped > 0
+    assert share >= 0.9      # 0 of 40 before; 100% since the listen queue holds the flood (a dropped SYN costs 1 s)
+    logged = [r.getMessage() for r in caplog.records if r.name == api.log.name]
+    assert logged, "the drops were not logged"
+    # thousands of drops; at most one line per source (2) and reason (evicted, refused, deadline)
+    assert len(logged) <= 6, f"logged more than once per source and reason: {logged}"
+
+
+def test_a_check_accepted_before_its_request_arrived_waits_for_a_slot(server):
+    """With every slot held by slow clients, a connection whose request comes a
+    moment after it was accepted waits (the waiting room) and is then served,
+    taking a slow client's place; one that stays silent is turned away (503)."""
+    show(server, PRIMARY, VIEW)
+    server.slots.stranger_slots = server.slots.per_source = 2
+    slow = [socket.create_connection(server.server_address, timeout=5) for _ in range(2)]
+    try:
+        for sock in slow:
+            sock.sendall(b"GET /primary HTTP/1.1\r\n")      # never finished
+        wait_for_value(lambda: server.slots.counts()[1], 2)     # every slot held by a slow client
+        late = socket.create_connection(server.server_address, timeout=5)
+        silent = socket.create_connection(server.server_address, timeout=5)
+        parked_at = time.monotonic()
+        wait_for_value(lambda: len(server.waiting_room.parked), 2)     # both accepted, silent, waiting
+        late.sendall(b"GET /primary HTTP/1.0\r\n\r\n")
+        assert late.recv(64).startswith(b"HTTP/1.0 200")
+        assert silent.recv(64).startswith(b"HTTP/1.0 503")
+        assert time.monotonic() - parked_at >= api.PARK_WAIT * 0.9, "turned away before it could wait"
+        late.close()
+        silent.close()
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+@pytest.fixture
+def guarded(tmp_path):
+    from pgha import keys
+    keys.generate(str(tmp_path), ["pgsql-1", "pgsql-2"])
+    state = StatePublisher("pgsql-1", clock=lambda: NOW, history=History(wall=lambda: 1700000000.0))
+    srv = api.ApiServer("127.0.0.1", 0, state, reader=api.reader_verifier(str(tmp_path / "reader.keys"), "pgsql-1"))
+    srv.start()
+    yield srv, tmp_path
+    srv.stop()
+
+
+def test_cluster_behind_the_reader_key_when_a_setting_asks_for_it(guarded, capsys):
+    """Issue 19: /cluster (every member's view) was readable without a key.
+    With api_cluster_key_file set it answers only a fresh status request
+    signed with the reader's key (pgha-ctl status --print-signed), once."""
+    from pgha import ctl
+    server, folder = guarded
+    show(server, PRIMARY, VIEW)
+    status, _, body = get(server, "/cluster")
+    assert status == 401 and b"--print-signed" in body
+    assert get(server, "/primary")[0] == 200                   # the health checks stay open
+    assert ctl.main(["--arbiter", "127.0.0.1:1", "--key-file", str(folder / "reader.keys"),
+                     "status", "--print-signed"]) == 0
+    signed = capsys.readouterr().out.strip()
+    status, _, body = get(server, "/cluster", headers={api.SIGNED_HEADER: signed})
+    assert status == 200 and json.loads(body)["members"]
+    assert get(server, "/cluster", headers={api.SIGNED_HEADER: signed})[0] == 401      # replayed
+    assert ctl.main(["--arbiter", "127.0.0.1:1", "--key-file", str(folder / "pgsql-1.keys"),
+                     "status", "--print-signed"]) == 2                                  # a node holds no reader key
+    forged = json.dumps({**json.loads(signed), "nonce": "0" * 32})
+    assert get(server, "/cluster", headers={api.SIGNED_HEADER: forged})[0] == 401     # MAC no longer matches
+    assert get(server, "/cluster", headers={api.SIGNED_HEADER: "{not json"})[0] == 401
+
+
+def test_an_unsafe_reader_key_file_is_one_line(tmp_path):
+    from pgha import keys
+    keys.generate(str(tmp_path), ["pgsql-1", "pgsql-2"])
+    with pytest.raises(OSError) as err:
+        api.reader_verifier(str(tmp_path / "pgsql-1.keys"), "pgsql-1")
+    assert "holds neither" in str(err.value) and "\n" not in str(err.value)

@@ -11,6 +11,7 @@ import pytest
 
 from pgha import arbiter as arbiter_server, protocol, settings, store
 from pgha.arbiter import Arbiter, ArbiterServer, StateFileError
+from pgha.arbiter_service import ArbiterService
 from pgha.decision import ClusterState
 from testsuite import helpers
 from testsuite.helpers import FakeClock
@@ -90,7 +91,8 @@ class Running:
         self.state_file = tmp_path / "arbiter-state.json"
         self.settings = make_settings(self.state_file, **overrides)
         self.arbiter = Arbiter(self.settings, clock=self.clock, init=True)
-        self.server = ArbiterServer(self.arbiter, "127.0.0.1", 0, idle_timeout=10.0, verifier=verifier)
+        self.server = ArbiterServer(ArbiterService.single(self.arbiter), "127.0.0.1", 0, idle_timeout=10.0,
+                                    verifier=verifier)
         self.address = self.server.server_address
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
@@ -417,3 +419,21 @@ def test_the_arbiter_uses_any_state_store(tmp_path):
                       init=True)
     assert memory_store.saved == [arbiter.state] and arbiter.state.epoch == 1
     assert os.listdir(tmp_path) == []
+
+
+def test_a_refusal_to_decide_is_logged_once_per_interval_not_every_heartbeat(running, caplog):
+    """A state re-created with --init hears nodes that acted on a later epoch:
+    it refuses every heartbeat (and says --rebuild), but logs it once per
+    node per interval with the count held back (was two ERROR lines a second)."""
+    c = running.client()
+    with caplog.at_level("ERROR", logger=arbiter_server.log.name):
+        for _ in range(10):
+            reply = c.ask(heartbeat(S, 5, standby_report()))
+            assert reply["role"] == "wait"
+            running.clock.advance(0.5)
+        running.clock.advance(30)
+        c.ask(heartbeat(S, 5, standby_report()))
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2, errors
+    assert "--rebuild" in errors[0] and "9 more like it held back" in errors[1]
+    assert running.arbiter.state.epoch == 1

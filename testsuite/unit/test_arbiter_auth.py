@@ -2,6 +2,7 @@
 replayed and mis-attributed messages get one "authentication failed", are
 logged once per source and check, and change no state."""
 import copy
+import time
 import logging
 
 import pytest
@@ -167,3 +168,64 @@ def test_the_standby_grants_only_to_the_primary_with_the_pair_key(standby_link):
     reply = protocol.call(*server.server_address, lease, credential=peer_credential(P, PAIR))
     assert reply == {"v": 1, "type": "grant", "granted": True, "reason": None}
     assert grants.remaining_for_report() == pytest.approx(3.0 + GRANT_TAIL)
+
+
+@pytest.fixture
+def bound_link():
+    grants = Grants(FakeClock())
+    grants.follow(P, 4)
+    server = PeerServer("127.0.0.1", 0, grants, lambda: 3.0, verifier=peer_verifier(S, PAIR, grants.allowed_primary))
+    with serving(server):
+        yield server, grants
+
+
+def test_a_pair_key_holder_is_heard_only_as_the_primary_the_arbiter_named(bound_link):
+    """Issue 19: the pair key is shared, so a holder could claim any node
+    name on the lease link and be heard (and its refusals logged) as that
+    member. Bound to the arbiter's primary: any other name is an unknown sender."""
+    server, grants = bound_link
+    for claimed in ("pgsql-3", "pgsql-9"):
+        lease = {"type": "lease", "node": claimed, "epoch": 4}
+        assert lease_reply(server, peer_credential(claimed, PAIR).sign({"v": 1, **lease})) == \
+            {"v": 1, "type": "error", "error": auth.FAILED}
+    lease = {"type": "lease", "node": P, "epoch": 4}
+    grants.follow(P, 4)
+    reply = protocol.call(*server.server_address, lease, credential=peer_credential(P, PAIR))
+    assert reply == {"v": 1, "type": "grant", "granted": True, "reason": None}
+    assert grants.remaining_for_report() == pytest.approx(3.0 + GRANT_TAIL)
+
+
+# -- a member whose wall clock is off (auth.ServerClock) ---------------------------------------------
+
+@pytest.mark.parametrize("offset", [-3600.0, -20.0, 60.0])
+def test_a_member_whose_clock_is_off_is_heard_at_once_and_its_skew_shown(tmp_path, caplog, offset):
+    """The arbiter's verifier runs on the real clock, like the node's
+    credential; the node's wall clock is `offset` off. Its first request is
+    refused with a signed clock refusal, the Connection learns the arbiter's
+    time and sends again: one request() call, heard. A restarted arbiter
+    (which refuses stamps before its start) hears it at once too."""
+    running = Running(tmp_path, verifier=arbiter_mod.verifier(KEYS, [P, S]))
+    skewed = auth.Credential(P, KEYS[P], clock=lambda: time.time() + offset)
+    node = protocol.Connection(*running.address, timeout=5.0, credential=skewed, name="the arbiter")
+    try:
+        with caplog.at_level(logging.INFO):
+            assert node.request(heartbeat(P, 1, primary_report()))["type"] == "instruction"
+        assert node.clock.skew == pytest.approx(-offset, abs=0.5)
+        status = Signed(running, credential("operator")).ask({"type": "status"})
+        assert status["nodes"][P]["clock_skew"] == pytest.approx(offset, abs=0.5)
+        assert status["nodes"][S]["clock_skew"] is None
+        text = caplog.text
+        assert f"clock skew of {-offset:+.1f} s with the arbiter" in text, text
+        assert "told it our time" in text and f"clock skew of {offset:+.1f} s with {P}" in text
+    finally:
+        running.stop()
+    restarted = Running(tmp_path, verifier=arbiter_mod.verifier(KEYS, [P, S]))
+    try:
+        node.close()
+        node.address = restarted.address
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            assert node.request(heartbeat(P, 1, primary_report()))["type"] == "instruction"
+        assert "told it our time" not in caplog.text       # stamped on its clock: heard at the first try
+    finally:
+        restarted.stop()

@@ -317,3 +317,118 @@ def test_keys_command_line(tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("pgha-keys: ")
     secret = json.loads((tmp_path / "k" / "operator.keys").read_text())["operator"][0]
     assert secret not in capsys.readouterr().out
+
+
+# -- clocks that disagree (auth.ServerClock, auth.ClockRefused) ------------------------------------
+
+def test_an_authentic_message_outside_the_window_is_a_clock_refusal_that_names_the_skew(verifier, clock):
+    with pytest.raises(auth.ClockRefused) as caught:
+        verifier.verify(wire(cred(P, K_P, FakeClock(NOW + 60)).sign(heartbeat())))
+    assert caught.value.check == "stale" and caught.value.sender.identity == P
+    assert caught.value.sender.skew == 60.0                         # said in the refusal's log line
+    assert caught.value.sender.nonce not in verifier._seen and P not in verifier.skews    # nothing remembered
+
+
+def test_a_forged_or_replayed_message_outside_the_window_gets_no_clock_refusal(verifier, clock):
+    forged = cred(P, K_S, FakeClock(NOW - 60)).sign(heartbeat())
+    with pytest.raises(AuthError) as caught:
+        verifier.verify(wire(forged))
+    assert not isinstance(caught.value, auth.ClockRefused) and P not in verifier.skews
+    signed = cred(P, K_P, clock).sign(heartbeat())
+    verifier.verify(wire(signed))
+    assert verifier.skews[P] == 0.0
+    clock.advance(31)
+    with pytest.raises(auth.ClockRefused):          # told our time, never heard
+        verifier.verify(wire(signed))
+    assert verifier.skews[P] == 0.0                 # a replay does not set the skew shown
+
+
+def server_clock(wall, mono):
+    return auth.ServerClock(wall=wall, monotonic=mono)
+
+
+def test_a_client_stamps_on_the_servers_clock_once_it_heard_it_whatever_its_own_wall_clock_does(clock):
+    own_wall, mono = FakeClock(NOW + 60), FakeClock(5.0)       # our wall clock is 60 s ahead
+    server = server_clock(own_wall, mono)
+    signer = cred(P, K_P, own_wall)
+    assert signer.sign(heartbeat(), server)["ts"] == NOW + 60   # not heard yet: our own
+    server.learn({"ts": NOW}, server.marks(), server.marks())           # a verified reply's "ts"
+    assert server.skew == -60.0
+    own_wall.advance(-3600 + 2)                                 # our wall clock steps: no matter
+    mono.advance(2)
+    clock.advance(2)
+    signed = signer.sign(heartbeat(), server)
+    assert signed["ts"] == NOW + 2 and signed["wall"] == NOW + 60 - 3600 + 2
+    v = Verifier("arbiter", auth.arbiter_lookup(RING, [P, S]), clock=clock)   # a server just restarted
+    assert v.verify(wire(signed)).skew == -3540.0
+    refused(v, signed, "replay")
+    server.learn({"ts": "soon"}, server.marks(), server.marks())        # not a time: ignored
+    assert signer.sign(heartbeat(), server)["ts"] == NOW + 2
+
+
+def test_the_wall_field_is_covered_and_must_be_a_time(verifier, clock):
+    server = server_clock(clock, clock)
+    signed = cred(P, K_P, clock).sign(heartbeat(), server)
+    refused(verifier, {**signed, "wall": signed["wall"] + 1}, "bad mac")
+    refused(verifier, {**signed, "wall": "now"}, "malformed")
+
+
+def test_skew_text_says_who_is_ahead():
+    assert auth.skew_text(60, "the arbiter") == \
+        "clock skew of +60.0 s with the arbiter (its clock is ahead of ours)"
+    assert "behind" in auth.skew_text(-20.04, "pgsql-1") and "-20.0 s" in auth.skew_text(-20.04, "pgsql-1")
+
+
+def test_a_restarted_server_hears_a_request_carrying_its_instance_id_even_stamped_before_its_start(clock):
+    """Its own wall clock stepped back after it started: a request stamped on
+    it is "before the start", but one that echoes this instance's "sid" was
+    signed after its sender heard this instance, so it is no replay from before."""
+    v = Verifier("arbiter", auth.arbiter_lookup(RING, [P, S]), clock=clock)
+    server = server_clock(clock, clock)
+    first = cred(P, K_P, clock).sign(heartbeat(), server)
+    reply = v.sign_reply({"type": "instruction"}, v.verify(wire(first)))
+    assert reply["sid"] == v.sid
+    clock.advance(-20)                                   # the server's wall clock steps back
+    old = cred(P, K_P, clock).sign(heartbeat(), server)  # no sid heard yet
+    refused(v, old, "stale")
+    server.learn(reply, server.marks(), server.marks())
+    signed = cred(P, K_P, clock).sign(heartbeat(), server)
+    assert signed["sid"] == v.sid and v.verify(wire(signed)).identity == P
+    other = Verifier("arbiter", auth.arbiter_lookup(RING, [P, S]), clock=FakeClock(NOW + 5))   # another start
+    refused(other, signed, "stale")
+
+
+def test_an_unsigned_clock_refusal_does_not_make_the_client_send_again():
+    """Review: anyone on the path could swallow the real reply and inject an
+    unsigned "timestamp outside the window": the client must not resend (a
+    switchover would be carried out twice); a signed one is resent once."""
+    import socket
+    import threading
+    listener = socket.create_server(("127.0.0.1", 0))
+    received = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                reader = protocol.FrameReader(conn)
+                while True:
+                    try:
+                        frame = reader.read_frame(5)
+                    except (OSError, protocol.ProtocolError):
+                        break
+                    if frame is None:
+                        break
+                    received.append(frame)
+                    conn.sendall(protocol.encode({"v": 1, "type": "error", "error": auth.CLOCK_REFUSED}))
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        connection = protocol.Connection("127.0.0.1", listener.getsockname()[1], 5.0,
+                                         credential=Credential("operator", (b"k" * 32,), server="arbiter"))
+        reply = connection.request({"type": "switchover"})
+        assert reply.get("error") == auth.CLOCK_REFUSED and len(received) == 1
+    finally:
+        listener.close()

@@ -252,6 +252,20 @@ def test_stall_message_names_the_wait():
     assert level == "warning" and "waited 2.0s" in text
 
 
+@pytest.mark.parametrize("replication, why", [
+    ([row(reply_age=2.5)], "it has not answered the primary for 2.5s"),
+    ([row(state="catchup")], "it is not streaming"),
+    ([], "it is not streaming"),
+])
+def test_the_not_promotable_message_says_which(replication, why):
+    """A standby connected but silent is not called "not streaming" (issue 19:
+    a skewed clock made a streaming standby look silent)."""
+    state = ClusterState(epoch=2, primary="a", promotable=True)
+    outcome = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", 2, primary_report(replication=replication), NOW, T)
+    [(level, text)] = outcome.events
+    assert level == "warning" and f"not promotable ({why})" in text
+
+
 @pytest.mark.parametrize("report", [
     primary_report(sync_standby=None, replication=[row(sync_state="async")]),
     primary_report(sync_standby="zz", replication=[row(sync_state="async")]),
@@ -451,6 +465,7 @@ def test_node_epoch_newer_than_arbiter_refuses_to_decide(node, report):
     assert outcome.instruction == Instruction(epoch=2, role="wait", reason=outcome.instruction.reason)
     [(level, text)] = outcome.events
     assert level == "error" and "epoch 3" in text and "state file" in text
+    assert "--rebuild" in text      # issue 19: after a wrong --init, the way out is named
     # Not a lease renewal: a primary claiming an unknown epoch is not heard.
     assert outcome.memory.primary_seen_at == NOW - 50
 
@@ -669,7 +684,8 @@ def test_an_old_primary_that_does_not_rejoin_costs_sync_only_after_a_stall_or_a_
 
 # -- maintenance mode (paused) ----------------------------------------------------------
 
-from pgha.decision import request_failover, set_paused  # noqa: E402
+from pgha.decision import failover_blocker, request_failover, set_paused  # noqa: E402
+from pgha.errors import ProtocolError  # noqa: E402
 
 
 @pytest.mark.parametrize("case", [c for c in FAILOVER_TABLE if c[5]], ids=[c[0] for c in FAILOVER_TABLE if c[5]])
@@ -724,6 +740,51 @@ def test_resume_lets_the_held_back_failover_happen():
     assert outcome.instruction.paused is False
 
 
+def test_a_primary_left_unfenced_in_pause_holds_back_the_failover_after_resume():
+    """Issue 21: the primary's daemon stopped in pause and said so (unfenced):
+    its PostgreSQL runs on with no lease, so a resume fails nothing over until
+    that daemon reports again; an operator's failover is the way past it."""
+    state = ClusterState(epoch=3, primary="a", promotable=True, paused=True)
+    farewell = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", 3, replace(primary_report(), unfenced=True), NOW, T)
+    assert farewell.instruction.paused and farewell.state.primary_unfenced     # saved before the reply
+    resumed, memory = set_paused(farewell.state, farewell.memory, False)
+    later = NOW + 60
+    memory = replace(memory, last_seen={**memory.last_seen, "b": later})
+    held = on_heartbeat(resumed, memory, TOPOLOGY, "b", 3, standby_report(), later, T)
+    assert_no_failover(resumed, held)
+    assert "unfenced" in failover_blocker(resumed, held.memory, "b", later, T)
+    # The daemon back: it reports without the mark, and the rules are the usual ones again.
+    back = on_heartbeat(resumed, held.memory, TOPOLOGY, "a", 3, primary_report(), later, T)
+    assert not back.state.primary_unfenced
+    assert failover_blocker(back.state, back.memory, "b", later, T) is not None    # it is alive: no failover
+    # Or the operator's failover, once they say that server is stopped: promoted once the lease wait is over.
+    assert "pass --primary-stopped" in request_failover(resumed, held.memory, TOPOLOGY, "b", False, later, T)[1]
+    memory, problem, how = request_failover(resumed, held.memory, TOPOLOGY, "b", False, later, T,
+                                            primary_stopped=True)
+    assert problem is None and how == "failover"
+    assert_failover(resumed, on_heartbeat(resumed, memory, TOPOLOGY, "b", 3, standby_report(), later, T), "b")
+
+
+def test_unfenced_is_heard_only_in_pause():
+    """Outside pause the daemon keeps its fencer armed (it disarms only on a
+    paused answer), so the mark must not hold back a failover."""
+    state = ClusterState(epoch=3, primary="a", promotable=True)
+    farewell = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", 3, replace(primary_report(), unfenced=True), NOW, T)
+    assert not farewell.instruction.paused and not farewell.state.primary_unfenced
+    later = NOW + 60
+    memory = replace(farewell.memory, last_seen={**farewell.memory.last_seen, "b": later})
+    assert_failover(state, on_heartbeat(state, memory, TOPOLOGY, "b", 3, standby_report(), later, T), "b")
+
+
+def test_unfenced_report_round_trips_on_the_wire():
+    report = replace(primary_report(), unfenced=True)
+    assert report.unfenced and report.to_wire()["unfenced"] is True
+    assert "unfenced" not in primary_report().to_wire()
+    assert Report.from_wire(report.to_wire()) == report
+    with pytest.raises(ProtocolError):
+        Report.from_wire({**report.to_wire(), "unfenced": "yes"})
+
+
 # -- manual failover (pgha.ctl failover --to) -----------------------------------------
 
 @pytest.mark.parametrize("promotable, silent, force, error, how", [
@@ -732,7 +793,7 @@ def test_resume_lets_the_held_back_failover_happen():
     (False, 0.5, False, "primary a is alive", ""),
     (False, 0.5, True, "primary a is alive", ""),       # force never drops commits of a live primary
     (True, 10.0, False, None, "failover"),
-    (False, 10.0, False, "use --force", ""),
+    (False, 10.0, False, "--allow-data-loss", ""),
     (False, 10.0, True, None, "failover"),
 ], ids=["live-promotable", "live-promotable-forced", "live-not-promotable", "live-not-promotable-forced",
         "silent-promotable", "silent-not-promotable", "silent-not-promotable-forced"])
@@ -824,3 +885,85 @@ def test_report_in_reaches_the_node_and_is_sooner_than_the_heartbeat():
     assert Instruction.from_wire({**wire, "v": 1}).report_in == wire["report_in"]
     idle = on_heartbeat(state, steady_memory(), TOPOLOGY, "b", 3, standby_report(), NOW, T)
     assert "report_in" not in idle.instruction.to_wire()
+
+
+def test_the_unfenced_mark_is_durable_and_a_new_epoch_drops_it():
+    """Issue 21: the mark is part of the stored state, so an arbiter
+    restarted (or a new etcd leader) while that daemon is away holds the
+    failover back too; the operator's failover ends it with the epoch."""
+    from pgha import store
+    state = ClusterState(epoch=3, primary="a", promotable=True, paused=True, primary_unfenced=True)
+    assert store.check_state(store.state_to_stored(state)) == state
+    assert "primary_unfenced" not in store.state_to_stored(replace(state, primary_unfenced=False))
+    assert store.check_state({**store.state_to_stored(state), "primary_unfenced": "yes"}) is None
+    resumed = replace(state, paused=False)
+    fresh = Memory.at_start(NOW)        # an arbiter restarted: no report from "a" in its memory
+    later = NOW + 60
+    fresh = replace(fresh, last_seen={"b": later})
+    held = on_heartbeat(resumed, fresh, TOPOLOGY, "b", 3, standby_report(), later, T)
+    assert_no_failover(resumed, held)
+    memory, problem, _ = request_failover(resumed, held.memory, TOPOLOGY, "b", False, later, T, primary_stopped=True)
+    assert problem is None
+    promoted = on_heartbeat(resumed, memory, TOPOLOGY, "b", 3, standby_report(), later, T)
+    assert_failover(resumed, promoted, "b")
+    assert not promoted.state.primary_unfenced
+
+
+# -- an operator's reinit order (issue 21 item 4) -----------------------------------------------
+
+from pgha.decision import request_reinit  # noqa: E402
+
+
+def test_reinit_is_refused_for_the_primary_an_unknown_member_and_in_pause():
+    state = ClusterState(epoch=3, primary="a", promotable=True)
+    assert "switch over first" in request_reinit(state, steady_memory(), TOPOLOGY, "a", 5)[2]
+    assert "unknown member 'x'" in request_reinit(state, steady_memory(), TOPOLOGY, "x", 5)[2]
+    assert "paused" in request_reinit(replace(state, paused=True), steady_memory(), TOPOLOGY, "b", 5)[2]
+
+
+def test_reinit_drops_sync_first_then_orders_the_copy_and_holds_promotable_until_it_is_done():
+    state = ClusterState(epoch=3, primary="a", promotable=True)
+    state, memory, error = request_reinit(state, steady_memory(), TOPOLOGY, "b", 5)
+    assert error is None and not state.promotable and memory.reinit == ("b", 5)
+    # The primary still names b: b is not told yet; the primary is told to drop it.
+    told = on_heartbeat(state, memory, TOPOLOGY, "b", 3, standby_report(), NOW, T)
+    assert told.instruction.reinit == 0
+    primary = on_heartbeat(state, told.memory, TOPOLOGY, "a", 3, primary_report(), NOW, T)
+    assert primary.instruction.sync_standby is None and not primary.state.promotable   # still streaming: held
+    # Once the primary reports it off, b gets the order.
+    dropped = on_heartbeat(state, primary.memory, TOPOLOGY, "a", 3, primary_report(sync_standby=None), NOW, T)
+    told = on_heartbeat(state, dropped.memory, TOPOLOGY, "b", 3, standby_report(), NOW, T)
+    assert told.instruction.reinit == 5 and told.instruction.to_wire()["reinit"] == 5
+    # b reports it done: the order ends, and b can become promotable again as usual.
+    done = on_heartbeat(state, told.memory, TOPOLOGY, "b", 3, replace(standby_report(), reinit_done=5), NOW, T)
+    assert done.memory.reinit is None and done.instruction.reinit == 0
+    assert any("reinit done" in text for _, text in done.events)
+    again = on_heartbeat(done.state, done.memory, TOPOLOGY, "a", 3, primary_report(), NOW, T)
+    assert again.instruction.sync_standby == "b"
+
+
+def test_in_strict_sync_the_order_does_not_wait_for_sync_to_be_dropped():
+    state, memory, _ = request_reinit(ClusterState(epoch=3, primary="a", promotable=True), steady_memory(),
+                                      TOPOLOGY, "b", 5)
+    told = on_heartbeat(state, memory, TOPOLOGY, "b", 3, standby_report(), NOW, STRICT)
+    assert told.instruction.reinit == 5
+
+
+def test_a_request_naming_another_primary_is_refused_under_the_arbiters_lock():
+    """Review: pgha-ctl --primary was checked only on a status read before the
+    prompt; the arbiter now refuses when the primary it names is not the one."""
+    from pgha.decision import request_switchover
+    state = ClusterState(epoch=4, primary="b", promotable=True)
+    assert request_switchover(state, steady_memory(primary="b"), TOPOLOGY, "a", "a")[1] == \
+        "a is not the primary (b is, at epoch 4)"
+    assert request_switchover(state, steady_memory(primary="b"), TOPOLOGY, "a", "b")[1] is None
+    assert request_failover(state, steady_memory(primary="b"), TOPOLOGY, "a", False, NOW, T,
+                            expect_primary="a")[1] == "a is not the primary (b is, at epoch 4)"
+
+
+def test_a_scheduled_switchover_naming_another_primary_is_refused_too():
+    from pgha.decision import schedule_switchover
+    state = ClusterState(epoch=4, primary="b", promotable=True)
+    assert schedule_switchover(state, TOPOLOGY, None, NOW + 60, NOW, False, "a")[1] == \
+        "a is not the primary (b is, at epoch 4)"
+    assert schedule_switchover(state, TOPOLOGY, None, NOW + 60, NOW, False, "b")[1] is None

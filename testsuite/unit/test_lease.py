@@ -196,3 +196,31 @@ def test_peer_server_answers_a_bad_request_with_one_error_and_closes(peer, messa
         assert reply["type"] == "error" and reply["error"]
         assert reader.read_frame(2.0) is None      # closed
     assert grants.remaining_for_report() == 0.0        # nothing granted
+
+
+def test_a_restarted_daemons_grants_count_the_last_daemons_grant_as_outstanding():
+    """The previous daemon may have granted a lease just before it died:
+    the new one reports it outstanding for a lease from its start (found by
+    the Spin model and the simulation; docs/ha-model.md)."""
+    clock = FakeClock(100.0)
+    grants = Grants(clock)
+    assert grants.remaining_for_report() == 0.0                 # a new node: nothing granted
+    grants = Grants(clock)
+    grants.assume_granted(3.0)
+    assert grants.remaining_for_report() == pytest.approx(3.0 + GRANT_TAIL)
+    clock.advance(3.0 + GRANT_TAIL)
+    assert grants.remaining_for_report() == 0.0
+    assert grants.request("pgsql-1", 1, 3.0) == (False, "grants paused until the arbiter confirms the primary")
+
+
+def test_a_lease_heard_after_the_restart_counts_from_the_daemons_start():
+    """A state file from before lease_time was saved: the default is assumed
+    at start, and the cluster's (longer) lease once the arbiter says it."""
+    clock = FakeClock(100.0)
+    grants = Grants(clock)
+    grants.assume_granted(1.8)
+    clock.advance(1.0)
+    grants.assume_granted(5.0, since=100.0)
+    assert grants.remaining_for_report() == pytest.approx(4.0 + GRANT_TAIL)
+    grants.assume_granted(1.0, since=100.0)                        # never shortened
+    assert grants.remaining_for_report() == pytest.approx(4.0 + GRANT_TAIL)

@@ -8,6 +8,7 @@ import pytest
 
 from pgha import limits, protocol
 from pgha.arbiter import Arbiter, ArbiterServer
+from pgha.arbiter_service import ArbiterService
 from pgha.limits import RateLimitedLog, Slots, clip
 from pgha.messages import MAX_REPLICATION_ROWS, MAX_STRING, Address, Report, ReplicationRow
 from pgha.protocol import MAX_FRAME, ProtocolError, decode, nesting_depth
@@ -88,6 +89,17 @@ def test_a_silent_newcomer_is_refused_when_only_young_talkers_could_make_room():
     # Past its grace a talker (too slow, or answered and idle) makes room for anyone.
     slot, evicted = admit(slots, "A", 7.0)
     assert slot is not None and evicted == [talkers[1]]
+
+
+def test_without_silent_eviction_only_a_whole_request_takes_a_place():
+    """The REST API (silent_evict False): a slow-loris newcomer never pushes
+    anyone out, so a flood of them cannot churn out a health check; a client
+    whose whole request is here takes the least one's place."""
+    slots = Slots(stranger_slots=2, per_source=2, grace=1.0, silent_evict=False)
+    slow = [admit(slots, "A", t)[0] for t in range(2)]
+    assert admit(slots, "A", 10.0) == (None, [])                # long past grace: still refused
+    slot, evicted = admit(slots, "A", 10.1, talking=True)       # a health check with its request
+    assert slot is not None and evicted == [slow[0]]
 
 
 def test_members_keep_their_slots_whatever_strangers_do():
@@ -195,7 +207,8 @@ class Settings:
 def server(tmp_path, monkeypatch):
     monkeypatch.setattr(limits, "MESSAGE_DEADLINE", 0.5)
     monkeypatch.setattr(protocol.limits, "MESSAGE_DEADLINE", 0.5)
-    srv = ArbiterServer(Arbiter(Settings(tmp_path / "state.json"), init=True), "127.0.0.1", 0, idle_timeout=10.0)
+    srv = ArbiterServer(ArbiterService.single(Arbiter(Settings(tmp_path / "state.json"), init=True)), "127.0.0.1", 0,
+                        idle_timeout=10.0)
     srv.slots = Slots(member_slots=4, stranger_slots=8, per_source=8)
     with serving(srv):
         yield srv
@@ -217,7 +230,7 @@ def closed(sock, timeout=3.0):
 
 
 def test_backlog_is_sized_for_floods(server):
-    assert server.request_queue_size == limits.LISTEN_BACKLOG >= 128
+    assert server.request_queue_size == limits.LISTEN_BACKLOG >= 1024
 
 
 def test_a_slow_client_is_cut_off_after_the_message_deadline(server):
@@ -280,7 +293,7 @@ def test_a_stranger_speaking_for_an_unknown_node_is_not_a_member(server):
 def test_an_unexpected_exception_gets_one_error_reply_and_one_line(server, monkeypatch, caplog):
     def broken(message):
         raise KeyError("boom")
-    monkeypatch.setattr(server.arbiter, "handle", broken)
+    monkeypatch.setattr(server.service, "handle", broken)
     with caplog.at_level(logging.WARNING):
         sock = socket.create_connection(server.server_address)
         sock.sendall(protocol.encode({"type": "status"}))

@@ -60,3 +60,21 @@ def test_journald_lines_carry_no_timestamp(tmp_path, monkeypatch):
     stream = io.StringIO()
     logs.setup("n1", "INFO", stream=stream).warning("x")
     assert stream.getvalue()[:2] == "20"
+
+
+def test_control_characters_are_escaped_in_every_log_line(tmp_path):
+    """Issue 19: one escaping (limits.printable) for log lines and pgha-ctl:
+    a message cannot fake a line or move the terminal's cursor; a traceback
+    after it keeps its lines."""
+    stream = io.StringIO()
+    log = logs.setup("n1", "INFO", str(tmp_path / "n1.log"), stream=stream)
+    log.warning("refused %s", "pgsql-9\x1b[2J\n2026-12-06 00:00:00.000 ERROR    fake line\r\x07")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("with a traceback")
+    for text in (stream.getvalue(), (tmp_path / "n1.log").read_text()):
+        first = text.splitlines()[0]
+        assert first.endswith("refused pgsql-9\\x1b[2J\\n2026-12-06 00:00:00.000 ERROR    fake line\\r\\x07")
+        assert not any(c in text for c in "\x1b\r\x07")
+        assert "Traceback (most recent call last):\n" in text

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 
+from pgha import node_rules
 from pgha.messages import Address, Instruction
 from pgha.node_rules import (CRASH_RESTART_WINDOW, READ_WRITE, STANDBY_STREAM_DEADLINE, TOUCHES_POSTGRES,
                              Action, DataDir, HandOver, NodeView, decide)
@@ -84,16 +85,32 @@ TABLE = [
     ("S6", view(standby(), **{**RUNNING_STANDBY, "streaming": False,
                               "not_streaming_since": NOW - STANDBY_STREAM_DEADLINE + 1}),
      Action.AWAIT_STREAMING, 3),
-    ("S7", view(standby(), data=DataDir.EMPTY, rejoin_failures=2), Action.CLONE, 3),
-    ("S8", view(standby(), data=DataDir.WAS_STANDBY, rejoin_failures=1), Action.CLONE, 3),
-    ("S8", view(standby(), data=DataDir.UNREADABLE, rejoin_failures=1), Action.CLONE, 3),
-    ("S9", view(standby(), data=DataDir.UNREADABLE, data_error="no pg_control"), Action.DATA_UNREADABLE, 3),
-    ("S10", view(standby(epoch=4), data=DataDir.WAS_PRIMARY, hand_over=HandOver.SWITCHED_OVER),
+    # An operator's reinit order not yet carried out: whatever PostgreSQL does, a fresh copy.
+    ("R1", view(replace(standby(), reinit=9), **RUNNING_STANDBY), Action.REINIT, 3),
+    ("R1", view(replace(standby(), reinit=9), data=DataDir.WAS_STANDBY, reinit_done=8), Action.REINIT, 3),
+    ("S4", view(replace(standby(), reinit=9), **RUNNING_STANDBY, reinit_done=9), Action.STAY_STANDBY, 3),
+    ("S7", view(replace(standby(), reinit=9), data=DataDir.WAS_STANDBY, failed_rejoins=1,
+                last_rejoin_failure=NOW - 0.1), Action.REJOIN_BACKOFF, 3),
+    ("S1", view(replace(standby(), reinit=9), pg="running", running_as="primary"), Action.DEMOTE, 3),
+    # A rejoin that failed waits out its backoff (0.5 s, then 1 s, ... up to 30 s), then tries again.
+    ("S7", view(standby(), data=DataDir.WAS_PRIMARY, failed_rejoins=1, last_rejoin_failure=NOW - 0.4),
+     Action.REJOIN_BACKOFF, 3),
+    ("S7", view(standby(), data=DataDir.EMPTY, failed_rejoins=7, last_rejoin_failure=NOW - 29),
+     Action.REJOIN_BACKOFF, 3),
+    ("S12", view(standby(), data=DataDir.WAS_PRIMARY, failed_rejoins=1, last_rejoin_failure=NOW - 0.5),
+     Action.REWIND, 3),
+    ("S8", view(standby(), data=DataDir.EMPTY, failed_rejoins=20, last_rejoin_failure=NOW - 30),
+     Action.CLONE, 3),
+    ("S8", view(standby(), data=DataDir.EMPTY, rejoin_failures=2), Action.CLONE, 3),
+    ("S9", view(standby(), data=DataDir.WAS_STANDBY, rejoin_failures=1), Action.CLONE, 3),
+    ("S9", view(standby(), data=DataDir.UNREADABLE, rejoin_failures=1), Action.CLONE, 3),
+    ("S10", view(standby(), data=DataDir.UNREADABLE, data_error="no pg_control"), Action.DATA_UNREADABLE, 3),
+    ("S11", view(standby(epoch=4), data=DataDir.WAS_PRIMARY, hand_over=HandOver.SWITCHED_OVER),
      Action.START_STANDBY, 4),
-    ("S11", view(standby(), data=DataDir.WAS_PRIMARY), Action.REWIND, 3),
-    ("S11", view(standby(epoch=4), data=DataDir.WAS_PRIMARY, hand_over=HandOver.HANDED_OVER),
+    ("S12", view(standby(), data=DataDir.WAS_PRIMARY), Action.REWIND, 3),
+    ("S12", view(standby(epoch=4), data=DataDir.WAS_PRIMARY, hand_over=HandOver.HANDED_OVER),
      Action.REWIND, 4),
-    ("S12", view(standby(epoch=5), data=DataDir.WAS_STANDBY), Action.START_STANDBY, 5),
+    ("S13", view(standby(epoch=5), data=DataDir.WAS_STANDBY), Action.START_STANDBY, 5),
     # Maintenance mode (instruction.paused): PostgreSQL is left alone, nothing is made durable.
     ("M1", view(replace(primary(), paused=True), data=DataDir.WAS_PRIMARY, acting_primary=True,
                 last_crash_restart=NOW - CRASH_RESTART_WINDOW - 1), Action.PAUSED, None),
@@ -339,3 +356,21 @@ def test_random_walk_keeps_the_node_invariants(seed):
     # The walk is worth something only if it went through the interesting rows.
     assert {Action.BOOTSTRAP, Action.START_PRIMARY, Action.DEMOTE, Action.CLONE, Action.REWIND,
             Action.PROMOTE_RUNNING_STANDBY, Action.HAND_OVER, Action.RELINQUISH} <= seen, seen
+
+
+def test_an_instruction_reaches_the_rules_as_its_roles_own_type():
+    from pgha.node_rules import AsPrimary, AsStandby, Wait, orders
+    there = Address(host="10.0.0.2", pg_port=5432, peer_port=5433, slot="rep2")
+    assert orders(Instruction(epoch=4, role="primary", standby="b", standby_address=there, sync_standby="b",
+                              relinquish=True, paused=True)) == \
+        AsPrimary(epoch=4, sync_standby="b", standby="b", standby_address=there, relinquish=True, paused=True)
+    assert orders(Instruction(epoch=4, role="standby", primary="a", primary_address=there)) == \
+        AsStandby(epoch=4, primary="a", primary_address=there, paused=False)
+    assert orders(Instruction(epoch=4, role="wait", reason="no primary yet")) == \
+        Wait(epoch=4, reason="no primary yet", paused=False)
+    with pytest.raises(ValueError, match="names no primary"):
+        orders(Instruction(epoch=4, role="standby", primary="a"))
+
+
+def test_the_rejoin_backoff_doubles_from_half_a_second_to_thirty():
+    assert [node_rules.rejoin_backoff(n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]

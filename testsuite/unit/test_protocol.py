@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from pgha import protocol
+from pgha import protocol, requests
 from pgha.messages import Report
 from pgha.protocol import MAX_FRAME, VERSION, FrameReader, ProtocolError, decode, encode, validate_request
 
@@ -172,8 +172,8 @@ def test_validate_request_rejects(message, problem):
 ], ids=["heartbeat", "heartbeat-empty-report", "lease", "status", "switchover-default",
         "switchover-to-null", "switchover-named"])
 def test_validate_request_accepts(message):
-    full = {"v": VERSION, **message}
-    assert validate_request(full) is full
+    request = validate_request({"v": VERSION, **message})
+    assert requests.kind_of_request(request).name == message["type"]
 
 
 def test_a_wire_message_through_decode_and_validate():
@@ -320,9 +320,9 @@ def test_call_uses_a_fresh_connection_each_time(server_factory):
 # -- a heartbeat's report is parsed at the boundary ----------------------------------------
 
 def test_validate_request_parses_a_heartbeats_report():
-    message = validate_request({"v": VERSION, **HEARTBEAT, "report": {"pg": "running", "role": "primary",
+    request = validate_request({"v": VERSION, **HEARTBEAT, "report": {"pg": "running", "role": "primary",
                                                                       "lsn": 12, "unknown": 1}})
-    assert message["report"] == Report(pg="running", role="primary", lsn=12)
+    assert request.report == Report(pg="running", role="primary", lsn=12)
 
 
 @pytest.mark.parametrize("report, problem", [

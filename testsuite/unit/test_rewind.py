@@ -1,5 +1,9 @@
 """The pure parts of a rejoin (pgha/rewind.py): how much WAL to keep, the
 restore command, pg_basebackup's progress lines; and fetch_wal's refusals."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from pgha import fetch_wal, rewind
@@ -57,3 +61,28 @@ def test_report_carries_clone_progress_and_old_reports_parse():
     assert report.to_wire()["clone_progress"] == wire["clone_progress"]
     assert Report.from_wire({"pg": "stopped"}).clone_progress is None
     assert "clone_progress" not in Report.from_wire({"pg": "stopped"}).to_wire()
+
+
+GB = 2**30
+
+
+@pytest.mark.parametrize("params, fs_bytes, cap", [
+    ({}, 100 * GB, "10240MB"),                          # a tenth of the disk
+    ({}, 4 * GB, "2048MB"),                             # never below what wal_keep_size keeps
+    ({}, None, "2048MB"),                               # disk unreadable: the floor
+    ({"max_wal_size": "4GB"}, 20 * GB, "8192MB"),       # the floor follows max_wal_size
+    ({"wal_keep_size": "100MB"}, GB, "102MB"),          # and an explicit wal_keep_size
+])
+def test_max_slot_wal_keep_size_is_a_share_of_the_disk(params, fs_bytes, cap):
+    assert rewind.max_slot_wal_keep_size(params, fs_bytes) == cap
+
+
+def test_fetch_wal_runs_as_a_script_beside_its_file_writer(tmp_path):
+    """pg_rewind runs it as `python .../pgha/fetch_wal.py` (pgha/ is sys.path[0]):
+    it finds pgha/files.py, which writes the segment (never through a planted link)."""
+    script = fetch_wal.__file__
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}     # as pg_rewind's environment
+    done = subprocess.run([sys.executable, script, "--host", "h", "--port", "1", "--user", "u",
+                           "--passfile", "/nonexistent", "not-a-segment", "pg_wal/RECOVERYXLOG"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "not a WAL segment name" in done.stderr, done.stderr

@@ -151,7 +151,9 @@ def test_special_but_usable_passwords_load(tmp_path, value):
     assert _load(path).replication_password == value
 
 
-@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
+# 0660 left this list: a file the group can write is now refused before its
+# code runs (so before its passwords are known): test_files.py.
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
 def test_a_password_file_others_can_read_is_refused(tmp_path, mode):
     path = _write(tmp_path, 'admin_password = "Hunter2Secret"\n', mode=mode)
     with pytest.raises(SettingsError) as err:

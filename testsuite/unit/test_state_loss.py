@@ -153,6 +153,29 @@ def test_rebuild_answers_wait_proposes_and_saves_only_a_matching_confirmation(re
     assert c.ask({"type": "rebuild", "epoch": 2, "primary": P})["type"] == "error"   # not rebuilding now
 
 
+def test_a_rebuild_keeps_the_primary_its_standby_still_leases(rebuilding):
+    """Issue 19: --rebuild answered the primary "wait", so it stopped renewing
+    its standby lease and its fencer stopped PostgreSQL a lease later (writes
+    down until the state was restored by hand). The primary its standby still
+    leases is told to stay primary (same epoch, standby and synchronous
+    standby) and the standby to stay its standby; nothing is saved, and the
+    operator's confirmation is still needed."""
+    c = rebuilding.client()
+    assert c.ask(heartbeat(P, 2, primary_report()))["role"] == "wait"      # the standby not heard yet
+    reply = c.ask(heartbeat(S, 2, standby_report(grant_remaining=1.5)))
+    assert (reply["role"], reply["epoch"], reply["primary"]) == ("standby", 2, P)
+    reply = c.ask(heartbeat(P, 2, primary_report()))
+    assert (reply["role"], reply["epoch"], reply["standby"], reply["sync_standby"]) == ("primary", 2, S, S)
+    assert reply["standby_address"]["peer_port"] and not reply["relinquish"]
+    assert not rebuilding.state_file.exists()
+    assert c.ask({"type": "status"})["rebuilding"] is True
+    # a standby that no longer leases it, or that acted on a later epoch: "wait", as before
+    c.ask(heartbeat(S, 2, standby_report(grant_remaining=0.0)))
+    assert c.ask(heartbeat(P, 2, primary_report()))["role"] == "wait"
+    c.ask(heartbeat(S, 3, standby_report(grant_remaining=1.5)))
+    assert c.ask(heartbeat(P, 2, primary_report()))["role"] == "wait"
+
+
 def test_no_confirmation_without_a_proposal(rebuilding):
     c = rebuilding.client()
     c.ask(heartbeat(S, 3, standby_report()))
@@ -196,15 +219,15 @@ def test_a_damaged_node_state_file_is_one_line_naming_it(tmp_path, content):
     path = tmp_path / "node-state.json"
     path.write_text(content)
     with pytest.raises(store.NodeStateError) as err:
-        store.load_acted_epoch(str(path))
+        store.load_node_state(str(path)).acted_epoch
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_node_state_file_read(tmp_path):
     path = tmp_path / "node-state.json"
-    assert store.load_acted_epoch(str(path)) == 0
+    assert store.load_node_state(str(path)).acted_epoch == 0
     path.write_text('{"acted_epoch": 4}')
-    assert store.load_acted_epoch(str(path)) == 4
+    assert store.load_node_state(str(path)).acted_epoch == 4
 
 
 def test_the_node_stops_with_one_line_on_a_truncated_state_file(tmp_path):

@@ -193,9 +193,20 @@ def test_durable_replace_fsyncs_the_file_then_renames_then_fsyncs_the_folder(tmp
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}"))),
                                                  real_fsync(fd)))
-    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(("replace", os.path.exists(a))), real_replace(a, b)))
+    # the temporary file is renamed relative to the folder's descriptor (pgha.files)
+    monkeypatch.setattr(os, "replace", lambda a, b, **fds: (
+        calls.append(("replace", os.path.lexists(a) if not fds else _exists_at(a, fds["src_dir_fd"]))),
+        real_replace(a, b, **fds)))
     FileStore(str(path)).save(FIRST, expected_epoch=None)
     assert calls == [("fsync", False), ("replace", True), ("fsync", True)]
+
+
+def _exists_at(name, dir_fd):
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
 
 
 @pytest.mark.parametrize("broken", ["fsync", "replace", "write"])
@@ -209,27 +220,13 @@ def test_a_write_that_fails_midway_leaves_the_old_file_whole(tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     if broken == "write":   # the disk fills after part of the new content was written
-        real_fdopen = os.fdopen
+        real_write = os.write
 
-        class Filling:
-            def __init__(self, f):
-                self.f = f
+        def filling(fd, data):
+            real_write(fd, bytes(data[:10]))
+            fail()
 
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                self.f.close()
-
-            def write(self, text):
-                self.f.write(text[:10])
-                self.f.flush()
-                fail()
-
-            def __getattr__(self, name):
-                return getattr(self.f, name)
-
-        monkeypatch.setattr(os, "fdopen", lambda *a, **k: Filling(real_fdopen(*a, **k)))
+        monkeypatch.setattr(os, "write", filling)
     else:
         monkeypatch.setattr(os, broken, fail)
     with pytest.raises(StateStoreError) as err:

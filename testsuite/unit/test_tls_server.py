@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from pgha import keys, protocol, tls
+from pgha import keys, protocol, requests, tls
 from testsuite.helpers import raw_exchange, serving
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs t
 
 class _Echo(protocol.LineHandler):
     def answer(self, message):
-        return {"type": "echo", "got": message["type"]}
+        return {"type": "echo", "got": requests.kind_of_request(message).name}
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,15 @@ OpenSSL, signs byte-identically, and compares MACs in constant time.
 
 Each case runs in a fresh interpreter: the choice is made before hashlib,
 ssl or psycopg2 is first imported, which pytest's own process already did."""
+import ast
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+import pytest
 
 from pgha import auth
 
@@ -22,12 +26,14 @@ from pgha import cli
 
 class Settings:
     tls_cert_file = TLS_CERT
+    system_openssl = SYSTEM_OPENSSL
 """
 
 
-def run(body, tls_cert=None):
+def run(body, tls_cert=None, system_openssl=False):
     """Runs PRELUDE + body in a fresh interpreter from the worktree; its stdout as JSON."""
-    code = PRELUDE.replace("TLS_CERT", repr(tls_cert)) + textwrap.dedent(body)
+    code = PRELUDE.replace("TLS_CERT", repr(tls_cert)).replace("SYSTEM_OPENSSL", repr(system_openssl)) \
+        + textwrap.dedent(body)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, PYTHONPATH=ROOT))
     assert done.returncode == 0, done.stderr
@@ -76,14 +82,55 @@ def test_without_tls_no_system_openssl_and_the_same_signature():
     assert got["matches"] and not got["tampered"]
 
 
-def test_with_tls_hashlib_and_ssl_are_left_alone():
+@pytest.mark.parametrize("why", ["tls", "system_openssl setting"])
+def test_with_tls_or_the_setting_hashlib_and_ssl_are_left_alone(why):
     got = run(f"""
         cli.without_system_openssl(Settings())
         import hashlib, ssl
         from pgha import auth
         print(json.dumps({{"mapped": {system_openssl_mapped()} != [],
                           "sha256": hashlib.sha256.__module__, "mac": auth.mac({KEY!r}, {MESSAGE!r})}}))
-    """, tls_cert="/etc/pgha/node.crt")
+    """, tls_cert="/etc/pgha/node.crt" if why == "tls" else None, system_openssl=why != "tls")
     assert got["mapped"]
     assert got["sha256"] == "_hashlib"
     assert got["mac"] == auth.mac(KEY, MESSAGE)
+
+
+def top_level_ssl_imports(source):
+    """Line numbers of `import ssl` / `from ssl import` run when a module loads
+    (at its top, or in a top-level if/try), not under `if TYPE_CHECKING`."""
+    found = []
+
+    def visit(statements):
+        for node in statements:
+            if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "ssl" for a in node.names) or \
+                    isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ssl":
+                found.append(node.lineno)
+            elif isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.unparse(node.test):
+                visit(node.body + node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body])
+    visit(ast.parse(source).body)
+    return found
+
+
+def test_no_module_imports_ssl_at_its_top():
+    """ssl only where a TLS context is made (pgha.tls) or used: a module
+    importing it when it loads would map the system's OpenSSL in every
+    daemon, setting or not (psycopg2 and http.client are what the setting is for)."""
+    sources = sorted(Path(ROOT, "pgha").glob("*.py")) + [Path(ROOT, name) for name in
+                                                        ("node.py", "arbiter.py", "logger.py")]
+    offenders = {str(path.relative_to(ROOT)): lines for path in sources
+                 if (lines := top_level_ssl_imports(path.read_text()))}
+    assert offenders == {}
+
+
+@pytest.mark.parametrize("source, found", [
+    ("import os\nimport ssl\n", [2]),
+    ("from ssl import SSLContext\n", [1]),
+    ("try:\n    import ssl\nexcept ImportError:\n    ssl = None\n", [2]),
+    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import ssl\n", []),
+    ("def context():\n    import ssl\n    return ssl\n", []),
+])
+def test_the_ssl_import_check_finds_a_planted_import(source, found):
+    assert top_level_ssl_imports(source) == found

@@ -1,0 +1,406 @@
+"""The node's actions: one method per node_rules.Action, named after its value.
+
+Runs on the HA loop's thread (NodeActions.run), once the loop has taken the
+instruction and made the decision's epoch durable. An action acts on
+PostgreSQL (pgha/postgres.py), disarms the fencer before PostgreSQL runs as
+a standby, and queues callbacks; of the node's memory it writes only its
+Changes (pgha/node_memory.py), which the loop takes afterwards.
+
+RELINQUISH (a switchover) runs two threads, and neither writes anything of
+the loop's; each hands its result to the loop's inbox (pgha/node_inbox.py):
+"hand-over-prep" (_prepare_hand_over) writes a checkpoint and makes our slot
+on the target while PostgreSQL still takes writes and the loop goes on
+reporting (HandOverPrepared); once that is in, the next RELINQUISH stops
+PostgreSQL, and "follow-target" (_follow_target) starts it again in recovery
+as a standby of the target (FollowingTarget). The follow-target thread owns
+PostgreSQL while it runs: the loop reports "starting" and leaves it alone.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from typing import Any, Callable
+
+from pgha import logs
+from pgha.fencing import Fencer
+from pgha.messages import PRIMARY, STANDBY, Address
+from pgha.node_inbox import FollowingTarget, HandOverPrepared, Inbox
+from pgha.node_memory import Changes
+from pgha.node_rules import REJOINS, STANDBY_STREAM_DEADLINE, Action, Decision, HandOver, rejoin_backoff
+from pgha.node_ops import PRE_PROMOTE_RETRY
+from pgha.postgres import PostgresError, UpstreamNotReady
+
+log = logs.get("node")
+CLONE_LOG_INTERVAL = 5.0    # seconds between progress lines of a clone
+# Seconds a switching-over primary gives its checkpoint before it stops anyway
+# (writes go on meanwhile; a cut one goes on in the checkpointer).
+HAND_OVER_CHECKPOINT = 1.0
+
+
+# The actions that make PostgreSQL read-write: the fencer is armed to the
+# lease's end before each, so a daemon killed between the start and the
+# watchdog's next look still leaves a fenced primary (invariant 2). Not
+# BOOTSTRAP: at epoch 1 no standby can be promoted (it has no data yet), and
+# a slow initdb outlasts the lease, so the fencer would stop the new server
+# before its roles and database exist (seen in CI).
+STARTS_READ_WRITE = frozenset({Action.RESTART_AFTER_CRASH, Action.PROMOTE_STOPPED_STANDBY,
+                               Action.START_PRIMARY, Action.PROMOTE_RUNNING_STANDBY})
+PROMOTIONS = frozenset({Action.PROMOTE_STOPPED_STANDBY, Action.PROMOTE_RUNNING_STANDBY})    # pre_promote first
+
+
+class NodeActions:
+    def __init__(self, pg: Any, fencer: Fencer, settings: Callable[[], Any], clock: Callable[[], float],
+                 inbox: Inbox, callback: Callable[[str, str], None], say: Callable[[str, str, str], None],
+                 clone_progress: Callable[[Any], None], heartbeat_while_busy: Callable[[], None],
+                 lease_end: Callable[[], float | None], pre_promote: Callable[[], str | None]) -> None:
+        """settings: the node's current settings (a reload replaces them).
+        lease_end: when the primary's leases run out (monotonic), armed in
+        the fencer before PostgreSQL is made read-write.
+        clone_progress: told a rewind.CloneProgress while pg_basebackup runs
+        (None when it ends), for the report; heartbeat_while_busy: report to
+        the arbiter from inside a long action (a clone). Both run on the loop's thread."""
+        self.pg, self.fencer, self.settings, self.clock = pg, fencer, settings, clock
+        self.inbox, self.callback, self.say = inbox, callback, say
+        self.clone_progress, self.heartbeat_while_busy = clone_progress, heartbeat_while_busy
+        self.lease_end = lease_end
+        self.pre_promote = pre_promote      # None: go on; else why the promotion must wait
+        self._pre_promote_refused: tuple[float, str] | None = None     # (when, why) of the last refusal
+        self.launching: threading.Thread | None = None     # the follow-target thread, once started
+        self.preparing: threading.Thread | None = None     # the hand-over preparation thread, once started
+        self.preparations = 0                               # preparations started (their serials)
+        self._methods = {action: getattr(self, "_" + action.value) for action in Action}
+
+    def run(self, action: Action, c: Changes, d: Decision) -> None:
+        if action is not Action.RELINQUISH and (c.memory.hand_over_prepared or c.memory.preparing) is not None:
+            # The switchover went another way: a later one prepares afresh.
+            c.set(hand_over_prepared=None, preparing=None)
+        if action in PROMOTIONS or action is Action.RESTART_AFTER_CRASH and d.then in PROMOTIONS:
+            self._before_promotion()    # first: a refusing or slow pre_promote leaves nothing armed
+        if action in STARTS_READ_WRITE:
+            # Armed before the start; the watchdog keeps it so (Watchdog.starting_read_write,
+            # set by the HA loop around the action) until the loop's memory says acting.
+            self.fencer.follow(self.lease_end)
+        if action not in REJOINS:
+            self._methods[action](c, d)
+            return
+        try:
+            self._methods[action](c, d)
+        except UpstreamNotReady:
+            raise       # nothing was tried: no backoff
+        except PostgresError:
+            failed = c.memory.failed_rejoins + 1
+            c.set(failed_rejoins=failed, last_rejoin_failure=self.clock())
+            log.warning("rejoin failed (%d in a row): the next try in %.1fs", failed, rejoin_backoff(failed))
+            raise
+        c.set(failed_rejoins=0)
+
+    def starting_for_switchover(self) -> bool:
+        """The follow-target thread is starting PostgreSQL."""
+        return self.launching is not None and self.launching.is_alive()
+
+    def _no_answer(self, c: Changes, d: Decision) -> None:
+        pass    # handled in step()
+
+    _ignore_old_epoch = _no_answer
+
+    def _wait(self, c: Changes, d: Decision) -> None:
+        pass    # the role line logged the reason
+
+    def _await_start(self, c: Changes, d: Decision) -> None:
+        pass
+
+    def _paused(self, c: Changes, d: Decision) -> None:
+        pass    # maintenance mode: PostgreSQL is left alone (node_rules M1)
+
+    def _await_streaming(self, c: Changes, d: Decision) -> None:
+        pass
+
+    def _rejoin_backoff(self, c: Changes, d: Decision) -> None:
+        pass    # the failure logged when the next try is due
+
+    def _data_unreadable(self, c: Changes, d: Decision) -> None:
+        raise PostgresError(d.why)
+
+    # primary
+
+    def _refuse_empty(self, c: Changes, d: Decision) -> None:
+        instruction = c.memory.instruction
+        epoch = instruction.epoch if instruction else c.memory.acted_epoch
+        self.say("data", "error", f"data directory {self.pg.pgdata} is empty but this node is the "
+                                   f"primary at epoch {epoch}: refusing to create an empty "
+                                   "cluster over one that had data (restore it, or switch over to the standby)")
+
+    def _bootstrap(self, c: Changes, d: Decision) -> None:
+        log.info("empty data directory: creating a new cluster in %s", self.pg.pgdata)
+        self.pg.initdb()
+        self.pg.write_settings(PRIMARY, sync_standby=None)
+        self.pg.set_recovery_signal(False)
+        self.pg.start()
+        self.pg.create_roles()
+        c.acting(True)
+        log.failover("new cluster created; running as primary (epoch %d)", d.remember_epoch)
+        self.callback("on_role_change", "primary")
+
+    def _hand_over(self, c: Changes, d: Decision) -> None:
+        log.failover("handing over to the standby: %s", d.why)
+        c.acting(False)
+        self.pg.stop("immediate")
+        c.set(hand_over=HandOver.HANDED_OVER)
+        self.callback("on_role_change", "demoted")
+
+    def _restart_after_crash(self, c: Changes, d: Decision) -> None:
+        c.set(last_crash_restart=self.clock())
+        log.warning("PostgreSQL stopped unexpectedly: restarting it as primary")
+        assert d.then is not None   # node_rules P5 names the start that follows
+        self._methods[d.then](c, d)     # run() did the fencer and pre_promote for it
+        self.callback("on_restart", "primary")
+
+    def _before_promotion(self) -> None:
+        """The pre_promote script (node_ops.pre_promote) must succeed first;
+        a refusing one is run again only PRE_PROMOTE_RETRY later."""
+        now = self.clock()
+        last = self._pre_promote_refused
+        if last is not None and now - last[0] < PRE_PROMOTE_RETRY:
+            raise PostgresError(last[1])
+        refused = self.pre_promote()
+        self._pre_promote_refused = None if refused is None else (now, refused)
+        if refused is not None:
+            raise PostgresError(refused)
+
+    def _promote_stopped_standby(self, c: Changes, d: Decision) -> None:
+        log.failover("starting the former standby and promoting it (epoch %d)", d.remember_epoch)
+        self.pg.write_settings(STANDBY)     # no upstream: replay only the WAL it has
+        self.pg.set_recovery_signal(True)
+        self.pg.start()
+        self.pg.write_settings(PRIMARY, sync_standby=d.sync_standby)
+        self.pg.promote()
+        c.set(failovers=c.memory.failovers + 1)
+        self._running_as_primary(c, d)
+
+    def _start_primary(self, c: Changes, d: Decision) -> None:
+        self.pg.write_settings(PRIMARY, sync_standby=d.sync_standby)
+        self.pg.set_recovery_signal(False)
+        try:
+            self.pg.start()
+        except PostgresError as exc:
+            self._hand_over(c, replace(d, why=str(exc)))
+            return
+        self._running_as_primary(c, d)
+
+    def _running_as_primary(self, c: Changes, d: Decision) -> None:
+        c.acting(True)
+        c.set(slot_ensured=None)
+        log.failover("PostgreSQL running as primary (epoch %d)", d.remember_epoch)
+        self.callback("on_role_change", "primary")
+
+    def _promote_running_standby(self, c: Changes, d: Decision) -> None:
+        log.failover("promoting this node to primary at epoch %d", d.remember_epoch)
+        self.pg.write_settings(PRIMARY, sync_standby=d.sync_standby)   # standby.signal: PostgreSQL removes it
+        self.pg.reload()    # the sync name holds from the first commit after the promotion
+        self.pg.promote()
+        c.set(failovers=c.memory.failovers + 1)
+        c.acting(True)
+        c.set(slot_ensured=None)
+        log.failover("this node is now the primary (epoch %d)", d.remember_epoch)
+        self.callback("on_role_change", "primary")
+
+    def _relinquish(self, c: Changes, d: Decision) -> None:
+        c.acting(True)
+        prepared = c.memory.hand_over_prepared
+        if prepared is None or prepared.target != d.address:
+            # PostgreSQL takes writes and the loop reports meanwhile; the
+            # heartbeat after the preparation (it wakes the loop) stops it.
+            if self.preparing is None or not self.preparing.is_alive():
+                self.preparations += 1
+                c.set(preparing=self.preparations)
+                self.preparing = threading.Thread(target=self._prepare_hand_over,
+                                                  args=(d.address, self.preparations), daemon=True,
+                                                  name="hand-over-prep")
+                self.preparing.start()
+            return
+        c.set(hand_over_prepared=None)
+        log.failover("switchover: stopping PostgreSQL to hand over to %s", d.why)
+        self.pg.stop("fast")
+        c.acting(False)
+        c.set(hand_over=HandOver.SWITCHED_OVER)
+        self.callback("on_role_change", "demoted")
+        target = c.memory.prepared_upstream     # d.address, when our slot is on it
+        if target is not None and self.pg.postmaster_pid() is None:
+            self.launching = threading.Thread(target=self._follow_target, args=(d.primary, target), daemon=True,
+                                               name="follow-target")
+            self.launching.start()
+
+    def _follow_target(self, primary: str | None, address: Address) -> None:
+        """Start PostgreSQL again at once, in recovery, as a standby of the
+        switchover's target. A thread: the HA loop reports the hand-over
+        meanwhile (PostgreSQL "starting"), so it starts while the arbiter
+        decides and the target is promoted; it streams from the target
+        (cascading) and follows its timeline switch, so it is the synchronous
+        standby the new primary's first commit waits for. Read-only, on the
+        arbiter's relinquish instruction that named the target, and after the
+        clean stop: the arbiter promotes the target only once we report that.
+        If it will not start, the standby rows start it after the decision."""
+        try:
+            self.fencer.disarm()    # before PostgreSQL runs here as a standby
+            self.pg.write_settings(STANDBY, primary_address=address)
+            self.pg.set_recovery_signal(True)
+            self.pg.launch()
+        except PostgresError as exc:
+            log.warning("switchover: PostgreSQL did not start as a standby of %s (%s); it starts "
+                        "after the arbiter's decision", primary, exc)
+            return
+        self.inbox.put(FollowingTarget(address, self.clock()))    # and report what runs now
+        log.failover("switchover: PostgreSQL starting as a standby of %s (cascading until it is promoted)",
+                     primary)
+        self.callback("on_role_change", "replica")
+
+    def _prepare_hand_over(self, target: Address | None, serial: int) -> None:
+        """Work a switchover would otherwise do while no write is accepted,
+        done while PostgreSQL still takes writes: a checkpoint, so the
+        shutdown checkpoint has little left to write, and our replication
+        slot on the target (a standby can hold a physical slot, and keeps it
+        when promoted), so following it after the decision needs no round
+        trip. Both best effort: a failure only leaves the work for later.
+        A thread ("hand-over-prep"): it writes nothing of the loop's and
+        hands HandOverPrepared to its inbox, whatever happened."""
+        slot_on = None
+        try:
+            self.pg.checkpoint(timeout=HAND_OVER_CHECKPOINT)
+            if target is not None:
+                self.pg.prepare_upstream(target, self.settings().slot_name, wait_promoted=False)
+                slot_on = target
+        except PostgresError as exc:
+            log.warning("switchover: %s; following the target will make the slot", exc)
+        except Exception:   # the hand-over goes on without the preparation
+            log.exception("switchover: preparing the hand-over failed")
+        finally:
+            self.inbox.put(HandOverPrepared(target, slot_on, serial))
+
+    def _set_sync(self, c: Changes, d: Decision) -> None:
+        c.acting(True)
+        self.pg.write_settings(PRIMARY, sync_standby=d.sync_standby)
+        self.pg.reload()
+        if d.sync_standby:
+            log.info("synchronous replication on: commits wait for %s", d.sync_standby)
+        else:
+            log.warning("synchronous replication off (arbiter marked the standby not promotable)")
+        if d.slot:
+            self._ensure_slot(c, d)
+
+    def _ensure_slot(self, c: Changes, d: Decision) -> None:
+        c.acting(True)
+        self.pg.ensure_slot(d.slot)
+        c.set(slot_ensured=d.slot)
+
+    def _stay_primary(self, c: Changes, d: Decision) -> None:
+        c.acting(True)
+
+    # standby
+
+    def _demote(self, c: Changes, d: Decision) -> None:
+        log.failover("demoting: %s is the primary at epoch %d; stopping PostgreSQL to rejoin as "
+                     "its standby", d.primary, d.remember_epoch)
+        c.acting(False)
+        self.pg.stop("fast")
+        self.callback("on_role_change", "demoted")
+
+    def _follow(self, c: Changes, d: Decision) -> None:
+        self.pg.write_settings(STANDBY, primary_address=d.address)
+        self.pg.reload()
+        c.set(upstream=d.address, standby_since=self.clock())
+        self.pg.drop_inactive_slots()
+
+    def _stay_standby(self, c: Changes, d: Decision) -> None:
+        c.set(standby_since=self.clock(), rejoin_failures=0)
+
+    def _restart_rejoin(self, c: Changes, d: Decision) -> None:
+        log.warning("not streaming from the primary for %.0fs (diverged timeline?): stopping to "
+                    "rejoin again", STANDBY_STREAM_DEADLINE)
+        self.pg.stop("fast")
+        c.set(rejoin_failures=c.memory.rejoin_failures + 1)
+
+    # Rejoin: plain start if our data follows the primary, else pg_rewind,
+    # else (or when a rewound copy still cannot follow) a fresh pg_basebackup.
+
+    def _clone(self, c: Changes, d: Decision) -> None:
+        if d.why == "empty":
+            log.info("empty data directory: cloning %s with pg_basebackup", d.primary)
+        else:
+            log.failover("rejoining as standby of %s: a fresh pg_basebackup (earlier attempt could not "
+                         "follow it)", d.primary)
+        self.pg.prepare_upstream(d.address, self.settings().slot_name)
+        self._basebackup(c, d)
+        self._run_as_standby(c, d)
+
+    def _reinit(self, c: Changes, d: Decision) -> None:
+        log.failover("reinit ordered by the operator: a fresh copy of %s (the old data is kept until the "
+                     "copy is complete)", d.primary)
+        if self.pg.postmaster_pid():
+            self.pg.stop("fast")
+        self.pg.prepare_upstream(d.address, self.settings().slot_name)
+        self._basebackup(c, d)
+        self._run_as_standby(c, d)
+        c.set(reinit_done=d.reinit, rejoin_failures=0)
+
+    def _rewind(self, c: Changes, d: Decision) -> None:
+        log.failover("rejoining as standby of %s: pg_rewind", d.primary)
+        self.pg.prepare_upstream(d.address, self.settings().slot_name, checkpoint=True)
+        try:
+            outcome = self.pg.rewind(d.address)
+        except PostgresError as exc:
+            # Only when pg_rewind itself gave up: the WAL kept here and on the
+            # new primary (wal_keep_size) did not reach back far enough.
+            log.warning("%s; rewinding is not possible: falling back to a fresh pg_basebackup", exc)
+            self._basebackup(c, d)
+        else:
+            fetched = (f"{outcome.fetched_segments} missing WAL segment(s) fetched from {d.primary}"
+                       if outcome.fetched_segments else "with the WAL kept here")
+            log.failover("pg_rewind done in %.1fs (%s): path %s", outcome.seconds, fetched, outcome.path)
+        self._run_as_standby(c, d)
+
+    def _basebackup(self, c: Changes, d: Decision) -> None:
+        """pg_basebackup into a temporary folder, saying its progress in the
+        log every CLONE_LOG_INTERVAL and in the report. The HA loop is busy
+        meanwhile, so the progress callback also sends the arbiter a
+        heartbeat; its instruction is acted on once the clone is done."""
+        started = self.clock()
+        said_at = heartbeat_at = started
+
+        def progress(p):
+            nonlocal said_at, heartbeat_at
+            self.clone_progress(p)
+            now = self.clock()
+            if now - said_at >= CLONE_LOG_INTERVAL:
+                said_at = now
+                log.info("clone from %s: %s after %.0fs", d.primary, p.describe(), now - started)
+            if now - heartbeat_at >= c.memory.heartbeat_interval:
+                heartbeat_at = now
+                self.heartbeat_while_busy()
+
+        try:
+            self.pg.basebackup(d.address, on_progress=progress)
+        finally:
+            self.clone_progress(None)
+        log.failover("clone from %s complete in %.1fs", d.primary, self.clock() - started)
+
+    def _start_standby(self, c: Changes, d: Decision) -> None:
+        switchover = d.why == "switchover"
+        if switchover:
+            log.failover("following %s from the hand-over point (clean switchover: no rewind)", d.primary)
+        if not (switchover and c.memory.prepared_upstream == d.address):
+            self.pg.prepare_upstream(d.address, self.settings().slot_name, wait_promoted=not switchover)
+        c.set(prepared_upstream=None)
+        self._run_as_standby(c, d)
+
+    def _run_as_standby(self, c: Changes, d: Decision) -> None:
+        self.fencer.disarm()    # before PostgreSQL runs here as a standby
+        self.pg.write_settings(STANDBY, primary_address=d.address)
+        self.pg.set_recovery_signal(True)
+        try:
+            self.pg.start()
+        except PostgresError:
+            c.set(rejoin_failures=c.memory.rejoin_failures + 1)
+            raise
+        c.set(upstream=d.address, standby_since=self.clock())
+        log.failover("PostgreSQL running as standby of %s", d.primary)
+        self.callback("on_role_change", "replica")

@@ -1,0 +1,580 @@
+"""Every node action (pgha/node.py, one per node_rules.Action) against a fake
+PostgreSQL, a fake fencer and a fake clock: what it asks of PostgreSQL, in
+order, and what it leaves in the node's memory.
+
+The integration suite runs the same actions on real servers; these pin down
+each action's own steps so that moving them (threads, modules) cannot drop
+or reorder one unseen."""
+import os
+import threading
+import time
+from types import SimpleNamespace
+from dataclasses import replace
+
+import pytest
+
+from pgha import auth, node_ops, settings as settings_mod
+from pgha.messages import PG_RUNNING, PG_STOPPED, PRIMARY, STANDBY, Address, Instruction, PgStatus
+from pgha.node import Node
+from pgha.node_inbox import Fenced
+from pgha.node_rules import Action, Decision, HandOver
+from pgha.postgres import PostgresError, UpstreamNotReady
+from pgha.rewind import RewindOutcome
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TARGET = Address(host="127.0.0.2", pg_port=5433, peer_port=5434, slot="rep2")
+NOW = 1000.0
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = NOW
+
+    def __call__(self):
+        return self.now
+
+
+class FakePostgres:
+    """Records each call as (name, args...); `fail` names calls that raise PostgresError."""
+
+    def __init__(self, state_dir):
+        self.state_dir = state_dir
+        self.pgdata = os.path.join(state_dir, "data")
+        self.calls = []
+        self.fail = set()
+        self.unready = set()    # calls that raise UpstreamNotReady
+        self.pid = None
+
+    def _call(self, name, *args, **kwargs):
+        self.calls.append((name, *args, *sorted(kwargs.items())))
+        if name in self.fail:
+            raise PostgresError(f"{name} failed")
+        if name in self.unready:
+            raise UpstreamNotReady(f"{name}: primary not reachable")
+
+    def names(self):
+        return [call[0] for call in self.calls]
+
+    def postmaster_pid(self):
+        return self.pid
+
+    def status(self):
+        return PgStatus(pg=PG_RUNNING if self.pid else PG_STOPPED)
+
+    def start(self):
+        self._call("start")
+        self.pid = 4242
+
+    launch = start
+
+    def stop(self, mode, timeout=None):
+        self._call("stop", mode)
+        self.pid = None
+
+    def rewind(self, address):
+        self._call("rewind", address)
+        return RewindOutcome(seconds=0.5, fetched_segments=0)
+
+    def basebackup(self, address, on_progress=None):
+        self._call("basebackup", address)
+
+    def __getattr__(self, name):    # write_settings, reload, promote, initdb, ensure_slot, ...
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self._call(name, *args, **kwargs)
+
+
+class FakeFencer:
+    def __init__(self):
+        self.calls = []
+        self.pid = None     # no process: the watchdog watches none
+
+    def disarm(self):
+        self.calls.append("disarm")
+
+    def check(self):
+        return None
+
+    def follow(self, deadline, wait=True):
+        self.calls.append(("follow", deadline()))
+        return True
+
+
+class Callbacks:
+    def __init__(self):
+        self.fired = []
+
+    def fire(self, event, role):
+        self.fired.append((event, role))
+
+    def stop(self):
+        pass
+
+
+@pytest.fixture
+def node(tmp_path):
+    settings = settings_mod.load(os.path.join(ROOT, "node_settings.py"), settings_mod.NODE_SPECS)
+    pg = FakePostgres(str(tmp_path))
+    clock = FakeClock()
+    made = Node(settings, pg, (auth.Credential("pgsql-1", (b"k" * 32,)), (b"p" * 32,)), clock=clock)
+    made.callbacks.stop()
+    made.callbacks = Callbacks()
+    made.fencer = made.watchdog.fencer = made.actions.fencer = FakeFencer()
+    made.memory = replace(made.memory, instruction=Instruction(role=PRIMARY, epoch=3))
+    return made
+
+
+def act(node, action, **decision):
+    """Carry out one action as the HA loop does, with this decision."""
+    node._act(Decision(action, "T", remember_epoch=3, **decision))
+
+
+def memory(node):
+    m = node.memory
+    return {"acting_primary": m.acting_primary, "hand_over": m.hand_over, "upstream": m.upstream,
+            "standby_since": m.standby_since, "rejoin_failures": m.rejoin_failures,
+            "slot_ensured": m.slot_ensured, "failovers": m.failovers,
+            "last_crash_restart": m.last_crash_restart, "prepared_upstream": m.prepared_upstream}
+
+
+def remember(node, **fields):
+    node.memory = replace(node.memory, **fields)
+
+
+def changed(node, before):
+    return {key: value for key, value in memory(node).items() if before[key] != value}
+
+
+# -- steady and waiting actions: nothing asked of PostgreSQL, nothing changed --
+
+@pytest.mark.parametrize("action", [Action.NO_ANSWER, Action.IGNORE_OLD_EPOCH, Action.WAIT, Action.AWAIT_START,
+                                    Action.PAUSED, Action.AWAIT_STREAMING, Action.REFUSE_EMPTY])
+def test_actions_that_leave_postgres_alone(node, action):
+    before = memory(node)
+    act(node, action)
+    assert node.pg.calls == [] and changed(node, before) == {} and node.callbacks.fired == []
+
+
+def test_data_unreadable_raises_its_reason(node):
+    with pytest.raises(PostgresError, match="pg_controldata said no"):
+        act(node, Action.DATA_UNREADABLE, why="pg_controldata said no")
+    assert node.pg.calls == []
+
+
+# -- primary ------------------------------------------------------------------
+
+def test_bootstrap(node):
+    before = memory(node)
+    act(node, Action.BOOTSTRAP)
+    assert node.pg.calls == [("initdb",), ("write_settings", PRIMARY, ("sync_standby", None)),
+                             ("set_recovery_signal", False), ("start",), ("create_roles",)]
+    assert changed(node, before) == {"acting_primary": True}
+    assert node.callbacks.fired == [("on_role_change", "primary")]
+
+
+def test_hand_over(node):
+    node.memory = node.memory.acting(True)
+    act(node, Action.HAND_OVER, why="crashed again")
+    assert node.pg.calls == [("stop", "immediate")]
+    assert (node.memory.acting_primary, node.memory.hand_over) == (False, HandOver.HANDED_OVER)
+    assert node.callbacks.fired == [("on_role_change", "demoted")]
+
+
+def test_restart_after_crash_stamps_the_clock_then_starts(node):
+    node.memory = node.memory.acting(True)
+    act(node, Action.RESTART_AFTER_CRASH, then=Action.START_PRIMARY, sync_standby="pgsql-2")
+    assert node.memory.last_crash_restart == NOW
+    assert node.pg.names() == ["write_settings", "set_recovery_signal", "start"]
+
+
+def test_promote_stopped_standby(node):
+    before = memory(node)
+    act(node, Action.PROMOTE_STOPPED_STANDBY, sync_standby="pgsql-2")
+    assert node.pg.calls == [("write_settings", STANDBY), ("set_recovery_signal", True), ("start",),
+                             ("write_settings", PRIMARY, ("sync_standby", "pgsql-2")), ("promote",)]
+    assert changed(node, before) == {"acting_primary": True, "failovers": 1}
+    assert node.callbacks.fired == [("on_role_change", "primary")]
+
+
+def test_start_primary(node):
+    remember(node, slot_ensured="rep2")
+    act(node, Action.START_PRIMARY, sync_standby=None)
+    assert node.pg.calls == [("write_settings", PRIMARY, ("sync_standby", None)), ("set_recovery_signal", False),
+                             ("start",)]
+    assert node.memory.acting_primary and node.memory.slot_ensured is None   # the new server has no slot yet
+
+
+def test_start_primary_that_will_not_start_hands_over(node):
+    node.pg.fail = {"start"}
+    act(node, Action.START_PRIMARY)
+    assert node.pg.names() == ["write_settings", "set_recovery_signal", "start", "stop"]
+    assert (node.memory.acting_primary, node.memory.hand_over) == (False, HandOver.HANDED_OVER)
+
+
+def test_promote_running_standby(node):
+    node.pg.pid = 4242
+    before = memory(node)
+    act(node, Action.PROMOTE_RUNNING_STANDBY, sync_standby="pgsql-2")
+    assert node.pg.calls == [("write_settings", PRIMARY, ("sync_standby", "pgsql-2")), ("reload",), ("promote",)]
+    assert changed(node, before) == {"acting_primary": True, "failovers": 1}
+
+
+@pytest.mark.parametrize("action", [Action.PROMOTE_RUNNING_STANDBY, Action.PROMOTE_STOPPED_STANDBY])
+def test_a_refusing_pre_promote_blocks_the_promotion_and_runs_again_only_later(node, action):
+    answers, runs = ["fencing failed", None], []
+
+    def pre_promote():
+        runs.append(node.actions.clock())
+        return answers[min(len(runs), len(answers)) - 1]
+    node.actions.pre_promote = pre_promote
+    node.pg.pid = 4242 if action is Action.PROMOTE_RUNNING_STANDBY else None
+    with pytest.raises(PostgresError, match="fencing failed"):
+        act(node, action, sync_standby="pgsql-2")
+    assert "promote" not in node.pg.names() and not node.memory.acting_primary
+    assert [call for call in node.fencer.calls if call[0] == "follow"] == []     # refused before arming
+    node.actions.clock.now += node_ops.PRE_PROMOTE_RETRY - 0.1
+    with pytest.raises(PostgresError, match="fencing failed"):
+        act(node, action, sync_standby="pgsql-2")
+    assert len(runs) == 1                       # not run again this soon
+    node.actions.clock.now += 0.1
+    act(node, action, sync_standby="pgsql-2")   # it succeeds now: promoted
+    assert len(runs) == 2 and "promote" in node.pg.names() and node.memory.acting_primary
+
+
+def test_pre_promote_runs_the_script_and_waits_for_it(tmp_path):
+    def settings(body, timeout=5.0):
+        script = tmp_path / "pre_promote"
+        script.write_text("#!/bin/sh\n" + body + "\n")
+        script.chmod(0o755)
+        return SimpleNamespace(pre_promote=str(script), name="pgsql-2", callback_timeout=timeout)
+    assert node_ops.pre_promote(SimpleNamespace(pre_promote=None, name="n", callback_timeout=1)) is None
+    assert node_ops.pre_promote(settings('[ "$1 $2 $3" = "pre_promote replica pgsql-2" ]')) is None
+    assert "exited with status 3" in node_ops.pre_promote(settings("exit 3"))
+    assert "killed at the callback_timeout" in node_ops.pre_promote(settings("sleep 10", timeout=0.3))
+
+
+def prepare_hand_over(node, **decision):
+    """The first RELINQUISH: the preparation runs on its own thread, PostgreSQL still takes writes."""
+    act(node, Action.RELINQUISH, **decision)
+    node.actions.preparing.join(5)
+    assert node.memory.hand_over is HandOver.NONE and node.memory.acting_primary and node.pg.pid
+    assert node.memory.hand_over_prepared is None, "a thread must not write the loop's memory"
+    node._take_results()
+
+
+def test_relinquish_prepares_off_the_loop_then_stops_and_follows_the_target(node):
+    node.pg.pid = 4242
+    node.memory = node.memory.acting(True)
+    prepare_hand_over(node, primary="pgsql-2", address=TARGET, why="pgsql-2")
+    assert node.pg.calls == [("checkpoint", ("timeout", 1.0)),
+                             ("prepare_upstream", TARGET, "rep177", ("wait_promoted", False))]
+    assert node.memory.prepared_upstream == TARGET
+    act(node, Action.RELINQUISH, primary="pgsql-2", address=TARGET, why="pgsql-2")
+    assert node.pg.calls[2] == ("stop", "fast")
+    assert (node.memory.acting_primary, node.memory.hand_over) == (False, HandOver.SWITCHED_OVER)
+    node.actions.launching.join(5)     # the follow-target thread: PostgreSQL again, in recovery
+    assert node.pg.calls[3:] == [("write_settings", STANDBY, ("primary_address", TARGET)),
+                                 ("set_recovery_signal", True), ("start",)]
+    assert "disarm" in node.fencer.calls
+    assert node.memory.upstream is None, "a thread must not write the loop's memory"
+    node._take_results()
+    assert (node.memory.upstream, node.memory.standby_since, node.memory.prepared_upstream) == (TARGET, NOW, None)
+    assert node.callbacks.fired == [("on_role_change", "demoted"), ("on_role_change", "replica")]
+
+
+def test_relinquish_without_a_slot_on_the_target_stops_only(node):
+    node.pg.pid = 4242
+    node.pg.fail = {"prepare_upstream"}
+    prepare_hand_over(node, primary="pgsql-2", address=TARGET)
+    act(node, Action.RELINQUISH, primary="pgsql-2", address=TARGET)
+    assert node.pg.names() == ["checkpoint", "prepare_upstream", "stop"]
+    assert node.actions.launching is None and node.memory.prepared_upstream is None
+
+
+def test_a_preparation_for_another_target_or_another_action_is_not_used(node):
+    node.pg.pid = 4242
+    prepare_hand_over(node, primary="pgsql-2", address=TARGET)
+    other = replace(TARGET, host="127.0.0.3")
+    act(node, Action.RELINQUISH, primary="pgsql-3", address=other)     # prepares again, for it
+    node.actions.preparing.join(5)
+    assert node.pg.names() == ["checkpoint", "prepare_upstream"] * 2 and node.pg.pid
+    node._take_results()
+    act(node, Action.STAY_PRIMARY)      # the switchover went another way
+    assert node.memory.hand_over_prepared is None
+
+
+def test_set_sync_and_its_slot(node):
+    act(node, Action.SET_SYNC, sync_standby="pgsql-2", slot="rep98")
+    assert node.pg.calls == [("write_settings", PRIMARY, ("sync_standby", "pgsql-2")), ("reload",),
+                             ("ensure_slot", "rep98")]
+    assert node.memory.acting_primary and node.memory.slot_ensured == "rep98"
+
+
+def test_ensure_slot(node):
+    act(node, Action.ENSURE_SLOT, slot="rep98")
+    assert node.pg.calls == [("ensure_slot", "rep98")] and node.memory.slot_ensured == "rep98"
+
+
+def test_stay_primary(node):
+    act(node, Action.STAY_PRIMARY)
+    assert node.pg.calls == [] and node.memory.acting_primary
+
+
+# -- standby ------------------------------------------------------------------
+
+def test_demote(node):
+    node.pg.pid = 4242
+    node.memory = node.memory.acting(True)
+    act(node, Action.DEMOTE, primary="pgsql-2", address=TARGET)
+    assert node.pg.calls == [("stop", "fast")] and not node.memory.acting_primary
+    assert node.callbacks.fired == [("on_role_change", "demoted")]
+
+
+def test_follow(node):
+    act(node, Action.FOLLOW, primary="pgsql-2", address=TARGET)
+    assert node.pg.calls == [("write_settings", STANDBY, ("primary_address", TARGET)), ("reload",),
+                             ("drop_inactive_slots",)]
+    assert (node.memory.upstream, node.memory.standby_since) == (TARGET, NOW)
+
+
+def test_stay_standby(node):
+    remember(node, rejoin_failures=2)
+    act(node, Action.STAY_STANDBY, primary="pgsql-2", address=TARGET)
+    assert node.pg.calls == [] and (node.memory.standby_since, node.memory.rejoin_failures) == (NOW, 0)
+
+
+def test_restart_rejoin(node):
+    act(node, Action.RESTART_REJOIN, primary="pgsql-2", address=TARGET)
+    assert node.pg.calls == [("stop", "fast")] and node.memory.rejoin_failures == 1
+
+
+RUN_AS_STANDBY = [("write_settings", STANDBY, ("primary_address", TARGET)), ("set_recovery_signal", True), ("start",)]
+
+
+def test_clone(node):
+    act(node, Action.CLONE, primary="pgsql-2", address=TARGET, why="empty")
+    assert node.pg.calls == [("prepare_upstream", TARGET, "rep177"), ("basebackup", TARGET)] + RUN_AS_STANDBY
+    assert node.fencer.calls == ["disarm"]
+    assert (node.memory.upstream, node.memory.standby_since) == (TARGET, NOW)
+    assert node.callbacks.fired == [("on_role_change", "replica")]
+
+
+def test_reinit_stops_a_running_standby_makes_a_fresh_copy_and_remembers_the_order(node):
+    node.pg.pid = 4242
+    act(node, Action.REINIT, primary="pgsql-2", address=TARGET, reinit=77)
+    assert node.pg.calls == [("stop", "fast"), ("prepare_upstream", TARGET, "rep177"),
+                             ("basebackup", TARGET)] + RUN_AS_STANDBY
+    assert node.memory.reinit_done == 77 and node._report(node.pg.status()).reinit_done == 77
+
+
+def test_a_failed_reinit_is_not_marked_done(node):
+    node.pg.fail = {"basebackup"}
+    with pytest.raises(PostgresError):
+        act(node, Action.REINIT, primary="pgsql-2", address=TARGET, reinit=77)
+    assert node.memory.reinit_done == 0 and node.memory.failed_rejoins == 1
+
+
+def test_rewind(node):
+    act(node, Action.REWIND, primary="pgsql-2", address=TARGET)
+    assert node.pg.calls == [("prepare_upstream", TARGET, "rep177", ("checkpoint", True)),
+                             ("rewind", TARGET)] + RUN_AS_STANDBY
+
+
+def test_rewind_that_gives_up_clones_instead(node):
+    node.pg.fail = {"rewind"}
+    act(node, Action.REWIND, primary="pgsql-2", address=TARGET)
+    assert node.pg.names() == ["prepare_upstream", "rewind", "basebackup", "write_settings",
+                               "set_recovery_signal", "start"]
+
+
+def test_start_standby(node):
+    act(node, Action.START_STANDBY, primary="pgsql-2", address=TARGET)
+    assert node.pg.calls == [("prepare_upstream", TARGET, "rep177", ("wait_promoted", True))] + RUN_AS_STANDBY
+
+
+def test_start_standby_after_a_switchover_uses_the_slot_made_before_it(node):
+    remember(node, prepared_upstream=TARGET)
+    act(node, Action.START_STANDBY, primary="pgsql-2", address=TARGET, why="switchover")
+    assert node.pg.calls == RUN_AS_STANDBY and node.memory.prepared_upstream is None
+
+
+def test_a_standby_that_will_not_start_counts_a_failed_rejoin(node):
+    node.pg.fail = {"start"}
+    with pytest.raises(PostgresError):
+        act(node, Action.START_STANDBY, primary="pgsql-2", address=TARGET)
+    assert node.memory.rejoin_failures == 1 and node.memory.upstream is None
+    assert (node.memory.failed_rejoins, node.memory.last_rejoin_failure) == (1, NOW)
+
+
+def test_failed_rejoins_count_in_a_row_and_a_rejoin_that_works_clears_them(node):
+    node.pg.fail = {"start"}
+    for _ in range(2):
+        with pytest.raises(PostgresError):
+            act(node, Action.CLONE, primary="pgsql-2", address=TARGET)
+    assert node.memory.failed_rejoins == 2
+    act(node, Action.REJOIN_BACKOFF)
+    assert node.pg.calls.count(("start",)) == 2 and node.memory.failed_rejoins == 2    # the wait touches nothing
+    node.pg.fail = set()
+    act(node, Action.CLONE, primary="pgsql-2", address=TARGET)
+    assert node.memory.failed_rejoins == 0
+
+
+def test_a_primary_not_reachable_yet_is_no_failed_rejoin(node):
+    # A standby's first clone while its primary still runs initdb: retried
+    # at the next heartbeat, not after a growing backoff.
+    node.pg.unready = {"prepare_upstream"}
+    with pytest.raises(PostgresError):
+        act(node, Action.CLONE, primary="pgsql-2", address=TARGET)
+    assert node.memory.failed_rejoins == 0
+
+
+@pytest.mark.parametrize("action", [Action.START_PRIMARY, Action.PROMOTE_STOPPED_STANDBY,
+                                    Action.PROMOTE_RUNNING_STANDBY])
+def test_the_fencer_is_armed_to_the_lease_end_before_postgres_is_made_read_write(node, action):
+    node.leases.renew("arbiter", NOW, 1.8)
+    armed_when_started = []
+    for name in ("start", "promote"):
+        real = getattr(node.pg, name)
+
+        def watched(*args, real=real, **kwargs):
+            armed_when_started.append(list(node.actions.fencer.calls))
+            return real(*args, **kwargs)
+        setattr(node.pg, name, watched)
+    if action is Action.PROMOTE_RUNNING_STANDBY:
+        node.pg.pid = 4242
+    act(node, action, sync_standby="pgsql-2")
+    assert armed_when_started and all(("follow", NOW + 1.8) in calls for calls in armed_when_started)
+
+
+def test_a_bootstrap_is_not_armed_a_slow_initdb_must_not_be_fenced_before_its_roles_exist(node):
+    """CI: armed before BOOTSTRAP, the fencer stopped a new primary whose initdb
+    outlasted the lease, before its roles and database were made. At epoch 1
+    no standby can be promoted, so nothing needs the fence there."""
+    node.leases.renew("arbiter", NOW, 1.8)
+    act(node, Action.BOOTSTRAP)
+    assert [call for call in node.fencer.calls if call[0] == "follow" and call[1] is not None] == []
+    assert node.memory.acting_primary       # from here on the watchdog guards it as any primary
+
+
+def test_the_watchdog_keeps_the_fencer_armed_through_a_slow_start(node):
+    """Review: armed before the start, the fencer was disarmed at the
+    watchdog's next look (the memory says acting only once the action
+    returns), so a daemon killed during a slow start left nothing fenced."""
+    node.leases.renew("arbiter", NOW, 60.0)
+    looked = []
+    started = node.pg.start
+
+    def slow_start():
+        time.sleep(1.3)     # longer than the watchdog's idle sleep: it looks at least once meanwhile
+        looked.extend(node.fencer.calls)
+        started()
+    node.pg.start = slow_start
+    node.watchdog.start()
+    try:
+        act(node, Action.START_PRIMARY, sync_standby="pgsql-2")
+    finally:
+        node.watchdog.stop()
+    follows = [call for call in looked if call[0] == "follow"]
+    armed = follows.index(("follow", NOW + 60.0))      # the action's own arm, before the start
+    assert len(follows) > armed + 1 and ("follow", None) not in follows[armed:], follows
+
+
+def test_the_heartbeat_path_never_queries_postgres_for_facts_or_reads_the_disk(node, monkeypatch):
+    """The facts and the disk are the facts thread's (pgha/node_facts.py): the
+    loop's report and snapshot take its latest reading, one reference."""
+    from pgha import disk as disk_mod
+    from pgha.node_facts import Reading
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("queried or read on the HA loop")
+    node.pg.query = forbidden
+    monkeypatch.setattr(disk_mod, "read", forbidden)
+    use = disk_mod.DiskUse(disk_mod.Filesystem(1, 100, 40), disk_mod.Filesystem(1, 100, 40), 16)
+    node.facts.latest = Reading.of(None, use)
+    node.pg.pid = 4242
+    node.status = node.pg.status()
+    assert node._report(node.status).disk == use.to_report()
+    node._publish(0.01)
+    assert node.state.snapshot.disk is use
+
+
+def test_every_action_is_covered_here():
+    with open(__file__) as f:
+        source = f.read()
+    assert [a for a in Action if f"Action.{a.name}" not in source] == []
+
+
+# -- what other threads hand over ------------------------------------------------
+
+def test_a_fence_reaches_the_loop_as_a_result_and_only_for_its_own_term(node):
+    node.memory = node.memory.acting(True)
+    term = node.memory.acting_term
+    node.inbox.put(Fenced(term))
+    node._take_results()
+    assert not node.memory.acting_primary
+    node.memory = node.memory.acting(True)      # acting again, a new term: an old fence does not end it
+    node.inbox.put(Fenced(term))
+    node._take_results()
+    assert node.memory.acting_primary and node.memory.acting_term != term
+
+
+def test_the_watchdog_fences_once_and_writes_none_of_the_loops_memory(node):
+    node.memory = node.memory.acting(True)
+    node.leases.renew("arbiter", NOW - 10, 1.0)     # long run out
+    fenced = threading.Event()
+    node.watchdog.on_fenced = fenced.set
+    node.watchdog.start()
+    try:
+        assert fenced.wait(5)
+        assert node.memory.acting_primary, "the watchdog must not write the loop's memory"
+        assert node.watchdog.fence_deadline() is None     # the fencer is disarmed at once all the same
+        assert node.pg.names() == ["fence"] and node.watchdog.fences == 1
+        assert node.inbox.drain() == [Fenced(node.memory.acting_term)]
+    finally:
+        node.watchdog.stop()
+
+
+def test_the_adopted_primarys_grace_is_the_remembered_lease(node, tmp_path):
+    """Issue 16: the grace comes from the cluster's lease as last heard, else the default."""
+    from pgha import store
+
+    def remembered_lease_time(path):
+        return store.load_node_state(path).lease_time
+    state = os.path.join(str(tmp_path), "node-state.json")
+    assert remembered_lease_time(state) is None
+    node._remember(4)
+    assert remembered_lease_time(state) == settings_mod.LEASE_TIME
+    remember(node, lease_time=0.6)
+    node._remember(None)
+    assert remembered_lease_time(state) == 0.6 and node.memory.acted_epoch == 4
+    with open(state, "w") as f:
+        f.write('{"acted_epoch": 4, "lease_time": "long"}')
+    assert remembered_lease_time(state) is None
+
+
+def test_the_decision_is_taken_into_the_memory_in_one_place():
+    from pgha.node_memory import NodeMemory
+    handed = NodeMemory(hand_over=HandOver.HANDED_OVER, last_action="hand_over")
+    # A steady action keeps the last action; the rules' hand-over state is taken.
+    kept = handed.decided(Decision(Action.STAY_PRIMARY, "P13"))
+    assert (kept.hand_over, kept.last_action) == (HandOver.NONE, "hand_over")
+    # No answer from the arbiter: the rules keep the hand-over as it was.
+    assert handed.decided(Decision(Action.NO_ANSWER, "-", hand_over=HandOver.HANDED_OVER)) == handed
+    started = handed.decided(Decision(Action.START_PRIMARY, "P8"))
+    assert started.last_action == "start_primary"
+
+
+def test_a_preparation_that_ends_after_its_switchover_went_another_way_is_not_used(node):
+    """Switchover 1 prepares; the arbiter drops it (STAY_PRIMARY) before the
+    preparation ends; switchover 2 to the same target must prepare afresh,
+    not stop PostgreSQL on the stale one."""
+    node.pg.pid = 4242
+    node.memory = node.memory.acting(True)
+    act(node, Action.RELINQUISH, primary="pgsql-2", address=TARGET)
+    act(node, Action.STAY_PRIMARY)              # before the preparation's result is taken
+    node.actions.preparing.join(5)
+    node._take_results()
+    assert node.memory.hand_over_prepared is None and node.memory.prepared_upstream is None
+    act(node, Action.RELINQUISH, primary="pgsql-2", address=TARGET)     # switchover 2: prepares again
+    node.actions.preparing.join(5)
+    assert node.pg.names() == ["checkpoint", "prepare_upstream"] * 2 and node.pg.pid
