@@ -58,11 +58,11 @@ def main(argv=None):
         log.error("cannot listen on %s:%s: %s", settings.listen_host, settings.listen_port, exc.strerror)
         return 1
 
-    def stop(signum, _frame):
-        log.info("stopping on %s", signal.Signals(signum).name)
-        if leadership is not None:
-            leadership.stop()       # another arbiter takes over now, not after a lease TTL
-        raise SystemExit(0)
+    stopping_on = []
+
+    def stop(signum, _frame):       # no lock, no I/O here: the loop returns and main() steps down
+        stopping_on.append(signum)
+        server.stop_soon()
 
     def reload_on_hup(_signum, _frame):   # off the signal handler: it takes the arbiter's lock
         threading.Thread(target=service.reload_settings, name="reload", daemon=True).start()
@@ -81,9 +81,14 @@ def main(argv=None):
     if leadership is not None:
         leadership.start()
     sdnotify.ready()    # systemd (Type=notify): listening, its state loaded
+    server.wake_on_signals()    # a SIGTERM taken by another thread still wakes the loop
     try:
         server.serve_forever()
     finally:
+        if stopping_on:
+            log.info("stopping on %s", signal.Signals(stopping_on[0]).name)
+        if leadership is not None:
+            leadership.stop()       # another arbiter takes over now, not after a lease TTL
         server.server_close()
     return 0
 

@@ -4,7 +4,11 @@ WakeOnShutdown: a serve loop that sleeps until a connection or shutdown().
 socketserver's own loop wakes every poll_interval to look for shutdown();
 an idle daemon paid for those wake-ups in two servers. Here shutdown()
 writes to a pipe the loop also waits on, so the loop sleeps without a
-timeout and still stops at once.
+timeout and still stops at once. A loop that sleeps without a timeout in
+the main thread must also be woken by signals: the kernel may hand a
+process's SIGTERM to any thread, and Python runs the handler only when the
+main thread next runs; wake_on_signals() makes that pipe the signal wakeup
+descriptor, so the loop wakes whichever thread took the signal.
 
 Admitting: every connection is admitted through a limits.Slots table in the
 accept loop (the arbiter's and lease link's line servers, the REST API), so
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import selectors
+import signal
 import socket
 import threading
 import time
@@ -34,6 +39,7 @@ class WakeOnShutdown:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._pipe_open = True
+        self._stop_asked = False        # stop_soon(): a plain flag, safe to set in a signal handler
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()             # not serving: shutdown() has nothing to wait for
@@ -46,19 +52,43 @@ class WakeOnShutdown:
             with selectors.DefaultSelector() as selector:
                 selector.register(self, selectors.EVENT_READ)  # type: ignore[arg-type]
                 selector.register(self._wake_r, selectors.EVENT_READ)
-                while not self._stopping.is_set():
+                while not self._stop_wanted():
                     for key, _ in selector.select():
-                        if key.fileobj is self and not self._stopping.is_set():
+                        if key.fileobj is self and not self._stop_wanted():
                             self._handle_request_noblock()   # type: ignore[attr-defined]
+                        elif key.fileobj == self._wake_r:
+                            self._drain_wake_pipe()          # a signal's byte: awake, this thread runs its handler
                     self.service_actions()                   # type: ignore[attr-defined]
         finally:
-            try:
-                while os.read(self._wake_r, 512):
-                    pass
-            except OSError:             # drained (BlockingIOError) or closed
-                pass
+            self._drain_wake_pipe()
+            self._stop_asked = False
             self._stopping.clear()
             self._stopped.set()
+
+    def _stop_wanted(self) -> bool:
+        return self._stop_asked or self._stopping.is_set()
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except OSError:                 # drained (BlockingIOError) or closed
+            pass
+
+    def wake_on_signals(self) -> None:
+        """Make the wake pipe the process's signal wakeup descriptor (call it
+        from the main thread, before serve_forever there)."""
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def stop_soon(self) -> None:
+        """Ask serve_forever to return, without waiting for it: for a signal
+        handler that runs on the loop's own thread (shutdown() would wait for
+        itself), so it takes no lock."""
+        self._stop_asked = True
+        try:
+            os.write(self._wake_w, b"!")
+        except OSError:
+            pass                        # a full pipe wakes the loop already
 
     def shutdown(self) -> None:
         """Stop serve_forever and wait for it (call it from another thread)."""
@@ -74,6 +104,10 @@ class WakeOnShutdown:
         if not self._pipe_open:         # closing twice could close a reused descriptor
             return
         self._pipe_open = False
+        if threading.current_thread() is threading.main_thread():
+            old = signal.set_wakeup_fd(-1)      # ours is about to close: no more bytes to it
+            if old not in (-1, self._wake_w):
+                signal.set_wakeup_fd(old, warn_on_full_buffer=False)   # another's: left as it was
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
