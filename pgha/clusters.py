@@ -21,6 +21,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from pgha.topology import members_problem
+
 SEPARATOR = "/"
 DEFAULT = "main"        # cluster_name when a settings file predates it
 MAX_NAME = 64           # a cluster's or node's name, in settings and on the wire
@@ -103,9 +105,9 @@ def settings_problem(settings: Any) -> str | None:
         if not isinstance(spec, dict) or set(spec) != {"nodes", "initial_primary"}:
             return f"{where} must be {{\"nodes\": [A, B], \"initial_primary\": A}}, got {spec!r}"
         nodes = spec["nodes"]
-        if not isinstance(nodes, list) or len(nodes) != 2 or len(set(map(str, nodes))) != 2 or \
-                not all(is_name(n) for n in nodes):
-            return f"{where}: 'nodes' must name exactly two different nodes, got {nodes!r}"
+        problem = members_problem(nodes) if isinstance(nodes, list) else f"must be a list, got {nodes!r}"
+        if problem or not all(is_name(n) for n in nodes):
+            return f"{where}: 'nodes' {problem or f'must name nodes by identifiers, got {nodes!r}'}"
         if spec["initial_primary"] not in nodes:
             return f"{where}: 'initial_primary' ({spec['initial_primary']!r}) must be one of its nodes {nodes!r}"
     return None

@@ -35,6 +35,7 @@ from typing import Mapping, Sequence
 
 from pgha import files, tls
 from pgha.auth import OPERATOR, PAIR, READER, RESERVED, Credential, Keys, is_member_name
+from pgha.topology import members_problem
 
 KEY_BYTES = 32
 MIN_KEY_BYTES = 16
@@ -161,14 +162,20 @@ def _replace(path: str, ring: Mapping[str, Sequence[bytes]]) -> None:
     files.write_durably(path, _body(ring), mode=0o600, owner=(info.st_uid, info.st_gid))
 
 
-def generate(folder: str, nodes: Sequence[str], reader: bool = True) -> list[str]:
-    """Write a fresh set of key files into `folder`; refuse to overwrite any."""
-    if len(nodes) != 2 or len(set(nodes)) != 2:
-        raise KeyFileError(f"--nodes must name two different nodes, got {','.join(nodes)!r}")
+def check_nodes(nodes: Sequence[str]) -> None:
+    """KeyFileError unless `nodes` can be one cluster's members (pgha.topology)."""
+    problem = members_problem(nodes)
+    if problem:
+        raise KeyFileError(f"--nodes {problem}")
     for node in nodes:
         if not is_member_name(node) or node in RESERVED:
             raise KeyFileError(f"node name {node!r} is not allowed (letters, digits, '_-.'; "
                                f"not one of {', '.join(RESERVED)})")
+
+
+def generate(folder: str, nodes: Sequence[str], reader: bool = True) -> list[str]:
+    """Write a fresh set of key files into `folder`; refuse to overwrite any."""
+    check_nodes(nodes)
     new = lambda: secrets.token_bytes(KEY_BYTES)    # noqa: E731
     node_key = {node: (new(),) for node in nodes}
     pair, operator = (new(),), (new(),)
@@ -198,8 +205,7 @@ def add_cluster(folder: str, cluster: str, nodes: Sequence[str]) -> list[str]:
     own pair key) for each node. The operator and reader keys stay shared."""
     if not is_member_name(cluster) or cluster in RESERVED:
         raise KeyFileError(f"cluster name {cluster!r} is not allowed (letters, digits, '_-.')")
-    if len(nodes) != 2 or len(set(nodes)) != 2 or not all(is_member_name(n) and n not in RESERVED for n in nodes):
-        raise KeyFileError(f"--nodes must name two different nodes, got {','.join(nodes)!r}")
+    check_nodes(nodes)
     arbiter_path = os.path.join(folder, "arbiter" + SUFFIX)
     ring = load(arbiter_path)
     ids = [f"{cluster}/{node}" for node in nodes]
@@ -273,8 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "tls":
             nodes = [n.strip() for n in args.nodes.split(",")]
-            if len(nodes) != 2 or len(set(nodes)) != 2 or not all(is_member_name(n) for n in nodes):
-                raise KeyFileError(f"--nodes must name two different nodes, got {args.nodes!r}")
+            check_nodes(nodes)
             written = tls.generate(args.dir, ["arbiter", *nodes, OPERATOR],
                                    [h.strip() for h in args.hosts.split(",") if h.strip()])
         elif args.command == "add-cluster":

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from pgha import files, hba
 from pgha.clusters import has_name_chars, settings_problem as clusters_problem
 from pgha.tls import settings_problem as tls_settings_problem
+from pgha.topology import members_problem
 
 
 # The cluster's timings (seconds) unless the arbiter's settings say otherwise:
@@ -376,10 +377,14 @@ def _tls_settings(settings):
     return tls_settings_problem(settings)
 
 
-def _two_distinct_nodes(settings):
+def _members(settings):
     nodes = settings.nodes
-    if len(nodes) != 2 or len(set(nodes)) != 2 or any(identifier(n) for n in nodes):
-        return f"setting 'nodes' must name exactly two different nodes, got {nodes!r}"
+    problem = members_problem(nodes)
+    if problem:
+        return f"setting 'nodes' {problem}"
+    bad = next((n for n in nodes if identifier(n)), None)
+    if bad is not None:
+        return f"setting 'nodes': node name {bad!r} {identifier(bad)}"
     if settings.initial_primary not in nodes:
         return f"setting 'initial_primary' ({settings.initial_primary!r}) must be one of 'nodes' {nodes!r}"
     if settings.heartbeat_interval * 2 > settings.lease_time:
@@ -391,7 +396,7 @@ def _clusters(settings):
     return clusters_problem(settings)
 
 
-ARBITER_CHECKS = (_two_distinct_nodes, _etcd_settings, _tls_settings, _clusters)
+ARBITER_CHECKS = (_members, _etcd_settings, _tls_settings, _clusters)
 
 
 def _distinct_roles(settings):

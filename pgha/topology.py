@@ -3,10 +3,26 @@
 Today a cluster is exactly two database nodes: the primary and one
 synchronous standby. The rules ask this value, never "the other node", so
 that more standbys change this module and the rules, not every caller.
+How many members a cluster may have is said here only (MIN_MEMBERS,
+MAX_MEMBERS): the settings, the clusters table and the key tools check
+their node lists with members_problem().
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+MIN_MEMBERS = 2
+MAX_MEMBERS = 2     # any number of members is issue 17: it raises this, and the rules follow
+
+
+def members_problem(nodes: Iterable[object]) -> str | None:
+    """What is wrong with `nodes` as a cluster's members, or None."""
+    names = [str(n) for n in nodes]
+    if MIN_MEMBERS <= len(names) <= MAX_MEMBERS and len(set(names)) == len(names):
+        return None
+    count = "exactly two" if MIN_MEMBERS == MAX_MEMBERS == 2 else f"{MIN_MEMBERS} to {MAX_MEMBERS}"
+    return f"must name {count} different nodes, got {names!r}"
 
 
 @dataclass(frozen=True)
@@ -14,8 +30,9 @@ class Topology:
     members: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if len(self.members) != 2 or len(set(self.members)) != 2:
-            raise ValueError(f"a cluster has exactly two database nodes, got {list(self.members)!r}")
+        problem = members_problem(self.members)
+        if problem:
+            raise ValueError(f"a cluster's members {problem}")
 
     def __contains__(self, name: object) -> bool:
         return name in self.members

@@ -137,6 +137,32 @@ def test_clusters_setting_is_checked_in_one_line(value, problem):
     assert found and problem in found and "\n" not in found
 
 
+def test_the_member_count_is_said_in_topology_alone(monkeypatch, tmp_path):
+    """Settings, the clusters table, the key tools and Topology all ask
+    topology.members_problem: raising MAX_MEMBERS there admits three
+    members everywhere, and nothing else does."""
+    from pgha import settings as settings_mod, topology
+    three = [P, S, "pgsql-3"]
+    node_settings = SimpleNamespace(nodes=three, initial_primary=P, heartbeat_interval=0.5, lease_time=1.8)
+    table = SimpleNamespace(clusters={"b": {"nodes": three, "initial_primary": P}})
+
+    def refusals():
+        found = {"settings": settings_mod._members(node_settings),
+                 "clusters": clusters.settings_problem(table)}
+        for name, check in (("keys", lambda: keys.check_nodes(three)),
+                            ("topology", lambda: topology.Topology(tuple(three)))):
+            try:
+                check()
+                found[name] = None
+            except (keys.KeyFileError, ValueError) as exc:
+                found[name] = str(exc)
+        return found
+
+    assert all(problem and "exactly two different nodes" in problem for problem in refusals().values())
+    monkeypatch.setattr(topology, "MAX_MEMBERS", 3)
+    assert not any(refusals().values()), refusals()
+
+
 def test_add_cluster_keys_scope_the_node_to_its_cluster(tmp_path):
     keys.generate(str(tmp_path), [P, S])
     keys.add_cluster(str(tmp_path), "b", [P, S])
