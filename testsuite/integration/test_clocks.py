@@ -152,17 +152,17 @@ def test_a_restarted_arbiter_hears_a_node_whose_clock_is_behind_within_a_heartbe
     cluster.wait_listening(cluster.arbiter_port)
     listening = time.monotonic()
 
-    def heard(name, within):
-        node = cluster.status()["nodes"][name]
-        return node["report"] is not None and node["last_seen_ago"] < within
+    def heard(within, *names):
+        nodes = cluster.status()["nodes"]       # one snapshot for every name
+        return all(nodes[n]["report"] is not None and nodes[n]["last_seen_ago"] < within for n in names)
 
-    wait_for(lambda: heard("pgsql-2", 1.0), 25, "the arbiter to hear pgsql-2")
+    wait_for(lambda: heard(1.0, "pgsql-2"), 25, "the arbiter to hear pgsql-2")
     took = time.monotonic() - listening
     print(f"\nrestarted arbiter heard pgsql-2 (20 s behind it) {took:.2f}s after it listened")
     assert took < 8.0, took     # was 19.4 s (until its clock passed the arbiter's start); ~0.5 s now
     clockshift.step(cluster.clock_files["arbiter"], -30)    # NTP steps it back, to before its start
     time.sleep(1.0)
-    wait_for(lambda: heard("pgsql-1", 1.0) and heard("pgsql-2", 1.0), 8, "both nodes heard after the step back")
+    wait_for(lambda: heard(1.0, "pgsql-1", "pgsql-2"), 8, "both nodes heard after the step back")
     seen.clear()
     watch(cluster, 2.0, seen)
     assert seen == {(epoch, "pgsql-1", True)}, seen
