@@ -181,7 +181,7 @@ class World:
         self.nodes = {n: SimNode(n, self.rng.uniform(-MAX_DRIFT, MAX_DRIFT),
                                  Address(host=f"{n}.sim", pg_port=5432, peer_port=5433, slot=f"slot_{n}"))
                       for n in NAMES}
-        self.state = decision.ClusterState(epoch=1, primary="a", promotable=True)
+        self.state = decision.ClusterState(epoch=1, primary="a", promotable=frozenset({"b"}))
         self.memory = decision.Memory.at_start(self.now)
         self.arbiter_up = True
         self.acked: set[int] = set()

@@ -66,6 +66,7 @@ class Arbiter:
         self.reload_generation = 0      # instructions carry it; pgha.ctl reload bumps it
         self.lease_transition = None    # a reload.LeaseTransition while a shrunk lease_time settles
         self.store = state_store if state_store is not None else store.FileStore(self.cluster.state_file)
+        self.store.members = self.store.members or self.topology.members
         self.clock = clock
         self.wall = wall            # event times and scheduled switchovers (operators think in wall time)
         self.lock = threading.Lock()
@@ -99,7 +100,7 @@ class Arbiter:
                 "state was lost, start with --rebuild and confirm with `python -m pgha.ctl rebuild` "
                 "(README: Arbiter state loss)")
         if state is None:
-            state = decision.ClusterState(epoch=1, primary=initial_primary, promotable=False)
+            state = decision.ClusterState(epoch=1, primary=initial_primary)
             self.store.save(state, expected_epoch=None)
             self._record("initialised", epoch=1, primary=initial_primary)
             log.info("first start: %s is the initial primary (epoch 1), state in %s", initial_primary, self.store)
@@ -108,7 +109,7 @@ class Arbiter:
             raise StateFileError(f"state file {self.store} names primary {state.primary!r}, "
                                  f"which is not in 'nodes' {list(self.topology.members)}")
         log.info("state loaded: epoch %d, primary %s, standby %s%s", state.epoch, state.primary,
-                 "promotable" if state.promotable else "not promotable",
+                 f"promotable ({', '.join(sorted(state.promotable))})" if state.promotable else "not promotable",
                  "; PAUSED (maintenance mode: no failover until resume)" if state.paused else "")
         return state
 
@@ -179,7 +180,7 @@ class Arbiter:
                          new_primary_lsn=_standby_lsn(new_report))
         elif after.promotable != before.promotable:
             reason = next((text for level, text in outcome.events if level in ("info", "warning")), None)
-            self._record("promotable", epoch=after.epoch, primary=after.primary, promotable=after.promotable,
+            self._record("promotable", epoch=after.epoch, primary=after.primary, **after.promotable_view(),
                          reason=reason)
         if after.epoch == before.epoch and memory_before.switchover_to and not outcome.memory.switchover_to:
             # A requested switchover the rules dropped: pgha-ctl switchover (waiting) reports why.
@@ -207,7 +208,8 @@ class Arbiter:
                 nodes[name]["epoch"] = self.acted_epochs.get(name)
             state = self.state
             scheduled = scheduled_view(state, self.wall())
-            decided = {k: v for k, v in asdict(state).items() if k not in ("scheduled_at", "scheduled_to")}
+            decided = {**{k: v for k, v in asdict(state).items() if k not in ("scheduled_at", "scheduled_to")},
+                       **state.promotable_view()}
             return {"type": "status", **decided, "nodes": nodes,
                     "switchover_to": self.memory.switchover_to, "switchover_scheduled": scheduled,
                     "failover_to": self.memory.failover_to,
@@ -308,7 +310,7 @@ class Arbiter:
             if error:
                 return {"type": "error", "error": f"failover refused: {error}"}
             self._record("failover_requested", epoch=self.state.epoch, primary=self.state.primary, to=target,
-                         force=bool(force), promotable=self.state.promotable, how=how)
+                         force=bool(force), promotable=target in self.state.promotable, how=how)
             self.memory = memory
         if how == "switchover":
             log.failover("manual failover to %s with a live primary: switching over", target)
@@ -433,7 +435,7 @@ class Arbiter:
                 now = self.clock()
                 found, problem = self.rebuilding.proposal(now)
                 return {"type": "status", "epoch": None, "primary": None, "promotable": False,
-                        "rebuilding": True, "proposal": found.to_wire() if found else None,
+                        "promotable_members": [], "rebuilding": True, "proposal": found.to_wire() if found else None,
                         "proposal_problem": problem, "nodes": self.rebuilding.status_nodes(now),
                         "switchover_to": None}
         if isinstance(request, requests.Rebuild):

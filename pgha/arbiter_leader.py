@@ -106,12 +106,13 @@ class LeadingArbiter:
         if leading:
             reply = self.arbiter.handle(requests.Status(None))
         else:
-            reply = {"type": "status", "epoch": None, "primary": None, "promotable": False, "nodes": {},
+            reply = {"type": "status", "epoch": None, "primary": None, "promotable": False,
+                     "promotable_members": [], "nodes": {},
                      "switchover_to": None, "leader": self.leadership.leader_hint()}
             try:
                 state = self.arbiter.store.load()
                 if state is not None:
-                    reply.update(epoch=state.epoch, primary=state.primary, promotable=state.promotable,
+                    reply.update(epoch=state.epoch, primary=state.primary, **state.promotable_view(),
                                  switchover_scheduled=scheduled_view(state, self.arbiter.wall()))
             except store.StateStoreError as exc:
                 problem = str(exc)

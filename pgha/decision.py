@@ -9,7 +9,8 @@ PostgreSQL.
 Durable state (written before any instruction that depends on it is sent):
     epoch       bumped by every change of primary
     primary     the node that may run PostgreSQL as primary
-    promotable  the standby holds every acknowledged commit (invariant 1)
+    promotable  the members known to hold every acknowledged commit (invariant 1):
+                per member, though a pair has one standby to name
     paused      maintenance mode: no failover, no switchover; the nodes leave
                 PostgreSQL alone (node_rules row M1); leases and fencing run on
     scheduled_at, scheduled_to
@@ -24,7 +25,7 @@ Observations (memory only, rebuilt conservatively after an arbiter restart):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Mapping
 
 from pgha.messages import PRIMARY, STANDBY, WAIT, Instruction, Report, ReplicationRow
 from pgha.topology import Topology
@@ -61,7 +62,7 @@ class Timings:
 class ClusterState:
     epoch: int
     primary: str
-    promotable: bool = False
+    promotable: frozenset[str] = frozenset()     # members known to hold every acknowledged commit
     paused: bool = False
     # The primary's daemon stopped in pause and left its PostgreSQL running
     # with the fencer disarmed: no lease bounds that server, so no automatic
@@ -72,9 +73,18 @@ class ClusterState:
     scheduled_at: float | None = None   # wall-clock seconds
     scheduled_to: str | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.promotable, (set, list, tuple)):     # any collection of names: one type, hashable
+            object.__setattr__(self, "promotable", frozenset(self.promotable))
+
     @property
     def scheduled(self) -> bool:
         return self.scheduled_at is not None
+
+    def promotable_view(self) -> dict[str, Any]:
+        """For status and history: "promotable" yes/no as before (a pair's
+        standby), and the members it names."""
+        return {"promotable": bool(self.promotable), "promotable_members": sorted(self.promotable)}
 
 
 @dataclass(frozen=True)
@@ -82,7 +92,9 @@ class Memory:
     last_seen: dict[str, float] = field(default_factory=dict)   # node -> arbiter time of last heartbeat
     reports: dict[str, Report] = field(default_factory=dict)    # node -> last report
     primary_seen_at: float = 0.0   # start of the primary's lease as the arbiter sees it
-    sync_since_lsn: int | None = None  # primary LSN when sync was first seen on
+    # standby -> the primary's LSN when its sync was first seen on (it becomes
+    # promotable once it has flushed that far)
+    sync_since: Mapping[str, int] = field(default_factory=dict)
     sync_dropped_at: float | None = None
     switchover_to: str | None = None
     # The primary's PostgreSQL (re)started here: its standby is reconnecting,
@@ -220,13 +232,13 @@ def report_in(state: ClusterState, memory: Memory, topology: Topology, node: str
         return None
     if node == state.primary:
         standby = topology.standby_of(node)
-        if state.promotable and not timings.strict_sync:
+        if standby in state.promotable and not timings.strict_sync:
             row = report.replication_row(standby)
             waits = [timings.sync_stall_timeout - report.syncrep_wait] if report.syncrep_wait > 0 else []
             if row is not None and row.state == "streaming":
                 waits.append(timings.standby_reply_timeout - row.reply_age)
             due = min(waits) if waits else None
-    elif state.promotable or memory.failover_to == node:
+    elif node in state.promotable or memory.failover_to == node:
         due = max(memory.primary_seen_at + timings.lease_time + timings.failover_margin - now,
                   report.grant_remaining)
     if due is None or due <= 0 or due + REPORT_SLACK >= timings.heartbeat_interval:
@@ -243,7 +255,7 @@ def _instruction_for(state: ClusterState, memory: Memory, topology: Topology, no
             epoch=state.epoch, role=PRIMARY, standby=standby,
             standby_address=standby_report.address if standby_report else None,
             sync_standby=desired_sync_standby(state, memory, standby, now, timings),
-            relinquish=memory.switchover_to == standby and state.promotable and not state.paused,
+            relinquish=memory.switchover_to == standby and standby in state.promotable and not state.paused,
             lease_time=timings.lease_time, heartbeat_interval=timings.heartbeat_interval,
             paused=state.paused)
     primary_report = memory.reports.get(state.primary)
@@ -253,7 +265,7 @@ def _instruction_for(state: ClusterState, memory: Memory, topology: Topology, no
     # hand-over is not kept waiting up to a heartbeat interval.
     return Instruction(epoch=state.epoch, role=STANDBY, primary=state.primary,
                        primary_address=primary_report.address,
-                       hurry=memory.switchover_to == node and state.promotable,
+                       hurry=memory.switchover_to == node and node in state.promotable,
                        lease_time=timings.lease_time, heartbeat_interval=timings.heartbeat_interval,
                        paused=state.paused, reinit=reinit_order_for(memory, primary_report, node, timings))
 
@@ -279,7 +291,7 @@ def failover_blocker(state: ClusterState, memory: Memory, standby: str, now: flo
         return (f"{state.primary}'s daemon stopped in maintenance mode and left its PostgreSQL running, "
                 "unfenced: start that daemon again, or stop that PostgreSQL and run pgha-ctl failover")
     forced = memory.failover_forced and memory.failover_to == standby
-    if not state.promotable and not forced:
+    if standby not in state.promotable and not forced:
         return "the standby is not known to hold every acknowledged commit"
     report = memory.reports.get(standby)
     seen = memory.last_seen.get(standby)
@@ -299,10 +311,10 @@ def failover_blocker(state: ClusterState, memory: Memory, standby: str, now: flo
 
 def _failover(state: ClusterState, memory: Memory, new_primary: str, now: float,
               why: str) -> tuple[ClusterState, Memory, Events]:
-    new_state = ClusterState(epoch=state.epoch + 1, primary=new_primary, promotable=False, paused=state.paused)
+    new_state = ClusterState(epoch=state.epoch + 1, primary=new_primary, paused=state.paused)
     # The new primary's lease starts now; the old primary is the standby-to-be,
     # about which nothing is known yet.
-    new_memory = replace(memory, primary_seen_at=now, sync_since_lsn=None, sync_dropped_at=None,
+    new_memory = replace(memory, primary_seen_at=now, sync_since={}, sync_dropped_at=None,
                          switchover_to=None, reconnect_grace_until=None, handover_from=None,
                          failover_to=None, failover_forced=False, reinit=None)
     event = ("failover", f"epoch {new_state.epoch}: promoting {new_primary} "
@@ -328,35 +340,43 @@ def _manage_sync(state: ClusterState, memory: Memory, standby: str, report: Repo
         events.append(("warning", f"{standby} did not rejoin after the switchover "
                                   f"(commits waited {report.syncrep_wait:.1f}s): synchronous replication off"))
 
-    if state.promotable and (not named or not timings.strict_sync and (stalled or not healthy and not reconnecting)):
+    promotable = standby in state.promotable
+    if promotable and (not named or not timings.strict_sync and (stalled or not healthy and not reconnecting)):
         why = ("the primary does not name it in synchronous_standby_names" if not named
                else f"commits waited {report.syncrep_wait:.1f}s for it" if stalled
                else "it is not streaming" if row is None or row.state != "streaming"
                else f"it has not answered the primary for {row.reply_age:.1f}s")
-        state = replace(state, promotable=False)
+        state = replace(state, promotable=state.promotable - {standby})
         # A pending switchover is dropped too: it must not fire much later.
-        memory = replace(memory, sync_dropped_at=now, sync_since_lsn=None, switchover_to=None)
+        memory = replace(memory, sync_dropped_at=now, sync_since=_without(memory.sync_since, standby),
+                         switchover_to=None)
         events.append(("warning", f"standby {standby} marked not promotable ({why}); "
                                   "primary may drop synchronous replication"))
-    elif not state.promotable:
+    elif not promotable:
+        since = memory.sync_since.get(standby)
         if memory.reinit is not None and memory.reinit[0] == standby:
-            memory = replace(memory, sync_since_lsn=None)   # not promotable until its fresh copy streams
+            # not promotable until its fresh copy streams
+            memory = replace(memory, sync_since=_without(memory.sync_since, standby))
         elif row is not None and sync_on and healthy and not stalled:
-            if memory.sync_since_lsn is None:
-                memory = replace(memory, sync_since_lsn=report.lsn)
-            elif row.flush_lsn >= memory.sync_since_lsn:
-                state = replace(state, promotable=True)
-                memory = replace(memory, sync_since_lsn=None, handover_from=None)
+            if since is None:
+                memory = replace(memory, sync_since={**memory.sync_since, standby: report.lsn})
+            elif row.flush_lsn >= since:
+                state = replace(state, promotable=state.promotable | {standby})
+                memory = replace(memory, sync_since=_without(memory.sync_since, standby), handover_from=None)
                 events.append(("info", f"standby {standby} is synchronous and caught up: promotable"))
         else:
-            memory = replace(memory, sync_since_lsn=None)
+            memory = replace(memory, sync_since=_without(memory.sync_since, standby))
     return state, memory, tuple(events)
+
+
+def _without(per_member: Mapping[str, Any], member: str) -> dict[str, Any]:
+    return {name: value for name, value in per_member.items() if name != member}
 
 
 def desired_sync_standby(state: ClusterState, memory: Memory, standby: str, now: float,
                          timings: Timings) -> str | None:
     """The name the primary must put in synchronous_standby_names, or None."""
-    if timings.strict_sync or state.promotable:
+    if timings.strict_sync or standby in state.promotable:
         return standby
     if memory.reinit is not None and memory.reinit[0] == standby:
         return None     # it is about to make a fresh copy: off first, so no commit waits for it
@@ -397,7 +417,7 @@ def request_switchover(state: ClusterState, memory: Memory, topology: Topology,
         return memory, f"{target} is already the primary"
     if state.paused:
         return memory, "the cluster is paused (maintenance mode): resume first"
-    if not state.promotable:
+    if target not in state.promotable:
         return memory, f"{target} is not promotable (not synchronous and caught up)"
     return replace(memory, switchover_to=target), None
 
@@ -419,8 +439,9 @@ def request_reinit(state: ClusterState, memory: Memory, topology: Topology, memb
         return state, memory, "the cluster is paused (maintenance mode: nodes leave PostgreSQL alone): resume first"
     if memory.switchover_to == member:
         return state, memory, f"a switchover to {member} is under way"
-    return (replace(state, promotable=False),
-            replace(memory, reinit=(member, order), sync_since_lsn=None, switchover_to=None), None)
+    return (replace(state, promotable=state.promotable - {member}),
+            replace(memory, reinit=(member, order), sync_since=_without(memory.sync_since, member),
+                    switchover_to=None), None)
 
 
 def primary_alive(memory: Memory, now: float, timings: Timings) -> bool:
@@ -452,16 +473,17 @@ def request_failover(state: ClusterState, memory: Memory, topology: Topology, ta
     if state.primary_unfenced and not primary_stopped:
         return memory, (f"{state.primary}'s daemon stopped in maintenance mode and left its PostgreSQL running "
                         "with nothing to fence it: stop that PostgreSQL, then pass --primary-stopped"), ""
+    promotable = target in state.promotable
     if primary_alive(memory, now, timings):
-        if not state.promotable:
+        if not promotable:
             return memory, (f"{target} is not promotable (not synchronous and caught up) and the primary "
                             f"{state.primary} is alive: a failover now could lose acknowledged commits; "
                             "wait until it is synchronous"), ""
         return replace(memory, switchover_to=target), None, "switchover"
-    if not state.promotable and not force:
+    if not promotable and not force:
         return memory, (f"{target} is not promotable: it may lack acknowledged commits; "
                         "force it (pgha-ctl failover --allow-data-loss) to promote it anyway (data loss)"), ""
-    return replace(memory, failover_to=target, failover_forced=force and not state.promotable), None, "failover"
+    return replace(memory, failover_to=target, failover_forced=force and not promotable), None, "failover"
 
 
 def set_paused(state: ClusterState, memory: Memory, paused: bool) -> tuple[ClusterState, Memory]:

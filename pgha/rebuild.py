@@ -77,7 +77,7 @@ class Rebuild:
             return None, (f"confirmation (epoch {epoch}, primary {primary}) does not match the proposal "
                           f"(epoch {proposal.epoch}, primary {proposal.primary})")
         # Not promotable: the standby must prove again that it holds every commit.
-        return ClusterState(epoch=proposal.epoch, primary=proposal.primary, promotable=False), None
+        return ClusterState(epoch=proposal.epoch, primary=proposal.primary), None
 
     def status_nodes(self, now: float) -> dict:
         nodes = {}

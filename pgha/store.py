@@ -19,7 +19,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from pgha.files import write_durably
 
@@ -84,6 +84,11 @@ class StaleStateError(StateStoreError):
 class StateStore(ABC):
     """The arbiter's durable decision."""
 
+    # The cluster's members, set by whoever makes the store for a cluster: a
+    # state saved before the promotable mark named members says yes or no for
+    # a pair, and the pair's standby (the member that is not primary) is meant.
+    members: tuple[str, ...] = ()
+
     @abstractmethod
     def load(self) -> ClusterState | None:
         """The saved decision, or None on a first start (nothing saved yet).
@@ -114,10 +119,14 @@ class StateStore(ABC):
         Raises StateStoreError when the history cannot be read."""
 
 
-def check_state(value: Any) -> ClusterState | None:
+def check_state(value: Any, members: Sequence[str] = ()) -> ClusterState | None:
     """A ClusterState from its stored form, or None if any field is missing or
     of the wrong type. Checked, not coerced: bool("false") is True, and a wrong
-    guess here could promote a standby that lacks commits."""
+    guess here could promote a standby that lacks commits.
+
+    "promotable" is stored as yes/no (what earlier versions read) and, when
+    yes, "promotable_members" names them. A yes without names was saved
+    before names were stored, by a pair: `members` says who its standby is."""
     if not isinstance(value, dict):
         return None
     epoch, primary, promotable = value.get("epoch"), value.get("primary"), value.get("promotable")
@@ -128,9 +137,25 @@ def check_state(value: Any) -> ClusterState | None:
     if type(epoch) is int and epoch >= 1 and isinstance(primary, str) and primary \
             and type(promotable) is bool and type(paused) is bool and type(unfenced) is bool \
             and scheduled is not None:
-        return ClusterState(epoch=epoch, primary=primary, promotable=promotable, paused=paused,
+        holders = _check_holders(value.get("promotable_members"), promotable, primary, members)
+        if holders is None:
+            return None
+        return ClusterState(epoch=epoch, primary=primary, promotable=holders, paused=paused,
                             primary_unfenced=unfenced, scheduled_at=scheduled[0], scheduled_to=scheduled[1])
     return None
+
+
+def _check_holders(names: Any, promotable: bool, primary: str, members: Sequence[str]) -> frozenset[str] | None:
+    """The members the stored promotable mark names, or None when damaged."""
+    if names is None:
+        if not promotable:
+            return frozenset()
+        standbys = [m for m in members if m != primary]     # saved by a pair, before names were stored
+        return frozenset(standbys) if len(standbys) == 1 and len(members) == 2 else None
+    if not isinstance(names, list) or not names or not promotable or \
+            not all(isinstance(n, str) and n and n != primary for n in names) or len(set(names)) != len(names):
+        return None
+    return frozenset(names)
 
 
 def _check_scheduled(value: Any) -> tuple[float | None, str | None] | None:
@@ -152,7 +177,9 @@ def state_to_stored(state: ClusterState) -> dict[str, Any]:
     from pgha.decision import ClusterState
     if not isinstance(state, ClusterState):
         raise TypeError(f"not a ClusterState: {state!r}")
-    stored: dict[str, Any] = {"epoch": state.epoch, "primary": state.primary, "promotable": state.promotable}
+    stored: dict[str, Any] = {"epoch": state.epoch, "primary": state.primary, "promotable": bool(state.promotable)}
+    if state.promotable:
+        stored["promotable_members"] = sorted(state.promotable)
     if state.paused:    # absent when off: files stay as they were before maintenance mode
         stored["paused"] = True
     if state.primary_unfenced:
@@ -194,7 +221,7 @@ class FileStore(StateStore):
             raise StateStoreError(f"cannot read state file {self.path}: {_one_line(exc)}") from None
         if saved is None and not os.path.exists(self.path):
             return None
-        state = check_state(saved)
+        state = check_state(saved, self.members)
         if state is None:
             shown = repr(saved) if len(repr(saved)) <= 100 else repr(saved)[:100] + "..."
             raise StateStoreError(f"state file {self.path} is damaged: {_one_line(shown)}")

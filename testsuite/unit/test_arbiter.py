@@ -238,7 +238,7 @@ def fail_over(running, client):
 def test_decisions_are_durable_and_reloaded(running, tmp_path):
     c = running.client()
     running.make_promotable(c)
-    assert running.saved() == {"epoch": 1, "primary": P, "promotable": True}
+    assert running.saved() == {"epoch": 1, "primary": P, "promotable": True, "promotable_members": [S]}
     assert Arbiter(running.settings, clock=FakeClock()).state == running.arbiter.state
 
     running.clock.advance(4.5)
@@ -249,7 +249,7 @@ def test_decisions_are_durable_and_reloaded(running, tmp_path):
 
     # A restarted arbiter on the same file knows the failover; initial_primary no longer matters.
     restarted = Arbiter(running.settings, clock=FakeClock(5.0))
-    assert (restarted.state.epoch, restarted.state.primary, restarted.state.promotable) == (2, S, False)
+    assert (restarted.state.epoch, restarted.state.primary, restarted.state.promotable) == (2, S, frozenset())
     assert restarted.memory.primary_seen_at == 5.0            # waits a full lease before any failover
 
 
@@ -262,7 +262,7 @@ def test_the_state_file_is_written_only_when_the_decision_changes(running, monke
         c.ask(heartbeat(S, 1, standby_report()))
     assert saves == []
     running.make_promotable(c)
-    assert saves == [{"epoch": 1, "primary": P, "promotable": True}]
+    assert saves == [{"epoch": 1, "primary": P, "promotable": True, "promotable_members": [S]}]
 
 
 def test_a_failover_is_on_disk_before_the_reply_is_sent(running, monkeypatch):
@@ -387,7 +387,7 @@ def test_a_decision_refused_by_compare_and_set_is_never_announced(running):
     c = running.client()
     running.make_promotable(c)
     store.FileStore(str(running.state_file)).save(
-        ClusterState(epoch=5, primary=S, promotable=False), expected_epoch=1)
+        ClusterState(epoch=5, primary=S), expected_epoch=1)
     running.clock.advance(4.5)
     reply = c.ask(heartbeat(S, 1, standby_report()))
     assert reply == {"v": 1, "type": "error", "error": "arbiter cannot store its decision"}

@@ -26,7 +26,7 @@ WALL = 1_700_000_000.0
 @pytest.mark.parametrize("state, target, at, replacing, error", [
     (ClusterState(3, P), S, WALL + 60, False, None),
     (ClusterState(3, P), None, WALL + 60, False, None),                  # to the standby
-    (ClusterState(3, P, promotable=False), S, WALL, False, None),        # promotable is checked when due
+    (ClusterState(3, P), S, WALL, False, None),        # promotable is checked when due
     (ClusterState(3, P), "pgsql-9", WALL + 60, False, "unknown node"),
     (ClusterState(3, P), P, WALL + 60, False, "already the primary"),
     (ClusterState(3, P, paused=True), S, WALL + 60, False, "paused"),
@@ -47,8 +47,8 @@ def test_schedule_switchover_rules(state, target, at, replacing, error):
 
 
 def test_cancel_due_and_pause_of_a_scheduled_switchover():
-    scheduled = ClusterState(3, P, True, scheduled_at=WALL, scheduled_to=S)
-    assert decision.cancel_scheduled_switchover(scheduled) == (ClusterState(3, P, True), None)
+    scheduled = ClusterState(3, P, {S}, scheduled_at=WALL, scheduled_to=S)
+    assert decision.cancel_scheduled_switchover(scheduled) == (ClusterState(3, P, {S}), None)
     assert "no switchover is scheduled" in decision.cancel_scheduled_switchover(ClusterState(3, P))[1]
     assert not decision.due_switchover(scheduled, WALL - 0.1) and decision.due_switchover(scheduled, WALL)
     assert not decision.due_switchover(ClusterState(3, P), WALL)
@@ -60,12 +60,12 @@ def test_cancel_due_and_pause_of_a_scheduled_switchover():
 
 def test_a_scheduled_switchover_is_stored_and_loaded(tmp_path):
     file_store = store.FileStore(str(tmp_path / "state.json"))
-    state = ClusterState(2, P, True, scheduled_at=WALL + 0.5, scheduled_to=None)
+    state = ClusterState(2, P, {S}, scheduled_at=WALL + 0.5, scheduled_to=None)
     file_store.save(state, None)
     assert json.loads((tmp_path / "state.json").read_text())["scheduled_switchover"] == {"at": WALL + 0.5,
                                                                                          "to": None}
     assert file_store.load() == state
-    file_store.save(ClusterState(2, P, True), 2)
+    file_store.save(ClusterState(2, P, {S}), 2)
     assert "scheduled_switchover" not in (tmp_path / "state.json").read_text()     # as before the feature
 
 

@@ -18,6 +18,11 @@ from pgha.topology import Topology
 from testsuite import helpers
 
 TOPOLOGY = Topology(("a", "b"))
+
+
+def marked(promotable):
+    """The tables say yes/no for the pair's standby "b" (the primary is "a")."""
+    return frozenset({"b"}) if promotable else frozenset()
 NODES = TOPOLOGY.members
 DEFAULT_SETTINGS = Path(__file__).resolve().parents[2] / "arbiter_settings.py"
 
@@ -79,7 +84,7 @@ def assert_no_failover(before, outcome):
 
 
 def assert_failover(before, outcome, new_primary):
-    assert outcome.state == ClusterState(epoch=before.epoch + 1, primary=new_primary, promotable=False)
+    assert outcome.state == ClusterState(epoch=before.epoch + 1, primary=new_primary)
     [event] = failover_events(outcome)
     assert f"epoch {before.epoch + 1}" in event and new_primary in event
 
@@ -108,7 +113,7 @@ FAILOVER_TABLE = [
 @pytest.mark.parametrize("promotable, silent, report, node_epoch, promote",
                          [case[1:] for case in FAILOVER_TABLE], ids=[case[0] for case in FAILOVER_TABLE])
 def test_standby_heartbeat_failover_rule(promotable, silent, report, node_epoch, promote):
-    state = ClusterState(epoch=3, primary="a", promotable=promotable)
+    state = ClusterState(epoch=3, primary="a", promotable=marked(promotable))
     memory = steady_memory(primary_seen_at=NOW - silent, standby_seen_at=NOW - 0.5)
     outcome = on_heartbeat(state, memory, TOPOLOGY, "b", node_epoch, report, NOW, T)
 
@@ -141,7 +146,7 @@ def test_standby_instruction_carries_timings():
 
 
 def test_switchover_target_is_told_to_hurry_until_promoted():
-    state = ClusterState(1, "a", promotable=True)
+    state = ClusterState(1, "a", promotable={"b"})
     plain = on_heartbeat(state, steady_memory(), TOPOLOGY, "b", 1, standby_report(), NOW, T)
     assert not plain.instruction.hurry
     memory, error = request_switchover(state, steady_memory(), TOPOLOGY, "b")
@@ -166,7 +171,7 @@ def test_standby_waits_until_the_primary_has_reported():
                          ids=lambda v: str(v))
 def test_restarted_arbiter_waits_a_full_lease_plus_margin(after, promote):
     start = 500.0
-    state = ClusterState(epoch=7, primary="a", promotable=True)   # as read from disk
+    state = ClusterState(epoch=7, primary="a", promotable={"b"})   # as read from disk
     memory = Memory.at_start(start)
     outcome = on_heartbeat(state, memory, TOPOLOGY, "b", 7, standby_report(), start + after, T)
     if promote:
@@ -176,7 +181,7 @@ def test_restarted_arbiter_waits_a_full_lease_plus_margin(after, promote):
 
 
 def test_restarted_arbiter_renews_the_primary_that_reports():
-    state = ClusterState(epoch=7, primary="a", promotable=True)
+    state = ClusterState(epoch=7, primary="a", promotable={"b"})
     memory = Memory.at_start(500.0)
     memory = on_heartbeat(state, memory, TOPOLOGY, "a", 7, primary_report(), 503.0, T).memory
     outcome = on_heartbeat(state, memory, TOPOLOGY, "b", 7, standby_report(), 506.0, T)
@@ -219,11 +224,11 @@ SYNC_TABLE = [
 @pytest.mark.parametrize("timings, promotable, report, promotable_after, sync_standby, warning",
                          [case[1:] for case in SYNC_TABLE], ids=[case[0] for case in SYNC_TABLE])
 def test_primary_heartbeat_sync_rules(timings, promotable, report, promotable_after, sync_standby, warning):
-    state = ClusterState(epoch=2, primary="a", promotable=promotable)
+    state = ClusterState(epoch=2, primary="a", promotable=marked(promotable))
     memory = steady_memory(primary_seen_at=NOW - 0.5)
     outcome = on_heartbeat(state, memory, TOPOLOGY, "a", 2, report, NOW, timings)
 
-    assert outcome.state == replace(state, promotable=promotable_after)
+    assert outcome.state == replace(state, promotable=marked(promotable_after))
     i = outcome.instruction
     assert (i.role, i.epoch, i.standby, i.relinquish) == ("primary", 2, "b", False)
     assert i.sync_standby == sync_standby
@@ -239,14 +244,14 @@ def test_primary_heartbeat_sync_rules(timings, promotable, report, promotable_af
 def test_sync_is_never_dropped_while_promotable():
     """Over every row of the table: sync_standby None implies the (new, durable) state is not promotable."""
     for _, timings, promotable, report, *_ in SYNC_TABLE:
-        state = ClusterState(epoch=2, primary="a", promotable=promotable)
+        state = ClusterState(epoch=2, primary="a", promotable=marked(promotable))
         outcome = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", 2, report, NOW, timings)
         if outcome.instruction.sync_standby is None:
             assert not outcome.state.promotable and not timings.strict_sync
 
 
 def test_stall_message_names_the_wait():
-    state = ClusterState(epoch=2, primary="a", promotable=True)
+    state = ClusterState(epoch=2, primary="a", promotable={"b"})
     outcome = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", 2, primary_report(syncrep_wait=2.0), NOW, T)
     [(level, text)] = outcome.events
     assert level == "warning" and "waited 2.0s" in text
@@ -260,7 +265,7 @@ def test_stall_message_names_the_wait():
 def test_the_not_promotable_message_says_which(replication, why):
     """A standby connected but silent is not called "not streaming" (issue 19:
     a skewed clock made a streaming standby look silent)."""
-    state = ClusterState(epoch=2, primary="a", promotable=True)
+    state = ClusterState(epoch=2, primary="a", promotable={"b"})
     outcome = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", 2, primary_report(replication=replication), NOW, T)
     [(level, text)] = outcome.events
     assert level == "warning" and f"not promotable ({why})" in text
@@ -272,7 +277,7 @@ def test_the_not_promotable_message_says_which(replication, why):
 ], ids=["names-cleared", "names-another-node"])
 def test_primary_reporting_sync_off_revokes_promotable(report):
     """Invariant 1: a primary that no longer names the standby may commit without it."""
-    state = ClusterState(epoch=2, primary="a", promotable=True)
+    state = ClusterState(epoch=2, primary="a", promotable={"b"})
     outcome = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", 2, report, NOW, T)
     assert not outcome.state.promotable
 
@@ -295,21 +300,21 @@ def sync_report(lsn, flush, **kw):
 
 @pytest.mark.parametrize("timings", [T, STRICT], ids=["normal", "strict"])
 def test_promotable_after_sync_seen_and_flush_reaches_recorded_lsn(timings):
-    state = ClusterState(epoch=2, primary="a", promotable=False)
+    state = ClusterState(epoch=2, primary="a")
     outs = run_primary(state, Memory(), [sync_report(1000, 900), sync_report(1200, 999),
                                          sync_report(1300, 1000), sync_report(1400, 1400)], timings=timings)
-    assert [o.state.promotable for o in outs] == [False, False, True, True]
-    assert outs[0].memory.sync_since_lsn == 1000     # the primary LSN when sync was first seen
-    assert outs[1].memory.sync_since_lsn == 1000     # not moved by later reports
-    assert outs[2].memory.sync_since_lsn is None
+    assert [bool(o.state.promotable) for o in outs] == [False, False, True, True]
+    assert outs[0].memory.sync_since == {"b": 1000}    # the primary LSN when sync was first seen
+    assert outs[1].memory.sync_since == {"b": 1000}    # not moved by later reports
+    assert outs[2].memory.sync_since == {}
     assert [lvl for lvl, _ in outs[2].events] == ["info"] and "promotable" in outs[2].events[0][1]
     assert all(o.instruction.sync_standby == "b" for o in outs)
 
 
 def test_one_report_is_never_enough():
-    state = ClusterState(epoch=2, primary="a", promotable=False)
+    state = ClusterState(epoch=2, primary="a")
     [out] = run_primary(state, Memory(), [sync_report(1000, 1000)])
-    assert not out.state.promotable and out.memory.sync_since_lsn == 1000
+    assert not out.state.promotable and out.memory.sync_since == {"b": 1000}
 
 
 INTERRUPTIONS = {
@@ -323,7 +328,7 @@ INTERRUPTIONS = {
 
 @pytest.mark.parametrize("interruption", INTERRUPTIONS.values(), ids=INTERRUPTIONS.keys())
 def test_interrupted_sync_restarts_the_handshake(interruption):
-    state = ClusterState(epoch=2, primary="a", promotable=False)
+    state = ClusterState(epoch=2, primary="a")
     outs = run_primary(state, Memory(), [
         sync_report(1000, 1000),                 # sync seen on at LSN 1000
         sync_report(1100, 1050, **interruption),  # not sync and healthy: forget it
@@ -331,18 +336,18 @@ def test_interrupted_sync_restarts_the_handshake(interruption):
         sync_report(1300, 1199),
         sync_report(1400, 1200),
     ])
-    assert [o.state.promotable for o in outs] == [False, False, False, False, True]
-    assert [o.memory.sync_since_lsn for o in outs] == [1000, None, 1200, 1200, None]
+    assert [bool(o.state.promotable) for o in outs] == [False, False, False, False, True]
+    assert [o.memory.sync_since.get("b") for o in outs] == [1000, None, 1200, 1200, None]
 
 
 def test_sync_on_for_another_standby_name_does_not_count():
-    state = ClusterState(epoch=2, primary="a", promotable=False)
+    state = ClusterState(epoch=2, primary="a")
     outs = run_primary(state, Memory(), [sync_report(1000, 1000, sync_standby="zz")] * 3)
     assert not any(o.state.promotable for o in outs)
 
 
 def test_after_a_drop_sync_is_held_off_for_a_lease():
-    state = ClusterState(epoch=2, primary="a", promotable=True)
+    state = ClusterState(epoch=2, primary="a", promotable={"b"})
     dropped = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", 2, primary_report(syncrep_wait=2.0), NOW, T)
     assert not dropped.state.promotable and dropped.memory.sync_dropped_at == NOW
     healthy = primary_report(sync_standby=None, replication=[row(sync_state="async")])
@@ -371,7 +376,7 @@ RELINQUISH_TABLE = [
                          [case[1:] for case in RELINQUISH_TABLE], ids=[case[0] for case in RELINQUISH_TABLE])
 def test_relinquish_fails_over_at_once_only_to_a_healthy_promotable_standby(promotable, standby_age, report,
                                                                               handover):
-    state = ClusterState(epoch=5, primary="a", promotable=promotable)
+    state = ClusterState(epoch=5, primary="a", promotable=marked(promotable))
     memory = steady_memory(primary_seen_at=NOW - 0.5, switchover_to="b")
     if report is None:
         memory = replace(memory, reports={"a": memory.reports["a"]}, last_seen={"a": NOW - 0.5})
@@ -401,7 +406,7 @@ def test_relinquish_fails_over_at_once_only_to_a_healthy_promotable_standby(prom
     (dict(pg="running", role="primary"), False),     # still takes commits: no hand-over
 ], ids=["stopped", "starting", "running-in-recovery", "running-read-write"])
 def test_a_hand_over_counts_only_while_the_old_primary_takes_no_commit(fields, handover):
-    state = ClusterState(epoch=5, primary="a", promotable=True)
+    state = ClusterState(epoch=5, primary="a", promotable={"b"})
     memory = steady_memory(primary_seen_at=NOW - 0.5, switchover_to="b")
     outcome = on_heartbeat(state, memory, TOPOLOGY, "a", 5, primary_report(relinquished=True, **fields), NOW, T)
     if handover:
@@ -420,16 +425,17 @@ def test_a_hand_over_counts_only_while_the_old_primary_takes_no_commit(fields, h
 ], ids=["not-promotable-default", "not-promotable-named", "unknown-node", "already-primary"])
 def test_switchover_refused(promotable, target, error):
     memory = steady_memory()
-    new_memory, problem = request_switchover(ClusterState(3, "a", promotable), memory, TOPOLOGY, target)
+    new_memory, problem = request_switchover(ClusterState(3, "a", marked(promotable)), memory, TOPOLOGY, target)
     assert error in problem
     assert new_memory == memory
-    primary = on_heartbeat(ClusterState(3, "a", promotable), new_memory, TOPOLOGY, "a", 3, primary_report(), NOW, T)
+    primary = on_heartbeat(ClusterState(3, "a", marked(promotable)), new_memory, TOPOLOGY, "a", 3, primary_report(),
+                           NOW, T)
     assert primary.instruction.relinquish is False
 
 
 @pytest.mark.parametrize("target", [None, "b"], ids=["default-target", "named-target"])
 def test_switchover_accepted_leads_to_relinquish_and_handover(target):
-    state = ClusterState(3, "a", promotable=True)
+    state = ClusterState(3, "a", promotable={"b"})
     memory, problem = request_switchover(state, steady_memory(), TOPOLOGY, target)
     assert problem is None and memory.switchover_to == "b"
 
@@ -446,7 +452,7 @@ def test_switchover_accepted_leads_to_relinquish_and_handover(target):
 
 
 def test_switchover_relinquish_withdrawn_when_promotable_drops():
-    state = ClusterState(3, "a", promotable=True)
+    state = ClusterState(3, "a", promotable={"b"})
     memory, _ = request_switchover(state, steady_memory(), TOPOLOGY, "b")
     outcome = on_heartbeat(state, memory, TOPOLOGY, "a", 3, primary_report(replication=[]), NOW, T)
     assert not outcome.state.promotable
@@ -458,7 +464,7 @@ def test_switchover_relinquish_withdrawn_when_promotable_drops():
 @pytest.mark.parametrize("node, report", [("a", primary_report()), ("b", standby_report())],
                          ids=["primary", "standby"])
 def test_node_epoch_newer_than_arbiter_refuses_to_decide(node, report):
-    state = ClusterState(epoch=2, primary="a", promotable=True)
+    state = ClusterState(epoch=2, primary="a", promotable={"b"})
     memory = steady_memory(primary_seen_at=NOW - 50)
     outcome = on_heartbeat(state, memory, TOPOLOGY, node, 3, report, NOW, T)
     assert outcome.state == state
@@ -509,7 +515,7 @@ def _sync_healthy(report, standby, timings):
 @pytest.mark.parametrize("timings", [T, STRICT], ids=["normal", "strict"])
 def test_random_walk_keeps_the_invariants(timings):
     rng = random.Random(0x5EED + timings.strict_sync)
-    state = ClusterState(epoch=1, primary="a", promotable=False)
+    state = ClusterState(epoch=1, primary="a")
     now = 0.0
     memory = Memory.at_start(now)
     primary_heard = now         # our own record of when the primary's lease was last renewed
@@ -614,33 +620,33 @@ def restarted_primary(state, seconds_later, replication=(), syncrep_wait=0.0):
 
 @pytest.mark.parametrize("seconds_later", [0.5, 1.5, 2.4])
 def test_a_restarted_primary_keeps_sync_while_its_standby_reconnects(seconds_later):
-    state = ClusterState(4, "a", promotable=True)
+    state = ClusterState(4, "a", promotable={"b"})
     outcome = restarted_primary(state, seconds_later)
     assert outcome.state.promotable
     assert outcome.instruction.sync_standby == "b"
 
 
 def test_a_restarted_primary_whose_standby_stays_away_drops_sync_after_the_grace():
-    state = ClusterState(4, "a", promotable=True)
+    state = ClusterState(4, "a", promotable={"b"})
     outcome = restarted_primary(state, 0.5 + T.standby_reply_timeout + 0.1)
     assert not outcome.state.promotable
 
 
 def test_stalled_commits_end_the_reconnect_grace_at_once():
-    state = ClusterState(4, "a", promotable=True)
+    state = ClusterState(4, "a", promotable={"b"})
     outcome = restarted_primary(state, 0.5, syncrep_wait=T.sync_stall_timeout)
     assert not outcome.state.promotable
 
 
 def test_without_a_restart_a_vanished_standby_is_dropped_at_once():
-    state = ClusterState(4, "a", promotable=True)
+    state = ClusterState(4, "a", promotable={"b"})
     outcome = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", 4, primary_report(replication=[]), NOW, T)
     assert not outcome.state.promotable
 
 
 def switched_over(planned=True):
     """a handed over to b (planned, or after a crash) and b reports as primary for the first time."""
-    state = ClusterState(3, "a", promotable=True)
+    state = ClusterState(3, "a", promotable={"b"})
     memory = steady_memory(switchover_to="b" if planned else None)
     done = on_heartbeat(state, memory, TOPOLOGY, "a", 3, primary_report(pg="stopped", relinquished=True), NOW, T)
     assert_failover(state, done, "b")
@@ -693,7 +699,7 @@ def test_paused_no_failover_in_any_row_that_would_promote(case):
     """Every row of the failover table that promotes does not while paused;
     the standby is told to stay a standby, with paused=True."""
     _, promotable, silent, report, node_epoch, _ = case
-    state = ClusterState(epoch=3, primary="a", promotable=promotable, paused=True)
+    state = ClusterState(epoch=3, primary="a", promotable=marked(promotable), paused=True)
     memory = steady_memory(primary_seen_at=NOW - silent, standby_seen_at=NOW - 0.5)
     outcome = on_heartbeat(state, memory, TOPOLOGY, "b", node_epoch, report, NOW, T)
     assert_no_failover(state, outcome)
@@ -703,23 +709,23 @@ def test_paused_no_failover_in_any_row_that_would_promote(case):
 
 
 def test_paused_primary_keeps_managing_sync_and_its_instruction_says_paused():
-    state = ClusterState(epoch=3, primary="a", promotable=True, paused=True)
+    state = ClusterState(epoch=3, primary="a", promotable={"b"}, paused=True)
     memory = steady_memory()
     outcome = on_heartbeat(state, memory, TOPOLOGY, "a", 3, primary_report(replication=[]), NOW, T)
-    assert outcome.state == replace(state, promotable=False)     # invariant 5 still runs: writes go on
+    assert outcome.state == replace(state, promotable=frozenset())     # invariant 5 still runs: writes go on
     assert outcome.state.paused and outcome.instruction.paused
     assert outcome.instruction.sync_standby is None
 
 
 def test_paused_relinquish_does_not_hand_over():
-    state = ClusterState(epoch=5, primary="a", promotable=True, paused=True)
+    state = ClusterState(epoch=5, primary="a", promotable={"b"}, paused=True)
     memory = steady_memory(primary_seen_at=NOW - 0.5, switchover_to="b")
     outcome = on_heartbeat(state, memory, TOPOLOGY, "a", 5, primary_report(pg="stopped", relinquished=True), NOW, T)
     assert_no_failover(state, outcome)
 
 
 def test_pause_drops_a_pending_switchover_and_refuses_new_ones():
-    state = ClusterState(3, "a", promotable=True)
+    state = ClusterState(3, "a", promotable={"b"})
     memory, _ = request_switchover(state, steady_memory(), TOPOLOGY, "b")
     paused, memory = set_paused(state, memory, True)
     assert paused.paused and memory.switchover_to is None
@@ -730,7 +736,7 @@ def test_pause_drops_a_pending_switchover_and_refuses_new_ones():
 
 
 def test_resume_lets_the_held_back_failover_happen():
-    state = ClusterState(epoch=3, primary="a", promotable=True, paused=True)
+    state = ClusterState(epoch=3, primary="a", promotable={"b"}, paused=True)
     memory = steady_memory(primary_seen_at=NOW - 60, standby_seen_at=NOW - 0.5)
     held = on_heartbeat(state, memory, TOPOLOGY, "b", 3, standby_report(), NOW, T)
     assert_no_failover(state, held)
@@ -744,7 +750,7 @@ def test_a_primary_left_unfenced_in_pause_holds_back_the_failover_after_resume()
     """Issue 21: the primary's daemon stopped in pause and said so (unfenced):
     its PostgreSQL runs on with no lease, so a resume fails nothing over until
     that daemon reports again; an operator's failover is the way past it."""
-    state = ClusterState(epoch=3, primary="a", promotable=True, paused=True)
+    state = ClusterState(epoch=3, primary="a", promotable={"b"}, paused=True)
     farewell = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", 3, replace(primary_report(), unfenced=True), NOW, T)
     assert farewell.instruction.paused and farewell.state.primary_unfenced     # saved before the reply
     resumed, memory = set_paused(farewell.state, farewell.memory, False)
@@ -768,7 +774,7 @@ def test_a_primary_left_unfenced_in_pause_holds_back_the_failover_after_resume()
 def test_unfenced_is_heard_only_in_pause():
     """Outside pause the daemon keeps its fencer armed (it disarms only on a
     paused answer), so the mark must not hold back a failover."""
-    state = ClusterState(epoch=3, primary="a", promotable=True)
+    state = ClusterState(epoch=3, primary="a", promotable={"b"})
     farewell = on_heartbeat(state, steady_memory(), TOPOLOGY, "a", 3, replace(primary_report(), unfenced=True), NOW, T)
     assert not farewell.instruction.paused and not farewell.state.primary_unfenced
     later = NOW + 60
@@ -798,7 +804,7 @@ def test_unfenced_report_round_trips_on_the_wire():
 ], ids=["live-promotable", "live-promotable-forced", "live-not-promotable", "live-not-promotable-forced",
         "silent-promotable", "silent-not-promotable", "silent-not-promotable-forced"])
 def test_manual_failover_request(promotable, silent, force, error, how):
-    state = ClusterState(3, "a", promotable)
+    state = ClusterState(3, "a", marked(promotable))
     memory = steady_memory(primary_seen_at=NOW - silent)
     new_memory, problem, kind = request_failover(state, memory, TOPOLOGY, "b", force, NOW, T)
     if error:
@@ -812,7 +818,7 @@ def test_manual_failover_request(promotable, silent, force, error, how):
 
 
 def test_forced_failover_waits_for_the_lease_and_then_promotes_a_non_promotable_standby():
-    state = ClusterState(3, "a", promotable=False)
+    state = ClusterState(3, "a")
     memory = steady_memory(primary_seen_at=NOW - 3.5, standby_seen_at=NOW - 0.5)
     memory, problem, how = request_failover(state, memory, TOPOLOGY, "b", True, NOW, T)
     assert problem is None and how == "failover"
@@ -827,7 +833,7 @@ def test_forced_failover_waits_for_the_lease_and_then_promotes_a_non_promotable_
 
 
 def test_a_primary_that_reports_voids_a_pending_manual_failover():
-    state = ClusterState(3, "a", promotable=False)
+    state = ClusterState(3, "a")
     memory = steady_memory(primary_seen_at=NOW - 10)
     memory, _, _ = request_failover(state, memory, TOPOLOGY, "b", True, NOW, T)
     back = on_heartbeat(state, memory, TOPOLOGY, "a", 3, primary_report(), NOW + 0.1, T)
@@ -869,7 +875,7 @@ def test_report_in_asks_for_a_report_only_when_a_decision_falls_due_first(node, 
     from pgha.decision import report_in
     timings = STRICT if strict else T
     memory = replace(steady_memory(primary_seen_at=NOW - silent), reports={"a": p_report, "b": s_report})
-    state = ClusterState(epoch=3, primary="a", promotable=promotable)
+    state = ClusterState(epoch=3, primary="a", promotable=marked(promotable))
     got = report_in(state, memory, TOPOLOGY, node, NOW, timings)
     assert got == (None if expected is None else pytest.approx(expected))
     assert report_in(replace(state, paused=True), memory, TOPOLOGY, node, NOW, timings) is None
@@ -877,7 +883,7 @@ def test_report_in_asks_for_a_report_only_when_a_decision_falls_due_first(node, 
 
 def test_report_in_reaches_the_node_and_is_sooner_than_the_heartbeat():
     memory = steady_memory(primary_seen_at=NOW - 3.7)
-    state = ClusterState(epoch=3, primary="a", promotable=True)
+    state = ClusterState(epoch=3, primary="a", promotable={"b"})
     outcome = on_heartbeat(state, memory, TOPOLOGY, "b", 3, standby_report(), NOW, T)
     assert outcome.state == state
     wire = outcome.instruction.to_wire()
@@ -892,7 +898,7 @@ def test_the_unfenced_mark_is_durable_and_a_new_epoch_drops_it():
     restarted (or a new etcd leader) while that daemon is away holds the
     failover back too; the operator's failover ends it with the epoch."""
     from pgha import store
-    state = ClusterState(epoch=3, primary="a", promotable=True, paused=True, primary_unfenced=True)
+    state = ClusterState(epoch=3, primary="a", promotable={"b"}, paused=True, primary_unfenced=True)
     assert store.check_state(store.state_to_stored(state)) == state
     assert "primary_unfenced" not in store.state_to_stored(replace(state, primary_unfenced=False))
     assert store.check_state({**store.state_to_stored(state), "primary_unfenced": "yes"}) is None
@@ -915,14 +921,14 @@ from pgha.decision import request_reinit  # noqa: E402
 
 
 def test_reinit_is_refused_for_the_primary_an_unknown_member_and_in_pause():
-    state = ClusterState(epoch=3, primary="a", promotable=True)
+    state = ClusterState(epoch=3, primary="a", promotable={"b"})
     assert "switch over first" in request_reinit(state, steady_memory(), TOPOLOGY, "a", 5)[2]
     assert "unknown member 'x'" in request_reinit(state, steady_memory(), TOPOLOGY, "x", 5)[2]
     assert "paused" in request_reinit(replace(state, paused=True), steady_memory(), TOPOLOGY, "b", 5)[2]
 
 
 def test_reinit_drops_sync_first_then_orders_the_copy_and_holds_promotable_until_it_is_done():
-    state = ClusterState(epoch=3, primary="a", promotable=True)
+    state = ClusterState(epoch=3, primary="a", promotable={"b"})
     state, memory, error = request_reinit(state, steady_memory(), TOPOLOGY, "b", 5)
     assert error is None and not state.promotable and memory.reinit == ("b", 5)
     # The primary still names b: b is not told yet; the primary is told to drop it.
@@ -943,7 +949,7 @@ def test_reinit_drops_sync_first_then_orders_the_copy_and_holds_promotable_until
 
 
 def test_in_strict_sync_the_order_does_not_wait_for_sync_to_be_dropped():
-    state, memory, _ = request_reinit(ClusterState(epoch=3, primary="a", promotable=True), steady_memory(),
+    state, memory, _ = request_reinit(ClusterState(epoch=3, primary="a", promotable={"b"}), steady_memory(),
                                       TOPOLOGY, "b", 5)
     told = on_heartbeat(state, memory, TOPOLOGY, "b", 3, standby_report(), NOW, STRICT)
     assert told.instruction.reinit == 5
@@ -953,7 +959,7 @@ def test_a_request_naming_another_primary_is_refused_under_the_arbiters_lock():
     """Review: pgha-ctl --primary was checked only on a status read before the
     prompt; the arbiter now refuses when the primary it names is not the one."""
     from pgha.decision import request_switchover
-    state = ClusterState(epoch=4, primary="b", promotable=True)
+    state = ClusterState(epoch=4, primary="b", promotable={"a"})
     assert request_switchover(state, steady_memory(primary="b"), TOPOLOGY, "a", "a")[1] == \
         "a is not the primary (b is, at epoch 4)"
     assert request_switchover(state, steady_memory(primary="b"), TOPOLOGY, "a", "b")[1] is None
@@ -963,7 +969,7 @@ def test_a_request_naming_another_primary_is_refused_under_the_arbiters_lock():
 
 def test_a_scheduled_switchover_naming_another_primary_is_refused_too():
     from pgha.decision import schedule_switchover
-    state = ClusterState(epoch=4, primary="b", promotable=True)
+    state = ClusterState(epoch=4, primary="b", promotable={"a"})
     assert schedule_switchover(state, TOPOLOGY, None, NOW + 60, NOW, False, "a")[1] == \
         "a is not the primary (b is, at epoch 4)"
     assert schedule_switchover(state, TOPOLOGY, None, NOW + 60, NOW, False, "b")[1] is None

@@ -67,7 +67,7 @@ def test_the_arbiter_never_breaks_an_invariant(sequence, strict):
             new = state.primary
             assert state.epoch == before_state.epoch + 1 and new != before_state.primary
             # Invariant 1: only a standby known to hold every acknowledged commit.
-            assert before_state.promotable, "promoted a standby that was not promotable"
+            assert new in before_state.promotable, "promoted a standby that was not promotable"
             standby_report = memory.reports[new]
             assert standby_report.running_as == STANDBY
             assert now - memory.last_seen[new] <= timings.lease_time

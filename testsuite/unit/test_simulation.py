@@ -47,7 +47,8 @@ def test_reproduction_a_restarted_standby_daemon_reports_no_grant_too_early(monk
 def _promote_without_the_promotable_mark(monkeypatch):
     real = decision.failover_blocker
     monkeypatch.setattr(decision, "failover_blocker",
-                        lambda state, *a, **k: real(replace(state, promotable=True), *a, **k))
+                        lambda state, memory, standby, *a, **k:
+                        real(replace(state, promotable=state.promotable | {standby}), memory, standby, *a, **k))
 
 
 def _fence_after_the_lease(monkeypatch):

@@ -36,15 +36,16 @@ def test_init_creates_the_state_at_epoch_1(tmp_path):
     state_file = tmp_path / "state.json"
     arbiter = Arbiter(make_settings(state_file), clock=FakeClock(), init=True)
     assert json.loads(state_file.read_text()) == {"epoch": 1, "primary": P, "promotable": False}
-    assert arbiter.state == ClusterState(epoch=1, primary=P, promotable=False)
+    assert arbiter.state == ClusterState(epoch=1, primary=P)
 
 
 def test_init_keeps_an_existing_state(tmp_path):
     state_file = tmp_path / "state.json"
-    store.FileStore(str(state_file)).save(ClusterState(epoch=7, primary=S, promotable=True), expected_epoch=None)
+    store.FileStore(str(state_file)).save(ClusterState(epoch=7, primary=S, promotable={P}), expected_epoch=None)
     arbiter = Arbiter(make_settings(state_file), clock=FakeClock(), init=True)
-    assert arbiter.state == ClusterState(epoch=7, primary=S, promotable=True)
-    assert json.loads(state_file.read_text()) == {"epoch": 7, "primary": S, "promotable": True}
+    assert arbiter.state == ClusterState(epoch=7, primary=S, promotable={P})
+    assert json.loads(state_file.read_text()) == {"epoch": 7, "primary": S, "promotable": True,
+                                                  "promotable_members": [P]}
 
 
 def _arbiter_program(tmp_path, *flags):
@@ -188,7 +189,7 @@ def test_no_confirmation_without_a_proposal(rebuilding):
 
 def test_rebuild_refuses_an_existing_state(tmp_path):
     state_file = tmp_path / "state.json"
-    store.FileStore(str(state_file)).save(ClusterState(epoch=4, primary=S, promotable=False), expected_epoch=None)
+    store.FileStore(str(state_file)).save(ClusterState(epoch=4, primary=S), expected_epoch=None)
     with pytest.raises(StateFileError, match="refusing to replace it"):
         Arbiter(make_settings(state_file), clock=FakeClock(), rebuild=True)
 

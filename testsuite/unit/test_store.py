@@ -49,7 +49,7 @@ def backend(request, tmp_path):
     return EtcdBackend(request.getfixturevalue("etcd_server"))
 
 
-FIRST = ClusterState(epoch=1, primary="pgsql-1", promotable=False)
+FIRST = ClusterState(epoch=1, primary="pgsql-1")
 
 
 # -- the interface -------------------------------------------------------------------------
@@ -62,10 +62,10 @@ def test_save_and_load_round_trip(backend):
     writer = backend.open()
     writer.save(FIRST, expected_epoch=None)
     assert writer.load() == FIRST
-    promotable = replace(FIRST, promotable=True)
+    promotable = replace(FIRST, promotable={"pgsql-2"})
     writer.save(promotable, expected_epoch=1)         # same epoch: the standby became promotable
     assert writer.load() == promotable
-    failed_over = ClusterState(epoch=2, primary="pgsql-2", promotable=False)
+    failed_over = ClusterState(epoch=2, primary="pgsql-2")
     writer.save(failed_over, expected_epoch=1)
     assert backend.open().load() == failed_over         # a restarted arbiter reads it back
 
@@ -77,7 +77,7 @@ def test_compare_and_set_mismatch_is_refused_and_writes_nothing(backend, stored,
     if stored is not None:
         backend.open().save(stored, expected_epoch=None)
     with pytest.raises(StaleStateError) as err:
-        backend.open().save(ClusterState(epoch=5, primary="pgsql-2", promotable=True), expected_epoch=expected)
+        backend.open().save(ClusterState(epoch=5, primary="pgsql-2", promotable={"pgsql-1"}), expected_epoch=expected)
     assert "another writer" in str(err.value) and "\n" not in str(err.value)
     assert backend.open().load() == stored
 
@@ -87,7 +87,7 @@ def test_the_second_of_two_writers_at_the_same_epoch_loses(backend):
     a.save(FIRST, expected_epoch=None)
     a.save(ClusterState(2, "pgsql-2"), expected_epoch=1)
     with pytest.raises(StaleStateError):
-        b.save(ClusterState(2, "pgsql-1", promotable=True), expected_epoch=1)
+        b.save(ClusterState(2, "pgsql-1", promotable={"pgsql-2"}), expected_epoch=1)
     assert backend.open().load() == ClusterState(2, "pgsql-2")
 
 
@@ -415,3 +415,45 @@ def test_etcd_history_is_counted_once_then_again_only_before_trimming(etcd_serve
         writer.append_event(event(n))
     assert len(writer.history()) <= 2 * 3            # trimmed: counted again before it
     assert writer.history()[-3:] == [event(n) for n in range(6, 9)]
+
+
+# -- the promotable mark names members --------------------------------------------------------
+
+PAIR = ("pgsql-1", "pgsql-2")
+
+
+@pytest.mark.parametrize("stored, members, expected", [
+    ({"epoch": 3, "primary": "pgsql-1", "promotable": True}, PAIR, frozenset({"pgsql-2"})),
+    ({"epoch": 3, "primary": "pgsql-2", "promotable": True}, PAIR, frozenset({"pgsql-1"})),
+    ({"epoch": 3, "primary": "pgsql-1", "promotable": False}, PAIR, frozenset()),
+    ({"epoch": 3, "primary": "pgsql-1", "promotable": False}, (), frozenset()),
+    ({"epoch": 3, "primary": "pgsql-1", "promotable": True, "promotable_members": ["pgsql-2"]}, (),
+     frozenset({"pgsql-2"})),
+], ids=["old-pair-file", "old-pair-file-after-failover", "old-not-promotable", "old-no-members-needed",
+        "names"])
+def test_a_state_saved_before_names_reads_as_the_pairs_standby(stored, members, expected):
+    assert store.check_state(stored, members).promotable == expected
+
+
+@pytest.mark.parametrize("stored, members", [
+    ({"epoch": 3, "primary": "pgsql-1", "promotable": True}, ()),      # yes, but who?
+    ({"epoch": 3, "primary": "pgsql-1", "promotable": True}, ("pgsql-2", "pgsql-3")),  # primary not a member
+    ({"epoch": 3, "primary": "pgsql-1", "promotable": False, "promotable_members": ["pgsql-2"]}, PAIR),
+    ({"epoch": 3, "primary": "pgsql-1", "promotable": True, "promotable_members": []}, PAIR),
+    ({"epoch": 3, "primary": "pgsql-1", "promotable": True, "promotable_members": ["pgsql-1"]}, PAIR),
+    ({"epoch": 3, "primary": "pgsql-1", "promotable": True, "promotable_members": "pgsql-2"}, PAIR),
+    ({"epoch": 3, "primary": "pgsql-1", "promotable": True, "promotable_members": ["b", "b"]}, PAIR),
+], ids=["yes-without-members", "primary-not-a-member", "no-with-names", "yes-with-none", "names-the-primary",
+        "not-a-list", "twice"])
+def test_a_promotable_mark_that_cannot_be_read_is_damage_not_a_guess(stored, members):
+    assert store.check_state(stored, members) is None
+
+
+def test_the_stored_form_still_says_yes_or_no_for_older_readers(backend):
+    state = ClusterState(epoch=4, primary="pgsql-1", promotable={"pgsql-2"})
+    stored = store.state_to_stored(state)
+    assert stored["promotable"] is True and stored["promotable_members"] == ["pgsql-2"]
+    assert "promotable_members" not in store.state_to_stored(FIRST)     # as files were before
+    writer = backend.open()
+    writer.save(state, expected_epoch=None)
+    assert backend.open().load() == state
