@@ -90,6 +90,7 @@ class Arbiter:
             requests.History: self._history,
             requests.Flush: self._flush,
             requests.Reinit: self._reinit,
+            requests.Restart: self._restart,
         }
 
     def _load_or_create(self, initial_primary, init):
@@ -270,18 +271,29 @@ class Arbiter:
         return {"type": "ok", "cancelled": {"at": _iso(before.scheduled_at), "to": before.scheduled_to}}
 
     def _reinit(self, request):
-        member = request.member
+        return self._operator_order("reinit", request.member, decision.request_reinit)
+
+    def _restart(self, request):
+        return self._operator_order("restart", request.member, decision.request_restart)
+
+    def _operator_order(self, kind, member, rule):
+        """An order for one member (reinit, restart), carried out by that node;
+        the member reports its id done (Report.reinit_done, restart_done)."""
         with self.lock:
             order = secrets.randbelow(2 ** 31 - 1) + 1     # fresh across arbiter restarts: never taken as done
-            state, memory, error = decision.request_reinit(self.state, self.memory, self.topology, member, order)
+            state, memory, error = rule(self.state, self.memory, self.topology, member, order)
             if error:
-                return {"type": "error", "error": f"reinit refused: {error}"}
+                return {"type": "error", "error": f"{kind} refused: {error}"}
             if state != self.state:     # not promotable: durable before anyone hears of it (invariant 3)
                 self.store.save(state, expected_epoch=self.state.epoch)
             self.state, self.memory = state, memory
-            self._record("reinit_requested", epoch=state.epoch, primary=state.primary, member=member)
-        log.failover("reinit of %s ordered by the operator: it is not promotable until its fresh copy streams; "
-                     "it starts once the primary has dropped it from synchronous replication", member)
+            self._record(f"{kind}_requested", epoch=state.epoch, primary=state.primary, member=member)
+        if member == state.primary:     # a reinit of the primary is refused by its rule
+            how = "the primary restarts PostgreSQL in place at once (writes stop meanwhile)"
+        else:
+            how = ("it is not promotable until it streams again; it starts once the primary has dropped it from "
+                   "synchronous replication")
+        log.failover("%s of %s ordered by the operator: %s", kind, member, how)
         return {"type": "ok", "member": member, "order": order}
 
     def _start_due_switchover(self):

@@ -18,6 +18,12 @@
       reinit MEMBER [--force] [--wait SECONDS | --no-wait]
                                            a standby makes a fresh copy of the primary (its old data
                                            kept until the copy is complete); waits until it streams
+      restart [MEMBER] [--force] [--wait SECONDS | --no-wait]
+                                           restart PostgreSQL in place (a parameter that needs it):
+                                           a standby leaves synchronous replication first, so no
+                                           commit waits; the primary's writes stop meanwhile (switch
+                                           over first to avoid that); no MEMBER: every member,
+                                           standbys first, each waited for
       query [-m MEMBER | -r ROLE] -c SQL   run SQL on a member (password from PGPASSWORD or pgpass)
       pause | resume                       maintenance mode: no failover, nodes leave PostgreSQL alone
       rebuild --confirm --epoch N --primary NODE
@@ -70,6 +76,7 @@ OK, REFUSED, USAGE = 0, 1, 2
 TIMEOUT = 5.0
 WAIT = 60.0             # switchover, failover: seconds to wait for the new primary
 REINIT_WAIT = 600.0     # reinit: seconds to wait for the fresh copy to stream (a clone takes its time)
+RESTART_WAIT = 120.0    # restart: seconds to wait for each member to run (and a standby to stream) again
 POLL = 0.25             # between status requests while waiting
 STALE_HEARTBEATS = 3    # list: a report older than this many heartbeats is "unknown"
 MB = 1024 * 1024
@@ -137,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wait this long for it to stream again (default %(default)g); exit 1 if it does not")
     reinit.add_argument("--no-wait", dest="wait", action="store_const", const=0.0,
                         help="return once the arbiter has accepted the order")
+    restart = sub.add_parser("restart", help="restart PostgreSQL in place on a member, or on every member "
+                                             "(standbys first)")
+    restart.add_argument("member", nargs="?", help="the member to restart (default: every member, standbys first)")
+    restart.add_argument("--force", action="store_true", help="no confirmation (needed when stdin is not a terminal)")
+    restart.add_argument("--wait", type=float, default=RESTART_WAIT, metavar="SECONDS",
+                         help="wait this long for each member to be back (default %(default)g); exit 1 if not")
+    restart.add_argument("--no-wait", dest="wait", action="store_const", const=0.0,
+                         help="return once the arbiter has accepted the order (with several members: the first)")
     flush = sub.add_parser("flush", help="cancel something scheduled: `flush switchover`")
     flush.add_argument("what", choices=requests.FLUSHABLE)
     sub.add_parser("version", help="pgha-ctl's version and the arbiter's")
@@ -709,6 +724,48 @@ def cmd_reinit(args: argparse.Namespace, ask: Ask) -> int:
     return OK
 
 
+def cmd_restart(args: argparse.Namespace, ask: Ask) -> int:
+    before = ask({"type": "status"})
+    primary = before.get("primary")
+    members = [args.member] if args.member else \
+        sorted(before.get("nodes") or {}, key=lambda name: (name == primary, name))    # standbys first
+    for member in members:
+        checked({"type": "restart", "member": member})
+    if not members:
+        raise Refused("the arbiter names no members")
+    if len(members) > 1 and args.wait == 0:
+        raise Usage("restarting several members one after another needs --wait: give a MEMBER with --no-wait")
+    which = ", ".join(members)
+    writes = " (the primary's writes stop while it restarts)" if primary in members else ""
+    confirm(args, f"Restart PostgreSQL on {which}{writes}?", before)
+    for member in members:
+        restart_one(args, ask, member)
+    return OK
+
+
+def restart_one(args: argparse.Namespace, ask: Ask, member: str) -> None:
+    reply = ask({"type": "restart", "member": member})
+    order = reply.get("order")
+    if not isinstance(order, int):      # else "done" could be any restart, or none
+        raise Refused(f"restart of {member}: the arbiter's answer names no order ({clip(repr(reply), 80)})")
+    print(f"restart of {member} ordered")
+    if args.wait <= 0:
+        return
+
+    def look(status: dict[str, Any], last: bool) -> bool:
+        report = ((status.get("nodes") or {}).get(member) or {}).get("report") or {}
+        back = report.get("receiver") == "streaming" if member != status.get("primary") else \
+            report.get("pg") == "running" and report.get("role") == "primary"
+        if report.get("restart_done") == order and back:
+            return True
+        if last:
+            raise Refused(f"restart of {member}: not back after {args.wait:g}s ({report.get('pg', 'no report')}); "
+                          "see `pgha-ctl status`")
+        return False
+    _, took = poll_status(ask, args.wait, look)
+    print(f"restart done: {member} runs again ({took:.1f}s)")
+
+
 def last_failure(ask: Ask, epoch: int) -> str:
     """The reason of the newest switchover_failed event at `epoch`, if any."""
     try:
@@ -958,7 +1015,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Ask], int]] = {
     "list": cmd_list, "status": cmd_status, "history": cmd_history, "switchover": cmd_switchover,
     "failover": cmd_failover, "pause": cmd_pause, "resume": cmd_resume, "rebuild": cmd_rebuild,
     "reload": cmd_reload, "flush": cmd_flush, "version": cmd_version, "topology": cmd_topology,
-    "query": cmd_query, "reinit": cmd_reinit,
+    "query": cmd_query, "reinit": cmd_reinit, "restart": cmd_restart,
 }
 
 

@@ -111,6 +111,9 @@ class Memory:
     # An operator's reinit order (request_reinit): (member, order id), until
     # the member reports that order carried out (Report.reinit_done).
     reinit: tuple[str, int] | None = None
+    # An operator's restart order (request_restart): (member, order id), until
+    # the member reports it carried out (Report.restart_done).
+    restart: tuple[str, int] | None = None
 
     @classmethod
     def at_start(cls, now: float) -> Memory:
@@ -135,6 +138,10 @@ def on_heartbeat(state: ClusterState, memory: Memory, topology: Topology, node: 
     done = order is not None and order[0] == node and report.reinit_done == order[1]
     if done:
         memory = replace(memory, reinit=None)
+    restart = memory.restart
+    restarted = restart is not None and restart[0] == node and report.restart_done == restart[1]
+    if restarted:
+        memory = replace(memory, restart=None)
     if report.unfenced and not state.paused:
         report = replace(report, unfenced=False)    # outside pause its fencer stays armed (invariant 2)
     memory = replace(memory,
@@ -159,6 +166,8 @@ def on_heartbeat(state: ClusterState, memory: Memory, topology: Topology, node: 
         state, memory, events = _observe_standby(state, memory, node, now, timings)
     if done:
         events = (("info", f"{node}: reinit done (a fresh copy of {state.primary})"),) + tuple(events)
+    if restarted:
+        events = (("info", f"{node}: PostgreSQL restarted as the operator ordered"),) + tuple(events)
     return Outcome(state, memory, instruction_for(state, memory, topology, node, now, timings), events)
 
 
@@ -257,7 +266,7 @@ def _instruction_for(state: ClusterState, memory: Memory, topology: Topology, no
             sync_standby=desired_sync_standby(state, memory, standby, now, timings),
             relinquish=memory.switchover_to == standby and standby in state.promotable and not state.paused,
             lease_time=timings.lease_time, heartbeat_interval=timings.heartbeat_interval,
-            paused=state.paused)
+            paused=state.paused, restart=memory.restart[1] if memory.restart and memory.restart[0] == node else 0)
     primary_report = memory.reports.get(state.primary)
     if primary_report is None or primary_report.address is None:
         return _wait(state, f"waiting for primary {state.primary} to report")
@@ -267,17 +276,24 @@ def _instruction_for(state: ClusterState, memory: Memory, topology: Topology, no
                        primary_address=primary_report.address,
                        hurry=memory.switchover_to == node and node in state.promotable,
                        lease_time=timings.lease_time, heartbeat_interval=timings.heartbeat_interval,
-                       paused=state.paused, reinit=reinit_order_for(memory, primary_report, node, timings))
+                       paused=state.paused, reinit=standby_order_for(memory.reinit, primary_report, node, timings),
+                       restart=standby_order_for(memory.restart, primary_report, node, timings))
 
 
-def reinit_order_for(memory: Memory, primary_report: Report, node: str, timings: Timings) -> int:
-    """The reinit order `node` is to carry out now, or 0: only once the primary
-    no longer names it in synchronous_standby_names, so the copy never holds a
-    commit (in strict_sync mode commits wait for it, as the DBA asked)."""
-    order = memory.reinit
+def standby_order_for(order: tuple[str, int] | None, primary_report: Report, node: str, timings: Timings) -> int:
+    """The operator's order (reinit, restart) `node`, a standby, is to carry
+    out now, or 0: only once the primary no longer names it in
+    synchronous_standby_names, so no commit waits for it meanwhile (in
+    strict_sync mode commits wait for it, as the DBA asked)."""
     if order is None or order[0] != node:
         return 0
     return order[1] if timings.strict_sync or primary_report.sync_standby != node else 0
+
+
+def ordered_off(memory: Memory, standby: str) -> bool:
+    """An operator's order takes `standby` out of replication for a while
+    (a reinit or a restart): off synchronous replication first."""
+    return any(order is not None and order[0] == standby for order in (memory.reinit, memory.restart))
 
 
 def failover_blocker(state: ClusterState, memory: Memory, standby: str, now: float, timings: Timings,
@@ -316,7 +332,7 @@ def _failover(state: ClusterState, memory: Memory, new_primary: str, now: float,
     # about which nothing is known yet.
     new_memory = replace(memory, primary_seen_at=now, sync_since={}, sync_dropped_at=None,
                          switchover_to=None, reconnect_grace_until=None, handover_from=None,
-                         failover_to=None, failover_forced=False, reinit=None)
+                         failover_to=None, failover_forced=False, reinit=None, restart=None)
     event = ("failover", f"epoch {new_state.epoch}: promoting {new_primary} "
                          f"(was standby of {state.primary}): {why}")
     return new_state, new_memory, (event,)
@@ -354,8 +370,8 @@ def _manage_sync(state: ClusterState, memory: Memory, standby: str, report: Repo
                                   "primary may drop synchronous replication"))
     elif not promotable:
         since = memory.sync_since.get(standby)
-        if memory.reinit is not None and memory.reinit[0] == standby:
-            # not promotable until its fresh copy streams
+        if ordered_off(memory, standby):
+            # not promotable until it streams again (a fresh copy, a restarted server)
             memory = replace(memory, sync_since=_without(memory.sync_since, standby))
         elif row is not None and sync_on and healthy and not stalled:
             if since is None:
@@ -378,8 +394,8 @@ def desired_sync_standby(state: ClusterState, memory: Memory, standby: str, now:
     """The name the primary must put in synchronous_standby_names, or None."""
     if timings.strict_sync or standby in state.promotable:
         return standby
-    if memory.reinit is not None and memory.reinit[0] == standby:
-        return None     # it is about to make a fresh copy: off first, so no commit waits for it
+    if ordered_off(memory, standby):
+        return None     # about to make a fresh copy or restart: off first, so no commit waits for it
     if memory.handover_from == standby and now - memory.handover_at < timings.lease_time:
         return standby
     primary_report = memory.reports.get(state.primary)
@@ -428,7 +444,7 @@ def request_reinit(state: ClusterState, memory: Memory, topology: Topology, memb
     primary (pg_basebackup; its old data is kept until the copy is complete).
     It is not promotable from now on (saved before the order is announced),
     the primary is told to drop it from synchronous replication, and the
-    order reaches it once the primary has (reinit_order_for). `order`: a
+    order reaches it once the primary has (standby_order_for). `order`: a
     fresh id, so an order given before an arbiter restart is not taken as
     this one. An order still pending for the same member is replaced."""
     if member not in topology:
@@ -442,6 +458,29 @@ def request_reinit(state: ClusterState, memory: Memory, topology: Topology, memb
     return (replace(state, promotable=state.promotable - {member}),
             replace(memory, reinit=(member, order), sync_since=_without(memory.sync_since, member),
                     switchover_to=None), None)
+
+
+def request_restart(state: ClusterState, memory: Memory, topology: Topology, member: str,
+                    order: int) -> tuple[ClusterState, Memory, str | None]:
+    """An operator's order: `member` restarts its PostgreSQL in place (a
+    parameter that needs a restart). A standby is first made not promotable
+    (saved before the order is announced) and dropped from synchronous
+    replication, and the order reaches it once the primary has
+    (standby_order_for), so no commit waits on it while it restarts. The
+    primary restarts at once: writes stop for the restart (switch over first
+    to avoid that). Allowed in maintenance mode (Patroni's restart is too).
+    An order still pending for the same member is replaced."""
+    if member not in topology:
+        return state, memory, f"unknown member {member!r} (members: {', '.join(topology.members)})"
+    if memory.switchover_to is not None:
+        return state, memory, f"a switchover to {memory.switchover_to} is under way"
+    if memory.reinit is not None and memory.reinit[0] == member:
+        return state, memory, f"a reinit of {member} is under way (it starts PostgreSQL afresh anyway)"
+    memory = replace(memory, restart=(member, order))
+    if member == state.primary:
+        return state, memory, None
+    return (replace(state, promotable=state.promotable - {member}),
+            replace(memory, sync_since=_without(memory.sync_since, member)), None)
 
 
 def primary_alive(memory: Memory, now: float, timings: Timings) -> bool:

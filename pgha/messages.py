@@ -96,6 +96,7 @@ class Report(PgStatus):
     unfenced: bool = False                  # the daemon is stopping in pause, leaving its primary running unfenced
     disk: Mapping[str, int] | None = None   # disk use under PostgreSQL (pgha.disk.DiskUse.to_report), bytes
     reinit_done: int = 0                    # the last reinit order (Instruction.reinit) this node carried out
+    restart_done: int = 0                   # the last restart order (Instruction.restart) this node carried out
 
     def replication_row(self, standby: str) -> ReplicationRow | None:
         return next((row for row in self.replication if row.name == standby), None)
@@ -104,12 +105,12 @@ class Report(PgStatus):
     def from_status(cls, status: PgStatus, *, address: Address, relinquished: bool, grant_remaining: float,
                     last_action: str | None, clone_progress: Mapping[str, int] | None,
                     lease_remaining: Mapping[str, float] | None, disk: Mapping[str, int] | None = None,
-                    reinit_done: int = 0) -> Report:
+                    reinit_done: int = 0, restart_done: int = 0) -> Report:
         """The node's report: PostgreSQL's status and what the node adds."""
         return cls(**{f.name: getattr(status, f.name) for f in fields(PgStatus)},
                    address=address, relinquished=relinquished, grant_remaining=grant_remaining,
                    lease_remaining=lease_remaining, last_action=last_action, clone_progress=clone_progress,
-                   disk=disk, reinit_done=reinit_done)
+                   disk=disk, reinit_done=reinit_done, restart_done=restart_done)
 
     @classmethod
     def from_wire(cls, wire: Any) -> Report:
@@ -151,6 +152,7 @@ class Report(PgStatus):
             unfenced=_field(wire, "unfenced", bool, where, default=False),
             disk=disk,
             reinit_done=_field(wire, "reinit_done", int, where, default=0),
+            restart_done=_field(wire, "restart_done", int, where, default=0),
         )
 
     def to_wire(self) -> dict:
@@ -168,8 +170,9 @@ class Report(PgStatus):
                 wire[name] = dict(value) if isinstance(value, Mapping) else value
         if self.unfenced:
             wire["unfenced"] = True
-        if self.reinit_done:
-            wire["reinit_done"] = self.reinit_done
+        for name in ("reinit_done", "restart_done"):
+            if getattr(self, name):
+                wire[name] = getattr(self, name)
         return wire
 
 
@@ -194,6 +197,7 @@ class Instruction:
     paused: bool = False                    # maintenance mode: leave PostgreSQL alone (node_rules M1)
     reload_generation: int = 0              # a node seeing it grow re-reads its settings (pgha.ctl reload)
     reinit: int = 0                         # standby: an operator's reinit order to carry out (its id), 0: none
+    restart: int = 0                        # an operator's order to restart PostgreSQL in place (its id), 0: none
     cluster: str | None = None              # the cluster it is for (echoes the heartbeat's)
 
     @property
@@ -230,6 +234,7 @@ class Instruction:
             paused=_field(wire, "paused", bool, where, default=False),
             reload_generation=_field(wire, "reload_generation", int, where, default=0),
             reinit=_field(wire, "reinit", int, where, default=0),
+            restart=_field(wire, "restart", int, where, default=0),
             cluster=parse_cluster(wire.get("cluster"), where),
         )
         if role == STANDBY and (instruction.primary is None or instruction.primary_address is None):
@@ -258,6 +263,8 @@ class Instruction:
                 wire["hurry"] = True
             if self.reinit:
                 wire["reinit"] = self.reinit
+        if self.restart:
+            wire["restart"] = self.restart
         wire.update(lease_time=self.lease_time, heartbeat_interval=self.heartbeat_interval)
         if self.report_in is not None:
             wire["report_in"] = self.report_in

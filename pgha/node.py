@@ -364,6 +364,7 @@ class Node:
             data=data, data_error=data_error, acting_primary=m.acting_primary, hand_over=m.hand_over,
             last_crash_restart=m.last_crash_restart, rejoin_failures=m.rejoin_failures,
             failed_rejoins=m.failed_rejoins, last_rejoin_failure=m.last_rejoin_failure, reinit_done=m.reinit_done,
+            restart_done=m.restart_done,
             upstream=m.upstream, streaming=status.receiver == "streaming",
             not_streaming_since=m.standby_since, slot_ensured=m.slot_ensured,
             sync_standby=status.sync_standby)
@@ -391,7 +392,7 @@ class Node:
             lease_remaining={source: round(self.leases.remaining(source), 3) for source in ("arbiter", "standby")}
             if m.acting_primary else None,
             disk=self.facts.latest.disk_report,     # one read of the facts thread's latest
-            reinit_done=m.reinit_done)
+            reinit_done=m.reinit_done, restart_done=m.restart_done)
 
     def _clock_skews(self, acting_primary):
         """The arbiter's and the other node's wall clock minus ours, s (None: not

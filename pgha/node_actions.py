@@ -44,7 +44,7 @@ HAND_OVER_CHECKPOINT = 1.0
 # a slow initdb outlasts the lease, so the fencer would stop the new server
 # before its roles and database exist (seen in CI).
 STARTS_READ_WRITE = frozenset({Action.RESTART_AFTER_CRASH, Action.PROMOTE_STOPPED_STANDBY,
-                               Action.START_PRIMARY, Action.PROMOTE_RUNNING_STANDBY})
+                               Action.START_PRIMARY, Action.PROMOTE_RUNNING_STANDBY, Action.RESTART_PRIMARY})
 PROMOTIONS = frozenset({Action.PROMOTE_STOPPED_STANDBY, Action.PROMOTE_RUNNING_STANDBY})    # pre_promote first
 
 
@@ -155,6 +155,19 @@ class NodeActions:
         self._methods[d.then](c, d)     # run() did the fencer and pre_promote for it
         self.callback("on_restart", "primary")
 
+    def _restart_primary(self, c: Changes, d: Decision) -> None:
+        log.failover("restart ordered by the operator: restarting PostgreSQL in place (primary; writes stop "
+                     "until it is up)")
+        self.pg.stop("fast")
+        c.set(restart_done=d.restart)     # done once stopped: START_PRIMARY's way hands over if it will not start
+        self._start_primary(c, d, restarted=True)
+
+    def _restart_standby(self, c: Changes, d: Decision) -> None:
+        log.failover("restart ordered by the operator: restarting PostgreSQL in place (standby of %s)", d.primary)
+        self.pg.stop("fast")
+        c.set(restart_done=d.restart)
+        self._run_as_standby(c, d, restarted=True)
+
     def _before_promotion(self) -> None:
         """The pre_promote script (node_ops.pre_promote) must succeed first;
         a refusing one is run again only PRE_PROMOTE_RETRY later."""
@@ -177,7 +190,7 @@ class NodeActions:
         c.set(failovers=c.memory.failovers + 1)
         self._running_as_primary(c, d)
 
-    def _start_primary(self, c: Changes, d: Decision) -> None:
+    def _start_primary(self, c: Changes, d: Decision, restarted: bool = False) -> None:
         self.pg.write_settings(PRIMARY, sync_standby=d.sync_standby)
         self.pg.set_recovery_signal(False)
         try:
@@ -185,13 +198,13 @@ class NodeActions:
         except PostgresError as exc:
             self._hand_over(c, replace(d, why=str(exc)))
             return
-        self._running_as_primary(c, d)
+        self._running_as_primary(c, d, restarted)
 
-    def _running_as_primary(self, c: Changes, d: Decision) -> None:
+    def _running_as_primary(self, c: Changes, d: Decision, restarted: bool = False) -> None:
         c.acting(True)
         c.set(slot_ensured=None)
         log.failover("PostgreSQL running as primary (epoch %d)", d.remember_epoch)
-        self.callback("on_role_change", "primary")
+        self.callback("on_restart" if restarted else "on_role_change", "primary")
 
     def _promote_running_standby(self, c: Changes, d: Decision) -> None:
         log.failover("promoting this node to primary at epoch %d", d.remember_epoch)
@@ -392,7 +405,7 @@ class NodeActions:
         c.set(prepared_upstream=None)
         self._run_as_standby(c, d)
 
-    def _run_as_standby(self, c: Changes, d: Decision) -> None:
+    def _run_as_standby(self, c: Changes, d: Decision, restarted: bool = False) -> None:
         self.fencer.disarm()    # before PostgreSQL runs here as a standby
         self.pg.write_settings(STANDBY, primary_address=d.address)
         self.pg.set_recovery_signal(True)
@@ -403,4 +416,4 @@ class NodeActions:
             raise
         c.set(upstream=d.address, standby_since=self.clock())
         log.failover("PostgreSQL running as standby of %s", d.primary)
-        self.callback("on_role_change", "replica")
+        self.callback("on_restart" if restarted else "on_role_change", "replica")

@@ -39,6 +39,7 @@ class NodeMemory:
     rejoin_failures: int = 0                # rejoins that did not end streaming: next one clones afresh
     failed_rejoins: int = 0                 # rejoin actions that raised, in a row (node_rules row S7)
     reinit_done: int = 0                    # the last reinit order carried out (reported to the arbiter)
+    restart_done: int = 0                   # the last restart order carried out (reported to the arbiter)
     last_rejoin_failure: float = float("-inf")
     slot_ensured: str | None = None         # the standby's slot made on this primary
     prepared_upstream: Address | None = None  # the switchover target our slot was made on before the hand-over

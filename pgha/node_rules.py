@@ -24,6 +24,9 @@ matches wins.
     P7  stopped, data last ran as standby ............. PROMOTE_STOPPED_STANDBY
     P8  stopped ....................................... START_PRIMARY (HAND_OVER if it will not start)
     P9  running as standby ............................ PROMOTE_RUNNING_STANDBY
+    O1  running, the arbiter orders a restart not yet
+        carried out ................................... RESTART_PRIMARY (in place: a fast stop, then
+                                                        START_PRIMARY's start; also in pause)
     P10 running, arbiter asks to hand over ............ RELINQUISH (switchover: a clean stop, then
                                                         PostgreSQL starts again in recovery as a
                                                         standby of the target, not yet promoted)
@@ -37,6 +40,9 @@ matches wins.
     R1  the arbiter orders a reinit not yet carried out REINIT (stop, a fresh pg_basebackup, the old
                                                         data kept until it is complete; S7's backoff
                                                         after a failed one)
+    O2  running, the arbiter orders a restart not yet
+        carried out ................................... RESTART_STANDBY (a fast stop and a start;
+                                                        also in pause)
     S3  running, following another address ............ FOLLOW
     S4  running, streaming ............................ STAY_STANDBY
     S5  running, not streaming past the deadline ...... RESTART_REJOIN
@@ -94,6 +100,8 @@ class Action(Enum):
     RESTART_REJOIN = "restart_rejoin"
     AWAIT_STREAMING = "await_streaming"
     REINIT = "reinit"
+    RESTART_PRIMARY = "restart_primary"
+    RESTART_STANDBY = "restart_standby"
     REJOIN_BACKOFF = "rejoin_backoff"
     CLONE = "clone"
     REWIND = "rewind"
@@ -149,6 +157,7 @@ class AsPrimary:
     standby_address: Address | None
     relinquish: bool                        # stop PostgreSQL and hand over (switchover)
     paused: bool
+    restart: int = 0                        # an operator's restart order (its id), 0: none
 
     @property
     def standby_slot(self) -> str | None:
@@ -162,6 +171,7 @@ class AsStandby:
     primary_address: Address
     paused: bool
     reinit: int = 0                         # an operator's reinit order (its id), 0: none
+    restart: int = 0                        # an operator's restart order (its id), 0: none
 
 
 @dataclass(frozen=True)
@@ -181,11 +191,12 @@ def orders(instruction: Instruction) -> Orders:
     epoch, paused = instruction.epoch, instruction.paused
     if instruction.role == PRIMARY:
         return AsPrimary(epoch, instruction.sync_standby, instruction.standby, instruction.standby_address,
-                         instruction.relinquish, paused)
+                         instruction.relinquish, paused, instruction.restart)
     if instruction.role == STANDBY:
         if instruction.primary is None or instruction.primary_address is None:
             raise ValueError(f"standby instruction at epoch {epoch} names no primary")
-        return AsStandby(epoch, instruction.primary, instruction.primary_address, paused, instruction.reinit)
+        return AsStandby(epoch, instruction.primary, instruction.primary_address, paused, instruction.reinit,
+                         instruction.restart)
     return Wait(epoch, instruction.reason or "", paused)
 
 
@@ -205,6 +216,7 @@ class NodeView:
     rejoin_failures: int = 0                # rejoins that did not end streaming
     failed_rejoins: int = 0                 # rejoin actions (REJOINS) that raised, in a row
     reinit_done: int = 0                    # the last reinit order carried out
+    restart_done: int = 0                   # the last restart order carried out
     last_rejoin_failure: float = float("-inf")
     upstream: Address | None = None         # the address the running standby follows
     streaming: bool = False                 # the standby's WAL receiver streams
@@ -222,6 +234,7 @@ class Decision:
     then: Action | None = None              # RESTART_AFTER_CRASH: the start that follows
     sync_standby: str | None = None         # SET_SYNC, starts and promotions: the sync name
     reinit: int = 0                         # REINIT: the order carried out
+    restart: int = 0                        # RESTART_PRIMARY, RESTART_STANDBY: the order carried out
     slot: str | None = None                 # SET_SYNC, ENSURE_SLOT: the standby's slot to ensure
     primary: str | None = None              # standby rows, RELINQUISH: whom to follow, and where
     address: Address | None = None
@@ -277,6 +290,8 @@ def _as_primary(view: NodeView, ins: AsPrimary) -> Decision:
         return row("P8", Action.START_PRIMARY)
     if view.running_as == STANDBY:
         return row("P9", Action.PROMOTE_RUNNING_STANDBY)
+    if ins.restart and ins.restart != view.restart_done:
+        return replace(row("O1", Action.RESTART_PRIMARY), restart=ins.restart)
     if ins.relinquish:
         # Whom to follow once stopped: the target, still a standby (None: only stop).
         return row("P10", Action.RELINQUISH, why=ins.standby or "", follow=ins.standby,
@@ -315,6 +330,8 @@ def _as_standby(view: NodeView, ins: AsStandby) -> Decision:
             return row("S7", Action.REJOIN_BACKOFF)
         return replace(row("R1", Action.REINIT), reinit=ins.reinit)
     if view.pg == PG_RUNNING:
+        if ins.restart and ins.restart != view.restart_done:
+            return replace(row("O2", Action.RESTART_STANDBY), restart=ins.restart)
         if view.upstream != ins.primary_address:
             return row("S3", Action.FOLLOW)
         if view.streaming:

@@ -120,6 +120,14 @@ class Reinit:
     member: str
 
 
+@dataclass(frozen=True)
+class Restart:
+    """An operator's order: this member restarts its PostgreSQL in place
+    (a changed parameter that needs a restart; pgha-ctl restart)."""
+    cluster: str | None
+    member: str
+
+
 FLUSHABLE = ("switchover",)     # what `flush` cancels: a scheduled switchover
 
 
@@ -131,7 +139,7 @@ class Flush:
 
 
 Request = Union[Heartbeat, Lease, Status, History, Switchover, Failover, Pause, Resume, Rebuild, Reload, Clusters,
-                Reinit, Flush]
+                Reinit, Restart, Flush]
 
 
 # -- field checks: one line naming the field and what it must be -----------------------------
@@ -212,6 +220,10 @@ def _reinit(m: dict[str, Any]) -> Reinit:
     return Reinit(_cluster(m), str(member_name(m, "member")))
 
 
+def _restart(m: dict[str, Any]) -> Restart:
+    return Restart(_cluster(m), str(member_name(m, "member")))
+
+
 def _failover(m: dict[str, Any]) -> Failover:
     return Failover(_cluster(m), str(member_name(m, "to")), flag(m, "force"), flag(m, "primary_stopped"),
                     member_name(m, "primary", required=False))
@@ -253,6 +265,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
           relayed=True),
     _kind("flush", Flush, _flush, OPERATOR, leader_only=True, changes_state=True),
     _kind("reinit", Reinit, _reinit, OPERATOR, leader_only=True, changes_state=True),
+    _kind("restart", Restart, _restart, OPERATOR, leader_only=True, changes_state=True),
     _kind("rebuild", Rebuild, _rebuild, OPERATOR, leader_only=True, changes_state=True),
     # The leader re-reads its settings and raises the generation the nodes hear from it (a
     # follower's would reach no node); every arbiter process re-reads its own on SIGHUP.

@@ -221,3 +221,31 @@ def test_reinit_makes_a_fresh_copy_of_the_standby_and_no_commit_waits_for_it(loc
     assert not os.path.exists(stale), "the standby's data directory was not copied afresh"
     assert (healthy["primary"], healthy["epoch"]) == ("pgsql-1", 1)
     assert report.longest_gap.length < 3.0, report.longest_gap     # no commit waited for the copy
+
+
+def test_restart_every_member_in_place_standby_first_without_a_failover(local_cluster, capsys):
+    """pgha-ctl restart (patronictl restart, issue 21 item 4): every member's
+    PostgreSQL restarts in place (a new postmaster), the standby first and off
+    synchronous replication before it stops (no commit waits for it), then
+    the primary (its writes stop only while it restarts); no failover."""
+    cluster = local_cluster
+    before = {name: cluster.postmaster_pid(name) for name in ("pgsql-1", "pgsql-2")}
+    assert all(before.values()), before
+    assert ctl_run(cluster, "restart", "--no-wait", "--force") == 2      # several members need --wait
+    assert "needs --wait" in capsys.readouterr().err
+    with WriteRun(cluster) as run:
+        assert run.wait_for_acks(10, 30), "no writes before the restart"
+        assert ctl_run(cluster, "restart", "--force", "--wait", "120") == 0
+        out = capsys.readouterr().out
+        assert out.index("restart done: pgsql-2") < out.index("restart done: pgsql-1"), out   # standby first
+        assert run.wait_for_acks(20, 30), "no writes after the restart"
+        healthy = cluster.wait_healthy(timeout=60)
+    report = run.check()
+    after = {name: cluster.postmaster_pid(name) for name in ("pgsql-1", "pgsql-2")}
+    print(f"\nrestart of both members: longest write gap {report.longest_gap.length:.2f}s, "
+          f"{report.acknowledged} acknowledged")
+    assert all(after[name] and after[name] != before[name] for name in after), (before, after)
+    assert (healthy["primary"], healthy["epoch"]) == ("pgsql-1", 1), "a restart is no failover"
+    events = [e["event"] for e in cluster.arbiter_call({"type": "history", "limit": 20})["events"]]
+    assert events.count("restart_requested") == 2 and "failover" not in events, events
+    assert report.longest_gap.length < 15.0, report.longest_gap     # the primary's restart only

@@ -927,23 +927,30 @@ def test_reinit_is_refused_for_the_primary_an_unknown_member_and_in_pause():
     assert "paused" in request_reinit(replace(state, paused=True), steady_memory(), TOPOLOGY, "b", 5)[2]
 
 
-def test_reinit_drops_sync_first_then_orders_the_copy_and_holds_promotable_until_it_is_done():
+@pytest.mark.parametrize("kind", ["reinit", "restart"])
+def test_a_standby_order_drops_sync_first_then_reaches_it_and_holds_promotable_until_done(kind):
+    """reinit and restart (pgha-ctl): not promotable (saved first), the primary
+    drops the standby from sync, only then is it told; it reports it done."""
+    from pgha.decision import request_reinit, request_restart
+    rule = {"reinit": request_reinit, "restart": request_restart}[kind]
     state = ClusterState(epoch=3, primary="a", promotable={"b"})
-    state, memory, error = request_reinit(state, steady_memory(), TOPOLOGY, "b", 5)
-    assert error is None and not state.promotable and memory.reinit == ("b", 5)
+    state, memory, error = rule(state, steady_memory(), TOPOLOGY, "b", 5)
+    assert error is None and not state.promotable and getattr(memory, kind) == ("b", 5)
     # The primary still names b: b is not told yet; the primary is told to drop it.
     told = on_heartbeat(state, memory, TOPOLOGY, "b", 3, standby_report(), NOW, T)
-    assert told.instruction.reinit == 0
+    assert getattr(told.instruction, kind) == 0
     primary = on_heartbeat(state, told.memory, TOPOLOGY, "a", 3, primary_report(), NOW, T)
     assert primary.instruction.sync_standby is None and not primary.state.promotable   # still streaming: held
+    assert primary.instruction.restart == 0
     # Once the primary reports it off, b gets the order.
     dropped = on_heartbeat(state, primary.memory, TOPOLOGY, "a", 3, primary_report(sync_standby=None), NOW, T)
     told = on_heartbeat(state, dropped.memory, TOPOLOGY, "b", 3, standby_report(), NOW, T)
-    assert told.instruction.reinit == 5 and told.instruction.to_wire()["reinit"] == 5
+    assert getattr(told.instruction, kind) == 5 and told.instruction.to_wire()[kind] == 5
     # b reports it done: the order ends, and b can become promotable again as usual.
-    done = on_heartbeat(state, told.memory, TOPOLOGY, "b", 3, replace(standby_report(), reinit_done=5), NOW, T)
-    assert done.memory.reinit is None and done.instruction.reinit == 0
-    assert any("reinit done" in text for _, text in done.events)
+    done = on_heartbeat(state, told.memory, TOPOLOGY, "b", 3, replace(standby_report(), **{f"{kind}_done": 5}),
+                        NOW, T)
+    assert getattr(done.memory, kind) is None and getattr(done.instruction, kind) == 0
+    assert any(("reinit done" if kind == "reinit" else "restarted") in text for _, text in done.events)
     again = on_heartbeat(done.state, done.memory, TOPOLOGY, "a", 3, primary_report(), NOW, T)
     assert again.instruction.sync_standby == "b"
 
@@ -973,3 +980,29 @@ def test_a_scheduled_switchover_naming_another_primary_is_refused_too():
     assert schedule_switchover(state, TOPOLOGY, None, NOW + 60, NOW, False, "a")[1] == \
         "a is not the primary (b is, at epoch 4)"
     assert schedule_switchover(state, TOPOLOGY, None, NOW + 60, NOW, False, "b")[1] is None
+
+
+# -- restart orders (pgha-ctl restart) -----------------------------------------------------------
+
+def test_a_primary_restart_is_ordered_at_once_and_changes_no_promotable_mark():
+    from pgha.decision import request_restart
+    state = ClusterState(epoch=3, primary="a", promotable={"b"})
+    new_state, memory, error = request_restart(state, steady_memory(), TOPOLOGY, "a", 4)
+    assert error is None and new_state == state
+    told = on_heartbeat(state, memory, TOPOLOGY, "a", 3, primary_report(), NOW, T)
+    assert told.instruction.restart == 4 and told.instruction.sync_standby == "b"
+    assert on_heartbeat(state, told.memory, TOPOLOGY, "b", 3, standby_report(), NOW, T).instruction.restart == 0
+
+
+def test_restart_refusals_and_a_failover_voids_the_order():
+    from pgha.decision import request_reinit, request_restart
+    state = ClusterState(epoch=3, primary="a", promotable={"b"})
+    assert "unknown member 'x'" in request_restart(state, steady_memory(), TOPOLOGY, "x", 5)[2]
+    assert "switchover" in request_restart(state, replace(steady_memory(), switchover_to="b"), TOPOLOGY, "b", 5)[2]
+    _, reinit, _ = request_reinit(state, steady_memory(), TOPOLOGY, "b", 5)
+    assert "reinit" in request_restart(state, reinit, TOPOLOGY, "b", 6)[2]
+    assert request_restart(replace(state, paused=True), steady_memory(), TOPOLOGY, "b", 5)[2] is None
+    _, ordered, _ = request_restart(state, steady_memory(), TOPOLOGY, "a", 5)     # the primary's order
+    silent = replace(ordered, primary_seen_at=NOW - 60)
+    failed_over = on_heartbeat(state, silent, TOPOLOGY, "b", 3, standby_report(), NOW, T)
+    assert failed_over.state.primary == "b" and failed_over.memory.restart is None

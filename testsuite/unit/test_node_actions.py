@@ -211,6 +211,17 @@ def test_start_primary_that_will_not_start_hands_over(node):
     assert (node.memory.acting_primary, node.memory.hand_over) == (False, HandOver.HANDED_OVER)
 
 
+def test_restart_primary_stops_and_starts_in_place_with_the_fencer_armed(node):
+    node.memory = node.memory.acting(True)
+    act(node, Action.RESTART_PRIMARY, sync_standby="pgsql-2", restart=31)
+    assert node.pg.calls == [("stop", "fast"), ("write_settings", PRIMARY, ("sync_standby", "pgsql-2")),
+                             ("set_recovery_signal", False), ("start",)]
+    assert node.fencer.calls[0][0] == "follow"      # armed before the start (STARTS_READ_WRITE)
+    assert node.memory.acting_primary and node.memory.restart_done == 31
+    assert node._report(node.pg.status()).restart_done == 31
+    assert node.callbacks.fired == [("on_restart", "primary")]
+
+
 def test_promote_running_standby(node):
     node.pg.pid = 4242
     before = memory(node)
@@ -365,6 +376,14 @@ def test_reinit_stops_a_running_standby_makes_a_fresh_copy_and_remembers_the_ord
     assert node.pg.calls == [("stop", "fast"), ("prepare_upstream", TARGET, "rep177"),
                              ("basebackup", TARGET)] + RUN_AS_STANDBY
     assert node.memory.reinit_done == 77 and node._report(node.pg.status()).reinit_done == 77
+
+
+def test_restart_standby_stops_and_starts_it_following_the_primary(node):
+    node.pg.pid = 4242
+    act(node, Action.RESTART_STANDBY, primary="pgsql-2", address=TARGET, restart=32)
+    assert node.pg.calls == [("stop", "fast")] + RUN_AS_STANDBY
+    assert node.memory.restart_done == 32 and node.memory.upstream == TARGET
+    assert node.callbacks.fired == [("on_restart", "replica")]
 
 
 def test_a_failed_reinit_is_not_marked_done(node):

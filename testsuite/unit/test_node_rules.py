@@ -111,6 +111,16 @@ TABLE = [
     ("S12", view(standby(epoch=4), data=DataDir.WAS_PRIMARY, hand_over=HandOver.HANDED_OVER),
      Action.REWIND, 4),
     ("S13", view(standby(epoch=5), data=DataDir.WAS_STANDBY), Action.START_STANDBY, 5),
+    # An operator's restart order not yet carried out: in place, on a running server; in pause too.
+    ("O1", view(replace(primary(), restart=7), **RUNNING_PRIMARY), Action.RESTART_PRIMARY, 3),
+    ("O1", view(replace(primary(), restart=7, paused=True), **RUNNING_PRIMARY), Action.RESTART_PRIMARY, 3),
+    ("P13", view(replace(primary(), restart=7), **RUNNING_PRIMARY, restart_done=7), Action.STAY_PRIMARY, 3),
+    ("P9", view(replace(primary(), restart=7), **RUNNING_STANDBY), Action.PROMOTE_RUNNING_STANDBY, 3),
+    ("O2", view(replace(standby(), restart=7), **RUNNING_STANDBY), Action.RESTART_STANDBY, 3),
+    ("O2", view(replace(standby(), restart=7, paused=True), **RUNNING_STANDBY), Action.RESTART_STANDBY, 3),
+    ("S4", view(replace(standby(), restart=7), **RUNNING_STANDBY, restart_done=7), Action.STAY_STANDBY, 3),
+    ("S13", view(replace(standby(), restart=7), data=DataDir.WAS_STANDBY), Action.START_STANDBY, 3),
+    ("R1", view(replace(standby(), restart=7, reinit=9), **RUNNING_STANDBY), Action.REINIT, 3),
     # Maintenance mode (instruction.paused): PostgreSQL is left alone, nothing is made durable.
     ("M1", view(replace(primary(), paused=True), data=DataDir.WAS_PRIMARY, acting_primary=True,
                 last_crash_restart=NOW - CRASH_RESTART_WINDOW - 1), Action.PAUSED, None),
@@ -130,7 +140,7 @@ def test_table_row(row, situation, action, remember):
     decision = decide(situation)
     assert decision.action is action
     assert decision.remember_epoch == remember
-    if row[0] in "PS":
+    if row[0] in "PSOR":
         assert decision.row == row
 
 
