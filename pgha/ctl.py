@@ -18,7 +18,7 @@
       reinit MEMBER [--force] [--wait SECONDS | --no-wait]
                                            a standby makes a fresh copy of the primary (its old data
                                            kept until the copy is complete); waits until it streams
-      restart [MEMBER] [--force] [--wait SECONDS | --no-wait]
+      restart [MEMBER] [--pending] [--force] [--wait SECONDS | --no-wait]
                                            restart PostgreSQL in place (a parameter that needs it):
                                            a standby leaves synchronous replication first, so no
                                            commit waits; the primary's writes stop meanwhile (switch
@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     restart = sub.add_parser("restart", help="restart PostgreSQL in place on a member, or on every member "
                                              "(standbys first)")
     restart.add_argument("member", nargs="?", help="the member to restart (default: every member, standbys first)")
+    restart.add_argument("--pending", action="store_true",
+                         help="only the members whose PostgreSQL says a changed parameter waits for a restart")
     restart.add_argument("--force", action="store_true", help="no confirmation (needed when stdin is not a terminal)")
     restart.add_argument("--wait", type=float, default=RESTART_WAIT, metavar="SECONDS",
                          help="wait this long for each member to be back (default %(default)g); exit 1 if not")
@@ -364,7 +366,8 @@ def list_rows(status: dict[str, Any]) -> list[dict[str, Any]]:
             "host": f"{address['host']}:{address['pg_port']}" if address.get("host") else None,
             "role": _role(name, role, primary_name, primary.get("sync_standby"), stale),
             "state": "unknown" + f" (report {age:.1f}s old)" if stale else
-            _state(report) + (f" (report {age:.1f}s old)" if old else ""),
+            _state(report) + (" (pending restart)" if report.get("pending_restart") else "") +
+            (f" (report {age:.1f}s old)" if old else ""),
             "stale": stale,
             "timeline": report.get("timeline"),
             "lag_bytes": lag,
@@ -727,10 +730,15 @@ def cmd_reinit(args: argparse.Namespace, ask: Ask) -> int:
 def cmd_restart(args: argparse.Namespace, ask: Ask) -> int:
     before = ask({"type": "status"})
     primary = before.get("primary")
-    members = [args.member] if args.member else \
-        sorted(before.get("nodes") or {}, key=lambda name: (name == primary, name))    # standbys first
+    nodes = before.get("nodes") or {}
+    members = [args.member] if args.member else sorted(nodes, key=lambda name: (name == primary, name))  # standbys first
     for member in members:
         checked({"type": "restart", "member": member})
+    if args.pending:
+        members = [m for m in members if ((nodes.get(m) or {}).get("report") or {}).get("pending_restart")]
+        if not members:
+            print("no member has a parameter waiting for a restart: nothing to do")
+            return OK
     if not members:
         raise Refused("the arbiter names no members")
     if len(members) > 1 and args.wait == 0:

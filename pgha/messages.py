@@ -97,6 +97,7 @@ class Report(PgStatus):
     disk: Mapping[str, int] | None = None   # disk use under PostgreSQL (pgha.disk.DiskUse.to_report), bytes
     reinit_done: int = 0                    # the last reinit order (Instruction.reinit) this node carried out
     restart_done: int = 0                   # the last restart order (Instruction.restart) this node carried out
+    pending_restart: bool = False           # a changed parameter waits for a restart (pg_settings, the facts)
 
     def replication_row(self, standby: str) -> ReplicationRow | None:
         return next((row for row in self.replication if row.name == standby), None)
@@ -105,12 +106,13 @@ class Report(PgStatus):
     def from_status(cls, status: PgStatus, *, address: Address, relinquished: bool, grant_remaining: float,
                     last_action: str | None, clone_progress: Mapping[str, int] | None,
                     lease_remaining: Mapping[str, float] | None, disk: Mapping[str, int] | None = None,
-                    reinit_done: int = 0, restart_done: int = 0) -> Report:
+                    reinit_done: int = 0, restart_done: int = 0, pending_restart: bool = False) -> Report:
         """The node's report: PostgreSQL's status and what the node adds."""
         return cls(**{f.name: getattr(status, f.name) for f in fields(PgStatus)},
                    address=address, relinquished=relinquished, grant_remaining=grant_remaining,
                    lease_remaining=lease_remaining, last_action=last_action, clone_progress=clone_progress,
-                   disk=disk, reinit_done=reinit_done, restart_done=restart_done)
+                   disk=disk, reinit_done=reinit_done, restart_done=restart_done,
+                   pending_restart=pending_restart)
 
     @classmethod
     def from_wire(cls, wire: Any) -> Report:
@@ -153,6 +155,7 @@ class Report(PgStatus):
             disk=disk,
             reinit_done=_field(wire, "reinit_done", int, where, default=0),
             restart_done=_field(wire, "restart_done", int, where, default=0),
+            pending_restart=_field(wire, "pending_restart", bool, where, default=False),
         )
 
     def to_wire(self) -> dict:
@@ -168,8 +171,9 @@ class Report(PgStatus):
             value = getattr(self, name)
             if value is not None:
                 wire[name] = dict(value) if isinstance(value, Mapping) else value
-        if self.unfenced:
-            wire["unfenced"] = True
+        for name in ("unfenced", "pending_restart"):
+            if getattr(self, name):
+                wire[name] = True
         for name in ("reinit_done", "restart_done"):
             if getattr(self, name):
                 wire[name] = getattr(self, name)

@@ -384,14 +384,14 @@ class Node:
     def _report(self, status):
         """This heartbeat's messages.Report: PostgreSQL's status (pg.status())
         and what the node adds, its address, leases and last action."""
-        m = self.memory
+        m, latest = self.memory, self.facts.latest      # one read of the facts thread's latest
         return Report.from_status(
             status, address=self.address, relinquished=m.hand_over is not HandOver.NONE,
             grant_remaining=round(self.grants.remaining_for_report(), 3), last_action=m.last_action,
             clone_progress=None if self.clone_progress is None else self.clone_progress.to_wire(),
             lease_remaining={source: round(self.leases.remaining(source), 3) for source in ("arbiter", "standby")}
             if m.acting_primary else None,
-            disk=self.facts.latest.disk_report,     # one read of the facts thread's latest
+            disk=latest.disk_report, pending_restart=bool(latest.facts and latest.facts.pending_restart),
             reinit_done=m.reinit_done, restart_done=m.restart_done)
 
     def _clock_skews(self, acting_primary):

@@ -6,8 +6,10 @@ and prints the new primary."""
 import json
 import time
 
+import psycopg2
+
 from conftest import WriteRun, wait_for
-from test_cluster import primary_is
+from test_cluster import primary_is, sql
 from test_rest_api import get
 
 from pgha import ctl, settings
@@ -223,6 +225,18 @@ def test_reinit_makes_a_fresh_copy_of_the_standby_and_no_commit_waits_for_it(loc
     assert report.longest_gap.length < 3.0, report.longest_gap     # no commit waited for the copy
 
 
+def alter_system(cluster, node, change):
+    """ALTER SYSTEM <change> and a reload, as the node's superuser."""
+    conn = psycopg2.connect(**cluster.superuser_params(node), connect_timeout=3)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"ALTER SYSTEM {change}")
+            cur.execute("SELECT pg_reload_conf()")
+    finally:
+        conn.close()
+
+
 def test_restart_every_member_in_place_standby_first_without_a_failover(local_cluster, capsys):
     """pgha-ctl restart (patronictl restart, issue 21 item 4): every member's
     PostgreSQL restarts in place (a new postmaster), the standby first and off
@@ -231,6 +245,19 @@ def test_restart_every_member_in_place_standby_first_without_a_failover(local_cl
     cluster = local_cluster
     before = {name: cluster.postmaster_pid(name) for name in ("pgsql-1", "pgsql-2")}
     assert all(before.values()), before
+    assert ctl_run(cluster, "restart", "--pending", "--force") == 0
+    assert "nothing to do" in capsys.readouterr().out
+    # A parameter that needs a restart, on the primary only: --pending restarts that member alone.
+    alter_system(cluster, "pgsql-1", "SET shared_buffers = '24MB'")
+    wait_for(lambda: ((cluster.status()["nodes"]["pgsql-1"].get("report") or {}).get("pending_restart")), 20,
+             "the primary to report a pending restart")
+    assert ctl_run(cluster, "restart", "--pending", "--force", "--wait", "120") == 0
+    assert sql(cluster, "pgsql-1", "SHOW shared_buffers") == [("24MB",)]
+    assert cluster.postmaster_pid("pgsql-2") == before["pgsql-2"], "--pending restarted a member that needed none"
+    wait_for(lambda: not cluster.status()["nodes"]["pgsql-1"]["report"].get("pending_restart"), 20,
+             "the restarted primary to report no pending restart")
+    before["pgsql-1"] = cluster.postmaster_pid("pgsql-1")
+    alter_system(cluster, "pgsql-1", "RESET shared_buffers")
     assert ctl_run(cluster, "restart", "--no-wait", "--force") == 2      # several members need --wait
     assert "needs --wait" in capsys.readouterr().err
     with WriteRun(cluster) as run:
@@ -247,5 +274,5 @@ def test_restart_every_member_in_place_standby_first_without_a_failover(local_cl
     assert all(after[name] and after[name] != before[name] for name in after), (before, after)
     assert (healthy["primary"], healthy["epoch"]) == ("pgsql-1", 1), "a restart is no failover"
     events = [e["event"] for e in cluster.arbiter_call({"type": "history", "limit": 20})["events"]]
-    assert events.count("restart_requested") == 2 and "failover" not in events, events
+    assert events.count("restart_requested") == 3 and "failover" not in events, events   # --pending: 1
     assert report.longest_gap.length < 15.0, report.longest_gap     # the primary's restart only
