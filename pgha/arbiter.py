@@ -421,42 +421,50 @@ class Arbiter:
                     "the proposal (python -m pgha.ctl status, then rebuild --confirm)", self.store)
 
     def _handle_rebuilding(self, request):
+        """Rebuild mode's own table: heartbeats (told to wait, read for the
+        proposal), status (the proposal), the operator's confirmation; every
+        other kind is refused until then."""
         if self.rebuilding is None:
             return {"type": "error", "error": "the arbiter is not rebuilding its state"}
-        if isinstance(request, requests.Heartbeat):
-            node = request.node
-            if node not in self.topology:
-                raise protocol.ProtocolError(f"unknown node {node!r} "
-                                             f"(configured: {', '.join(self.topology.members)})")
-            with self.lock:
-                now = self.clock()
-                instruction = self.rebuilding.on_heartbeat(node, request.epoch, request.report, now)
-                proposal = self.rebuilding.proposal(now)
-            if proposal != self._last_proposal:     # one line per change, not per heartbeat
-                self._last_proposal = proposal
-                found, problem = proposal
-                if found:
-                    log.warning("rebuild proposal: epoch %d, primary %s; confirm with `python -m pgha.ctl "
-                                "rebuild --confirm --epoch %d --primary %s`", found.epoch, found.primary,
-                                found.epoch, found.primary)
-                else:
-                    log.warning("rebuild: no proposal yet: %s", problem)
-            return instruction.to_wire()
-        if isinstance(request, requests.Status):
-            with self.lock:
-                now = self.clock()
-                found, problem = self.rebuilding.proposal(now)
-                return {"type": "status", "epoch": None, "primary": None, "promotable": False,
-                        "promotable_members": [], "rebuilding": True, "proposal": found.to_wire() if found else None,
-                        "proposal_problem": problem, "nodes": self.rebuilding.status_nodes(now),
-                        "switchover_to": None}
-        if isinstance(request, requests.Rebuild):
-            return self._confirm_rebuild(request.epoch, request.primary)
-        kind = requests.kind_of_request(request).name
-        return {"type": "error", "error": f"the arbiter is rebuilding its state: {kind} refused until an "
-                                          "operator confirms (python -m pgha.ctl rebuild)"}
+        answer = {requests.Heartbeat: self._rebuild_heartbeat, requests.Status: self._rebuild_status,
+                  requests.Rebuild: self._confirm_rebuild}.get(type(request))
+        if answer is None:
+            kind = requests.kind_of_request(request).name
+            return {"type": "error", "error": f"the arbiter is rebuilding its state: {kind} refused until an "
+                                              "operator confirms (python -m pgha.ctl rebuild)"}
+        return answer(request)
 
-    def _confirm_rebuild(self, epoch, primary):
+    def _rebuild_heartbeat(self, request):
+        node = request.node
+        if node not in self.topology:
+            raise protocol.ProtocolError(f"unknown node {node!r} "
+                                         f"(configured: {', '.join(self.topology.members)})")
+        with self.lock:
+            now = self.clock()
+            instruction = self.rebuilding.on_heartbeat(node, request.epoch, request.report, now)
+            proposal = self.rebuilding.proposal(now)
+        if proposal != self._last_proposal:     # one line per change, not per heartbeat
+            self._last_proposal = proposal
+            found, problem = proposal
+            if found:
+                log.warning("rebuild proposal: epoch %d, primary %s; confirm with `python -m pgha.ctl "
+                            "rebuild --confirm --epoch %d --primary %s`", found.epoch, found.primary,
+                            found.epoch, found.primary)
+            else:
+                log.warning("rebuild: no proposal yet: %s", problem)
+        return instruction.to_wire()
+
+    def _rebuild_status(self, request):
+        with self.lock:
+            now = self.clock()
+            found, problem = self.rebuilding.proposal(now)
+            return {"type": "status", "epoch": None, "primary": None, "promotable": False,
+                    "promotable_members": [], "rebuilding": True, "proposal": found.to_wire() if found else None,
+                    "proposal_problem": problem, "nodes": self.rebuilding.status_nodes(now),
+                    "switchover_to": None}
+
+    def _confirm_rebuild(self, request):
+        epoch, primary = request.epoch, request.primary
         with self.lock:
             if self.rebuilding is None:
                 return {"type": "error", "error": "the arbiter is not rebuilding its state"}
