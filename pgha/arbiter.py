@@ -126,11 +126,15 @@ class Arbiter:
                                          "messages")
         return answer(request)
 
-    def _heartbeat(self, request):
-        node = request.node
-        if node not in self.topology:
-            raise protocol.ProtocolError(f"unknown node {clip(repr(node))} "
+    def _member_of(self, request):
+        """The heartbeat's node, one of this cluster's members (else ProtocolError)."""
+        if request.node not in self.topology:
+            raise protocol.ProtocolError(f"unknown node {clip(repr(request.node))} "
                                          f"(configured: {', '.join(self.topology.members)})")
+        return request.node
+
+    def _heartbeat(self, request):
+        node = self._member_of(request)
         self._start_due_switchover()
         with self.lock:
             self.acted_epochs[node] = request.epoch
@@ -435,10 +439,7 @@ class Arbiter:
         return answer(request)
 
     def _rebuild_heartbeat(self, request):
-        node = request.node
-        if node not in self.topology:
-            raise protocol.ProtocolError(f"unknown node {node!r} "
-                                         f"(configured: {', '.join(self.topology.members)})")
+        node = self._member_of(request)
         with self.lock:
             now = self.clock()
             instruction = self.rebuilding.on_heartbeat(node, request.epoch, request.report, now)
