@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
+from pgha.cluster_state import ClusterState
 from pgha.messages import PRIMARY, STANDBY, WAIT, Instruction, Report, ReplicationRow
 from pgha.topology import Topology
 
@@ -56,35 +57,6 @@ class Timings:
         # After dropping sync, wait a lease before asking for it again, so a
         # flapping link cannot stall commits over and over.
         return self.lease_time
-
-
-@dataclass(frozen=True)
-class ClusterState:
-    epoch: int
-    primary: str
-    promotable: frozenset[str] = frozenset()     # members known to hold every acknowledged commit
-    paused: bool = False
-    # The primary's daemon stopped in pause and left its PostgreSQL running
-    # with the fencer disarmed: no lease bounds that server, so no automatic
-    # failover until the daemon reports again (failover_blocker), and an
-    # operator's failover only with primary_stopped (request_failover).
-    # Durable, so a restarted arbiter or a new etcd leader holds it back too.
-    primary_unfenced: bool = False
-    scheduled_at: float | None = None   # wall-clock seconds
-    scheduled_to: str | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.promotable, (set, list, tuple)):     # any collection of names: one type, hashable
-            object.__setattr__(self, "promotable", frozenset(self.promotable))
-
-    @property
-    def scheduled(self) -> bool:
-        return self.scheduled_at is not None
-
-    def promotable_view(self) -> dict[str, Any]:
-        """For status and history: "promotable" yes/no as before (a pair's
-        standby), and the members it names."""
-        return {"promotable": bool(self.promotable), "promotable_members": sorted(self.promotable)}
 
 
 @dataclass(frozen=True)

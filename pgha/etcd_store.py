@@ -23,7 +23,7 @@ import os
 import time
 from typing import Any, Callable
 
-from pgha.decision import ClusterState
+from pgha.cluster_state import ClusterState
 from pgha.etcd_client import (EtcdClient, EtcdUnavailable, b64, compare_create_revision, compare_mod_revision,
                               put, range_of, unb64)
 from pgha import store

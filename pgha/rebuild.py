@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pgha.decision import ClusterState
+from pgha.cluster_state import ClusterState
 from pgha.messages import PRIMARY, STANDBY, WAIT, Instruction, Report
 from pgha.topology import Topology
 

@@ -19,12 +19,10 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
+from pgha.cluster_state import ClusterState
 from pgha.files import write_durably
-
-if TYPE_CHECKING:     # the arbiter's rules: a node daemon (load_node_state, save_json) never loads them
-    from pgha.decision import ClusterState
 
 
 def save_json(path: str, data: Any) -> None:
@@ -133,7 +131,6 @@ def check_state(value: Any, members: Sequence[str] = ()) -> ClusterState | None:
     paused = value.get("paused", False)     # absent in states saved before maintenance mode
     unfenced = value.get("primary_unfenced", False)     # absent unless set
     scheduled = _check_scheduled(value.get("scheduled_switchover"))     # absent: none scheduled
-    from pgha.decision import ClusterState
     if type(epoch) is int and epoch >= 1 and isinstance(primary, str) and primary \
             and type(promotable) is bool and type(paused) is bool and type(unfenced) is bool \
             and scheduled is not None:
@@ -174,7 +171,6 @@ def _check_scheduled(value: Any) -> tuple[float | None, str | None] | None:
 
 def state_to_stored(state: ClusterState) -> dict[str, Any]:
     """The stored form of `state`; a TypeError for anything load() would call damaged."""
-    from pgha.decision import ClusterState
     if not isinstance(state, ClusterState):
         raise TypeError(f"not a ClusterState: {state!r}")
     stored: dict[str, Any] = {"epoch": state.epoch, "primary": state.primary, "promotable": bool(state.promotable)}

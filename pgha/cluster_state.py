@@ -1,0 +1,43 @@
+"""The arbiter's durable decision for one cluster (docs/ha-model.md): what the
+state stores keep (pgha.store, pgha.etcd_store) and the rules (pgha.decision)
+read and return. Its own module, so a store needs no rules to hold it.
+
+    epoch       bumped by every change of primary
+    primary     the node that may run PostgreSQL as primary
+    promotable  the members known to hold every acknowledged commit (invariant 1)
+    paused      maintenance mode (node_rules row M1)
+    primary_unfenced, scheduled_at, scheduled_to: see below
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    epoch: int
+    primary: str
+    promotable: frozenset[str] = frozenset()     # members known to hold every acknowledged commit
+    paused: bool = False
+    # The primary's daemon stopped in pause and left its PostgreSQL running
+    # with the fencer disarmed: no lease bounds that server, so no automatic
+    # failover until the daemon reports again (failover_blocker), and an
+    # operator's failover only with primary_stopped (request_failover).
+    # Durable, so a restarted arbiter or a new etcd leader holds it back too.
+    primary_unfenced: bool = False
+    scheduled_at: float | None = None   # wall-clock seconds
+    scheduled_to: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.promotable, (set, list, tuple)):     # any collection of names: one type, hashable
+            object.__setattr__(self, "promotable", frozenset(self.promotable))
+
+    @property
+    def scheduled(self) -> bool:
+        return self.scheduled_at is not None
+
+    def promotable_view(self) -> dict[str, Any]:
+        """For status and history: "promotable" yes/no as before (a pair's
+        standby), and the members it names."""
+        return {"promotable": bool(self.promotable), "promotable_members": sorted(self.promotable)}
