@@ -50,6 +50,11 @@ app_password = "change-me"
 database = "testdb"
 hba_networks = ["127.0.0.1/32"] # networks allowed to connect (clients, the other node)
 pg_parameters = {}              # extra postgresql.conf parameters, e.g. {"shared_buffers": "256MB"}
+# Replication slots kept on whichever member is primary, across switchover and
+# failover (Patroni's permanent slots; README: Permanent slots). Give every node
+# the same. {"name": {"type": "physical"}} or
+# {"name": {"type": "logical", "database": "testdb", "plugin": "pgoutput"}}.
+permanent_slots = {}
 # pg_hba.conf and pg_ident.conf as you write them (README: pg_hba and pg_ident).
 # None: the node's lines go on top of pg_hba.conf as it is. A list: pg_hba.conf
 # is the node's own lines (its users only), then exactly these, in order, e.g.

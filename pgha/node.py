@@ -42,6 +42,7 @@ from pgha.postgres import PostgresError
 log = logs.get("node")
 
 FACTS_TIMEOUT = 2.0     # s a facts query may run (its own connection: never the HA loop's)
+SLOT_COPY_INTERVAL = 5.0    # s between a standby's copies of the permanent slots, and after a failed try
 # Heartbeat interval of a standby a switchover is handing over to, until it is promoted.
 HURRY_INTERVAL = 0.02
 
@@ -367,7 +368,16 @@ class Node:
             restart_done=m.restart_done,
             upstream=m.upstream, streaming=status.receiver == "streaming",
             not_streaming_since=m.standby_since, slot_ensured=m.slot_ensured,
-            sync_standby=status.sync_standby)
+            slots_due=self._slots_due(status.running_as), sync_standby=status.sync_standby)
+
+    def _slots_due(self, running_as):
+        """Permanent slots to make (running as primary: once per start, and again
+        after a failure or a reload that changed them) or to copy (running as a
+        standby: every SLOT_COPY_INTERVAL)."""
+        names, m = frozenset(getattr(self.s, "permanent_slots", None) or {}), self.memory
+        if not names or self.clock() - m.slots_synced_at < SLOT_COPY_INTERVAL:
+            return False
+        return running_as == STANDBY or running_as == PRIMARY and names != m.permanent_ensured
 
     def _read_data_dir(self):
         if self.pg.data_is_empty():

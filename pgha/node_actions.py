@@ -202,7 +202,7 @@ class NodeActions:
 
     def _running_as_primary(self, c: Changes, d: Decision, restarted: bool = False) -> None:
         c.acting(True)
-        c.set(slot_ensured=None)
+        c.set(slot_ensured=None, permanent_ensured=frozenset(), slots_synced_at=float("-inf"))   # made afresh
         log.failover("PostgreSQL running as primary (epoch %d)", d.remember_epoch)
         self.callback("on_restart" if restarted else "on_role_change", "primary")
 
@@ -305,6 +305,24 @@ class NodeActions:
         self.pg.ensure_slot(d.slot)
         c.set(slot_ensured=d.slot)
 
+    def _sync_slots(self, c: Changes, d: Decision) -> None:
+        """Permanent slots (setting permanent_slots): made on the primary, copied
+        on a standby (d.address: the primary it streams from). A failure is
+        logged once and tried again after node.SLOT_COPY_INTERVAL."""
+        slots = dict(self.settings().permanent_slots)
+        c.set(slots_synced_at=self.clock())
+        try:
+            if d.address is None:
+                self.pg.ensure_permanent_slots(slots)
+                c.set(permanent_ensured=frozenset(slots))
+            else:
+                self.pg.copy_permanent_slots(d.address, slots)
+        except PostgresError as exc:     # UpstreamNotReady too: the next try will do
+            self.say("slots", "warning", f"permanent slots: {exc}")
+            return
+        self.say("slots", "info", f"permanent slots {', '.join(sorted(slots))} "
+                                  f"{'in place' if d.address is None else 'copied from the primary'}")
+
     def _stay_primary(self, c: Changes, d: Decision) -> None:
         c.acting(True)
 
@@ -321,10 +339,15 @@ class NodeActions:
         self.pg.write_settings(STANDBY, primary_address=d.address)
         self.pg.reload()
         c.set(upstream=d.address, standby_since=self.clock())
-        self.pg.drop_inactive_slots()
+        self.pg.drop_inactive_slots(keep=self.permanent_physical())
 
     def _stay_standby(self, c: Changes, d: Decision) -> None:
         c.set(standby_since=self.clock(), rejoin_failures=0)
+
+    def permanent_physical(self) -> frozenset[str]:
+        """The permanent physical slots: a standby keeps its copies of them."""
+        slots = getattr(self.settings(), "permanent_slots", None) or {}
+        return frozenset(name for name, spec in slots.items() if spec["type"] == "physical")
 
     def _restart_rejoin(self, c: Changes, d: Decision) -> None:
         log.warning("not streaming from the primary for %.0fs (diverged timeline?): stopping to "

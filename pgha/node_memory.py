@@ -42,6 +42,11 @@ class NodeMemory:
     restart_done: int = 0                   # the last restart order carried out (reported to the arbiter)
     last_rejoin_failure: float = float("-inf")
     slot_ensured: str | None = None         # the standby's slot made on this primary
+    # Permanent slots (setting permanent_slots): the names made on this primary
+    # since it started acting, and when they were last made or copied (a standby
+    # copies them every SLOT_COPY_INTERVAL; a failed try waits as long).
+    permanent_ensured: frozenset[str] = frozenset()
+    slots_synced_at: float = float("-inf")
     prepared_upstream: Address | None = None  # the switchover target our slot was made on before the hand-over
     hand_over_prepared: HandOverPrepared | None = None  # a switchover's preparation, done, not yet used
     preparing: int | None = None    # the serial of the preparation a RELINQUISH started and awaits

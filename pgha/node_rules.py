@@ -32,6 +32,7 @@ matches wins.
                                                         standby of the target, not yet promoted)
     P11 running, sync name differs .................... SET_SYNC (and the slot, when P12 is also due)
     P12 running, standby's slot not yet ensured ....... ENSURE_SLOT
+    K1  running, permanent slots due .................. SYNC_SLOTS (made where missing; also in pause)
     P13 running ....................................... STAY_PRIMARY
 
   Standby of X at epoch E (a hand-over ends: X is the new primary)
@@ -44,6 +45,8 @@ matches wins.
         carried out ................................... RESTART_STANDBY (a fast stop and a start;
                                                         also in pause)
     S3  running, following another address ............ FOLLOW
+    K2  running, streaming, permanent slots due ....... SYNC_SLOTS (physical ones copied and moved up to
+                                                        the primary's; logical ones dropped here)
     S4  running, streaming ............................ STAY_STANDBY
     S5  running, not streaming past the deadline ...... RESTART_REJOIN
     S6  running ....................................... AWAIT_STREAMING
@@ -93,6 +96,7 @@ class Action(Enum):
     RELINQUISH = "relinquish"
     SET_SYNC = "set_sync"
     ENSURE_SLOT = "ensure_slot"
+    SYNC_SLOTS = "sync_slots"
     STAY_PRIMARY = "stay_primary"
     DEMOTE = "demote"
     FOLLOW = "follow"
@@ -121,13 +125,14 @@ TOUCHES_POSTGRES = frozenset({Action.BOOTSTRAP, Action.HAND_OVER, Action.RESTART
 
 # Steady states: nothing changes. The node's report keeps the last other action.
 IDLE = frozenset({Action.NO_ANSWER, Action.WAIT, Action.AWAIT_START, Action.STAY_PRIMARY,
-                  Action.STAY_STANDBY, Action.AWAIT_STREAMING, Action.REJOIN_BACKOFF})
+                  Action.STAY_STANDBY, Action.AWAIT_STREAMING, Action.REJOIN_BACKOFF,
+                  Action.SYNC_SLOTS})     # a standby's periodic copy: its own line says what changed
 # The standby's ways back; one that raises counts a failed rejoin (the backoff of row S7).
 REJOINS = frozenset({Action.CLONE, Action.REWIND, Action.START_STANDBY, Action.REINIT})
 # Actions under which PostgreSQL runs (or keeps running) read-write.
 READ_WRITE = frozenset({Action.BOOTSTRAP, Action.RESTART_AFTER_CRASH, Action.PROMOTE_STOPPED_STANDBY,
                         Action.START_PRIMARY, Action.PROMOTE_RUNNING_STANDBY, Action.SET_SYNC,
-                        Action.ENSURE_SLOT, Action.STAY_PRIMARY})
+                        Action.ENSURE_SLOT, Action.STAY_PRIMARY, Action.RESTART_PRIMARY})
 
 
 class HandOver(Enum):
@@ -222,6 +227,7 @@ class NodeView:
     streaming: bool = False                 # the standby's WAL receiver streams
     not_streaming_since: float | None = None  # last time the standby was (re)pointed or streamed
     slot_ensured: str | None = None         # the standby's slot made on this primary
+    slots_due: bool = False                 # permanent slots to make (primary) or copy (standby) now
     sync_standby: str | None = None         # the name synchronous_standby_names holds now
 
 
@@ -301,6 +307,8 @@ def _as_primary(view: NodeView, ins: AsPrimary) -> Decision:
         return row("P11", Action.SET_SYNC, slot=slot)
     if slot:
         return row("P12", Action.ENSURE_SLOT, slot=slot)
+    if view.slots_due:
+        return row("K1", Action.SYNC_SLOTS)
     return row("P13", Action.STAY_PRIMARY)
 
 
@@ -335,7 +343,7 @@ def _as_standby(view: NodeView, ins: AsStandby) -> Decision:
         if view.upstream != ins.primary_address:
             return row("S3", Action.FOLLOW)
         if view.streaming:
-            return row("S4", Action.STAY_STANDBY)
+            return row("K2", Action.SYNC_SLOTS) if view.slots_due else row("S4", Action.STAY_STANDBY)
         if view.not_streaming_since is not None and \
                 view.now - view.not_streaming_since > STANDBY_STREAM_DEADLINE:
             return row("S5", Action.RESTART_REJOIN)

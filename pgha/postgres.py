@@ -58,6 +58,16 @@ DROP_LOST_SLOT_SQL = ("SELECT pg_drop_replication_slot(slot_name) FROM pg_replic
                       "WHERE slot_name = %s AND wal_status = 'lost' AND NOT active")
 ENSURE_SLOT_SQL = ("SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS "
                    "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)")
+ENSURE_LOGICAL_SLOT_SQL = ("SELECT pg_create_logical_replication_slot(%s, %s) WHERE NOT EXISTS "
+                           "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)")
+PRIMARY_SLOT_POSITIONS_SQL = ("SELECT slot_name, restart_lsn - '0/0' FROM pg_replication_slots "
+                              "WHERE slot_name = ANY(%s) AND slot_type = 'physical' AND restart_lsn IS NOT NULL")
+# A standby's copy moves up to the primary's position, never past what it has replayed, never back.
+ADVANCE_COPY_SQL = ("SELECT pg_replication_slot_advance(slot_name, target) FROM pg_replication_slots, "
+                    "LEAST('0/0'::pg_lsn + %s::numeric, pg_last_wal_replay_lsn()) AS target "
+                    "WHERE slot_name = %s AND restart_lsn < target")
+DROP_INACTIVE_SLOT_SQL = ("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                          "WHERE slot_name = %s AND NOT active")
 
 
 class PostgresError(Exception):
@@ -233,7 +243,7 @@ class Postgres:
         params = {
             "listen_addresses": self.s.listen_addresses, "port": self.s.pg_port,
             "unix_socket_directories": self.socket_dir, "cluster_name": self.s.name,
-            "wal_level": "replica", "max_wal_senders": 10, "max_replication_slots": 10,
+            "wal_level": self.wal_level(), "max_wal_senders": 10, "max_replication_slots": 10,
             "wal_log_hints": "on", "hot_standby": "on", "synchronous_commit": "on",
             "wal_keep_size": rejoin.wal_keep_size(self.s.pg_parameters),  # pg_rewind after a crash
             "max_slot_wal_keep_size": rejoin.max_slot_wal_keep_size(self.s.pg_parameters, self._wal_fs_bytes()),
@@ -587,11 +597,11 @@ class Postgres:
             self._conn = self.new_connection(statement_timeout=5.0)
         return self._conn
 
-    def new_connection(self, statement_timeout):
+    def new_connection(self, statement_timeout, dbname="postgres"):
         """A connection of its own (autocommit) to the local server, for a thread other than the HA loop's."""
         conn = psycopg2.connect(
             host=self.socket_dir, port=self.s.pg_port, user=self.s.admin_user,
-            password=self.s.admin_password, dbname="postgres", connect_timeout=2,
+            password=self.s.admin_password, dbname=dbname, connect_timeout=2,
             application_name="pgha-node", options=f"-c statement_timeout={int(statement_timeout * 1000)}")
         conn.autocommit = True
         return conn
@@ -651,16 +661,8 @@ class Postgres:
         switch (recovery_target_timeline = latest), so we are its synchronous
         standby when its first commit comes.
         """
+        conn = self._upstream_connection(address)
         try:
-            conn = psycopg2.connect(host=address.host, port=address.pg_port, user=self.s.admin_user,
-                                    password=self.s.admin_password, dbname="postgres", connect_timeout=3,
-                                    # no GSSAPI here (pg_hba: passwords): trying it maps Kerberos' libraries
-                                    application_name="pgha-node", gssencmode="disable")
-        except psycopg2.Error as exc:
-            raise UpstreamNotReady(f"cannot connect to primary {address.host}:{address.pg_port}: "
-                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from None
-        try:
-            conn.autocommit = True
             with conn.cursor() as cur:
                 # The arbiter names the new primary before it has promoted: rewinding
                 # from (or following) a server still in recovery finds "nothing to
@@ -676,8 +678,72 @@ class Postgres:
         finally:
             conn.close()
 
+    def _upstream_connection(self, address):
+        """An autocommit connection to the primary at `address`, as the admin user."""
+        try:
+            conn = psycopg2.connect(host=address.host, port=address.pg_port, user=self.s.admin_user,
+                                    password=self.s.admin_password, dbname="postgres", connect_timeout=3,
+                                    # no GSSAPI here (pg_hba: passwords): trying it maps Kerberos' libraries
+                                    application_name="pgha-node", gssencmode="disable")
+        except psycopg2.Error as exc:
+            raise UpstreamNotReady(f"cannot connect to primary {address.host}:{address.pg_port}: "
+                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from None
+        conn.autocommit = True
+        return conn
+
     def ensure_slot(self, slot):
         _ensure_slot(self.execute, slot)
+
+    def wal_level(self):
+        """logical when a permanent logical slot is asked for (a running server
+        takes it at its next restart: pending_restart), else replica."""
+        slots = getattr(self.s, "permanent_slots", None) or {}
+        return "logical" if any(spec["type"] == "logical" for spec in slots.values()) else "replica"
+
+    def ensure_permanent_slots(self, slots):
+        """On the primary: each permanent slot (setting permanent_slots) made if
+        it is missing, a logical one in its database. One that PostgreSQL
+        invalidated is left for its consumer to see, not silently replaced."""
+        for name, spec in sorted(slots.items()):
+            if spec["type"] == "physical":
+                self.execute(ENSURE_SLOT_SQL, (name, name))
+                continue
+            try:
+                conn = self.new_connection(statement_timeout=10.0, dbname=spec["database"])
+            except psycopg2.Error as exc:
+                raise PostgresError(f"permanent slot {name}: {_first_line(exc)}") from None
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(ENSURE_LOGICAL_SLOT_SQL, (name, spec["plugin"], name))
+            except psycopg2.Error as exc:
+                raise PostgresError(f"permanent slot {name}: {_first_line(exc)}") from None
+            finally:
+                conn.close()
+
+    def copy_permanent_slots(self, address, slots):
+        """On a standby: its copies of the permanent physical slots, each moved up
+        to where the primary's stands (so after a promotion here a consumer
+        finds the WAL it still needs); logical ones, which a standby cannot
+        serve (PostgreSQL before 16) but which would hold back its catalog,
+        dropped."""
+        physical = sorted(name for name, spec in slots.items() if spec["type"] == "physical")
+        for name in sorted(set(slots) - set(physical)):
+            self.execute(DROP_INACTIVE_SLOT_SQL, (name,))
+        if not physical:
+            return
+        conn = self._upstream_connection(address)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(PRIMARY_SLOT_POSITIONS_SQL, (physical,))
+                positions = dict(cur.fetchall())
+        except psycopg2.Error as exc:
+            raise PostgresError(f"cannot read the primary's permanent slots: {_first_line(exc)}") from None
+        finally:
+            conn.close()
+        for name in physical:
+            self.execute(ENSURE_SLOT_SQL, (name, name))
+            if name in positions:
+                self.execute(ADVANCE_COPY_SQL, (int(positions[name]), name))
 
     def _wal_fs_bytes(self):
         """Size of the filesystem that holds pg_wal (None if unreadable)."""

@@ -112,6 +112,23 @@ def unmanaged_parameters(value):
     return None
 
 
+def permanent_slots(value):
+    """Patroni's permanent slots: {name: {"type": "physical"}} or
+    {name: {"type": "logical", "database": DB, "plugin": PLUGIN}}."""
+    for name, spec in value.items():
+        if not isinstance(name, str) or slot_identifier(name):
+            return f"names a slot {str(name)[:64]!r}: {slot_identifier(name) if isinstance(name, str) else 'not a name'}"
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind == "physical" and set(spec) == {"type"}:
+            continue
+        if kind == "logical" and set(spec) == {"type", "database", "plugin"} and \
+                all(isinstance(spec[k], str) and not identifier(spec[k]) for k in ("database", "plugin")):
+            continue
+        return (f"gives slot {name!r} {spec!r}: it must be {{\"type\": \"physical\"}} or "
+                '{"type": "logical", "database": DB, "plugin": PLUGIN}')
+    return None
+
+
 def tags(value):
     """Patroni's tags: names to strings, numbers or booleans (the REST API's ?tag_NAME=VALUE)."""
     for key, item in value.items():
@@ -287,6 +304,7 @@ NODE_SPECS = {
     "pg_hba": Spec(list, hba.hba_lines, optional=True),      # None: pgha's lines on top of the file as it is
     "pg_ident": Spec(list, hba.ident_lines, optional=True),  # None: pg_ident.conf left alone
     "pg_parameters": Spec(dict, unmanaged_parameters),
+    "permanent_slots": Spec(dict, permanent_slots),
     "key_file": Spec(str, non_empty),
     "log_level": Spec(str, log_level),
     "log_file": Spec(str, non_empty, optional=True),
@@ -407,4 +425,11 @@ def _distinct_roles(settings):
     return None
 
 
-NODE_CHECKS = (_distinct_roles, _tls_settings)
+def _own_slot_not_permanent(settings):
+    if settings.slot_name in settings.permanent_slots:
+        return (f"setting 'permanent_slots' names {settings.slot_name!r}, this node's own replication slot "
+                "('slot_name'): pick another name")
+    return None
+
+
+NODE_CHECKS = (_distinct_roles, _tls_settings, _own_slot_not_permanent)

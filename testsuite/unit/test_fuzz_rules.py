@@ -89,7 +89,8 @@ instructions = st.none() | st.builds(
     Instruction, epoch=st.integers(min_value=1, max_value=5), role=st.sampled_from([PRIMARY, STANDBY, WAIT]),
     reason=st.none(), primary=st.sampled_from(["a", "b"]), primary_address=st.sampled_from(list(ADDRESSES.values())),
     standby=st.sampled_from(["a", "b", None]), standby_address=addresses, sync_standby=st.sampled_from(["a", "b", None]),
-    relinquish=st.booleans(), lease_time=st.just(3.0), heartbeat_interval=st.just(0.5))
+    relinquish=st.booleans(), lease_time=st.just(3.0), heartbeat_interval=st.just(0.5),
+    restart=st.sampled_from([0, 7]), reinit=st.sampled_from([0, 9]))
 views = st.builds(
     NodeView, now=st.floats(min_value=0, max_value=1000), instruction=instructions,
     acted_epoch=st.integers(min_value=0, max_value=6), pg=st.sampled_from(["running", "starting", "stopped"]),
@@ -98,7 +99,7 @@ views = st.builds(
     hand_over=st.sampled_from(list(HandOver)), last_crash_restart=st.sampled_from([float("-inf"), 0.0, 990.0]),
     rejoin_failures=st.integers(min_value=0, max_value=2), upstream=addresses, streaming=st.booleans(),
     not_streaming_since=st.sampled_from([None, 0.0, 990.0]), slot_ensured=st.sampled_from([None, "slot_a", "slot_b"]),
-    sync_standby=st.sampled_from(["a", "b", None]))
+    sync_standby=st.sampled_from(["a", "b", None]), slots_due=st.booleans(), restart_done=st.sampled_from([0, 7]))
 
 
 @settings(max_examples=2000, deadline=None)

@@ -344,8 +344,37 @@ def test_demote(node):
 def test_follow(node):
     act(node, Action.FOLLOW, primary="pgsql-2", address=TARGET)
     assert node.pg.calls == [("write_settings", STANDBY, ("primary_address", TARGET)), ("reload",),
-                             ("drop_inactive_slots",)]
+                             ("drop_inactive_slots", ("keep", frozenset()))]
     assert (node.memory.upstream, node.memory.standby_since) == (TARGET, NOW)
+
+
+SLOTS = {"archive": {"type": "physical"}, "cdc": {"type": "logical", "database": "testdb", "plugin": "pgoutput"}}
+
+
+def test_sync_slots_makes_the_permanent_slots_on_the_primary_once(node):
+    node.s.permanent_slots = SLOTS
+    act(node, Action.SYNC_SLOTS)
+    assert node.pg.calls == [("ensure_permanent_slots", SLOTS)]
+    assert node.memory.permanent_ensured == frozenset(SLOTS) and node.memory.slots_synced_at == NOW
+    assert not node._slots_due("primary")                     # made: not again
+    node.memory = replace(node.memory, permanent_ensured=frozenset({"archive"}))
+    assert not node._slots_due("primary")                     # a reload changed them: after the interval
+    node.memory = replace(node.memory, slots_synced_at=NOW - 60)
+    assert node._slots_due("primary")
+
+
+def test_sync_slots_copies_them_on_a_standby_and_a_failure_waits_its_turn(node):
+    node.s.permanent_slots = SLOTS
+    node.pg.unready = {"copy_permanent_slots"}
+    act(node, Action.SYNC_SLOTS, primary="pgsql-2", address=TARGET)      # the primary unreachable: no raise
+    assert node.pg.calls == [("copy_permanent_slots", TARGET, SLOTS)]
+    assert node.memory.slots_synced_at == NOW and node.memory.permanent_ensured == frozenset()
+    assert not node._slots_due("standby")
+    node.memory = replace(node.memory, slots_synced_at=NOW - 60)
+    assert node._slots_due("standby") and not node._slots_due(None)
+    remember(node, upstream=None)
+    act(node, Action.FOLLOW, primary="pgsql-2", address=TARGET)
+    assert node.pg.calls[-1] == ("drop_inactive_slots", ("keep", frozenset({"archive"})))   # its copies stay
 
 
 def test_stay_standby(node):

@@ -111,6 +111,12 @@ TABLE = [
     ("S12", view(standby(epoch=4), data=DataDir.WAS_PRIMARY, hand_over=HandOver.HANDED_OVER),
      Action.REWIND, 4),
     ("S13", view(standby(epoch=5), data=DataDir.WAS_STANDBY), Action.START_STANDBY, 5),
+    # Permanent slots due: made on the primary, copied on a streaming standby; in pause too.
+    ("K1", view(primary(), **RUNNING_PRIMARY, slots_due=True), Action.SYNC_SLOTS, 3),
+    ("K1", view(replace(primary(), paused=True), **RUNNING_PRIMARY, slots_due=True), Action.SYNC_SLOTS, 3),
+    ("P12", view(primary(), **{**RUNNING_PRIMARY, "slot_ensured": None}, slots_due=True), Action.ENSURE_SLOT, 3),
+    ("K2", view(standby(), **RUNNING_STANDBY, slots_due=True), Action.SYNC_SLOTS, 3),
+    ("S6", view(standby(), **{**RUNNING_STANDBY, "streaming": False}, slots_due=True), Action.AWAIT_STREAMING, 3),
     # An operator's restart order not yet carried out: in place, on a running server; in pause too.
     ("O1", view(replace(primary(), restart=7), **RUNNING_PRIMARY), Action.RESTART_PRIMARY, 3),
     ("O1", view(replace(primary(), restart=7, paused=True), **RUNNING_PRIMARY), Action.RESTART_PRIMARY, 3),
@@ -140,7 +146,7 @@ def test_table_row(row, situation, action, remember):
     decision = decide(situation)
     assert decision.action is action
     assert decision.remember_epoch == remember
-    if row[0] in "PSOR":
+    if row[0] in "PSORK":
         assert decision.row == row
 
 
@@ -232,10 +238,11 @@ def random_instruction(rng, acted):
     epoch = max(1, acted + rng.choice([-2, -1, 0, 0, 0, 1]))
     if roll < 0.2:
         return Instruction(epoch=epoch, role="wait", reason="test")
+    order = rng.choice([0, 0, 0, 7])        # an operator's restart order, now and then
     if roll < 0.6:
-        return primary(epoch=epoch, sync=rng.choice([None, "b"]), relinquish=rng.random() < 0.1,
-                       standby_address=rng.choice([None, B]))
-    return standby(epoch=epoch, address=rng.choice([A, B]))
+        return replace(primary(epoch=epoch, sync=rng.choice([None, "b"]), relinquish=rng.random() < 0.1,
+                               standby_address=rng.choice([None, B])), restart=order)
+    return replace(standby(epoch=epoch, address=rng.choice([A, B])), restart=order)
 
 
 def carry_out(node, decision, rng):

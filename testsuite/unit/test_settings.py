@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from pgha import settings as s
-from pgha.settings import ARBITER_CHECKS, ARBITER_SPECS, NODE_SPECS, SettingsError
+from pgha.settings import ARBITER_CHECKS, ARBITER_SPECS, NODE_CHECKS, NODE_SPECS, SettingsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NODE_DEFAULTS = os.path.join(ROOT, "node_settings.py")
@@ -24,7 +24,7 @@ def write(tmp_path):
 
 
 def load_node(path=None):
-    return s.load(NODE_DEFAULTS, NODE_SPECS, path)
+    return s.load(NODE_DEFAULTS, NODE_SPECS, path, NODE_CHECKS)
 
 
 def load_arbiter(path=None):
@@ -87,6 +87,11 @@ NODE_ERRORS = [
     ("float-for-int", "arbiter_port = 5430.0", ["'arbiter_port'", "must be int"]),
     ("port-zero", "pg_port = 0", ["'pg_port'", "TCP port", "(got 0)"]),
     ("port-too-big", "peer_port = 65536", ["'peer_port'", "TCP port", "65536"]),
+    ("slot-bad-name", 'permanent_slots = {"Bad-Name": {"type": "physical"}}', ["'permanent_slots'", "Bad-Name"]),
+    ("slot-bad-type", 'permanent_slots = {"s": {"type": "both"}}', ["'permanent_slots'", "slot 's'", "physical"]),
+    ("slot-logical-no-plugin", 'permanent_slots = {"s": {"type": "logical", "database": "db"}}',
+     ["'permanent_slots'", "slot 's'", "PLUGIN"]),
+    ("slot-own-name", 'permanent_slots = {"rep177": {"type": "physical"}}', ["'permanent_slots'", "rep177", "own"]),
     ("port-negative", "arbiter_port = -1", ["'arbiter_port'", "TCP port"]),
     ("required-set-to-none", "host = None", ["'host' is required"]),
     ("empty-string", 'pgdata = "  "', ["'pgdata'", "must not be empty"]),
