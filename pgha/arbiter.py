@@ -66,7 +66,6 @@ class Arbiter:
         self.reload_generation = 0      # instructions carry it; pgha.ctl reload bumps it
         self.lease_transition = None    # a reload.LeaseTransition while a shrunk lease_time settles
         self.store = state_store if state_store is not None else store.FileStore(self.cluster.state_file)
-        self.store.members = self.store.members or self.topology.members
         self.clock = clock
         self.wall = wall            # event times and scheduled switchovers (operators think in wall time)
         self.lock = threading.Lock()
@@ -266,6 +265,8 @@ class Arbiter:
         return {"type": "ok", "switchover_to": target, "at": _iso(at), **replaced}
 
     def _flush(self, request):
+        if request.what == "restart":
+            return self._cancel_restart()
         before, state, error = self._change_scheduled(decision.cancel_scheduled_switchover)
         if error:
             return {"type": "error", "error": f"flush refused: {error}"}
@@ -273,6 +274,18 @@ class Arbiter:
                      at=_iso(before.scheduled_at))
         log.failover("scheduled switchover at %s cancelled by the operator", _iso(before.scheduled_at))
         return {"type": "ok", "cancelled": {"at": _iso(before.scheduled_at), "to": before.scheduled_to}}
+
+    def _cancel_restart(self):
+        with self.lock:
+            pending = self.memory.restart
+            memory, error = decision.cancel_restart(self.memory)
+            if error:
+                return {"type": "error", "error": f"flush refused: {error}"}
+            self.memory = memory
+            self._record("restart_cancelled", epoch=self.state.epoch, primary=self.state.primary,
+                         member=pending[0])
+        log.failover("restart of %s cancelled by the operator", pending[0])
+        return {"type": "ok", "cancelled": {"restart": pending[0]}}
 
     def _reinit(self, request):
         return self._operator_order("reinit", request.member, decision.request_reinit)

@@ -72,9 +72,7 @@ def make_store(settings: Any, cluster: ClusterSpec | None = None) -> store.State
     """One cluster's store (None: the one cluster of the simple settings)."""
     name = settings.cluster_name if cluster is None else cluster.name
     state_file = settings.state_file if cluster is None else cluster.state_file
-    made = BACKENDS[settings.state_backend].make_store(settings, name, state_file)
-    made.members = tuple(settings.nodes if cluster is None else cluster.nodes)
-    return made
+    return BACKENDS[settings.state_backend].make_store(settings, name, state_file)
 
 
 def build(settings: Any, specs: Mapping[str, ClusterSpec], init: bool = False, rebuild: bool = False,

@@ -14,7 +14,7 @@
         switchover and failover: [--force] (no question; needed without a terminal)
                                  [--wait SECONDS | --no-wait] (default: wait 60 s for the new primary
                                  and print it; exit 1 if it is not there)
-      flush switchover                     cancel the scheduled switchover
+      flush switchover | restart           cancel the scheduled switchover, or a pending restart order
       reinit MEMBER [--force] [--wait SECONDS | --no-wait]
                                            a standby makes a fresh copy of the primary (its old data
                                            kept until the copy is complete); waits until it streams
@@ -153,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     restart.add_argument("--wait", type=float, default=RESTART_WAIT, metavar="SECONDS",
                          help="wait this long for each member to be back (default %(default)g); exit 1 if not")
     restart.add_argument("--no-wait", dest="wait", action="store_const", const=0.0,
-                         help="return once the arbiter has accepted the order (with several members: the first)")
-    flush = sub.add_parser("flush", help="cancel something scheduled: `flush switchover`")
+                         help="return once the arbiter has accepted the order (one MEMBER only)")
+    flush = sub.add_parser("flush", help="cancel something pending: `flush switchover` (a scheduled one), "
+                                         "`flush restart` (an order not carried out)")
     flush.add_argument("what", choices=requests.FLUSHABLE)
     sub.add_parser("version", help="pgha-ctl's version and the arbiter's")
     sub.add_parser("topology", help="the members as a tree: who streams from whom")
@@ -761,17 +762,24 @@ def restart_one(args: argparse.Namespace, ask: Ask, member: str) -> None:
         return
 
     def look(status: dict[str, Any], last: bool) -> bool:
+        # A standby is back once promotable again (in strict_sync mode: sync
+        # is not dropped either way), so the next member, the primary above
+        # all, restarts only with a standby that can take over.
         report = ((status.get("nodes") or {}).get(member) or {}).get("report") or {}
-        back = report.get("receiver") == "streaming" if member != status.get("primary") else \
-            report.get("pg") == "running" and report.get("role") == "primary"
+        if member == status.get("primary"):
+            back = report.get("pg") == "running" and report.get("role") == "primary"
+        else:
+            back = report.get("receiver") == "streaming" and member in (status.get("promotable_members") or ())
         if report.get("restart_done") == order and back:
             return True
         if last:
-            raise Refused(f"restart of {member}: not back after {args.wait:g}s ({report.get('pg', 'no report')}); "
-                          "see `pgha-ctl status`")
+            raise Refused(f"restart of {member}: not back after {args.wait:g}s ({report.get('pg', 'no report')}, "
+                          f"{'promotable' if member in (status.get('promotable_members') or ()) else 'not promotable'}"
+                          "); see `pgha-ctl status`; `pgha-ctl flush restart` cancels an order not carried out")
         return False
-    _, took = poll_status(ask, args.wait, look)
-    print(f"restart done: {member} runs again ({took:.1f}s)")
+    status, took = poll_status(ask, args.wait, look)
+    print(f"restart done: {member} runs again{'' if member == status.get('primary') else ', promotable'} "
+          f"({took:.1f}s)")
 
 
 def last_failure(ask: Ask, epoch: int) -> str:
@@ -826,6 +834,9 @@ def cmd_failover(args: argparse.Namespace, ask: Ask) -> int:
 def cmd_flush(args: argparse.Namespace, ask: Ask) -> int:
     reply = ask({"type": "flush", "what": args.what})
     cancelled = reply.get("cancelled") or {}
+    if args.what == "restart":
+        print(f"pending restart of {cancelled.get('restart')} cancelled")
+        return OK
     print(f"scheduled switchover to {cancelled.get('to') or 'the standby'} at {cancelled.get('at')} cancelled")
     return OK
 

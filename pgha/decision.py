@@ -114,6 +114,10 @@ def on_heartbeat(state: ClusterState, memory: Memory, topology: Topology, node: 
     restarted = restart is not None and restart[0] == node and report.restart_done == restart[1]
     if restarted:
         memory = replace(memory, restart=None)
+        if node == state.primary:
+            # Its PostgreSQL restarted (in one step of the node's loop: no report
+            # saw it down): the standby is reconnecting, as after a crash restart.
+            memory = replace(memory, reconnect_grace_until=now + timings.standby_reply_timeout)
     if report.unfenced and not state.paused:
         report = replace(report, unfenced=False)    # outside pause its fencer stays armed (invariant 2)
     memory = replace(memory,
@@ -441,9 +445,13 @@ def request_restart(state: ClusterState, memory: Memory, topology: Topology, mem
     (standby_order_for), so no commit waits on it while it restarts. The
     primary restarts at once: writes stop for the restart (switch over first
     to avoid that). Allowed in maintenance mode (Patroni's restart is too).
-    An order still pending for the same member is replaced."""
+    An order still pending for the same member is replaced; one for another
+    member is refused until it is done or cancelled (cancel_restart)."""
     if member not in topology:
         return state, memory, f"unknown member {member!r} (members: {', '.join(topology.members)})"
+    if memory.restart is not None and memory.restart[0] != member:
+        return state, memory, (f"a restart of {memory.restart[0]} is still pending: wait until it is done, or "
+                               "cancel it (pgha-ctl flush restart)")
     if memory.switchover_to is not None:
         return state, memory, f"a switchover to {memory.switchover_to} is under way"
     if memory.reinit is not None and memory.reinit[0] == member:
@@ -453,6 +461,16 @@ def request_restart(state: ClusterState, memory: Memory, topology: Topology, mem
         return state, memory, None
     return (replace(state, promotable=state.promotable - {member}),
             replace(memory, sync_since=_without(memory.sync_since, member)), None)
+
+
+def cancel_restart(memory: Memory) -> tuple[Memory, str | None]:
+    """pgha-ctl flush restart: a restart order that is not carried out (its
+    node away, or older than the order) would keep a standby out of
+    synchronous replication for ever. Cancelled, that standby becomes
+    promotable again by the usual hand-shake."""
+    if memory.restart is None:
+        return memory, "no restart is pending"
+    return replace(memory, restart=None), None
 
 
 def primary_alive(memory: Memory, now: float, timings: Timings) -> bool:

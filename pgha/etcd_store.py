@@ -70,7 +70,7 @@ class EtcdStore(StateStore):
             value: Any = json.loads(kv.value)
         except ValueError:
             value = kv.value
-        state = check_state(value, self.members)
+        state = check_state(value)
         if state is None:
             shown = repr(kv.value) if len(repr(kv.value)) <= 100 else repr(kv.value)[:100] + "..."
             raise StateStoreError(f"{self} is damaged: {' '.join(shown.split())}")

@@ -60,6 +60,7 @@ ENSURE_SLOT_SQL = ("SELECT pg_create_physical_replication_slot(%s, true) WHERE N
                    "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)")
 ENSURE_LOGICAL_SLOT_SQL = ("SELECT pg_create_logical_replication_slot(%s, %s) WHERE NOT EXISTS "
                            "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)")
+LOGICAL_SLOT_WAIT = 0.3     # s a logical slot's creation may wait for open transactions (on the HA loop)
 PRIMARY_SLOT_POSITIONS_SQL = ("SELECT slot_name, restart_lsn - '0/0' FROM pg_replication_slots "
                               "WHERE slot_name = ANY(%s) AND slot_type = 'physical' AND restart_lsn IS NOT NULL")
 # A standby's copy moves up to the primary's position, never past what it has replayed, never back.
@@ -696,9 +697,22 @@ class Postgres:
 
     def wal_level(self):
         """logical when a permanent logical slot is asked for (a running server
-        takes it at its next restart: pending_restart), else replica."""
+        takes it at its next restart: pending_restart), else replica; but once
+        logical, it stays so while a logical slot may be left in the data
+        directory (PostgreSQL refuses to start with one under replica): back
+        to replica only when a running server shows none."""
         slots = getattr(self.s, "permanent_slots", None) or {}
-        return "logical" if any(spec["type"] == "logical" for spec in slots.values()) else "replica"
+        if any(spec["type"] == "logical" for spec in slots.values()):
+            return "logical"
+        text = self._read(os.path.join(self.pgdata, CONF_FILE), missing_ok=True) or ""
+        if "\nwal_level = 'logical'\n" not in "\n" + text:
+            return "replica"
+        try:
+            (left,), = self.query("SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'") \
+                if self.postmaster_pid() is not None else ((1,),)
+        except (PostgresError, ValueError):
+            left = 1
+        return "logical" if left else "replica"
 
     def ensure_permanent_slots(self, slots):
         """On the primary: each permanent slot (setting permanent_slots) made if
@@ -709,7 +723,9 @@ class Postgres:
                 self.execute(ENSURE_SLOT_SQL, (name, name))
                 continue
             try:
-                conn = self.new_connection(statement_timeout=10.0, dbname=spec["database"])
+                # Short: making a logical slot waits for every open write
+                # transaction, and this runs on the HA loop (tried again later).
+                conn = self.new_connection(statement_timeout=LOGICAL_SLOT_WAIT, dbname=spec["database"])
             except psycopg2.Error as exc:
                 raise PostgresError(f"permanent slot {name}: {_first_line(exc)}") from None
             try:

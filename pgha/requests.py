@@ -128,7 +128,7 @@ class Restart:
     member: str
 
 
-FLUSHABLE = ("switchover",)     # what `flush` cancels: a scheduled switchover
+FLUSHABLE = ("switchover", "restart")     # what `flush` cancels: a scheduled switchover, a pending restart
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,8 @@ class WakeOnShutdown:
         handler that runs on the loop's own thread (shutdown() would wait for
         itself), so it takes no lock."""
         self._stop_asked = True
+        if not self._pipe_open:
+            return                      # closed: its number may be another file's now
         try:
             os.write(self._wake_w, b"!")
         except OSError:

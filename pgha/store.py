@@ -19,7 +19,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from pgha.cluster_state import ClusterState
 from pgha.files import write_durably
@@ -82,11 +82,6 @@ class StaleStateError(StateStoreError):
 class StateStore(ABC):
     """The arbiter's durable decision."""
 
-    # The cluster's members, set by whoever makes the store for a cluster: a
-    # state saved before the promotable mark named members says yes or no for
-    # a pair, and the pair's standby (the member that is not primary) is meant.
-    members: tuple[str, ...] = ()
-
     @abstractmethod
     def load(self) -> ClusterState | None:
         """The saved decision, or None on a first start (nothing saved yet).
@@ -117,14 +112,16 @@ class StateStore(ABC):
         Raises StateStoreError when the history cannot be read."""
 
 
-def check_state(value: Any, members: Sequence[str] = ()) -> ClusterState | None:
+def check_state(value: Any) -> ClusterState | None:
     """A ClusterState from its stored form, or None if any field is missing or
     of the wrong type. Checked, not coerced: bool("false") is True, and a wrong
     guess here could promote a standby that lacks commits.
 
     "promotable" is stored as yes/no (what earlier versions read) and, when
     yes, "promotable_members" names them. A yes without names was saved
-    before names were stored, by a pair: `members` says who its standby is."""
+    before names were stored: it is read as no one, not guessed from the
+    settings (a member replaced meanwhile would be taken as holding every
+    commit); the standby proves itself again within a few heartbeats."""
     if not isinstance(value, dict):
         return None
     epoch, primary, promotable = value.get("epoch"), value.get("primary"), value.get("promotable")
@@ -134,7 +131,7 @@ def check_state(value: Any, members: Sequence[str] = ()) -> ClusterState | None:
     if type(epoch) is int and epoch >= 1 and isinstance(primary, str) and primary \
             and type(promotable) is bool and type(paused) is bool and type(unfenced) is bool \
             and scheduled is not None:
-        holders = _check_holders(value.get("promotable_members"), promotable, primary, members)
+        holders = _check_holders(value.get("promotable_members"), promotable, primary)
         if holders is None:
             return None
         return ClusterState(epoch=epoch, primary=primary, promotable=holders, paused=paused,
@@ -142,13 +139,10 @@ def check_state(value: Any, members: Sequence[str] = ()) -> ClusterState | None:
     return None
 
 
-def _check_holders(names: Any, promotable: bool, primary: str, members: Sequence[str]) -> frozenset[str] | None:
+def _check_holders(names: Any, promotable: bool, primary: str) -> frozenset[str] | None:
     """The members the stored promotable mark names, or None when damaged."""
     if names is None:
-        if not promotable:
-            return frozenset()
-        standbys = [m for m in members if m != primary]     # saved by a pair, before names were stored
-        return frozenset(standbys) if len(standbys) == 1 and len(members) == 2 else None
+        return frozenset()      # no, or a yes saved before names were: no one until proven again
     if not isinstance(names, list) or not names or not promotable or \
             not all(isinstance(n, str) and n and n != primary for n in names) or len(set(names)) != len(names):
         return None
@@ -217,7 +211,7 @@ class FileStore(StateStore):
             raise StateStoreError(f"cannot read state file {self.path}: {_one_line(exc)}") from None
         if saved is None and not os.path.exists(self.path):
             return None
-        state = check_state(saved, self.members)
+        state = check_state(saved)
         if state is None:
             shown = repr(saved) if len(repr(saved)) <= 100 else repr(saved)[:100] + "..."
             raise StateStoreError(f"state file {self.path} is damaged: {_one_line(shown)}")

@@ -994,14 +994,36 @@ def test_a_primary_restart_is_ordered_at_once_and_changes_no_promotable_mark():
     assert on_heartbeat(state, told.memory, TOPOLOGY, "b", 3, standby_report(), NOW, T).instruction.restart == 0
 
 
+def test_a_restarted_primary_keeps_its_standby_promotable_while_it_reconnects():
+    """Review: the restart happens within one step of the node's loop, so no
+    report saw the primary down: without the reconnect grace its first report
+    (no replication row yet) revoked the standby's mark and dropped sync."""
+    from pgha.decision import request_restart
+    state = ClusterState(epoch=3, primary="a", promotable={"b"})
+    _, memory, _ = request_restart(state, steady_memory(), TOPOLOGY, "a", 4)
+    back = replace(primary_report(replication=()), restart_done=4)      # the standby not reconnected yet
+    after = on_heartbeat(state, memory, TOPOLOGY, "a", 3, back, NOW, T)
+    assert after.state.promotable == frozenset({"b"}) and after.instruction.sync_standby == "b", after.events
+    assert after.memory.restart is None
+    later = on_heartbeat(after.state, after.memory, TOPOLOGY, "a", 3, primary_report(replication=()),
+                         NOW + T.standby_reply_timeout + 0.1, T)
+    assert not later.state.promotable       # still not back after the grace: revoked as usual
+
+
 def test_restart_refusals_and_a_failover_voids_the_order():
-    from pgha.decision import request_reinit, request_restart
+    from pgha.decision import cancel_restart, ordered_off, request_reinit, request_restart
     state = ClusterState(epoch=3, primary="a", promotable={"b"})
     assert "unknown member 'x'" in request_restart(state, steady_memory(), TOPOLOGY, "x", 5)[2]
     assert "switchover" in request_restart(state, replace(steady_memory(), switchover_to="b"), TOPOLOGY, "b", 5)[2]
     _, reinit, _ = request_reinit(state, steady_memory(), TOPOLOGY, "b", 5)
     assert "reinit" in request_restart(state, reinit, TOPOLOGY, "b", 6)[2]
     assert request_restart(replace(state, paused=True), steady_memory(), TOPOLOGY, "b", 5)[2] is None
+    _, pending, _ = request_restart(state, steady_memory(), TOPOLOGY, "b", 5)
+    assert "restart of b is still pending" in request_restart(state, pending, TOPOLOGY, "a", 6)[2]
+    assert request_restart(state, pending, TOPOLOGY, "b", 6)[1].restart == ("b", 6)   # the same member: replaced
+    cancelled, error = cancel_restart(pending)
+    assert error is None and cancelled.restart is None and not ordered_off(cancelled, "b")
+    assert cancel_restart(cancelled)[1] == "no restart is pending"
     _, ordered, _ = request_restart(state, steady_memory(), TOPOLOGY, "a", 5)     # the primary's order
     silent = replace(ordered, primary_seen_at=NOW - 60)
     failed_over = on_heartbeat(state, silent, TOPOLOGY, "b", 3, standby_report(), NOW, T)
