@@ -437,3 +437,21 @@ def test_a_refusal_to_decide_is_logged_once_per_interval_not_every_heartbeat(run
     assert len(errors) == 2, errors
     assert "--rebuild" in errors[0] and "9 more like it held back" in errors[1]
     assert running.arbiter.state.epoch == 1
+
+
+def test_a_restart_order_is_saved_first_one_at_a_time_and_flush_cancels_it(running):
+    """pgha-ctl restart/flush restart over the real server: the standby's mark
+    is off on disk before the order is answered; another member's order waits;
+    flush restart cancels it, and history names both."""
+    c = running.client()
+    running.make_promotable(c)
+    reply = c.ask({"type": "restart", "member": S})
+    assert reply["type"] == "ok" and isinstance(reply["order"], int)
+    assert running.saved()["promotable"] is False              # durable before the reply (invariant 3)
+    refused = c.ask({"type": "restart", "member": P})
+    assert refused["type"] == "error" and "restart of pgsql-2 is still pending" in refused["error"]
+    cancelled = c.ask({"type": "flush", "what": "restart"})
+    assert (cancelled["type"], cancelled["cancelled"]) == ("ok", {"restart": S})
+    assert c.ask({"type": "flush", "what": "restart"})["error"] == "flush refused: no restart is pending"
+    events = [e["event"] for e in c.ask({"type": "history", "limit": 10})["events"]]
+    assert events[-2:] == ["restart_requested", "restart_cancelled"], events
