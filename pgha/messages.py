@@ -16,6 +16,7 @@ from pgha.errors import ProtocolError
 
 # PostgreSQL as the node sees it.
 PG_RUNNING, PG_STARTING, PG_STOPPED = "running", "starting", "stopped"
+STEADY_RECEIVER = 1.0     # s a WAL receiver must have run to count as streaming (PgStatus.streams_steadily)
 # Roles, of a running PostgreSQL and of an instruction.
 PRIMARY, STANDBY, WAIT = "primary", "standby", "wait"
 
@@ -74,6 +75,7 @@ class PgStatus:
     timeline: int | None = None
     sync_standby: str | None = None         # the name in synchronous_standby_names
     receiver: str | None = None             # the standby's WAL receiver status
+    receiver_age: float | None = None       # s since that WAL receiver started (None: none runs)
     syncrep_wait: float = 0.0               # longest wait of a commit for the sync standby, s
     replication: tuple[ReplicationRow, ...] = ()
     error: str | None = None                # why a running server did not answer (pg "starting")
@@ -82,6 +84,12 @@ class PgStatus:
     def running_as(self) -> str | None:
         """The role of a running PostgreSQL, else None."""
         return self.role if self.pg == PG_RUNNING else None
+
+    @property
+    def streams_steadily(self) -> bool:
+        """The WAL receiver streams and has for a while: one the primary keeps
+        refusing (its WAL is gone) is "streaming" for a moment at each retry."""
+        return self.receiver == "streaming" and (self.receiver_age or 0.0) >= STEADY_RECEIVER
 
 
 @dataclass(frozen=True)

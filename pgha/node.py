@@ -366,7 +366,7 @@ class Node:
             last_crash_restart=m.last_crash_restart, rejoin_failures=m.rejoin_failures,
             failed_rejoins=m.failed_rejoins, last_rejoin_failure=m.last_rejoin_failure, reinit_done=m.reinit_done,
             restart_done=m.restart_done,
-            upstream=m.upstream, streaming=status.receiver == "streaming",
+            upstream=m.upstream, streaming=status.streams_steadily,
             not_streaming_since=m.standby_since, slot_ensured=m.slot_ensured,
             slots_due=self._slots_due(status.running_as), sync_standby=status.sync_standby)
 

@@ -40,6 +40,10 @@ SELECT pg_is_in_recovery(),
        pg_last_wal_receive_lsn() - '0/0',
        current_setting('synchronous_standby_names'),
        (SELECT status FROM pg_stat_wal_receiver),
+       -- how long the WAL receiver has run: one the primary refuses (its WAL is
+       -- gone) reconnects every wal_retrieve_retry_interval, "streaming" for a moment each time
+       (SELECT extract(epoch FROM clock_timestamp() - a.backend_start)
+          FROM pg_stat_wal_receiver r JOIN pg_stat_activity a ON a.pid = r.pid),
        (SELECT coalesce(max(extract(epoch FROM clock_timestamp() - query_start)), 0)
           FROM pg_stat_activity WHERE wait_event = 'SyncRep'),
        CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver)
@@ -633,7 +637,8 @@ class Postgres:
         if self.postmaster_pid() is None:
             return PgStatus(pg=PG_STOPPED)
         try:
-            (in_recovery, lsn, receive_lsn, sync_names, receiver, syncrep_wait, timeline, standbys), = \
+            (in_recovery, lsn, receive_lsn, sync_names, receiver, receiver_age, syncrep_wait, timeline,
+             standbys), = \
                 self.query(STATUS_SQL)
             now = time.monotonic()
             replication = () if in_recovery else tuple(
@@ -647,6 +652,7 @@ class Postgres:
             pg=PG_RUNNING, role=STANDBY if in_recovery else PRIMARY,
             lsn=int(lsn or 0), receive_lsn=int(receive_lsn or 0), timeline=timeline,
             sync_standby=sync_names.strip('"') or None, receiver=receiver,
+            receiver_age=None if receiver_age is None else round(float(receiver_age), 3),
             syncrep_wait=round(float(syncrep_wait), 3), replication=replication,
         )
 

@@ -626,3 +626,15 @@ def test_a_preparation_that_ends_after_its_switchover_went_another_way_is_not_us
     act(node, Action.RELINQUISH, primary="pgsql-2", address=TARGET)     # switchover 2: prepares again
     node.actions.preparing.join(5)
     assert node.pg.names() == ["checkpoint", "prepare_upstream"] * 2 and node.pg.pid
+
+
+@pytest.mark.parametrize("age, steady", [(None, False), (0.05, False), (0.99, False), (1.0, True), (40.0, True)])
+def test_a_wal_receiver_counts_as_streaming_only_once_it_has_run_a_while(node, age, steady):
+    """CI: a standby whose WAL the primary no longer had reconnected every 50 ms
+    (wal_retrieve_retry_interval), "streaming" for a moment each time; a
+    heartbeat that caught that moment restarted the 30 s deadline of rule S5,
+    so it did not rejoin for minutes."""
+    status = PgStatus(pg=PG_RUNNING, role="standby", receiver="streaming", receiver_age=age)
+    assert status.streams_steadily is steady
+    view = node._view(Instruction(epoch=1, role="standby", primary="pgsql-2", primary_address=TARGET), status)
+    assert view.streaming is steady
