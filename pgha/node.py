@@ -111,8 +111,9 @@ class Node:
         saved = store.load_node_state(self.state_file)     # read once
         acted_epoch, remembered = saved.acted_epoch, saved.lease_time
         lease_time = remembered or self.memory.lease_time
-        self.memory = replace(self.memory, acted_epoch=acted_epoch, lease_time=lease_time)
-        self._saved_state = {"acted_epoch": acted_epoch, "lease_time": lease_time}
+        self.memory = replace(self.memory, acted_epoch=acted_epoch, lease_time=lease_time,
+                              reinit_done=saved.reinit_done, restart_done=saved.restart_done)
+        self._saved_state = self._state_to_save()
         if acted_epoch:     # this node was a member before: its last daemon may have granted a lease
             self.grants.assume_granted(lease_time)
             if remembered is None:
@@ -313,6 +314,7 @@ class Node:
         self._take(instruction, sent_at)
         self._remember(decision.remember_epoch)
         self._act(decision)
+        self._save_state()      # an order carried out (reinit_done, restart_done) survives a daemon restart
 
     def _take_results(self):
         """Apply what the other threads handed over since the last heartbeat."""
@@ -447,13 +449,22 @@ class Node:
     def _remember(self, epoch):
         """Durable before acting: the epoch, so a restarted node never obeys
         an older decision, and the cluster's lease, a restarted node's grace
-        for a primary it finds running. Written only when either changes."""
-        epoch = max(self.memory.acted_epoch, epoch or 0)
-        state = {"acted_epoch": epoch, "lease_time": self.memory.lease_time}
+        for a primary it finds running (and the orders done, _save_state)."""
+        self.memory = replace(self.memory, acted_epoch=max(self.memory.acted_epoch, epoch or 0))
+        self._save_state()
+
+    def _state_to_save(self):
+        m = self.memory
+        state = {"acted_epoch": m.acted_epoch, "lease_time": m.lease_time}
+        state.update({name: getattr(m, name) for name in ("reinit_done", "restart_done") if getattr(m, name)})
+        return state
+
+    def _save_state(self):
+        """node-state.json, written only when what it holds changed."""
+        state = self._state_to_save()
         if state != self._saved_state:
             store.save_json(self.state_file, state)
             self._saved_state = state
-        self.memory = replace(self.memory, acted_epoch=epoch)
 
     def _renew_target(self):
         m = self.memory     # one read: a consistent instruction and lease

@@ -46,6 +46,10 @@ class NodeStateError(Exception):
 class NodeState:
     acted_epoch: int                # the highest epoch the node acted on; 0: none yet
     lease_time: float | None        # the cluster's lease as last heard; None: not saved (older versions)
+    # The last operator orders carried out (their ids): a daemon restarted before
+    # the arbiter heard "done" does not make a second copy or restart again.
+    reinit_done: int = 0
+    restart_done: int = 0
 
 
 def load_node_state(path: str) -> NodeState:
@@ -68,7 +72,9 @@ def load_node_state(path: str) -> NodeState:
     lease = saved.get("lease_time")
     if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease < math.inf:
         lease = None
-    return NodeState(epoch, None if lease is None else float(lease))
+    done = {name: saved.get(name) for name in ("reinit_done", "restart_done")}
+    done = {name: value if type(value) is int and value > 0 else 0 for name, value in done.items()}   # else: none
+    return NodeState(epoch, None if lease is None else float(lease), **done)
 
 
 class StateStoreError(Exception):

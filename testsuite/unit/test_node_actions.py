@@ -638,3 +638,19 @@ def test_a_wal_receiver_counts_as_streaming_only_once_it_has_run_a_while(node, a
     assert status.streams_steadily is steady
     view = node._view(Instruction(epoch=1, role="standby", primary="pgsql-2", primary_address=TARGET), status)
     assert view.streaming is steady
+
+
+def test_an_order_carried_out_is_remembered_across_a_daemon_restart(node, tmp_path):
+    """Review: a daemon restarted before the arbiter heard "done" carried the
+    order out again (a second restart; for reinit a second full copy)."""
+    from pgha import store
+    state = os.path.join(str(tmp_path), "node-state.json")
+    node.pg.pid = 4242
+    act(node, Action.RESTART_STANDBY, primary="pgsql-2", address=TARGET, restart=32)
+    node._save_state()      # as the HA loop does after every action
+    saved = store.load_node_state(state)
+    assert (saved.restart_done, saved.reinit_done) == (32, 0)
+    with open(state, "w") as f:
+        f.write('{"acted_epoch": 4, "restart_done": "32", "reinit_done": -1}')
+    damaged = store.load_node_state(state)      # not whole positive numbers: none remembered
+    assert (damaged.acted_epoch, damaged.restart_done, damaged.reinit_done) == (4, 0, 0)
