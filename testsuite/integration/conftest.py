@@ -135,6 +135,20 @@ class WatchedWriteRun(WriteRun):
         return [s for s in self.monitor.samples if s.unprotected][:5]
 
 
+def superuser(cluster, node, statement):
+    """Run `statement` and reload the configuration, as the node's superuser
+    (ALTER SYSTEM, then pg_reload_conf)."""
+    import psycopg2
+    conn = psycopg2.connect(**cluster.superuser_params(node), connect_timeout=3)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement)
+            cur.execute("SELECT pg_reload_conf()")
+    finally:
+        conn.close()
+
+
 def wait_for(predicate, timeout, what):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -6,9 +6,7 @@ and prints the new primary."""
 import json
 import time
 
-import psycopg2
-
-from conftest import WriteRun, wait_for
+from conftest import WriteRun, superuser, wait_for
 from test_cluster import primary_is, sql
 from test_rest_api import get
 
@@ -225,18 +223,6 @@ def test_reinit_makes_a_fresh_copy_of_the_standby_and_no_commit_waits_for_it(loc
     assert report.longest_gap.length < 3.0, report.longest_gap     # no commit waited for the copy
 
 
-def alter_system(cluster, node, change):
-    """ALTER SYSTEM <change> and a reload, as the node's superuser."""
-    conn = psycopg2.connect(**cluster.superuser_params(node), connect_timeout=3)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f"ALTER SYSTEM {change}")
-            cur.execute("SELECT pg_reload_conf()")
-    finally:
-        conn.close()
-
-
 def test_restart_every_member_in_place_standby_first_without_a_failover(local_cluster, capsys):
     """pgha-ctl restart (patronictl restart, issue 21 item 4): every member's
     PostgreSQL restarts in place (a new postmaster), the standby first and off
@@ -248,7 +234,7 @@ def test_restart_every_member_in_place_standby_first_without_a_failover(local_cl
     assert ctl_run(cluster, "restart", "--pending", "--force") == 0
     assert "nothing to do" in capsys.readouterr().out
     # A parameter that needs a restart, on the primary only: --pending restarts that member alone.
-    alter_system(cluster, "pgsql-1", "SET shared_buffers = '24MB'")
+    superuser(cluster, "pgsql-1", "ALTER SYSTEM SET shared_buffers = '24MB'")
     wait_for(lambda: ((cluster.status()["nodes"]["pgsql-1"].get("report") or {}).get("pending_restart")), 20,
              "the primary to report a pending restart")
     assert ctl_run(cluster, "restart", "--pending", "--force", "--wait", "120") == 0
@@ -257,7 +243,7 @@ def test_restart_every_member_in_place_standby_first_without_a_failover(local_cl
     wait_for(lambda: not cluster.status()["nodes"]["pgsql-1"]["report"].get("pending_restart"), 20,
              "the restarted primary to report no pending restart")
     before["pgsql-1"] = cluster.postmaster_pid("pgsql-1")
-    alter_system(cluster, "pgsql-1", "RESET shared_buffers")
+    superuser(cluster, "pgsql-1", "ALTER SYSTEM RESET shared_buffers")
     assert ctl_run(cluster, "restart", "--no-wait", "--force") == 2      # several members need --wait
     assert "needs --wait" in capsys.readouterr().err
     with WriteRun(cluster) as run:

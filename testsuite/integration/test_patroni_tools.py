@@ -20,7 +20,7 @@ import pytest
 from harness.haproxy import PATRONI_EXAMPLE, PatroniExampleHAProxy, app_password, binary
 from harness.localcluster import APP_USER
 from pgha import ctl
-from testsuite.integration.conftest import wait_for
+from testsuite.integration.conftest import superuser, wait_for
 from testsuite.integration.test_cluster import primary_is
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -169,18 +169,6 @@ def test_check_patroni_node_and_cluster(local_cluster):
     finally:
         superuser(cluster, "pgsql-1", "ALTER SYSTEM RESET max_connections")
     wait_for(lambda: code(cluster, "pgsql-1", "node_is_pending_restart") == OK, 20, "pending restart cleared")
-
-
-def superuser(cluster, node, statement):
-    """Run `statement` and reload the configuration, as the node's superuser."""
-    conn = psycopg2.connect(**cluster.superuser_params(node))
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement)
-            cur.execute("SELECT pg_reload_conf()")
-    finally:
-        conn.close()
 
 
 # -- harness.haproxy on a loaded cluster (issue 21 item 7) -----------------------------------
