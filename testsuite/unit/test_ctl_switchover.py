@@ -82,8 +82,8 @@ def test_a_damaged_scheduled_switchover_is_a_damaged_state(tmp_path, scheduled):
 # -- the request table ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("message, problem", [
-    ({"type": "flush", "what": "restart"}, "'what' must be one of switchover"),
-    ({"type": "flush"}, "'what' must be one of switchover"),
+    ({"type": "flush", "what": "reinit"}, "'what' must be one of switchover, restart"),
+    ({"type": "flush"}, "'what' must be one of switchover, restart"),
     ({"type": "switchover", "replace": True}, "'replace' goes with 'at'"),
     ({"type": "switchover", "at": 2e9, "replace": "yes"}, "replace"),
 ])
