@@ -90,6 +90,15 @@ class Usage(Exception):
     """A bad argument found after parsing (e.g. --at): exit code 2, one line."""
 
 
+def confirm_and_wait(cmd: argparse.ArgumentParser, wait: float, waits_for: str, accepted: str) -> None:
+    """--force, --wait SECONDS and --no-wait, as every command that asks and then waits has them."""
+    cmd.add_argument("--force", action="store_true", help="no confirmation (needed when stdin is not a terminal)")
+    cmd.add_argument("--wait", type=float, default=wait, metavar="SECONDS",
+                     help=f"wait this long {waits_for} (default %(default)g); exit 1 if not")
+    cmd.add_argument("--no-wait", dest="wait", action="store_const", const=0.0,
+                     help=f"return once the arbiter has accepted {accepted}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgha-ctl", description="Ask the arbiter",
                                      epilog="Unset options come from the environment, then the settings file "
@@ -132,28 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in (switch, fail):
         cmd.add_argument("--primary", "--leader", dest="expect_primary", metavar="NODE",
                          help="refuse unless NODE is the primary now (patronictl's --primary)")
-        cmd.add_argument("--force", action="store_true", help="no confirmation (needed when stdin is not a terminal)")
-        cmd.add_argument("--wait", type=float, default=WAIT, metavar="SECONDS",
-                         help="wait this long for the new primary (default %(default)g); exit 1 if it is not there")
-        cmd.add_argument("--no-wait", dest="wait", action="store_const", const=0.0,
-                         help="return once the arbiter has accepted the request")
+        confirm_and_wait(cmd, WAIT, "for the new primary", "the request")
     reinit = sub.add_parser("reinit", help="a standby makes a fresh copy of the primary (pg_basebackup)")
     reinit.add_argument("member", help="the standby to copy afresh")
-    reinit.add_argument("--force", action="store_true", help="no confirmation (needed when stdin is not a terminal)")
-    reinit.add_argument("--wait", type=float, default=REINIT_WAIT, metavar="SECONDS",
-                        help="wait this long for it to stream again (default %(default)g); exit 1 if it does not")
-    reinit.add_argument("--no-wait", dest="wait", action="store_const", const=0.0,
-                        help="return once the arbiter has accepted the order")
+    confirm_and_wait(reinit, REINIT_WAIT, "for it to stream again", "the order")
     restart = sub.add_parser("restart", help="restart PostgreSQL in place on a member, or on every member "
                                              "(standbys first)")
     restart.add_argument("member", nargs="?", help="the member to restart (default: every member, standbys first)")
     restart.add_argument("--pending", action="store_true",
                          help="only the members whose PostgreSQL says a changed parameter waits for a restart")
-    restart.add_argument("--force", action="store_true", help="no confirmation (needed when stdin is not a terminal)")
-    restart.add_argument("--wait", type=float, default=RESTART_WAIT, metavar="SECONDS",
-                         help="wait this long for each member to be back (default %(default)g); exit 1 if not")
-    restart.add_argument("--no-wait", dest="wait", action="store_const", const=0.0,
-                         help="return once the arbiter has accepted the order (one MEMBER only)")
+    confirm_and_wait(restart, RESTART_WAIT, "for each member to be back", "the order (one MEMBER only)")
     flush = sub.add_parser("flush", help="cancel something pending: `flush switchover` (a scheduled one), "
                                          "`flush restart` (an order not carried out)")
     flush.add_argument("what", choices=requests.FLUSHABLE)
