@@ -56,9 +56,18 @@ def running_cluster(request, name, before_start=None, **options):
         cluster.wait_healthy(timeout=120)
         yield cluster
     finally:
-        cluster.stop()
-        if helpers.failed(request.node):
-            _show_logs(cluster)
+        finish(cluster, request)
+
+
+def finish(cluster, request=None):
+    """Stop the test's cluster, show its daemons' logs if the test failed, and
+    remove its data directories (logs stay; PGHA_KEEP_DATA=1 keeps all): the
+    disk of a CI machine is shared, and a run kept 14 GB without this."""
+    cluster.stop()
+    if request is not None and helpers.failed(request.node):
+        _show_logs(cluster)
+    if not os.environ.get("PGHA_KEEP_DATA"):
+        cluster.discard_data()
 
 
 def _show_logs(cluster, lines=40):

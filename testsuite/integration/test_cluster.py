@@ -12,7 +12,7 @@ import time
 import psycopg2
 import pytest
 
-from conftest import BASE, WatchedWriteRun, WriteRun, next_port, running_cluster, wait_for
+from conftest import BASE, WatchedWriteRun, WriteRun, finish, next_port, running_cluster, wait_for
 from harness.localcluster import LocalCluster
 from pgha.postgres import find_bindir
 
@@ -208,7 +208,7 @@ def test_adopts_a_data_directory_set_up_by_hand():
             assert run.wait_for_acks(10, timeout=30)
         run.check()
     finally:
-        cluster.stop()
+        finish(cluster)
 
 
 def switch_over_to_pgsql_2(cluster):

@@ -13,8 +13,7 @@ import pytest
 from harness.localcluster import LocalCluster
 from pgha import hba
 from pgha.postgres import find_bindir
-from testsuite import helpers
-from testsuite.integration.conftest import BASE, _show_logs, next_port, wait_for
+from testsuite.integration.conftest import BASE, finish, next_port, wait_for
 from testsuite.integration.test_node_ops import append_settings
 
 APP_USER = "app"     # the local cluster's application role (LOGIN, no superuser)
@@ -32,9 +31,7 @@ def cluster(request):
         c.wait_healthy(timeout=120)     # replication and its slot: the node's own lines are there
         yield c
     finally:
-        c.stop()
-        if helpers.failed(request.node):
-            _show_logs(c)
+        finish(c, request)
 
 
 def peer_login(cluster, node):

@@ -10,8 +10,7 @@ import pytest
 
 from harness.localcluster import LocalCluster
 from pgha import ctl
-from testsuite import helpers
-from testsuite.integration.conftest import BASE, _show_logs, next_port, wait_for
+from testsuite.integration.conftest import BASE, finish, next_port, wait_for
 from testsuite.integration.test_cluster import log_text, primary_is, sql
 
 FAILOVER_BOUND = 12.0   # lease 1.8 s + margin 0.4 s + heartbeats, with room for a loaded machine
@@ -29,9 +28,7 @@ def make_cluster(request):
         return cluster
     yield make
     for cluster in made:
-        cluster.stop()
-        if helpers.failed(request.node):
-            _show_logs(cluster)
+        finish(cluster, request)
 
 
 def write_script(cluster, name, body):

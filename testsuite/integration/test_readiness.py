@@ -12,8 +12,7 @@ import time
 
 from harness.localcluster import NODES, LocalCluster
 from pgha.postgres import read_postmaster_pid
-from testsuite import helpers
-from testsuite.integration.conftest import BASE, _show_logs, next_port
+from testsuite.integration.conftest import BASE, finish, next_port
 
 CREDENTIALS = struct.Struct("3i")   # struct ucred: pid, uid, gid
 
@@ -79,7 +78,5 @@ def test_each_daemon_says_ready_once(request, monkeypatch):
             with open(f"/proc/{postmaster}/environ", "rb") as f:
                 assert b"NOTIFY_SOCKET=" not in f.read(), name
     finally:
-        cluster.stop()
         sock.close()
-        if helpers.failed(request.node):
-            _show_logs(cluster)
+        finish(cluster, request)

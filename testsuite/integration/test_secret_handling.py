@@ -14,7 +14,7 @@ import time
 
 import psycopg2
 
-from conftest import BASE, WriteRun, next_port, wait_for
+from conftest import BASE, WriteRun, finish, next_port, wait_for
 from harness.localcluster import LocalCluster
 from pgha import ctl
 
@@ -86,7 +86,7 @@ def test_special_character_passwords_bootstrap_replicate_and_fail_over():
             assert secrets_visible(cluster) == []
         run.check()
     finally:
-        cluster.stop()
+        finish(cluster)
 
 
 def proposal(cluster):
