@@ -22,8 +22,8 @@ slot waits up to PARK_WAIT in the _WaitingRoom for its request), and
 refusals and drops are logged once per source and reason per
 limits.WARN_INTERVAL.
 
-POST /switchover, /reload, /pause, /resume, /failover: the node holds no
-operator key, so it cannot sign. The body must be the operator-signed
+POST /switchover, /reload, /pause, /resume, /failover, /config (and PATCH
+/config, as Patroni's): the node holds no operator key, so it cannot sign. The body must be the operator-signed
 request itself (one JSON object, e.g. from pgha.ctl --print-signed or any
 client holding operator.keys) whose "type" is the path's name; the node
 relays it unchanged to the arbiter, which verifies it, and answers with the
@@ -272,15 +272,23 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(head=False)
 
     def _not_allowed(self) -> None:
-        allowed = "GET, HEAD, OPTIONS" + (", POST" if self.server.relay is not None else "")
+        allowed = "GET, HEAD, OPTIONS" + (", POST, PATCH" if self.server.relay is not None else "")
         body = json.dumps({"error": f"only {allowed} are served"
-                           + (" (POST on /" + ", /".join(sorted(RELAYED)) + ")" if self.server.relay else "")})
+                           + (" (POST on /" + ", /".join(sorted(RELAYED)) + "; PATCH on /config)"
+                              if self.server.relay else "")})
         self._send(405, JSON_TYPE, (body + "\n").encode(), head=False, extra={"Allow": allowed})
 
-    do_PUT = do_DELETE = do_PATCH = _not_allowed
+    do_PUT = do_DELETE = _not_allowed
 
     def do_POST(self) -> None:
+        self._relay(urllib.parse.urlsplit(self.path).path.strip("/"))
+
+    def do_PATCH(self) -> None:     # Patroni's way to change /config
         kind = urllib.parse.urlsplit(self.path).path.strip("/")
+        self._relay(kind) if kind == "config" else self._not_allowed()
+
+    def _relay(self, kind: str) -> None:
+        """Relay the operator-signed request in the body, of type `kind`, to the arbiter."""
         if kind not in RELAYED or self.server.relay is None:
             return self._not_allowed()
         try:
@@ -294,7 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
         except protocol.ProtocolError as exc:
             return self._json(400, {"error": f"the body must be the operator-signed request: {exc}"}, False)
         if request.get("type") != kind:
-            return self._json(400, {"error": f"POST /{kind} relays a {kind!r} request, the body holds "
+            return self._json(400, {"error": f"{self.command} /{kind} relays a {kind!r} request, the body holds "
                                              f"{str(request.get('type'))[:40]!r}"}, False)
         try:
             reply = self.server.relay(request)

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from pgha import logs
 from pgha import auth, clusters, decision, protocol, rebuild, reload, requests, settings as settings_mod, store
-from pgha import limits, version
+from pgha import cluster_config, limits, version
 from pgha.limits import clip
 from pgha.topology import Topology
 
@@ -90,6 +90,7 @@ class Arbiter:
             requests.Flush: self._flush,
             requests.Reinit: self._reinit,
             requests.Restart: self._restart,
+            requests.Config: self._change_config,
         }
 
     def _load_or_create(self, initial_primary, init):
@@ -212,8 +213,9 @@ class Arbiter:
                 nodes[name]["epoch"] = self.acted_epochs.get(name)
             state = self.state
             scheduled = scheduled_view(state, self.wall())
-            decided = {**{k: v for k, v in asdict(state).items() if k not in ("scheduled_at", "scheduled_to")},
-                       **state.promotable_view()}
+            decided = {**{k: v for k, v in asdict(state).items()
+                          if k not in ("scheduled_at", "scheduled_to", "parameters", "config_version")},
+                       **state.promotable_view(), **state.config_view()}
             return {"type": "status", **decided, "nodes": nodes,
                     "switchover_to": self.memory.switchover_to, "switchover_scheduled": scheduled,
                     "failover_to": self.memory.failover_to,
@@ -363,6 +365,23 @@ class Arbiter:
                            "alone; leases and fencing still run" if paused
                      else "maintenance mode OFF (resumed): failover and switchover enabled again")
         return {"type": "ok", "paused": paused, "changed": True}
+
+    def _change_config(self, request):
+        with self.lock:
+            before = self.state
+            state, error = decision.change_parameters(before, request.parameters, request.version)
+            if error:
+                return {"type": "error", "error": f"configuration refused: {error}"}
+            if state != before:
+                # Durable before any node hears of it (invariant 3), and in the history.
+                self.store.save(state, expected_epoch=before.epoch)
+                self.state = state
+                changes = cluster_config.describe_changes(before.parameters, state.parameters)
+                self._record("config", epoch=state.epoch, primary=state.primary,
+                             config_version=state.config_version, reason=changes)
+        if state != before:
+            log.info("cluster configuration version %d: %s", state.config_version, changes)
+        return {"type": "ok", "changed": state != before, **state.config_view()}
 
     # -- reload (SIGHUP, pgha.ctl reload) ------------------------------------------------
 

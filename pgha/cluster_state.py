@@ -6,12 +6,16 @@ read and return. Its own module, so a store needs no rules to hold it.
     primary     the node that may run PostgreSQL as primary
     promotable  the members known to hold every acknowledged commit (invariant 1)
     paused      maintenance mode (node_rules row M1)
+    parameters  the cluster-wide PostgreSQL parameters (pgha.cluster_config),
+                config_version grows at each change of them
     primary_unfenced, scheduled_at, scheduled_to: see below
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from pgha.cluster_config import Parameters, frozen
 
 
 @dataclass(frozen=True)
@@ -28,10 +32,18 @@ class ClusterState:
     primary_unfenced: bool = False
     scheduled_at: float | None = None   # wall-clock seconds
     scheduled_to: str | None = None
+    parameters: Parameters = ()         # sorted (name, value) pairs; a dict is taken too
+    config_version: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.promotable, (set, list, tuple)):     # any collection of names: one type, hashable
             object.__setattr__(self, "promotable", frozenset(self.promotable))
+        if isinstance(self.parameters, dict):
+            object.__setattr__(self, "parameters", frozen(self.parameters))
+
+    def config_view(self) -> dict[str, Any]:
+        """The cluster-wide configuration as status, show-config and GET /config show it."""
+        return {"parameters": dict(self.parameters), "config_version": self.config_version}
 
     @property
     def scheduled(self) -> bool:

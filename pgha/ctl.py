@@ -25,6 +25,10 @@
                                            over first to avoid that); no MEMBER: every member,
                                            standbys first, each waited for
       query [-m MEMBER | -r ROLE] -c SQL   run SQL on a member (password from PGPASSWORD or pgpass)
+      show-config                          the cluster-wide PostgreSQL parameters (pgha.cluster_config)
+      edit-config [-p NAME=VALUE ...] [--force]
+                                           change them (without -p: in $EDITOR); shows a diff, asks,
+                                           and the arbiter stores them; every member reloads
       pause | resume                       maintenance mode: no failover, nodes leave PostgreSQL alone
       rebuild --confirm --epoch N --primary NODE
 
@@ -56,15 +60,20 @@ terminal and without --force. Errors are one line on stderr.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import math
 import os
 import re
+import shlex
+import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from pgha import arbiter_link, ctl_settings, keys, protocol, requests, settings, tls, version
+from pgha import arbiter_link, cluster_config, ctl_settings, keys, protocol, requests, settings, tls, version
 from pgha.auth import SKEW_NOTICE
 from pgha.errors import ProtocolError
 from pgha.limits import clip, printable
@@ -161,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("resume", help="maintenance mode off")
     add_rebuild_command(sub)
     add_reload_command(sub)
+    add_config_commands(sub)
     return parser
 
 
@@ -951,6 +961,110 @@ def rebuild_status_lines(reply: dict[str, Any]) -> list[str]:
     return lines
 
 
+# -- the cluster-wide configuration (pgha.cluster_config; patronictl show-config, edit-config) --
+
+def add_config_commands(sub: Any) -> None:
+    sub.add_parser("show-config", help="the cluster-wide PostgreSQL parameters every member runs with")
+    cmd = sub.add_parser("edit-config", help="change the cluster-wide PostgreSQL parameters: with -p, or in "
+                                             "$EDITOR; shows the change and asks before it is stored")
+    cmd.add_argument("-p", "--pg", action="append", default=[], metavar="NAME=VALUE",
+                     help="set a parameter (repeatable); VALUE null removes it")
+    cmd.add_argument("--force", action="store_true", help="no confirmation (needed when stdin is not a terminal)")
+    cmd.set_defaults(wait=0.0)
+
+
+def cmd_show_config(args: argparse.Namespace, ask: Ask) -> int:
+    print(config_text(ask({"type": "status"}).get("parameters") or {}))
+    return OK
+
+
+def config_text(parameters: dict[str, Any]) -> str:
+    """The configuration as show-config prints it and edit-config edits it
+    (Patroni's shape: postgresql.parameters)."""
+    return json.dumps({"postgresql": {"parameters": parameters}}, indent=2, sort_keys=True)
+
+
+def cmd_edit_config(args: argparse.Namespace, ask: Ask) -> int:
+    status = ask({"type": "status"})
+    current, read_version = status.get("parameters") or {}, status.get("config_version", 0)
+    changes = pg_changes(args.pg) if args.pg else edited_changes(current)
+    wanted = cluster_config.changed(cluster_config.frozen(current), changes)
+    if wanted == current:
+        print("no change")
+        return OK
+    problem = cluster_config.parameters_problem(wanted)
+    if problem:
+        raise Usage(problem)
+    print("\n".join(difflib.unified_diff(config_text(current).splitlines(), config_text(wanted).splitlines(),
+                                         "before", "after", lineterm="")))
+    confirm(args, "Apply these changes?", status)
+    reply = ask({"type": "config", "parameters": changes, "version": read_version})
+    print(f"configuration version {reply.get('config_version')} stored: every member reloads PostgreSQL at its "
+          "next heartbeat; a parameter that needs a restart shows as pending restart in `list` "
+          "(then: pgha-ctl restart --pending)")
+    return OK
+
+
+def pg_changes(pairs: list[str]) -> dict[str, Any]:
+    """-p NAME=VALUE pairs as changes: numbers and true/false as such (as
+    patronictl reads them), null removes, anything else is a string."""
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip():
+            raise Usage(f"-p takes NAME=VALUE, got {printable(pair)!r}")
+        changes[name.strip()] = typed_value(text.strip())
+    problem = cluster_config.parameters_problem(changes, removing=True)
+    if problem:
+        raise Usage(problem)
+    return changes
+
+
+def typed_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("null", "~"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            continue
+        if kind is int or math.isfinite(value):
+            return value
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def edited_changes(current: dict[str, Any]) -> dict[str, Any]:
+    """Open the configuration in $VISUAL/$EDITOR (else vi), as patronictl
+    edit-config does; the changes the edit makes (a removed line: null)."""
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
+    if not editor and not _is_tty(sys.stdin):
+        raise Usage("edit-config: stdin is not a terminal and no $EDITOR is set: pass -p NAME=VALUE")
+    editor = editor or "vi"
+    with tempfile.NamedTemporaryFile("w+", suffix=".json", prefix="pgha-config-") as f:
+        f.write(config_text(current) + "\n")
+        f.flush()
+        if subprocess.run(shlex.split(editor) + [f.name]).returncode != 0:
+            raise Refused(f"the editor ({editor}) failed: nothing sent")
+        f.seek(0)
+        try:
+            edited = json.loads(f.read())
+            parameters = edited["postgresql"]["parameters"]
+        except (ValueError, KeyError, TypeError):
+            raise Usage('the edited configuration must be JSON of the form {"postgresql": {"parameters": '
+                        '{NAME: VALUE, ...}}}: nothing sent') from None
+    problem = cluster_config.parameters_problem(parameters)
+    if problem:
+        raise Usage(f"{problem}: nothing sent")
+    changes = {name: None for name in current if name not in parameters}
+    changes.update({name: value for name, value in parameters.items() if current.get(name) != value})
+    return changes
+
+
 # -- query: SQL on a member (patronictl query) ------------------------------------------
 
 QUERY_TIMEOUT = 5       # seconds to connect
@@ -1031,7 +1145,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Ask], int]] = {
     "list": cmd_list, "status": cmd_status, "history": cmd_history, "switchover": cmd_switchover,
     "failover": cmd_failover, "pause": cmd_pause, "resume": cmd_resume, "rebuild": cmd_rebuild,
     "reload": cmd_reload, "flush": cmd_flush, "version": cmd_version, "topology": cmd_topology,
-    "query": cmd_query, "reinit": cmd_reinit, "restart": cmd_restart,
+    "query": cmd_query, "reinit": cmd_reinit, "restart": cmd_restart, "show-config": cmd_show_config,
+    "edit-config": cmd_edit_config,
 }
 
 

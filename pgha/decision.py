@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
+from pgha import cluster_config
 from pgha.cluster_state import ClusterState
 from pgha.messages import PRIMARY, STANDBY, WAIT, Instruction, Report, ReplicationRow
 from pgha.topology import Topology
@@ -192,7 +193,8 @@ def _observe_standby(state: ClusterState, memory: Memory, node: str, now: float,
 def instruction_for(state: ClusterState, memory: Memory, topology: Topology, node: str, now: float,
                     timings: Timings) -> Instruction:
     return replace(_instruction_for(state, memory, topology, node, now, timings),
-                   report_in=report_in(state, memory, topology, node, now, timings))
+                   report_in=report_in(state, memory, topology, node, now, timings),
+                   parameters=dict(state.parameters))
 
 
 # A hinted report comes this much after the moment a decision falls due, so
@@ -303,7 +305,8 @@ def failover_blocker(state: ClusterState, memory: Memory, standby: str, now: flo
 
 def _failover(state: ClusterState, memory: Memory, new_primary: str, now: float,
               why: str) -> tuple[ClusterState, Memory, Events]:
-    new_state = ClusterState(epoch=state.epoch + 1, primary=new_primary, paused=state.paused)
+    new_state = ClusterState(epoch=state.epoch + 1, primary=new_primary, paused=state.paused,
+                             parameters=state.parameters, config_version=state.config_version)
     # The new primary's lease starts now; the old primary is the standby-to-be,
     # about which nothing is known yet.
     new_memory = replace(memory, primary_seen_at=now, sync_since={}, sync_dropped_at=None,
@@ -522,6 +525,25 @@ def set_paused(state: ClusterState, memory: Memory, paused: bool) -> tuple[Clust
         memory = replace(memory, switchover_to=None, failover_to=None, failover_forced=False)
         state = replace(state, scheduled_at=None, scheduled_to=None)
     return replace(state, paused=paused), memory
+
+
+def change_parameters(state: ClusterState, changes: Mapping[str, Any], expected_version: int | None
+                      ) -> tuple[ClusterState, str | None]:
+    """An operator's edit of the cluster-wide parameters (pgha-ctl edit-config,
+    PATCH /config): a value sets, None removes. Refused when the
+    configuration changed since the operator read expected_version (two
+    edits at once: the second would undo the first unseen), or when the
+    result breaks a limit. Unchanged parameters keep the version."""
+    if expected_version is not None and expected_version != state.config_version:
+        return state, (f"the configuration changed since you read it (you read version {expected_version}, "
+                       f"it is now {state.config_version}): read it again")
+    parameters = cluster_config.changed(state.parameters, changes)
+    problem = cluster_config.parameters_problem(parameters)
+    if problem:
+        return state, problem
+    if cluster_config.frozen(parameters) == state.parameters:
+        return state, None
+    return replace(state, parameters=cluster_config.frozen(parameters), config_version=state.config_version + 1), None
 
 
 # -- a scheduled switchover (durable: part of ClusterState) ----------------------------------

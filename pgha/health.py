@@ -322,9 +322,11 @@ def _replication_row(s: NodeSnapshot, r: ReplicationRow) -> dict[str, Any]:
 def config_json(s: NodeSnapshot, view: ClusterView | None, now: float) -> dict[str, Any]:
     """GET /config: the settings Patroni keeps in its dynamic configuration
     that this node has (its timings as the arbiter gave them; synchronous
-    replication is always on and strict here)."""
+    replication is always on and strict here; the cluster-wide PostgreSQL
+    parameters, pgha-ctl edit-config)."""
     body: dict[str, Any] = {"ttl": s.lease_time, "loop_wait": s.heartbeat_interval,
-                            "synchronous_mode": True, "synchronous_mode_strict": True}
+                            "synchronous_mode": True, "synchronous_mode_strict": True,
+                            "postgresql": {"parameters": dict(s.cluster_parameters)}}
     if paused(s, view, now):
         body["pause"] = True
     return body

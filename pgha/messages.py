@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from pgha import clusters
+from pgha import cluster_config, clusters
 from pgha.errors import ProtocolError
 
 # PostgreSQL as the node sees it.
@@ -211,6 +211,9 @@ class Instruction:
     reinit: int = 0                         # standby: an operator's reinit order to carry out (its id), 0: none
     restart: int = 0                        # an operator's order to restart PostgreSQL in place (its id), 0: none
     cluster: str | None = None              # the cluster it is for (echoes the heartbeat's)
+    # The cluster-wide PostgreSQL parameters (pgha.cluster_config); None: not
+    # said (the node keeps what it has), {}: none.
+    parameters: Mapping[str, Any] | None = None
 
     @property
     def standby_slot(self) -> str | None:
@@ -248,6 +251,7 @@ class Instruction:
             reinit=_field(wire, "reinit", int, where, default=0),
             restart=_field(wire, "restart", int, where, default=0),
             cluster=parse_cluster(wire.get("cluster"), where),
+            parameters=_parameters(wire.get("parameters")),
         )
         if role == STANDBY and (instruction.primary is None or instruction.primary_address is None):
             raise ProtocolError("a standby instruction must name the primary and its address")
@@ -261,6 +265,8 @@ class Instruction:
             wire["paused"] = True
         if self.reload_generation:
             wire["reload_generation"] = self.reload_generation
+        if self.parameters is not None:
+            wire["parameters"] = dict(self.parameters)
         if self.role == WAIT:
             wire["reason"] = self.reason
             return wire
@@ -302,6 +308,15 @@ def _small_int_map(wire: dict[str, Any], name: str, where: str) -> dict[str, int
         raise ProtocolError(f"{where} field {name!r} must map a few names to integers")
     return value
 INT_RANGE = (-2 ** 63, 2 ** 64)      # LSNs are unsigned 64-bit; nothing else is larger
+
+
+def _parameters(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    problem = cluster_config.parameters_problem(value)
+    if problem:
+        raise ProtocolError(f"instruction field 'parameters': {problem}")
+    return dict(value)
 
 
 def _require_object(wire: Any, where: str) -> None:

@@ -341,6 +341,8 @@ class Node:
         self.memory = m = replace(m, instruction=instruction, lease_time=instruction.lease_time or m.lease_time,
                                   heartbeat_interval=instruction.heartbeat_interval or m.heartbeat_interval)
         self.reloader.note_generation(instruction.reload_generation)
+        if instruction.parameters is not None and instruction.parameters != self.pg.cluster_parameters:
+            node_ops.apply_cluster_parameters(self.pg, instruction.parameters)
         if self._grant_lease_unknown_since is not None and instruction.lease_time:
             self.grants.assume_granted(instruction.lease_time, since=self._grant_lease_unknown_since)
             self._grant_lease_unknown_since = None
@@ -525,6 +527,7 @@ class Node:
             instruction_epoch=instruction.epoch if instruction else None,
             instruction_reason=instruction.reason if instruction else None,
             instruction_paused=instruction.paused if instruction else False,
+            cluster_parameters=self.pg.cluster_parameters,
             primary=(self.s.name if instruction.role == PRIMARY else instruction.primary) if instruction else None,
             primary_address=instruction.primary_address if instruction else None,
             upstream=m.upstream, acted_epoch=m.acted_epoch,

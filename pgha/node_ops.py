@@ -9,9 +9,9 @@ keeps running with the settings it had.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from pgha import callbacks, logs, reload
+from pgha import callbacks, cluster_config, logs, reload
 from pgha.postgres import PostgresError
 from pgha.settings import NODE_SPECS
 
@@ -74,6 +74,19 @@ def apply(node: Any, new: Any) -> reload.Diff:
     if {"hba_networks", "pg_parameters", "pg_hba", "pg_ident"} & set(diff.applied):
         _reload_postgres(node.pg)
     return diff
+
+
+def apply_cluster_parameters(pg: Any, parameters: Mapping[str, Any]) -> None:
+    """The cluster-wide parameters from an instruction (pgha-ctl edit-config):
+    kept for every later write of pgha.conf, and applied now with a reload
+    (one that needs a restart shows as pending restart). On the HA loop."""
+    old, new = pg.cluster_parameters, dict(parameters)
+    pg.cluster_parameters = new
+    log.info("cluster configuration: %s", cluster_config.describe_changes(old, new))
+    overridden = sorted(set(new) & {name.lower() for name in pg.s.pg_parameters})
+    if overridden:
+        log.info("cluster configuration: this node's own pg_parameters keep %s", ", ".join(overridden))
+    _reload_postgres(pg)
 
 
 def pre_promote(settings: Any) -> str | None:

@@ -59,6 +59,7 @@ class NodeSnapshot:
     instruction_epoch: int | None = None
     instruction_reason: str | None = None
     instruction_paused: bool = False        # maintenance mode, as this node last heard it
+    cluster_parameters: Mapping[str, Any] = field(default_factory=dict)   # pgha.cluster_config, as last heard
     primary: str | None = None              # whom the arbiter names primary
     primary_address: Address | None = None  # where a standby must stream from
     upstream: Address | None = None         # where this standby was told to stream from

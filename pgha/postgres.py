@@ -19,7 +19,7 @@ import time
 import psycopg2
 from psycopg2 import sql
 
-from pgha import disk, files, hba, logs, reaper, rewind as rejoin
+from pgha import cluster_config, disk, files, hba, logs, reaper, rewind as rejoin
 from pgha.reply_age import REPLY_INTERVAL, ReplyAges
 from pgha.messages import PG_RUNNING, PG_STARTING, PG_STOPPED, PRIMARY, STANDBY, PgStatus, ReplicationRow
 
@@ -200,6 +200,9 @@ class Postgres:
         self._conn = None
         self.reply_ages = ReplyAges()   # pg_stat_replication's reply age, whatever the standby's clock
         self._written = None    # write_settings' last arguments: a reload rewrites the same role
+        # The cluster-wide parameters from the arbiter's last instruction (pgha.cluster_config);
+        # set by the HA loop alone, read when pgha.conf is written.
+        self.cluster_parameters = {}
         self._control_cache = None  # (the control file's stat, pg_controldata's fields)
 
     # -- files and folders ---------------------------------------------------
@@ -245,20 +248,21 @@ class Postgres:
         """
         standby = role == "standby"
         self._written = (role, primary_address, sync_standby)
+        chosen = cluster_config.effective(self.cluster_parameters, self.s.pg_parameters)
         params = {
             "listen_addresses": self.s.listen_addresses, "port": self.s.pg_port,
             "unix_socket_directories": self.socket_dir, "cluster_name": self.s.name,
             "wal_level": self.wal_level(), "max_wal_senders": 10, "max_replication_slots": 10,
             "wal_log_hints": "on", "hot_standby": "on", "synchronous_commit": "on",
-            "wal_keep_size": rejoin.wal_keep_size(self.s.pg_parameters),  # pg_rewind after a crash
-            "max_slot_wal_keep_size": rejoin.max_slot_wal_keep_size(self.s.pg_parameters, self._wal_fs_bytes()),
+            "wal_keep_size": rejoin.wal_keep_size(chosen),  # pg_rewind after a crash
+            "max_slot_wal_keep_size": rejoin.max_slot_wal_keep_size(chosen, self._wal_fs_bytes()),
             "wal_sender_timeout": "5s", "wal_receiver_timeout": "5s",
             "wal_receiver_status_interval": f"{REPLY_INTERVAL:g}s", "wal_retrieve_retry_interval": "50ms",
             "recovery_target_timeline": "latest",
             "synchronous_standby_names": f'"{sync_standby}"' if sync_standby and not standby else "",
             "primary_conninfo": self._primary_conninfo(primary_address) if primary_address else "",
             "primary_slot_name": self.s.slot_name if standby else "",
-            **self.s.pg_parameters,
+            **chosen,
         }
         body = "".join(f"{k} = {quote_conf(v)}\n" for k, v in params.items())
         self._write(os.path.join(self.pgdata, CONF_FILE),

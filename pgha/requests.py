@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Callable, Mapping, Union
 
-from pgha import clusters
+from pgha import cluster_config, clusters
 from pgha.errors import ProtocolError
 from pgha.limits import clip
 from pgha.messages import Report, check_type, parse_cluster
@@ -128,6 +128,15 @@ class Restart:
     member: str
 
 
+@dataclass(frozen=True)
+class Config:
+    """An operator's change of the cluster-wide PostgreSQL parameters
+    (pgha-ctl edit-config, PATCH /config): a value sets, null removes."""
+    cluster: str | None
+    parameters: Mapping[str, Any]
+    version: int | None     # the config_version it was made against (None: whatever it is now)
+
+
 FLUSHABLE = ("switchover", "restart")     # what `flush` cancels: a scheduled switchover, a pending restart
 
 
@@ -139,7 +148,7 @@ class Flush:
 
 
 Request = Union[Heartbeat, Lease, Status, History, Switchover, Failover, Pause, Resume, Rebuild, Reload, Clusters,
-                Reinit, Restart, Flush]
+                Reinit, Restart, Flush, Config]
 
 
 # -- field checks: one line naming the field and what it must be -----------------------------
@@ -224,6 +233,15 @@ def _restart(m: dict[str, Any]) -> Restart:
     return Restart(_cluster(m), str(member_name(m, "member")))
 
 
+def _config(m: dict[str, Any]) -> Config:
+    changes = m.get("parameters")
+    problem = cluster_config.parameters_problem(changes, removing=True)
+    if problem:
+        raise ProtocolError(f"message field 'parameters': {problem}")
+    version = m.get("version")
+    return Config(_cluster(m), dict(check_type(changes, dict, "parameters")), None if version is None else count(version, "version", 0, EPOCH_MAX))
+
+
 def _failover(m: dict[str, Any]) -> Failover:
     return Failover(_cluster(m), str(member_name(m, "to")), flag(m, "force"), flag(m, "primary_stopped"),
                     member_name(m, "primary", required=False))
@@ -267,6 +285,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     _kind("reinit", Reinit, _reinit, OPERATOR, leader_only=True, changes_state=True),
     _kind("restart", Restart, _restart, OPERATOR, leader_only=True, changes_state=True),
     _kind("rebuild", Rebuild, _rebuild, OPERATOR, leader_only=True, changes_state=True),
+    _kind("config", Config, _config, OPERATOR, leader_only=True, changes_state=True, relayed=True),
     # The leader re-reads its settings and raises the generation the nodes hear from it (a
     # follower's would reach no node); every arbiter process re-reads its own on SIGHUP.
     _kind("reload", Reload, lambda m: Reload(_cluster(m)), OPERATOR, leader_only=True, changes_state=True,

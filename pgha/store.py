@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+from pgha.cluster_config import frozen, parameters_problem
 from pgha.cluster_state import ClusterState
 from pgha.files import write_durably
 
@@ -134,14 +135,18 @@ def check_state(value: Any) -> ClusterState | None:
     paused = value.get("paused", False)     # absent in states saved before maintenance mode
     unfenced = value.get("primary_unfenced", False)     # absent unless set
     scheduled = _check_scheduled(value.get("scheduled_switchover"))     # absent: none scheduled
+    parameters = value.get("parameters", {})        # absent: no cluster-wide parameters
+    config_version = value.get("config_version", 0)
     if type(epoch) is int and epoch >= 1 and isinstance(primary, str) and primary \
             and type(promotable) is bool and type(paused) is bool and type(unfenced) is bool \
-            and scheduled is not None:
+            and scheduled is not None and isinstance(parameters, dict) and parameters_problem(parameters) is None \
+            and type(config_version) is int and config_version >= 0:
         holders = _check_holders(value.get("promotable_members"), promotable, primary)
         if holders is None:
             return None
         return ClusterState(epoch=epoch, primary=primary, promotable=holders, paused=paused,
-                            primary_unfenced=unfenced, scheduled_at=scheduled[0], scheduled_to=scheduled[1])
+                            primary_unfenced=unfenced, scheduled_at=scheduled[0], scheduled_to=scheduled[1],
+                            parameters=frozen(parameters), config_version=config_version)
     return None
 
 
@@ -182,6 +187,8 @@ def state_to_stored(state: ClusterState) -> dict[str, Any]:
         stored["primary_unfenced"] = True
     if state.scheduled_at is not None:      # absent when none: files stay as they were before
         stored["scheduled_switchover"] = {"at": state.scheduled_at, "to": state.scheduled_to}
+    if state.parameters or state.config_version:    # absent until the first edit-config
+        stored.update(state.config_view())
     if check_state(stored) != state:
         raise TypeError(f"not a valid cluster state: {state!r}")
     return stored

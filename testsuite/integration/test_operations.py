@@ -262,3 +262,29 @@ def test_restart_every_member_in_place_standby_first_without_a_failover(local_cl
     events = [e["event"] for e in cluster.arbiter_call({"type": "history", "limit": 20})["events"]]
     assert events.count("restart_requested") == 3 and "failover" not in events, events   # --pending: 1
     assert report.longest_gap.length < 15.0, report.longest_gap     # the primary's restart only
+
+
+def test_edit_config_reaches_every_member_and_restart_pending_applies_the_rest(local_cluster, capsys):
+    """pgha-ctl edit-config (patronictl edit-config, issue 21 item 3): the
+    arbiter stores the change, every member reloads with it; a parameter that
+    needs a restart is pending on both until `restart --pending`, standby first."""
+    cluster = local_cluster
+    nodes = ("pgsql-1", "pgsql-2")
+    assert ctl_run(cluster, "edit-config", "-p", "work_mem=7MB", "-p", "max_connections=110", "--force") == 0
+    assert "configuration version 1 stored" in capsys.readouterr().out
+    wait_for(lambda: all(sql(cluster, n, "SHOW work_mem") == [("7MB",)] for n in nodes), 30,
+             "work_mem reloaded on both members")
+
+    def pending():
+        nodes_seen = cluster.status()["nodes"]     # one snapshot for both members
+        return all((nodes_seen[n].get("report") or {}).get("pending_restart") for n in nodes)
+    wait_for(pending, 30, "both members to report a pending restart")
+    assert ctl_run(cluster, "restart", "--pending", "--force", "--wait", "120") == 0
+    assert all(sql(cluster, n, "SHOW max_connections") == [("110",)] for n in nodes)
+    assert ctl_run(cluster, "edit-config", "-p", "work_mem=null", "--force") == 0
+    wait_for(lambda: all(sql(cluster, n, "SHOW work_mem") == [("4MB",)] for n in nodes), 30,
+             "work_mem back to PostgreSQL's default on both members")
+    status = cluster.status()
+    assert (status["parameters"], status["config_version"], status["epoch"]) == ({"max_connections": 110}, 2, 1)
+    events = [e for e in cluster.arbiter_call({"type": "history", "limit": 20})["events"] if e["event"] == "config"]
+    assert [e["reason"] for e in events] == ["max_connections=110, work_mem='7MB'", "work_mem removed"]

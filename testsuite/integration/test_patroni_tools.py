@@ -170,6 +170,21 @@ def test_check_patroni_node_and_cluster(local_cluster):
         superuser(cluster, "pgsql-1", "ALTER SYSTEM RESET max_connections")
     wait_for(lambda: code(cluster, "pgsql-1", "node_is_pending_restart") == OK, 20, "pending restart cleared")
 
+    # A cluster-wide change (pgha-ctl edit-config): /config changes on every member, and
+    # a parameter that needs a restart is pending on both.
+    assert operator(cluster, "edit-config", "-p", "max_connections=101", "-p", "work_mem=5MB", "--force") == 0
+    for node in cluster.nodes:
+        wait_for(lambda: code(cluster, node, "cluster_config_has_changed", "--hash", config_hash) == CRITICAL, 20,
+                 f"check_patroni sees the changed configuration on {node}")
+        wait_for(lambda: code(cluster, node, "node_is_pending_restart") == CRITICAL, 20, f"{node} pending restart")
+        assert api_json(cluster, node, "/config")["postgresql"] == {"parameters": {"max_connections": 101,
+                                                                                   "work_mem": "5MB"}}
+    assert operator(cluster, "edit-config", "-p", "max_connections=null", "-p", "work_mem=null", "--force") == 0
+    for node in cluster.nodes:
+        wait_for(lambda: code(cluster, node, "cluster_config_has_changed", "--hash", config_hash) == OK, 20,
+                 f"the first configuration again on {node}")
+        wait_for(lambda: code(cluster, node, "node_is_pending_restart") == OK, 20, f"{node}: nothing pending")
+
 
 # -- harness.haproxy on a loaded cluster (issue 21 item 7) -----------------------------------
 

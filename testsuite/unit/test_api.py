@@ -519,7 +519,11 @@ def test_cluster_in_patroni_shape(server):
 def test_config(server):
     show(server, STANDBY, replace(VIEW, paused=True))
     assert json.loads(get(server, "/config")[2]) == {"ttl": 1.8, "loop_wait": 0.5, "synchronous_mode": True,
-                                                     "synchronous_mode_strict": True, "pause": True}
+                                                     "synchronous_mode_strict": True, "pause": True,
+                                                     "postgresql": {"parameters": {}}}
+    show(server, replace(STANDBY, cluster_parameters={"work_mem": "8MB", "max_connections": 200}), VIEW)
+    assert json.loads(get(server, "/config")[2])["postgresql"] == {
+        "parameters": {"work_mem": "8MB", "max_connections": 200}}
 
 
 def test_timeline_history_file_parsing():

@@ -19,16 +19,16 @@ def test_who_may_send_what_is_what_it_was_before_the_table():
     # The sets auth.py listed by hand: the table must not widen anyone's rights.
     assert auth.NODE_TYPES == {"heartbeat", "status", "history"}
     assert auth.OPERATOR_TYPES == {"status", "history", "switchover", "failover", "pause", "resume", "rebuild",
-                                   "reload", "clusters", "flush", "reinit", "restart"}   # the operator's only
+                                   "reload", "clusters", "flush", "reinit", "restart", "config"}   # the operator's only
     assert auth.READER_TYPES == {"status", "history", "clusters"}
     assert auth.PEER_TYPES == {"lease"} and auth.SELF_TYPES == {"heartbeat", "lease"}
-    assert api.RELAYED == {"switchover", "reload", "pause", "resume", "failover"}
+    assert api.RELAYED == {"switchover", "reload", "pause", "resume", "failover", "config"}
 
 
 def test_every_state_changing_kind_is_answered_by_the_leader_alone():
     # failover, pause and resume were missing from the hand-written list (issue 16).
     assert requests.LEADER_ONLY == {"heartbeat", "switchover", "failover", "pause", "resume", "rebuild", "reload",
-                                    "flush", "reinit", "restart"}
+                                    "flush", "reinit", "restart", "config"}
     assert all(k.leader_only for k in requests.KINDS.values() if k.changes_state)
 
 
@@ -36,7 +36,7 @@ def test_every_kind_parses_to_its_own_dataclass_and_has_a_handler(tmp_path):
     examples = {"heartbeat": heartbeat(P, 1, primary_report()), "lease": {"node": P, "epoch": 1},
                 "switchover": {"to": S}, "failover": {"to": S}, "rebuild": {"epoch": 2, "primary": P},
                 "history": {"limit": 5}, "flush": {"what": "switchover"}, "reinit": {"member": S},
-                "restart": {"member": S}}
+                "restart": {"member": S}, "config": {"parameters": {"work_mem": "8MB"}}}
     arbiter = Arbiter(make_settings(tmp_path / "state.json"), clock=FakeClock(), init=True)
     service = ArbiterService.single(arbiter)
     for name, kind in requests.KINDS.items():
