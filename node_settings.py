@@ -55,6 +55,14 @@ pg_parameters = {}              # extra postgresql.conf parameters, e.g. {"share
 # the same. {"name": {"type": "physical"}} or
 # {"name": {"type": "logical", "database": "testdb", "plugin": "pgoutput"}}.
 permanent_slots = {}
+# How a new or rejoining standby gets its copy (Patroni's create_replica_methods):
+# tried in order; "basebackup" is pg_basebackup from the primary. Any other name
+# is an entry of replica_methods: {"command": "...", "no_params": True/False, ...},
+# run as pg_os_user, restoring into the folder it is given (README: Replicas from
+# a backup), e.g. {"pgbackrest": {"command": "pgbackrest --stanza=main --delta restore",
+# "no_params": True}} with create_replica_methods = ["pgbackrest", "basebackup"].
+create_replica_methods = ["basebackup"]
+replica_methods = {}
 # pg_hba.conf and pg_ident.conf as you write them (README: pg_hba and pg_ident).
 # None: the node's lines go on top of pg_hba.conf as it is. A list: pg_hba.conf
 # is the node's own lines (its users only), then exactly these, in order, e.g.

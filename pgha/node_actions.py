@@ -29,6 +29,7 @@ from pgha.node_memory import Changes
 from pgha.node_rules import REJOINS, STANDBY_STREAM_DEADLINE, Action, Decision, HandOver, rejoin_backoff
 from pgha.node_ops import PRE_PROMOTE_RETRY
 from pgha.postgres import PostgresError, UpstreamNotReady
+from pgha.settings import BASEBACKUP
 
 log = logs.get("node")
 CLONE_LOG_INTERVAL = 5.0    # seconds between progress lines of a clone
@@ -52,17 +53,20 @@ class NodeActions:
     def __init__(self, pg: Any, fencer: Fencer, settings: Callable[[], Any], clock: Callable[[], float],
                  inbox: Inbox, callback: Callable[[str, str], None], say: Callable[[str, str, str], None],
                  clone_progress: Callable[[Any], None], heartbeat_while_busy: Callable[[], None],
-                 lease_end: Callable[[], float | None], pre_promote: Callable[[], str | None]) -> None:
+                 lease_end: Callable[[], float | None], pre_promote: Callable[[], str | None],
+                 scope: str = "") -> None:
         """settings: the node's current settings (a reload replaces them).
         lease_end: when the primary's leases run out (monotonic), armed in
         the fencer before PostgreSQL is made read-write.
         clone_progress: told a rewind.CloneProgress while pg_basebackup runs
         (None when it ends), for the report; heartbeat_while_busy: report to
-        the arbiter from inside a long action (a clone). Both run on the loop's thread."""
+        the arbiter from inside a long action (a clone). Both run on the loop's thread.
+        scope: the cluster's name (a replica method's --scope)."""
         self.pg, self.fencer, self.settings, self.clock = pg, fencer, settings, clock
         self.inbox, self.callback, self.say = inbox, callback, say
         self.clone_progress, self.heartbeat_while_busy = clone_progress, heartbeat_while_busy
         self.lease_end = lease_end
+        self.cluster_name = scope
         self.pre_promote = pre_promote      # None: go on; else why the promotion must wait
         self._pre_promote_refused: tuple[float, str] | None = None     # (when, why) of the last refusal
         self.launching: threading.Thread | None = None     # the follow-target thread, once started
@@ -359,13 +363,14 @@ class NodeActions:
     # else (or when a rewound copy still cannot follow) a fresh pg_basebackup.
 
     def _clone(self, c: Changes, d: Decision) -> None:
+        methods = ", ".join(self.settings().create_replica_methods)
         if d.why == "empty":
-            log.info("empty data directory: cloning %s with pg_basebackup", d.primary)
+            log.info("empty data directory: a copy of %s (%s)", d.primary, methods)
         else:
-            log.failover("rejoining as standby of %s: a fresh pg_basebackup (earlier attempt could not "
-                         "follow it)", d.primary)
+            log.failover("rejoining as standby of %s: a fresh copy (%s; earlier attempt could not "
+                         "follow it)", d.primary, methods)
         self.pg.prepare_upstream(d.address, self.settings().slot_name)
-        self._basebackup(c, d)
+        self._make_replica(c, d)
         self._run_as_standby(c, d)
 
     def _reinit(self, c: Changes, d: Decision) -> None:
@@ -374,7 +379,7 @@ class NodeActions:
         if self.pg.postmaster_pid():
             self.pg.stop("fast")
         self.pg.prepare_upstream(d.address, self.settings().slot_name)
-        self._basebackup(c, d)
+        self._make_replica(c, d)
         self._run_as_standby(c, d)
         c.set(reinit_done=d.reinit, rejoin_failures=0)
 
@@ -386,13 +391,39 @@ class NodeActions:
         except PostgresError as exc:
             # Only when pg_rewind itself gave up: the WAL kept here and on the
             # new primary (wal_keep_size) did not reach back far enough.
-            log.warning("%s; rewinding is not possible: falling back to a fresh pg_basebackup", exc)
-            self._basebackup(c, d)
+            log.warning("%s; rewinding is not possible: falling back to a fresh copy", exc)
+            self._make_replica(c, d)
         else:
             fetched = (f"{outcome.fetched_segments} missing WAL segment(s) fetched from {d.primary}"
                        if outcome.fetched_segments else "with the WAL kept here")
             log.failover("pg_rewind done in %.1fs (%s): path %s", outcome.seconds, fetched, outcome.path)
         self._run_as_standby(c, d)
+
+    def _make_replica(self, c: Changes, d: Decision) -> None:
+        """A fresh copy by the node's create_replica_methods, in order (as
+        Patroni's): the first that succeeds makes it; when every one failed,
+        the last one's error stands (the rejoin backoff tries again, rule S7)."""
+        s = self.settings()
+        methods = s.create_replica_methods
+        for i, name in enumerate(methods):
+            try:
+                if name == BASEBACKUP:
+                    self._basebackup(c, d)
+                else:
+                    self._restore(c, d, name, s.replica_methods[name])
+                return
+            except PostgresError as exc:
+                if i + 1 == len(methods):
+                    raise
+                log.warning("%s; trying the next replica method, %s", exc, methods[i + 1])
+
+    def _restore(self, c: Changes, d: Decision, name: str, method: dict) -> None:
+        started = self.clock()
+        log.info("making the copy with replica method %s (a backup, not a load on %s)", name, d.primary)
+        self.pg.restore_replica(name, method, self.cluster_name, d.address, on_wait=self.heartbeat_while_busy,
+                                every=c.memory.heartbeat_interval)
+        log.failover("replica method %s made the copy in %.1fs; it catches up from %s", name,
+                     self.clock() - started, d.primary)
 
     def _basebackup(self, c: Changes, d: Decision) -> None:
         """pg_basebackup into a temporary folder, saying its progress in the

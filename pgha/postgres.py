@@ -5,6 +5,7 @@ Everything PostgreSQL-specific lives here so the HA loop (node.py) reads as
 a sequence of decisions. Addresses are pgha.messages.Address values. Commands run as the configured OS user when the node
 runs as root, because PostgreSQL refuses to run as root.
 """
+import collections
 import glob
 import os
 import pwd
@@ -534,6 +535,42 @@ class Postgres:
                                 f"{_last_lines(errors)}")
         self._swap_in(tmp)
 
+    def restore_replica(self, name, method, scope, address, on_wait, every, timeout=24 * 3600):
+        """Make this standby's copy with a replica method (node settings
+        replica_methods: pgBackRest, WAL-G, Barman, a script) into a temporary
+        folder, swapped in only once the method exited 0 and left a data
+        directory there; the old data stays in place until then.
+
+        The method runs as pg_os_user and is told the folder three ways:
+        --datadir (Patroni's parameter, unless no_params), $PGDATA, and
+        $PGBACKREST_PG1_PATH (which overrides pgbackrest.conf's pg1-path, so
+        Patroni's `pgbackrest --stanza=main --delta restore` restores here,
+        not over the data directory). A restore's recovery.signal is
+        removed: the node starts the copy as a standby (standby.signal) and
+        keeps the restore_command it wrote, for the WAL since the backup."""
+        tmp = self.pgdata + ".restore"
+        self._remove_tree(tmp)
+        self._run(["mkdir", "-m", "0700", tmp], check=True, program=True)     # as pg_os_user: its own folder
+        connstring = conninfo(host=address.host, port=address.pg_port, user=self.s.replication_user,
+                              dbname="postgres", connect_timeout=5)
+        args = rejoin.replica_method_command(method, scope, tmp, connstring)
+        env = {"PGDATA": tmp, "PGBACKREST_PG1_PATH": tmp, "PGPASSWORD": self.s.replication_password,
+               "PGCONNECT_TIMEOUT": "5"}
+        returncode, lines = self._run_calling_back(args, env, timeout, on_wait, every)
+        if returncode != 0:
+            self._remove_tree(tmp)
+            raise PostgresError(f"replica method {name} failed (exit status {returncode}): "
+                                f"{_last_lines(chr(10).join(lines))}")
+        if not all(os.path.isfile(os.path.join(tmp, part)) for part in ("PG_VERSION", "global/pg_control")):
+            self._remove_tree(tmp)
+            raise PostgresError(f"replica method {name} exited 0 but left no data directory in {tmp} (a method "
+                                "must restore into the folder it is given: --datadir, $PGDATA or "
+                                "$PGBACKREST_PG1_PATH)")
+        signal_file = os.path.join(tmp, "recovery.signal")
+        if os.path.lexists(signal_file):
+            os.unlink(signal_file)
+        self._swap_in(tmp)
+
     def _wait_postmaster_gone(self, timeout=10.0):
         """A killed postmaster stays a zombie until its parent (often init)
         reaps it, and PostgreSQL's tools refuse the data directory until then.
@@ -790,10 +827,11 @@ class Postgres:
 
     # -- helpers ---------------------------------------------------------------
 
-    def _tool(self, args, env=None):
+    def _tool(self, args, env=None, program=False):
         """A PostgreSQL tool's command line and the subprocess keywords that
-        run it (as the PostgreSQL OS user when the node runs as root)."""
-        cmd = [os.path.join(self.bindir, args[0])] + args[1:]
+        run it (as the PostgreSQL OS user when the node runs as root).
+        program: args[0] is any program (found on PATH), not a tool in bindir."""
+        cmd = list(args) if program else [os.path.join(self.bindir, args[0])] + args[1:]
         full_env = {**os.environ, "LC_ALL": "C", **(env or {})}
         kwargs: dict = {"env": full_env}
         if self._as_root:
@@ -801,8 +839,8 @@ class Postgres:
             kwargs.update(user=self._user.pw_uid, group=self._user.pw_gid, extra_groups=[])
         return cmd, kwargs
 
-    def _run(self, args, check=False, quiet=False, env=None, timeout=120):
-        cmd, kwargs = self._tool(args, env)
+    def _run(self, args, check=False, quiet=False, env=None, timeout=120, program=False):
+        cmd, kwargs = self._tool(args, env, program)
         if not quiet:
             log.debug("running %s", " ".join(args[:2]))
         try:
@@ -842,6 +880,39 @@ class Postgres:
             timer.cancel()
             proc.wait()
         return proc.returncode, lines
+
+    def _run_calling_back(self, args, env, timeout, on_wait, every):
+        """Run a program that may take long (a replica method), calling
+        on_wait() every `every` seconds meanwhile (the HA loop's heartbeat);
+        its output is read by a thread, the last lines kept. Killed at
+        `timeout`. Returns (returncode, last lines)."""
+        cmd, kwargs = self._tool(args, env, program=True)
+        log.debug("running %s", " ".join(args[:2]))
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, errors="replace", cwd="/", **kwargs)
+        except OSError as exc:
+            raise PostgresError(f"cannot run {cmd[0]}: {exc.strerror}") from None
+        lines: collections.deque[str] = collections.deque(maxlen=50)
+        output = proc.stdout
+        assert output is not None       # opened as a pipe above
+        reader = threading.Thread(target=lambda: lines.extend(line.rstrip("\r\n") for line in output),
+                                  name="replica-method-output", daemon=True)
+        reader.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                proc.wait(timeout=max(0.0, min(every, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    proc.kill()
+                    proc.wait()
+                    lines.append(f"killed after {timeout:g}s")
+                    break
+                on_wait()
+        reader.join(timeout=5)
+        return proc.returncode, list(lines)
 
     def _tail_log(self, lines=5):
         try:

@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping
 # passwords, keys and the REST API's address need a restart.
 NODE_RUNTIME = frozenset({"log_level", "log_file", "hba_networks", "pg_parameters", "pg_hba", "pg_ident",
                           "on_role_change", "on_start", "on_stop", "on_reload", "on_restart",
-                          "pre_promote", "callback_timeout", "stop_postgres_on_exit"})
+                          "pre_promote", "callback_timeout", "stop_postgres_on_exit",
+                          "create_replica_methods", "replica_methods"})
 
 # The arbiter: logging and the cluster's timings (instructions carry them to
 # the nodes). lease_time shrinks only after a transition (LeaseTransition).

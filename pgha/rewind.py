@@ -123,3 +123,16 @@ def parse_progress(line: str) -> CloneProgress | None:
         return None
     done, total, percent = (int(g) for g in match.groups())
     return CloneProgress(done * 1024, total * 1024, percent)
+
+
+def replica_method_command(method: dict, scope: str, datadir: str, connstring: str) -> list[str]:
+    """The command line of a replica method (node settings replica_methods),
+    as Patroni builds it: the command, then, unless no_params, --scope,
+    --datadir (the folder to restore into), --role=replica and --connstring
+    (the primary, without a password), then the method's other keys as
+    --KEY=VALUE."""
+    args = shlex.split(method["command"])
+    if method.get("no_params"):
+        return args
+    extra = [f"--{key}={value}" for key, value in method.items() if key not in ("command", "no_params", "keep_data")]
+    return args + [f"--scope={scope}", f"--datadir={datadir}", "--role=replica", f"--connstring={connstring}"] + extra

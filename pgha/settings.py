@@ -129,6 +129,35 @@ def permanent_slots(value):
     return None
 
 
+BASEBACKUP = "basebackup"      # the built-in replica method: pg_basebackup from the primary
+# Keys of a replica method the node reads itself; any other is passed to the command as --KEY=VALUE.
+REPLICA_METHOD_KEYS = ("command", "no_params", "keep_data")
+
+
+def replica_methods(value):
+    """Patroni's replica methods: {name: {"command": "...", "no_params": bool, KEY: VALUE, ...}}."""
+    for name, spec in value.items():
+        if not isinstance(name, str) or identifier(name) or name == BASEBACKUP:
+            return f"names a method {str(name)[:64]!r}: a method is a name (letters, digits, '_'), not {BASEBACKUP!r}"
+        if not isinstance(spec, dict) or not isinstance(spec.get("command"), str) or not spec["command"].strip():
+            return f"gives method {name!r} no \"command\" (a command line, as a string)"
+        for key, item in spec.items():
+            if key in ("no_params", "keep_data") and not isinstance(item, bool):
+                return f"gives method {name!r} {key} = {item!r}: it must be True or False"
+            if not isinstance(key, str) or identifier(key) or \
+                    not isinstance(item, (str, int, float, bool)):
+                return f"gives method {name!r} {str(key)[:64]!r} = {str(item)[:64]!r}: a name and a plain value"
+    return None
+
+
+def replica_method_names(value):
+    if not value:
+        return "must name at least one method (\"basebackup\": pg_basebackup from the primary)"
+    if len(set(value)) != len(value):
+        return "names a method twice"
+    return None
+
+
 def tags(value):
     """Patroni's tags: names to strings, numbers or booleans (the REST API's ?tag_NAME=VALUE)."""
     for key, item in value.items():
@@ -305,6 +334,8 @@ NODE_SPECS = {
     "pg_ident": Spec(list, hba.ident_lines, optional=True),  # None: pg_ident.conf left alone
     "pg_parameters": Spec(dict, unmanaged_parameters),
     "permanent_slots": Spec(dict, permanent_slots),
+    "create_replica_methods": Spec(list, replica_method_names),
+    "replica_methods": Spec(dict, replica_methods),
     "key_file": Spec(str, non_empty),
     "log_level": Spec(str, log_level),
     "log_file": Spec(str, non_empty, optional=True),
@@ -432,4 +463,12 @@ def _own_slot_not_permanent(settings):
     return None
 
 
-NODE_CHECKS = (_distinct_roles, _tls_settings, _own_slot_not_permanent)
+def _replica_methods_defined(settings):
+    missing = [m for m in settings.create_replica_methods if m != BASEBACKUP and m not in settings.replica_methods]
+    if missing:
+        return (f"setting 'create_replica_methods' names {missing[0]!r}, which 'replica_methods' does not define "
+                f"(defined: {', '.join(sorted(settings.replica_methods)) or 'none'}; built in: {BASEBACKUP!r})")
+    return None
+
+
+NODE_CHECKS = (_distinct_roles, _tls_settings, _own_slot_not_permanent, _replica_methods_defined)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import shlex
+import shutil
 from typing import Any, Callable, Iterable
 
 from pgha import callbacks, files
@@ -56,6 +58,19 @@ def script_problems(settings: Any, events: Iterable[str] = CALLBACKS) -> list[st
     return problems
 
 
+def replica_method_problems(settings: Any) -> list[str]:
+    """One line per replica method whose program is not found (on PATH, or at its path)."""
+    problems = []
+    for name in getattr(settings, "create_replica_methods", ()):
+        method = (getattr(settings, "replica_methods", None) or {}).get(name)
+        if method is None:
+            continue
+        program = shlex.split(method["command"])[0]
+        if shutil.which(program) is None:
+            problems.append(f"replica_methods: method {name}: {program} is not an executable found on PATH")
+    return problems
+
+
 def file_problems(settings: Any, names: Iterable[str]) -> list[str]:
     """One line per file setting (set) whose file is not there."""
     return [f"{name}: {getattr(settings, name)} does not exist" for name in names
@@ -66,7 +81,7 @@ def node_problems(settings: Any, postgres: Callable[[Any], Any]) -> list[str]:
     """postgres(settings): a pgha.postgres.Postgres (it runs PostgreSQL's tools as pg_os_user)."""
     problems = file_problems(settings, ("key_file", "tls_cert_file", "tls_key_file", "tls_ca_file",
                                         "api_cluster_key_file"))
-    problems += script_problems(settings)
+    problems += script_problems(settings) + replica_method_problems(settings)
     try:
         problems += parameter_problems(settings.pg_parameters or {}, postgres(settings).parameter_names())
     except Exception as exc:    # noqa: BLE001 -- PostgresError (no binaries, no such user, the tool failed): one line

@@ -399,6 +399,43 @@ def test_clone(node):
     assert node.callbacks.fired == [("on_role_change", "replica")]
 
 
+PGBACKREST = {"command": "pgbackrest --stanza=main --delta restore", "no_params": True}
+
+
+def with_methods(node, order, **methods):
+    node.s = replace_settings(node.s, create_replica_methods=list(order), replica_methods=methods)
+
+
+def replace_settings(settings, **changes):
+    copy = type(settings)(**vars(settings))
+    for key, value in changes.items():
+        setattr(copy, key, value)
+    return copy
+
+
+def test_replica_methods_are_tried_in_order_and_the_first_that_works_makes_the_copy(node):
+    with_methods(node, ["pgbackrest", "basebackup"], pgbackrest=PGBACKREST)
+    act(node, Action.CLONE, primary="pgsql-2", address=TARGET, why="empty")
+    assert node.pg.names()[:2] == ["prepare_upstream", "restore_replica"]
+    assert "basebackup" not in node.pg.names()
+    name, method, scope, address = node.pg.calls[1][1:5]
+    assert (name, method, address) == ("pgbackrest", PGBACKREST, TARGET) and scope == node.cluster
+    assert node.memory.upstream == TARGET
+
+
+def test_a_failed_replica_method_falls_back_to_the_next_and_the_last_error_stands(node):
+    with_methods(node, ["pgbackrest", "basebackup"], pgbackrest=PGBACKREST)
+    node.pg.fail = {"restore_replica"}
+    act(node, Action.REINIT, primary="pgsql-2", address=TARGET, reinit=5)
+    assert node.pg.names()[:3] == ["prepare_upstream", "restore_replica", "basebackup"]
+    assert node.memory.reinit_done == 5
+    node.pg.calls, node.pg.fail = [], {"restore_replica", "basebackup"}
+    with_methods(node, ["basebackup", "pgbackrest"], pgbackrest=PGBACKREST)
+    with pytest.raises(PostgresError, match="restore_replica failed"):
+        act(node, Action.CLONE, primary="pgsql-2", address=TARGET, why="empty")
+    assert node.pg.names() == ["prepare_upstream", "basebackup", "restore_replica"]
+
+
 def test_reinit_stops_a_running_standby_makes_a_fresh_copy_and_remembers_the_order(node):
     node.pg.pid = 4242
     act(node, Action.REINIT, primary="pgsql-2", address=TARGET, reinit=77)

@@ -32,6 +32,15 @@ def test_restore_command_carries_no_password_and_quotes_paths():
     assert command.endswith("--passfile /s/rewind.pgpass %f %p")
 
 
+def test_replica_method_command_as_patroni_builds_it():
+    method = {"command": "/usr/local/bin/restore --from 'repo 2'", "threads": 4, "keep_data": True}
+    assert rewind.replica_method_command(method, "main", "/d.restore", "host=h port=5 user=rep") == [
+        "/usr/local/bin/restore", "--from", "repo 2", "--scope=main", "--datadir=/d.restore", "--role=replica",
+        "--connstring=host=h port=5 user=rep", "--threads=4"]
+    assert rewind.replica_method_command({"command": "pgbackrest --stanza=main restore", "no_params": True},
+                                         "main", "/d", "c") == ["pgbackrest", "--stanza=main", "restore"]
+
+
 def test_progress_lines():
     p = rewind.parse_progress("   20480/409600 kB (5%), 0/1 tablespace")
     assert p == rewind.CloneProgress(20480 * 1024, 409600 * 1024, 5)
