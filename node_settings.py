@@ -19,6 +19,11 @@ api_bind = "127.0.0.1"          # address it listens on ("0.0.0.0" for HAProxy o
 api_port = 8008
 tags = {}                       # Patroni's tags, shown by the REST API and matched by ?tag_NAME=VALUE
 disk_warning_percent = 90       # a data or pg_wal disk this full is logged, in the REST API and metrics
+# Patroni-style writes (POST /switchover {"leader", "candidate"}, /restart, /reinitialize, PATCH /config,
+# ...) for a caller with these HTTP Basic credentials, signed with this operator key file
+# (README: REST API, Patroni-style writes). Both or neither; None: only operator-signed bodies.
+api_authentication = None       # {"username": "...", "password": "..."}
+api_operator_key_file = None
 api_cluster_key_file = None     # a reader.keys: then /cluster (the whole cluster's view) answers only a request
                                 # signed with it (pgha-ctl --key-file reader.keys status --print-signed); None: open
 

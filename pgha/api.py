@@ -9,7 +9,8 @@ pure functions in health.py and metrics.py: it never waits on PostgreSQL,
 and on the arbiter only when its last status is too old to use (the
 node_state.ClusterWatcher asks the arbiter only while the API is read).
 GET, HEAD and OPTIONS (HAProxy's default check method) are served, and
-POST on the operator's paths (RELAYED); anything else is 405. Each
+POST on the operator's paths (RELAYED), PATCH /config, and with
+api_authentication Patroni's writes (below); anything else is 405. Each
 connection closes after one answer. One client cannot blind the health
 checks (issue 19): the whole request (line, headers, body) must arrive
 within REQUEST_DEADLINE of the connection (a client sending one byte a
@@ -23,15 +24,24 @@ refusals and drops are logged once per source and reason per
 limits.WARN_INTERVAL.
 
 POST /switchover, /reload, /pause, /resume, /failover, /config (and PATCH
-/config, as Patroni's): the node holds no operator key, so it cannot sign. The body must be the operator-signed
+/config, as Patroni's): unless it is given one (PatroniWrites), the node
+holds no operator key, so it cannot sign. The body must be the operator-signed
 request itself (one JSON object, e.g. from pgha.ctl --print-signed or any
 client holding operator.keys) whose "type" is the path's name; the node
 relays it unchanged to the arbiter, which verifies it, and answers with the
 arbiter's reply: 200 when it is ok, 403 when the signature was refused, 409
 for any other refusal, 503 when the arbiter is unreachable.
+
+Patroni-style writes (PatroniWrites, pgha.patroni_requests): with HTTP
+Basic credentials (api_authentication) a caller sends Patroni's bodies;
+the node turns them into our requests, signs them with the operator key it
+was given (api_operator_key_file) and answers as Patroni does (200, 400,
+401, 412, 503).
 """
 from __future__ import annotations
 
+import base64
+import hmac
 import io
 import json
 import selectors
@@ -42,7 +52,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Callable
 
-from pgha import arbiter_link, auth, clusters, health, limits, logs, metrics, protocol, requests
+from pgha import arbiter_link, auth, clusters, health, limits, logs, metrics, patroni_requests, protocol, requests
 from pgha.node_state import StatePublisher
 from pgha.serve import Admitting, WakeOnShutdown
 
@@ -79,9 +89,10 @@ class ApiServer(Admitting, WakeOnShutdown, ThreadingHTTPServer):
     warn_log = log
 
     def __init__(self, host: str, port: int, state: StatePublisher, relay: Relay | None = None,
-                 reader: auth.Verifier | None = None) -> None:
+                 reader: auth.Verifier | None = None, patroni: PatroniWrites | None = None) -> None:
         self.state = state
         self.relay = relay
+        self.patroni = patroni      # set: Patroni-style writes with HTTP Basic credentials (api_authentication)
         self.reader = reader    # set: GUARDED paths answer only a request signed by the reader (or operator)
         super().__init__((host, port), _Handler)
         self.slots.member_slots = 0     # no member connections here: every client is a stranger
@@ -272,33 +283,84 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(head=False)
 
     def _not_allowed(self) -> None:
-        allowed = "GET, HEAD, OPTIONS" + (", POST, PATCH" if self.server.relay is not None else "")
+        allowed = "GET, HEAD, OPTIONS" + (", POST, PATCH" if self.server.relay is not None else "") \
+            + (", DELETE" if self.server.patroni is not None else "")
         body = json.dumps({"error": f"only {allowed} are served"
                            + (" (POST on /" + ", /".join(sorted(RELAYED)) + "; PATCH on /config)"
                               if self.server.relay else "")})
         self._send(405, JSON_TYPE, (body + "\n").encode(), head=False, extra={"Allow": allowed})
 
-    do_PUT = do_DELETE = _not_allowed
+    do_PUT = _not_allowed
 
     def do_POST(self) -> None:
-        self._relay(urllib.parse.urlsplit(self.path).path.strip("/"))
+        self._write()
 
     def do_PATCH(self) -> None:     # Patroni's way to change /config
-        kind = urllib.parse.urlsplit(self.path).path.strip("/")
-        self._relay(kind) if kind == "config" else self._not_allowed()
+        self._write()
 
-    def _relay(self, kind: str) -> None:
+    def do_DELETE(self) -> None:    # Patroni's way to cancel a scheduled switchover or restart
+        self._write()
+
+    def _write(self) -> None:
+        """A write: Patroni's (HTTP Basic credentials, Patroni's body; only when
+        api_authentication is set), or an operator-signed request relayed as is."""
+        path = urllib.parse.urlsplit(self.path).path.rstrip("/") or "/"
+        raw = self._body()
+        if raw is None:
+            return None     # answered
+        patroni = self.server.patroni
+        if patroni is not None and ("Authorization" in self.headers or not _signed(raw)):
+            return self._patroni_write(patroni, path, raw)
+        if self.command == "DELETE" or (self.command == "PATCH" and path != "/config"):
+            return self._not_allowed()
+        return self._relay(path.strip("/"), raw)
+
+    def _body(self) -> bytes | None:
+        """The request's body (b"" when it has none); None when the length
+        was refused (answered here)."""
+        given = self.headers.get("Content-Length")
+        if given is None:
+            return b""
+        try:
+            length = int(given)
+        except ValueError:
+            self._json(411, {"error": "Content-Length is not a number"}, False)
+            return None
+        if not 0 <= length <= protocol.MAX_FRAME:
+            self._json(413, {"error": f"the body must hold at most {protocol.MAX_FRAME} bytes"}, False)
+            return None
+        return self.rfile.read(length) if length else b""
+
+    def _patroni_write(self, patroni: PatroniWrites, path: str, raw: bytes) -> None:
+        source = str(self.client_address[0])
+        if not patroni.allows(self.headers.get("Authorization")):
+            self.server.warn(source, "auth:basic", f"REST API: refused a {self.command} {limits.printable(path[:80])} "
+                                                   f"from {source}: missing or wrong credentials (api_authentication)")
+            body = json.dumps({"error": "this write needs the REST API's credentials (HTTP Basic)"}) + "\n"
+            return self._send(401, JSON_TYPE, body.encode(), False, extra={"WWW-Authenticate": 'Basic realm="pgha"'})
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+            translated = patroni_requests.translate(self.command, path, body, patroni.member)
+        except ValueError as exc:       # not JSON, or patroni_requests.BadRequest
+            return self._json(400, {"error": limits.clip(str(exc), 300)}, False)
+        facts = self.server.state.snapshot.facts
+        if translated.only_if_pending and not (facts and facts.pending_restart):
+            return self._json(503, {"error": "restart conditions are not satisfied: no restart is pending"}, False)
+        try:
+            outcome = patroni.carry_out(translated)
+        except (OSError, protocol.ProtocolError) as exc:
+            return self._json(503, {"error": f"arbiter unreachable: {limits.clip(str(exc), 200)}"}, False)
+        code, reply = outcome
+        self._json(code, reply, False)
+
+    def _relay(self, kind: str, raw: bytes) -> None:
         """Relay the operator-signed request in the body, of type `kind`, to the arbiter."""
         if kind not in RELAYED or self.server.relay is None:
             return self._not_allowed()
+        if not raw:
+            return self._json(411, {"error": f"a {self.command} needs the operator-signed request as its body"}, False)
         try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            return self._json(411, {"error": "a POST needs a Content-Length"}, False)
-        if not 0 < length <= protocol.MAX_FRAME:
-            return self._json(413, {"error": f"the body must hold 1 to {protocol.MAX_FRAME} bytes"}, False)
-        try:
-            request = protocol.decode(self.rfile.read(length).strip())
+            request = protocol.decode(raw.strip())
         except protocol.ProtocolError as exc:
             return self._json(400, {"error": f"the body must be the operator-signed request: {exc}"}, False)
         if request.get("type") != kind:
@@ -370,6 +432,72 @@ class _Handler(BaseHTTPRequestHandler):
                                                  f"not complete within {REQUEST_DEADLINE:g}s")
 
 
+def _signed(raw: bytes) -> bool:
+    """Whether a body looks like an operator-signed request (it carries a mac)."""
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(message, dict) and "mac" in message
+
+
+PATRONI_WAIT = 60.0     # s a Patroni-style switchover or failover waits for the new primary (as pgha-ctl)
+
+
+class PatroniWrites:
+    """Patroni-style writes (pgha.patroni_requests): the REST API's HTTP
+    Basic credentials (api_authentication, as Patroni's
+    restapi.authentication), and `ask`, which signs a request with the
+    operator key (api_operator_key_file) and sends it to the leading arbiter."""
+
+    def __init__(self, username: str, password: str, ask: Callable[[dict[str, Any]], dict[str, Any]],
+                 member: str, clock: Callable[[], float] = time.monotonic, poll: float = 0.25) -> None:
+        self._expected = f"{username}:{password}".encode()
+        self.ask, self.member, self.clock, self.poll = ask, member, clock, poll
+
+    def allows(self, header: str | None) -> bool:
+        scheme, _, encoded = (header or "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            given = base64.b64decode(encoded.strip(), validate=True)
+        except ValueError:
+            return False
+        return hmac.compare_digest(given, self._expected)
+
+    def carry_out(self, translated: patroni_requests.Translated) -> tuple[int, dict[str, Any]]:
+        """Send the requests in order; (HTTP code, body): 200 when done,
+        412 when the arbiter refused (its reason), 503 when a switchover or
+        failover did not complete within PATRONI_WAIT."""
+        before = self.ask({"type": "status"}) if translated.wait_for_primary else None
+        reply: dict[str, Any] = {}
+        for request in translated.requests:
+            reply = self.ask(request)
+            if reply.get("type") == "error":
+                return 412, {"error": str(reply.get("error"))}
+        if before is None:
+            return 200, {"message": "done", **_plain(reply)}
+        return self._wait_for_new_primary(before, translated.requests[-1].get("to"))
+
+    def _wait_for_new_primary(self, before: dict[str, Any], target: str | None) -> tuple[int, dict[str, Any]]:
+        deadline = self.clock() + PATRONI_WAIT
+        while self.clock() < deadline:
+            status = self.ask({"type": "status"})       # one snapshot per look
+            if status.get("epoch", 0) > before.get("epoch", 0) and status.get("primary") != before.get("primary"):
+                new = status.get("primary")
+                if target is None or new == target:
+                    return 200, {"message": f"Successfully switched over to \"{new}\"", "epoch": status["epoch"]}
+                return 503, {"error": f"{new} was promoted, not {target}"}
+            if status.get("switchover_to") is None and status.get("failover_to") is None:
+                return 503, {"error": "the arbiter dropped the request (pgha-ctl history says why)"}
+            time.sleep(self.poll)
+        return 503, {"error": f"no new primary within {PATRONI_WAIT:g}s"}
+
+
+def _plain(reply: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in reply.items() if k not in auth.AUTH_FIELDS + ("type", "v")}
+
+
 def arbiter_relay(addresses: list[tuple[str, int]], timeout: float = 5.0,
                   tls_context: ssl.SSLContext | None = None, cluster: str | None = None) -> Relay:
     """Send an already-signed request to the leading arbiter unchanged (no
@@ -405,12 +533,12 @@ def reader_verifier(key_file: str | None, own_name: str) -> auth.Verifier | None
 
 
 def start(host: str | None, port: int, state: StatePublisher, relay: Relay | None = None,
-          reader: auth.Verifier | None = None) -> ApiServer | None:
+          reader: auth.Verifier | None = None, patroni: PatroniWrites | None = None) -> ApiServer | None:
     """Start the REST API, or return None when it is disabled (no host)."""
     if not host:
         return None
     try:
-        server = ApiServer(host, port, state, relay, reader)
+        server = ApiServer(host, port, state, relay, reader, patroni)
     except OSError as exc:
         raise OSError(f"REST API cannot listen on {host}:{port}: {exc.strerror or exc} "
                       "(settings api_bind, api_port)") from None

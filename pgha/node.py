@@ -503,7 +503,8 @@ class Node:
         server = api.start(self.s.api_bind, self.s.api_port, self.state,
                            relay=api.arbiter_relay(self.arbiter.addresses, tls_context=self.tls_client,
                                                    cluster=self.cluster),
-                           reader=api.reader_verifier(getattr(self.s, "api_cluster_key_file", None), self.s.name))
+                           reader=api.reader_verifier(getattr(self.s, "api_cluster_key_file", None), self.s.name),
+                           patroni=self._patroni_writes(api))
         if server is None:
             return None, None
         watcher = ClusterWatcher(self.state, lambda: arbiter_link.call(
@@ -539,6 +540,25 @@ class Node:
             last_action=m.last_action, failovers=m.failovers, fences=self.watchdog.fences,
             loop=self.loop_stats, started_at=self.state.snapshot.started_at,
             disk=reading.disk, **pg_facts.snapshot_fields(self.s, self.cluster, reading.facts)))
+
+    def _patroni_writes(self, api):
+        """Patroni-style writes on the REST API (api_authentication and
+        api_operator_key_file), or None; OSError with one line when the key
+        file is missing or unsafe."""
+        credentials, key_file = getattr(self.s, "api_authentication", None), getattr(self.s, "api_operator_key_file", None)
+        if not credentials or not key_file:
+            return None
+        from pgha import files, keys
+        try:
+            files.check_trusted(key_file, "key file")
+            operator = keys.client_credential(key_file)
+        except keys.KeyFileError as exc:
+            raise OSError(f"api_operator_key_file: {exc}") from None
+        if operator.identity != keys.OPERATOR:
+            raise OSError(f"api_operator_key_file: {key_file} holds no operator key (a reader's cannot sign writes)")
+        return api.PatroniWrites(credentials["username"], credentials["password"], lambda message: arbiter_link.call(
+            self.arbiter.addresses, {**message, "cluster": self.cluster}, timeout=5.0, credential=operator,
+            tls_context=self.tls_client), self.s.name)
 
     def _clone_progress(self, progress):
         self.clone_progress = progress

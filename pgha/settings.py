@@ -158,6 +158,15 @@ def replica_method_names(value):
     return None
 
 
+def api_credentials(value):
+    """The REST API's HTTP Basic credentials (Patroni's restapi.authentication)."""
+    if set(value) != {"username", "password"} or not all(isinstance(v, str) and v for v in value.values()):
+        return 'must be {"username": "...", "password": "..."} (both non-empty strings)'
+    if ":" in value["username"]:
+        return "has a username with ':' in it (HTTP Basic cannot carry it)"
+    return None
+
+
 def tags(value):
     """Patroni's tags: names to strings, numbers or booleans (the REST API's ?tag_NAME=VALUE)."""
     for key, item in value.items():
@@ -343,6 +352,10 @@ NODE_SPECS = {
     "api_port": Spec(int, port),
     "tags": Spec(dict, tags),                   # Patroni's tags, in the REST API
     "disk_warning_percent": Spec(int, percent),  # a disk this full is logged and flagged (pgha/disk.py)
+    # Patroni-style writes (POST /switchover with Patroni's body, ...): HTTP Basic credentials, and
+    # the operator key the node signs them with. Both or neither.
+    "api_authentication": Spec(dict, api_credentials, optional=True, secret=True),
+    "api_operator_key_file": Spec(str, non_empty, optional=True),
     "api_cluster_key_file": Spec(str, non_empty, optional=True),    # set: /cluster only for reader-signed requests
     "on_role_change": Spec(str, non_empty, optional=True),   # callbacks (pgha.callbacks): executables
     "on_start": Spec(str, non_empty, optional=True),
@@ -471,4 +484,11 @@ def _replica_methods_defined(settings):
     return None
 
 
-NODE_CHECKS = (_distinct_roles, _tls_settings, _own_slot_not_permanent, _replica_methods_defined)
+def _api_writes(settings):
+    if bool(settings.api_authentication) != bool(settings.api_operator_key_file):
+        return ("settings 'api_authentication' and 'api_operator_key_file' go together (Patroni-style writes "
+                "need both the REST credentials and the key they are signed with)")
+    return None
+
+
+NODE_CHECKS = (_distinct_roles, _tls_settings, _own_slot_not_permanent, _replica_methods_defined, _api_writes)

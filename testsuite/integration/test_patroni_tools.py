@@ -234,3 +234,54 @@ def reachable(port, password):
         return bool(where(port, password, tries=1))
     except psycopg2.Error:
         return False
+
+
+# -- Patroni-style writes with HTTP Basic credentials (issue 21 item 1) ----------------------
+
+API_USER, API_PASSWORD = "patroni", "it's a s3cret: really"
+
+
+def curl(cluster, node, method, path, body=None, password=API_PASSWORD):
+    """(HTTP status, JSON reply) from curl, as a Patroni user's script sends it."""
+    args = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, "-u", f"{API_USER}:{password}",
+            "-H", "Content-Type: application/json", f"http://127.0.0.1:{cluster.api_ports[node]}{path}"]
+    if body is not None:
+        args += ["--data-binary", json.dumps(body)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=90, check=True).stdout
+    text, _, code = out.rpartition("\n")
+    return int(code), json.loads(text)
+
+
+@pytest.fixture
+def writable_api(request):
+    from testsuite.integration.conftest import BASE, running_cluster
+    key_copy = os.path.join(BASE, "patroni-writes", "api-operator.keys")
+
+    def give_the_nodes_an_operator_key(cluster):
+        with open(cluster.key_file("operator"), "rb") as f:
+            key = f.read()
+        fd = os.open(key_copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        if cluster.user:    # the node daemons run as postgres: the key is theirs to read
+            os.chown(key_copy, cluster.user.pw_uid, cluster.user.pw_gid)
+    yield from running_cluster(request, "patroni-writes", before_start=give_the_nodes_an_operator_key,
+                               node_overrides={"api_authentication": {"username": API_USER, "password": API_PASSWORD},
+                                               "api_operator_key_file": key_copy})
+
+
+def test_patroni_style_switchover_and_config_with_the_apis_credentials(writable_api):
+    cluster = writable_api
+    code, reply = curl(cluster, "pgsql-2", "PATCH", "/config", {"pause": True}, password="wrong")
+    assert code == 401 and not cluster.status()["paused"]
+    code, reply = curl(cluster, "pgsql-1", "POST", "/switchover", {"leader": "pgsql-2", "candidate": "pgsql-1"})
+    assert code == 412 and "pgsql-2 is not the primary" in reply["error"], reply
+    code, reply = curl(cluster, "pgsql-1", "POST", "/switchover", {"leader": "pgsql-1", "candidate": "pgsql-2"})
+    assert (code, reply["message"]) == (200, 'Successfully switched over to "pgsql-2"'), reply
+    status = cluster.wait_healthy(timeout=60)
+    assert (status["primary"], status["epoch"]) == ("pgsql-2", 2)
+    code, reply = curl(cluster, "pgsql-1", "PATCH", "/config", {"postgresql": {"parameters": {"work_mem": "6MB"}}})
+    assert code == 200 and reply["parameters"] == {"work_mem": "6MB"}, reply
+    for node in cluster.nodes:
+        wait_for(lambda: api_json(cluster, node, "/config")["postgresql"]["parameters"] == {"work_mem": "6MB"}, 20,
+                 f"{node} has the new configuration")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pgha import api, arbiter as arbiter_mod, auth
+from pgha import api, arbiter as arbiter_mod, auth, protocol
 from pgha.node_state import StatePublisher
 from testsuite.unit.test_arbiter import P, S, Running
 from testsuite.unit.test_arbiter_auth import KEYS, WRONG, credential, promotable
@@ -80,7 +80,8 @@ def test_bad_bodies(setup):
     _, server = setup
     assert post(server, "/switchover", b"not json")[0] == 400
     assert post(server, "/switchover", signed({"type": "reload"}))[0] == 400    # path and type differ
-    assert post(server, "/switchover", b"")[0] == 413
+    assert post(server, "/switchover", b"")[0] == 411     # no request in the body
+    assert post(server, "/switchover", b"x" * (protocol.MAX_FRAME + 1))[0] == 413
     assert post(server, "/nothing", signed({"type": "reload"}))[0] == 405
 
 
