@@ -113,7 +113,7 @@ class LeadingArbiter:
                 state = self.arbiter.store.load()
                 if state is not None:
                     reply.update(epoch=state.epoch, primary=state.primary, **state.promotable_view(),
-                                 switchover_scheduled=scheduled_view(state, self.arbiter.wall()))
+                                 **state.config_view(), switchover_scheduled=scheduled_view(state, self.arbiter.wall()))
             except store.StateStoreError as exc:
                 problem = str(exc)
         reply["arbiter"] = {"leader": leading, "term": term if leading else None,

@@ -974,8 +974,16 @@ def add_config_commands(sub: Any) -> None:
 
 
 def cmd_show_config(args: argparse.Namespace, ask: Ask) -> int:
-    print(config_text(ask({"type": "status"}).get("parameters") or {}))
+    print(config_text(config_of(ask({"type": "status"}))[0]))
     return OK
+
+
+def config_of(status: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """(parameters, config_version) from a status reply; Refused when it has none."""
+    if not isinstance(status.get("config_version"), int) or not isinstance(status.get("parameters"), dict):
+        raise Refused("the arbiter does not say the cluster's configuration (rebuilding its state, or a release "
+                      "without edit-config)")
+    return status["parameters"], status["config_version"]
 
 
 def config_text(parameters: dict[str, Any]) -> str:
@@ -986,10 +994,10 @@ def config_text(parameters: dict[str, Any]) -> str:
 
 def cmd_edit_config(args: argparse.Namespace, ask: Ask) -> int:
     status = ask({"type": "status"})
-    current, read_version = status.get("parameters") or {}, status.get("config_version", 0)
+    current, read_version = config_of(status)
     changes = pg_changes(args.pg) if args.pg else edited_changes(current)
     wanted = cluster_config.changed(cluster_config.frozen(current), changes)
-    if wanted == current:
+    if same(wanted, current):
         print("no change")
         return OK
     problem = cluster_config.parameters_problem(wanted)
@@ -1020,19 +1028,19 @@ def pg_changes(pairs: list[str]) -> dict[str, Any]:
     return changes
 
 
+INTEGER = re.compile(r"-?[0-9]+\Z")
+
+
 def typed_value(text: str) -> Any:
+    """An integer, true/false, null (remove) as such; anything else is the
+    text as typed (a quoted one without its quotes): 1.10 stays "1.10"."""
     lowered = text.lower()
     if lowered in ("null", "~"):
         return None
     if lowered in ("true", "false"):
         return lowered == "true"
-    for kind in (int, float):
-        try:
-            value = kind(text)
-        except ValueError:
-            continue
-        if kind is int or math.isfinite(value):
-            return value
+    if INTEGER.match(text):
+        return int(text)
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1]
     return text
@@ -1040,29 +1048,41 @@ def typed_value(text: str) -> Any:
 
 def edited_changes(current: dict[str, Any]) -> dict[str, Any]:
     """Open the configuration in $VISUAL/$EDITOR (else vi), as patronictl
-    edit-config does; the changes the edit makes (a removed line: null)."""
+    edit-config does; the changes the edit makes (a removed line or null
+    removes). The file is read again by name: an editor may save a new one."""
     editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
     if not editor and not _is_tty(sys.stdin):
         raise Usage("edit-config: stdin is not a terminal and no $EDITOR is set: pass -p NAME=VALUE")
     editor = editor or "vi"
-    with tempfile.NamedTemporaryFile("w+", suffix=".json", prefix="pgha-config-") as f:
-        f.write(config_text(current) + "\n")
-        f.flush()
-        if subprocess.run(shlex.split(editor) + [f.name]).returncode != 0:
-            raise Refused(f"the editor ({editor}) failed: nothing sent")
-        f.seek(0)
+    with tempfile.TemporaryDirectory(prefix="pgha-config-") as folder:
+        path = os.path.join(folder, "config.json")
+        with open(path, "w") as f:
+            f.write(config_text(current) + "\n")
         try:
-            edited = json.loads(f.read())
-            parameters = edited["postgresql"]["parameters"]
-        except (ValueError, KeyError, TypeError):
-            raise Usage('the edited configuration must be JSON of the form {"postgresql": {"parameters": '
-                        '{NAME: VALUE, ...}}}: nothing sent') from None
-    problem = cluster_config.parameters_problem(parameters)
+            done = subprocess.run(shlex.split(editor) + [path])
+        except (OSError, ValueError) as exc:
+            raise Usage(f"cannot run the editor {editor!r}: {exc}: nothing sent") from None
+        if done.returncode != 0:
+            raise Refused(f"the editor ({editor}) exited with status {done.returncode}: nothing sent")
+        try:
+            with open(path) as f:
+                parameters = json.load(f)["postgresql"]["parameters"]
+        except (OSError, ValueError, KeyError, TypeError):
+            parameters = None
+    if not isinstance(parameters, dict):
+        raise Usage('the edited configuration must be JSON of the form {"postgresql": {"parameters": '
+                    '{NAME: VALUE, ...}}}: nothing sent')
+    problem = cluster_config.parameters_problem(parameters, removing=True)
     if problem:
         raise Usage(f"{problem}: nothing sent")
-    changes = {name: None for name in current if name not in parameters}
-    changes.update({name: value for name, value in parameters.items() if current.get(name) != value})
+    changes: dict[str, Any] = {name: None for name in current if name not in parameters}
+    changes.update({name: value for name, value in parameters.items() if not same(current.get(name), value)})
     return changes
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal as JSON (true is not 1 here, as it is in Python)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 # -- query: SQL on a member (patronictl query) ------------------------------------------

@@ -313,7 +313,7 @@ INT_RANGE = (-2 ** 63, 2 ** 64)      # LSNs are unsigned 64-bit; nothing else is
 def _parameters(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
-    problem = cluster_config.parameters_problem(value)
+    problem = cluster_config.parameters_problem(value, policy=False)     # the node applies its own policy
     if problem:
         raise ProtocolError(f"instruction field 'parameters': {problem}")
     return dict(value)

@@ -29,7 +29,7 @@ from pgha.arbiter_link import ArbiterLink, addresses_from_settings
 from pgha.callbacks import CallbackRunner
 from pgha.fencing import Fencer
 from pgha.lease import Grants, Leases, LeaseRenewer, PeerServer, peer_credential, peer_verifier
-from pgha.messages import PG_STARTING, PG_STOPPED, PRIMARY, STANDBY, WAIT, Address, Instruction, PgStatus, Report
+from pgha.messages import PG_RUNNING, PG_STARTING, PG_STOPPED, PRIMARY, STANDBY, WAIT, Address, Instruction, PgStatus, Report
 from pgha.node_actions import STARTS_READ_WRITE, NodeActions
 from pgha.node_inbox import Inbox
 from pgha.node_facts import FactsWatcher
@@ -102,6 +102,8 @@ class Node:
         self.grant_reported = 0.0           # not grants.remaining_for_report(): that pauses grants
         self.renewer = None                 # the lease renewer, once run() starts it
         self.reloader = node_ops.NodeReloader(settings_loader)
+        self.parameters_heard = None        # the cluster-wide parameters of the last instruction
+        self.parameters_unapplied = False   # taken, PostgreSQL not reloaded with them yet
         self.callbacks = CallbackRunner(settings.name, lambda: node_ops.callback_scripts(self.s))
 
     # -- life cycle ------------------------------------------------------------
@@ -316,6 +318,29 @@ class Node:
         self._remember(decision.remember_epoch)
         self._act(decision)
         self._save_state()      # an order carried out (reinit_done, restart_done) survives a daemon restart
+        self._apply_parameters()
+
+    def _apply_parameters(self):
+        """Reload PostgreSQL with changed cluster-wide parameters, after the
+        heartbeat's action and its lease renewal; not while the follow-target
+        thread writes PostgreSQL's files (a later heartbeat does it)."""
+        if not self.parameters_unapplied or self.actions.starting_for_switchover():
+            return
+        self.parameters_unapplied = False
+        node_ops.reload_postgres(self.pg, self.written_for_role)
+
+    def written_for_role(self):
+        """write_settings' arguments for the role PostgreSQL runs in, when it is
+        the one the arbiter gives (a reload after this daemon took over a
+        running server, before it wrote pgha.conf itself); else None."""
+        instruction, status = self.memory.instruction, self.pg.status()
+        if instruction is None or status.pg != PG_RUNNING or status.running_as != instruction.role:
+            return None
+        if instruction.role == PRIMARY:
+            return PRIMARY, None, status.sync_standby
+        if instruction.role == STANDBY and instruction.primary_address is not None:
+            return STANDBY, instruction.primary_address, None
+        return None
 
     def _take_results(self):
         """Apply what the other threads handed over since the last heartbeat."""
@@ -342,8 +367,10 @@ class Node:
         self.memory = m = replace(m, instruction=instruction, lease_time=instruction.lease_time or m.lease_time,
                                   heartbeat_interval=instruction.heartbeat_interval or m.heartbeat_interval)
         self.reloader.note_generation(instruction.reload_generation)
-        if instruction.parameters is not None and instruction.parameters != self.pg.cluster_parameters:
-            node_ops.apply_cluster_parameters(self.pg, instruction.parameters)
+        if instruction.parameters is not None and instruction.parameters != self.parameters_heard:
+            self.parameters_heard = dict(instruction.parameters)
+            # Kept now, so an action of this heartbeat writes them; the reload comes after it.
+            self.parameters_unapplied |= node_ops.take_cluster_parameters(self.pg, instruction.parameters)
         if self._grant_lease_unknown_since is not None and instruction.lease_time:
             self.grants.assume_granted(instruction.lease_time, since=self._grant_lease_unknown_since)
             self._grant_lease_unknown_since = None

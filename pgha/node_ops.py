@@ -72,21 +72,30 @@ def apply(node: Any, new: Any) -> reload.Diff:
     node.s = node.pg.s = merged     # callbacks read node.s at each event
     logs.reconfigure(merged.log_level, merged.log_file)
     if {"hba_networks", "pg_parameters", "pg_hba", "pg_ident"} & set(diff.applied):
-        _reload_postgres(node.pg)
+        reload_postgres(node.pg, node.written_for_role)
     return diff
 
 
-def apply_cluster_parameters(pg: Any, parameters: Mapping[str, Any]) -> None:
-    """The cluster-wide parameters from an instruction (pgha-ctl edit-config):
-    kept for every later write of pgha.conf, and applied now with a reload
-    (one that needs a restart shows as pending restart). On the HA loop."""
-    old, new = pg.cluster_parameters, dict(parameters)
+def take_cluster_parameters(pg: Any, parameters: Mapping[str, Any]) -> bool:
+    """The cluster-wide parameters from an instruction (pgha-ctl edit-config),
+    kept for every later write of pgha.conf; True when what this node writes
+    changed (the HA loop then reloads PostgreSQL: reload_postgres). What this
+    release's policy refuses is left out, with an error line."""
+    new, refused = cluster_config.allowed(parameters)
+    for line in refused:        # an arbiter of another release may allow what this node does not
+        log.error("cluster configuration: left out: %s", line)
+    for name, value in list(new.items()):
+        if name in pg.refused_values and pg.refused_values[name] == value:
+            del new[name]       # PostgreSQL refused this very value before (reload_postgres)
+    old = pg.cluster_parameters
+    if new == old:
+        return False
     pg.cluster_parameters = new
     log.info("cluster configuration: %s", cluster_config.describe_changes(old, new))
     overridden = sorted(set(new) & {name.lower() for name in pg.s.pg_parameters})
     if overridden:
         log.info("cluster configuration: this node's own pg_parameters keep %s", ", ".join(overridden))
-    _reload_postgres(pg)
+    return True
 
 
 def pre_promote(settings: Any) -> str | None:
@@ -105,12 +114,15 @@ def pre_promote(settings: Any) -> str | None:
 PRE_PROMOTE_RETRY = 2.0     # s between runs of a failing pre_promote script
 
 
-def _reload_postgres(pg: Any) -> None:
+def reload_postgres(pg: Any, written_for_role: Callable[[], Any] | None = None) -> None:
+    """Rewrite PostgreSQL's files and reload it; name what needs a restart.
+    written_for_role: write_settings' arguments for the running server's role,
+    when this daemon has not written them yet (it took over a running PostgreSQL)."""
     if pg.postmaster_pid() is None:
         log.info("reload: PostgreSQL is not running; its new settings apply when it starts")
         return
     try:
-        if not pg.rewrite_settings():
+        if not pg.rewrite_settings(written_for_role):
             log.info("reload: PostgreSQL's files are written at its next start (this daemon has not "
                      "written them yet)")
             return

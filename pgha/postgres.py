@@ -12,6 +12,7 @@ import pwd
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -204,6 +205,8 @@ class Postgres:
         # The cluster-wide parameters from the arbiter's last instruction (pgha.cluster_config);
         # set by the HA loop alone, read when pgha.conf is written.
         self.cluster_parameters = {}
+        self.refused_values = {}    # name -> the value PostgreSQL refused (not written again)
+        self._checked_parameters = {}   # the cluster_parameters last found acceptable (postgres -C)
         self._control_cache = None  # (the control file's stat, pg_controldata's fields)
 
     # -- files and folders ---------------------------------------------------
@@ -271,6 +274,43 @@ class Postgres:
         self._ensure_include()
         self._strip_auto_conf()
         self._write_hba()
+        if self.cluster_parameters != self._checked_parameters:
+            self._check_cluster_parameters(role, primary_address, sync_standby)
+
+    def _check_cluster_parameters(self, *written):
+        """Leave out of pgha.conf a cluster-wide parameter PostgreSQL refuses
+        (a misspelt name, a bad value: fatal at the next start), naming it;
+        checked once per change of them, as a start would read the files
+        (`postgres -C`, also beside a running server), one refusal at a time."""
+        refusal = self._config_refusal()
+        name = refusal[0] if refusal else None
+        if name in self.cluster_parameters and name not in {n.lower() for n in self.s.pg_parameters}:
+            value = self.cluster_parameters[name]
+            log.error("cluster configuration: left out %s = %r: %s; fix it with pgha-ctl edit-config",
+                      name, value, refusal[1])
+            self.refused_values[name] = value
+            self.cluster_parameters = {k: v for k, v in self.cluster_parameters.items() if k != name}
+            self.write_settings(*written)       # and checked again without it
+            return
+        if refusal:
+            log.error("PostgreSQL refuses its configuration files: %s (check pg_parameters)", refusal[1])
+        self._checked_parameters = dict(self.cluster_parameters)
+
+    def _config_refusal(self):
+        """(parameter name, PostgreSQL's line) of the first thing PostgreSQL
+        refuses in its configuration files as they are now, ("", lines) when
+        it names no parameter, or None when it reads them."""
+        try:
+            result = self._run(["postgres", "-D", self.pgdata, "-C", "port"], quiet=True, timeout=20)
+        except PostgresError as exc:
+            return "", str(exc)
+        if result.returncode == 0:
+            return None
+        for line in result.stderr.splitlines():
+            found = re.search(r'parameter "([^"]+)"', line)
+            if found:
+                return found.group(1).lower(), line.split(":  ", 1)[-1].strip()
+        return "", _last_lines(result.stderr)
 
     def set_recovery_signal(self, on):
         """Make the next start run in recovery (a standby) or not (a primary).
@@ -451,13 +491,16 @@ class Postgres:
     def reload(self):
         self.execute("SELECT pg_reload_conf()")
 
-    def rewrite_settings(self):
+    def rewrite_settings(self, written_for_role=None):
         """Rewrite pgha.conf and pg_hba.conf from the (reloaded) settings for the
-        role last written; False when none was written by this daemon yet (the
-        next start writes them)."""
-        if self._written is None:
+        role last written; when this daemon wrote none yet (it took over a
+        running server), for written_for_role() (the running server's role as
+        the arbiter gave it), if given and not None; else False (the next
+        start writes them)."""
+        written = self._written or (written_for_role() if written_for_role else None)
+        if written is None:
             return False
-        self.write_settings(*self._written)
+        self.write_settings(*written)
         return True
 
     def pending_restart(self, wait=0.3):
@@ -538,18 +581,24 @@ class Postgres:
     def restore_replica(self, name, method, scope, address, on_wait, every, timeout=24 * 3600):
         """Make this standby's copy with a replica method (node settings
         replica_methods: pgBackRest, WAL-G, Barman, a script) into a temporary
-        folder, swapped in only once the method exited 0 and left a data
-        directory there; the old data stays in place until then.
+        folder, swapped in only once the method exited 0 and left there a
+        data directory of this cluster (the primary's system identifier);
+        the old data stays in place until then.
 
-        The method runs as pg_os_user and is told the folder three ways:
-        --datadir (Patroni's parameter, unless no_params), $PGDATA, and
+        The method runs as pg_os_user in a process group of its own (killed
+        whole at `timeout`) and is told the folder three ways: --datadir
+        (Patroni's parameter, unless no_params), $PGDATA, and
         $PGBACKREST_PG1_PATH (which overrides pgbackrest.conf's pg1-path, so
         Patroni's `pgbackrest --stanza=main --delta restore` restores here,
-        not over the data directory). A restore's recovery.signal is
-        removed: the node starts the copy as a standby (standby.signal) and
-        keeps the restore_command it wrote, for the WAL since the backup."""
+        not over the data directory; a --pg1-path on the command line would
+        win over it). A restore's recovery.signal is removed: the node starts
+        the copy as a standby (standby.signal) and keeps the restore_command
+        it wrote, for the WAL since the backup."""
         tmp = self.pgdata + ".restore"
-        self._remove_tree(tmp)
+        try:
+            self._remove_tree(tmp)
+        except OSError as exc:      # e.g. a link planted there: not ours to follow
+            raise PostgresError(f"replica method {name}: cannot clear {tmp}: {exc.strerror or exc}") from None
         self._run(["mkdir", "-m", "0700", tmp], check=True, program=True)     # as pg_os_user: its own folder
         connstring = conninfo(host=address.host, port=address.pg_port, user=self.s.replication_user,
                               dbname="postgres", connect_timeout=5)
@@ -557,19 +606,54 @@ class Postgres:
         env = {"PGDATA": tmp, "PGBACKREST_PG1_PATH": tmp, "PGPASSWORD": self.s.replication_password,
                "PGCONNECT_TIMEOUT": "5"}
         returncode, lines = self._run_calling_back(args, env, timeout, on_wait, every)
-        if returncode != 0:
-            self._remove_tree(tmp)
-            raise PostgresError(f"replica method {name} failed (exit status {returncode}): "
-                                f"{_last_lines(chr(10).join(lines))}")
-        if not all(os.path.isfile(os.path.join(tmp, part)) for part in ("PG_VERSION", "global/pg_control")):
-            self._remove_tree(tmp)
-            raise PostgresError(f"replica method {name} exited 0 but left no data directory in {tmp} (a method "
-                                "must restore into the folder it is given: --datadir, $PGDATA or "
-                                "$PGBACKREST_PG1_PATH)")
+        problem = (f"failed (exit status {returncode}): {_last_lines(chr(10).join(lines))}" if returncode != 0
+                   else self._restored_problem(tmp, address))
+        if problem:
+            self._remove_tree_quietly(tmp)
+            raise PostgresError(f"replica method {name} {problem}")
         signal_file = os.path.join(tmp, "recovery.signal")
         if os.path.lexists(signal_file):
             os.unlink(signal_file)
         self._swap_in(tmp)
+
+    def _restored_problem(self, folder, address):
+        """Why `folder` is not a copy to swap in, or None: it must be a real
+        folder of pg_os_user's (not a link) holding a data directory whose
+        system identifier is the primary's (a backup of an earlier cluster in
+        the same repository would never stream)."""
+        try:
+            info = os.lstat(folder)
+        except OSError as exc:
+            return f"left no folder {folder}: {exc.strerror}"
+        owner = self._user.pw_uid if self._as_root else os.geteuid()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != owner:
+            return f"left {folder} as something other than a folder of the PostgreSQL user's"
+        if not all(os.path.isfile(os.path.join(folder, part)) for part in ("PG_VERSION", "global/pg_control")):
+            return (f"exited 0 but left no data directory in {folder} (a method must restore into the folder it "
+                    "is given: --datadir, $PGDATA or $PGBACKREST_PG1_PATH)")
+        try:
+            fields = dict(line.split(":", 1) for line in self._run(["pg_controldata", "-D", folder], check=True,
+                                                                   quiet=True).stdout.splitlines() if ":" in line)
+            restored = fields.get("Database system identifier", "").strip()
+            conn = self._upstream_connection(address)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT system_identifier::text FROM pg_control_system()")
+                    primary = cur.fetchone()[0]
+            finally:
+                conn.close()
+        except (PostgresError, psycopg2.Error) as exc:
+            return f"made a copy that could not be checked: {str(exc).strip()[:200]}"
+        if restored != primary:
+            return (f"restored a backup of another cluster (system identifier {restored or 'unknown'}, the "
+                    f"primary's is {primary}): is the repository's stanza older than this cluster?")
+        return None
+
+    def _remove_tree_quietly(self, path):
+        try:
+            self._remove_tree(path)
+        except OSError as exc:
+            log.warning("could not remove %s: %s", path, exc.strerror or exc)
 
     def _wait_postmaster_gone(self, timeout=10.0):
         """A killed postmaster stays a zombie until its parent (often init)
@@ -890,7 +974,7 @@ class Postgres:
         log.debug("running %s", " ".join(args[:2]))
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, errors="replace", cwd="/", **kwargs)
+                                    text=True, errors="replace", cwd="/", start_new_session=True, **kwargs)
         except OSError as exc:
             raise PostgresError(f"cannot run {cmd[0]}: {exc.strerror}") from None
         lines: collections.deque[str] = collections.deque(maxlen=50)
@@ -900,19 +984,24 @@ class Postgres:
                                   name="replica-method-output", daemon=True)
         reader.start()
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                proc.wait(timeout=max(0.0, min(every, deadline - time.monotonic())))
-                break
-            except subprocess.TimeoutExpired:
-                if time.monotonic() >= deadline:
-                    proc.kill()
-                    proc.wait()
-                    lines.append(f"killed after {timeout:g}s")
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=max(0.0, min(every, deadline - time.monotonic())))
                     break
-                on_wait()
-        reader.join(timeout=5)
-        return proc.returncode, list(lines)
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() >= deadline:
+                        lines.append(f"killed after {timeout:g}s")
+                        break
+                    on_wait()
+        finally:
+            try:    # the whole group: a wrapper script's or pgBackRest's own workers too
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            proc.wait()
+            reader.join(timeout=5)
+        return proc.returncode, list(tuple(lines))
 
     def _tail_log(self, lines=5):
         try:

@@ -25,6 +25,8 @@ import shlex
 from dataclasses import dataclass
 
 DEFAULT_MAX_WAL_SIZE_MB = 1024      # PostgreSQL's default
+# Keys of a replica method the node reads itself (settings.replica_methods); the rest become --KEY=VALUE.
+REPLICA_METHOD_KEYS = ("command", "no_params", "keep_data", "no_master", "no_leader")
 KEEP_FACTOR = 2
 _UNITS_MB = {"kb": 1 / 1024, "mb": 1, "gb": 1024, "tb": 1024 * 1024}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT][bB])?\s*$")
@@ -130,9 +132,10 @@ def replica_method_command(method: dict, scope: str, datadir: str, connstring: s
     as Patroni builds it: the command, then, unless no_params, --scope,
     --datadir (the folder to restore into), --role=replica and --connstring
     (the primary, without a password), then the method's other keys as
-    --KEY=VALUE."""
+    --KEY=VALUE (in the process's arguments: never a secret there).
+    Patroni's no_master / no_leader are read, not passed."""
     args = shlex.split(method["command"])
     if method.get("no_params"):
         return args
-    extra = [f"--{key}={value}" for key, value in method.items() if key not in ("command", "no_params", "keep_data")]
+    extra = [f"--{key}={value}" for key, value in method.items() if key not in REPLICA_METHOD_KEYS]
     return args + [f"--scope={scope}", f"--datadir={datadir}", "--role=replica", f"--connstring={connstring}"] + extra

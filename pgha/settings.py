@@ -9,6 +9,7 @@ never a traceback half-way through a failover.
 import ipaddress
 import os
 import runpy
+import shlex
 import stat
 import traceback
 from dataclasses import dataclass
@@ -130,8 +131,6 @@ def permanent_slots(value):
 
 
 BASEBACKUP = "basebackup"      # the built-in replica method: pg_basebackup from the primary
-# Keys of a replica method the node reads itself; any other is passed to the command as --KEY=VALUE.
-REPLICA_METHOD_KEYS = ("command", "no_params", "keep_data")
 
 
 def replica_methods(value):
@@ -141,8 +140,12 @@ def replica_methods(value):
             return f"names a method {str(name)[:64]!r}: a method is a name (letters, digits, '_'), not {BASEBACKUP!r}"
         if not isinstance(spec, dict) or not isinstance(spec.get("command"), str) or not spec["command"].strip():
             return f"gives method {name!r} no \"command\" (a command line, as a string)"
+        try:
+            shlex.split(spec["command"])
+        except ValueError as exc:
+            return f"gives method {name!r} a command that cannot be split into words: {exc}"
         for key, item in spec.items():
-            if key in ("no_params", "keep_data") and not isinstance(item, bool):
+            if key in ("no_params", "keep_data", "no_master", "no_leader") and not isinstance(item, bool):
                 return f"gives method {name!r} {key} = {item!r}: it must be True or False"
             if not isinstance(key, str) or identifier(key) or \
                     not isinstance(item, (str, int, float, bool)):

@@ -139,7 +139,7 @@ def check_state(value: Any) -> ClusterState | None:
     config_version = value.get("config_version", 0)
     if type(epoch) is int and epoch >= 1 and isinstance(primary, str) and primary \
             and type(promotable) is bool and type(paused) is bool and type(unfenced) is bool \
-            and scheduled is not None and isinstance(parameters, dict) and parameters_problem(parameters) is None \
+            and scheduled is not None and isinstance(parameters, dict) and parameters_problem(parameters, policy=False) is None \
             and type(config_version) is int and config_version >= 0:
         holders = _check_holders(value.get("promotable_members"), promotable, primary)
         if holders is None:

@@ -14,6 +14,7 @@ import pytest
 from harness import workload
 from harness.exposure import ExposureMonitor
 from harness.localcluster import LocalCluster
+from harness.cluster import FaultError
 from testsuite import helpers
 
 BASE = os.environ.get("PGHA_TEST_DIR", "/var/tmp/pgha-test")
@@ -60,14 +61,20 @@ def running_cluster(request, name, before_start=None, **options):
 
 
 def finish(cluster, request=None):
-    """Stop the test's cluster, show its daemons' logs if the test failed, and
-    remove its data directories (logs stay; PGHA_KEEP_DATA=1 keeps all): the
-    disk of a CI machine is shared, and a run kept 14 GB without this."""
+    """Stop the test's cluster and, when the test passed, remove its data
+    directories (logs stay; PGHA_KEEP_DATA=1 keeps all): the disk of a CI
+    machine is shared, and a run kept 14 GB without this. A failed test's
+    data stays for the post-mortem, and its daemons' logs are shown."""
     cluster.stop()
-    if request is not None and helpers.failed(request.node):
+    failed = request is not None and helpers.failed(request.node)
+    if failed:
         _show_logs(cluster)
-    if not os.environ.get("PGHA_KEEP_DATA"):
+    if failed or os.environ.get("PGHA_KEEP_DATA"):
+        return
+    try:
         cluster.discard_data()
+    except FaultError as exc:       # never in place of the test's own outcome
+        print(f"\nnot removed: {exc}")
 
 
 def _show_logs(cluster, lines=40):

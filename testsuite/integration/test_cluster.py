@@ -166,7 +166,7 @@ def test_arbiter_restarted_right_after_failover(local_cluster):
     assert sql(local_cluster, "pgsql-1", "SELECT pg_is_in_recovery()") == [(True,)]
 
 
-def test_adopts_a_data_directory_set_up_by_hand():
+def test_adopts_a_data_directory_set_up_by_hand(request):
     """The original manual setup: initdb, users kronos/repuser, testdb,
     ALTER SYSTEM synchronous_standby_names='*'. The node adopts it as is."""
     cluster = LocalCluster(os.path.join(BASE, "adopt"), base_port=next_port())
@@ -208,7 +208,7 @@ def test_adopts_a_data_directory_set_up_by_hand():
             assert run.wait_for_acks(10, timeout=30)
         run.check()
     finally:
-        finish(cluster)
+        finish(cluster, request)
 
 
 def switch_over_to_pgsql_2(cluster):

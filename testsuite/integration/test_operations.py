@@ -7,7 +7,7 @@ import json
 import time
 
 from conftest import WriteRun, superuser, wait_for
-from test_cluster import primary_is, sql
+from test_cluster import log_text, primary_is, sql
 from test_rest_api import get
 
 from pgha import ctl, settings
@@ -270,7 +270,10 @@ def test_edit_config_reaches_every_member_and_restart_pending_applies_the_rest(l
     needs a restart is pending on both until `restart --pending`, standby first."""
     cluster = local_cluster
     nodes = ("pgsql-1", "pgsql-2")
-    assert ctl_run(cluster, "edit-config", "-p", "work_mem=7MB", "-p", "max_connections=110", "--force") == 0
+    # A misspelt name and a bad value too: each member leaves them out before its reload,
+    # else they would be fatal at the restart below.
+    assert ctl_run(cluster, "edit-config", "-p", "work_mem=7MB", "-p", "max_connections=110", "-p", "wrok_mem=1MB",
+                   "-p", "temp_buffers=lots", "--force") == 0
     assert "configuration version 1 stored" in capsys.readouterr().out
     wait_for(lambda: all(sql(cluster, n, "SHOW work_mem") == [("7MB",)] for n in nodes), 30,
              "work_mem reloaded on both members")
@@ -285,6 +288,11 @@ def test_edit_config_reaches_every_member_and_restart_pending_applies_the_rest(l
     wait_for(lambda: all(sql(cluster, n, "SHOW work_mem") == [("4MB",)] for n in nodes), 30,
              "work_mem back to PostgreSQL's default on both members")
     status = cluster.status()
-    assert (status["parameters"], status["config_version"], status["epoch"]) == ({"max_connections": 110}, 2, 1)
+    assert (status["parameters"], status["config_version"], status["epoch"]) == (
+        {"max_connections": 110, "temp_buffers": "lots", "wrok_mem": "1MB"}, 2, 1)
     events = [e for e in cluster.arbiter_call({"type": "history", "limit": 20})["events"] if e["event"] == "config"]
-    assert [e["reason"] for e in events] == ["max_connections=110, work_mem='7MB'", "work_mem removed"]
+    assert [e["reason"] for e in events] == ["max_connections=110, temp_buffers='lots', work_mem='7MB', "
+                                             "wrok_mem='1MB'", "work_mem removed"]
+    for node in nodes:
+        log = log_text(cluster, node)
+        assert "left out wrok_mem" in log and "left out temp_buffers" in log, node

@@ -75,7 +75,7 @@ def test_a_standby_made_from_a_pgbackrest_backup_streams_and_is_promotable(clust
         assert run.wait_for_acks(10, 30)
     run.check()
     log = log_text(cluster, "pgsql-2")[before:]
-    assert "replica method pgbackrest made the copy" in log and "pg_basebackup" not in log, log
+    assert "replica method pgbackrest made the copy" in log and "clone from" not in log, log   # no pg_basebackup
     status = cluster.wait_healthy(timeout=60)
     assert (status["primary"], status["epoch"], status["promotable_members"]) == ("pgsql-1", 1, ["pgsql-2"])
     wait_for(lambda: sql(cluster, "pgsql-2", "SELECT v FROM after_backup") == [(42,)], 30,

@@ -54,7 +54,7 @@ def check_private_files(cluster):
             assert os.stat(path).st_uid == cluster.user.pw_uid, f"{path} not owned by {cluster.user.pw_name}"
 
 
-def test_special_character_passwords_bootstrap_replicate_and_fail_over():
+def test_special_character_passwords_bootstrap_replicate_and_fail_over(request):
     cluster = LocalCluster(os.path.join(BASE, "secrets"), base_port=next_port(), passwords=NASTY)
     cluster.prepare(fresh=True)
     cluster.start()
@@ -86,7 +86,7 @@ def test_special_character_passwords_bootstrap_replicate_and_fail_over():
             assert secrets_visible(cluster) == []
         run.check()
     finally:
-        finish(cluster)
+        finish(cluster, request)
 
 
 def proposal(cluster):

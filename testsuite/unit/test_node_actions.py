@@ -44,6 +44,8 @@ class FakePostgres:
         self.fail = set()
         self.unready = set()    # calls that raise UpstreamNotReady
         self.pid = None
+        self.cluster_parameters, self.refused_values = {}, {}
+        self.role, self.sync_standby = None, None     # what status() says of a running server
 
     def _call(self, name, *args, **kwargs):
         self.calls.append((name, *args, *sorted(kwargs.items())))
@@ -59,7 +61,15 @@ class FakePostgres:
         return self.pid
 
     def status(self):
-        return PgStatus(pg=PG_RUNNING if self.pid else PG_STOPPED)
+        return PgStatus(pg=PG_RUNNING if self.pid else PG_STOPPED, role=self.role, sync_standby=self.sync_standby)
+
+    def rewrite_settings(self, written_for_role=None):
+        self._call("rewrite_settings", written_for_role() if written_for_role else None)
+        return True
+
+    def pending_restart(self):
+        self._call("pending_restart")
+        return []
 
     def start(self):
         self._call("start")
@@ -116,6 +126,7 @@ def node(tmp_path):
     settings = settings_mod.load(os.path.join(ROOT, "node_settings.py"), settings_mod.NODE_SPECS)
     pg = FakePostgres(str(tmp_path))
     clock = FakeClock()
+    pg.s = settings
     made = Node(settings, pg, (auth.Credential("pgsql-1", (b"k" * 32,)), (b"p" * 32,)), clock=clock)
     made.callbacks.stop()
     made.callbacks = Callbacks()
@@ -691,3 +702,51 @@ def test_an_order_carried_out_is_remembered_across_a_daemon_restart(node, tmp_pa
         f.write('{"acted_epoch": 4, "restart_done": "32", "reinit_done": -1}')
     damaged = store.load_node_state(state)      # not whole positive numbers: none remembered
     assert (damaged.acted_epoch, damaged.restart_done, damaged.reinit_done) == (4, 0, 0)
+
+
+# -- the cluster-wide parameters (pgha.cluster_config) --------------------------------------
+
+def test_cluster_parameters_are_kept_before_the_action_and_reloaded_once_after_it(node):
+    node.pg.pid, node.pg.role, node.pg.sync_standby = 4242, PRIMARY, "pgsql-2"
+    instruction = Instruction(role=PRIMARY, epoch=3, parameters={"work_mem": "8MB", "jit": False})
+    node._take(instruction, NOW)
+    assert node.pg.cluster_parameters == {"work_mem": "8MB", "jit": False} and node.pg.calls == []
+    node._apply_parameters()
+    # This daemon wrote no pgha.conf yet (it took over a running primary): the running role's settings.
+    assert node.pg.names() == ["rewrite_settings", "reload", "pending_restart"]
+    assert node.pg.calls[0] == ("rewrite_settings", (PRIMARY, None, "pgsql-2"))
+    node.pg.calls = []
+    node._take(instruction, NOW)       # the same again: nothing to do
+    node._apply_parameters()
+    assert node.pg.calls == []
+
+
+def test_what_this_release_refuses_is_left_out_once_not_every_heartbeat(node, caplog):
+    node.pg.pid = 4242
+    instruction = Instruction(role=PRIMARY, epoch=3, parameters={"work_mem": "8MB", "archive_command": "sh"})
+    for _ in range(3):
+        node._take(instruction, NOW)
+        node._apply_parameters()
+    assert node.pg.cluster_parameters == {"work_mem": "8MB"}
+    assert node.pg.names().count("reload") == 1
+    assert sum("left out: archive_command" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_no_reload_while_the_follow_target_thread_writes_postgres_files(node):
+    node.pg.pid = 4242
+    node.actions.launching = threading.Thread(target=time.sleep, args=(0.3,))
+    node.actions.launching.start()
+    node._take(Instruction(role=PRIMARY, epoch=3, parameters={"work_mem": "8MB"}), NOW)
+    node._apply_parameters()
+    assert "reload" not in node.pg.names()
+    node.actions.launching.join()
+    node._apply_parameters()            # the next heartbeat
+    assert node.pg.names().count("reload") == 1
+
+
+def test_a_value_postgresql_refused_is_not_taken_again(node):
+    node.pg.refused_values = {"wrok_mem": "8MB"}      # Postgres.write_settings found it refused
+    node._take(Instruction(role=PRIMARY, epoch=3, parameters={"wrok_mem": "8MB", "work_mem": "9MB"}), NOW)
+    assert node.pg.cluster_parameters == {"work_mem": "9MB"}
+    node._take(Instruction(role=PRIMARY, epoch=3, parameters={"wrok_mem": "16MB", "work_mem": "9MB"}), NOW)
+    assert node.pg.cluster_parameters == {"wrok_mem": "16MB", "work_mem": "9MB"}     # a new value is tried

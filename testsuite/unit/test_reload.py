@@ -163,7 +163,7 @@ class FakePg:
     def postmaster_pid(self):
         return 42 if self.running else None
 
-    def rewrite_settings(self):
+    def rewrite_settings(self, written_for_role=None):
         self.calls.append("rewrite")
         return True
 
@@ -178,7 +178,7 @@ def test_node_apply_rewrites_and_reloads_postgres_only_for_its_settings(caplog):
     old = SimpleNamespace(**{name: None for name in settings.NODE_SPECS})
     old.log_level, old.log_file, old.pg_parameters, old.callback_timeout = "INFO", None, {}, 30.0
     pg = FakePg()
-    node = SimpleNamespace(s=old, pg=pg)
+    node = SimpleNamespace(s=old, pg=pg, written_for_role=lambda: None)
     new = SimpleNamespace(**{**vars(old), "callback_timeout": 5.0})
     assert node_ops.apply(node, new).applied == ("callback_timeout",)
     assert pg.calls == [] and node.s.callback_timeout == 5.0 and pg.s is node.s

@@ -101,6 +101,8 @@ NODE_ERRORS = [
     ("replica-bad-flag", 'replica_methods = {"b": {"command": "x", "no_params": "yes"}}',
      ["'replica_methods'", "no_params", "True or False"]),
     ("replica-builtin-name", 'replica_methods = {"basebackup": {"command": "x"}}', ["'replica_methods'", "basebackup"]),
+    ("replica-bad-quotes", 'replica_methods = {"b": {"command": "pgbackrest --stanza=\'main restore"}}',
+     ["'replica_methods'", "cannot be split"]),
     ("port-negative", "arbiter_port = -1", ["'arbiter_port'", "TCP port"]),
     ("required-set-to-none", "host = None", ["'host' is required"]),
     ("empty-string", 'pgdata = "  "', ["'pgdata'", "must not be empty"]),
