@@ -318,14 +318,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self) -> bytes | None:
         """The request's body (b"" when it has none); None when the length
         was refused (answered here)."""
+        if "Transfer-Encoding" in self.headers:     # a chunked body would be read as none
+            self._json(411, {"error": "send the body with a Content-Length (chunked bodies are not read)"}, False)
+            return None
         given = self.headers.get("Content-Length")
         if given is None:
             return b""
-        try:
-            length = int(given)
-        except ValueError:
-            self._json(411, {"error": "Content-Length is not a number"}, False)
+        if not given.strip().isdigit():
+            self._json(400, {"error": "Content-Length is not a number"}, False)
             return None
+        length = int(given)
         if not 0 <= length <= protocol.MAX_FRAME:
             self._json(413, {"error": f"the body must hold at most {protocol.MAX_FRAME} bytes"}, False)
             return None
@@ -339,18 +341,21 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.dumps({"error": "this write needs the REST API's credentials (HTTP Basic)"}) + "\n"
             return self._send(401, JSON_TYPE, body.encode(), False, extra={"WWW-Authenticate": 'Basic realm="pgha"'})
         try:
-            body = json.loads(raw) if raw.strip() else {}
+            body = protocol.load_json(raw) if raw.strip() else {}
             translated = patroni_requests.translate(self.command, path, body, patroni.member)
-        except ValueError as exc:       # not JSON, or patroni_requests.BadRequest
+        except (protocol.ProtocolError, patroni_requests.BadRequest) as exc:
             return self._json(400, {"error": limits.clip(str(exc), 300)}, False)
         facts = self.server.state.snapshot.facts
         if translated.only_if_pending and not (facts and facts.pending_restart):
             return self._json(503, {"error": "restart conditions are not satisfied: no restart is pending"}, False)
+        if not patroni.writing.acquire(blocking=False):     # each may wait a minute: a few at a time
+            return self._json(503, {"error": "another write is under way here: try again"}, False)
         try:
-            outcome = patroni.carry_out(translated)
+            code, reply = patroni.carry_out(translated)
         except (OSError, protocol.ProtocolError) as exc:
-            return self._json(503, {"error": f"arbiter unreachable: {limits.clip(str(exc), 200)}"}, False)
-        code, reply = outcome
+            code, reply = 503, {"error": f"arbiter unreachable: {limits.clip(str(exc), 200)}"}
+        finally:
+            patroni.writing.release()
         self._json(code, reply, False)
 
     def _relay(self, kind: str, raw: bytes) -> None:
@@ -435,13 +440,14 @@ class _Handler(BaseHTTPRequestHandler):
 def _signed(raw: bytes) -> bool:
     """Whether a body looks like an operator-signed request (it carries a mac)."""
     try:
-        message = json.loads(raw)
-    except ValueError:
+        message = protocol.load_json(raw)
+    except protocol.ProtocolError:
         return False
     return isinstance(message, dict) and "mac" in message
 
 
 PATRONI_WAIT = 60.0     # s a Patroni-style switchover or failover waits for the new primary (as pgha-ctl)
+PATRONI_WRITERS = 2     # Patroni-style writes carried out at once (the rest: 503); health checks keep their slots
 
 
 class PatroniWrites:
@@ -451,9 +457,10 @@ class PatroniWrites:
     operator key (api_operator_key_file) and sends it to the leading arbiter."""
 
     def __init__(self, username: str, password: str, ask: Callable[[dict[str, Any]], dict[str, Any]],
-                 member: str, clock: Callable[[], float] = time.monotonic, poll: float = 0.25) -> None:
+                 member: str, clock: Callable[[], float] = time.monotonic, poll: float = 0.5) -> None:
         self._expected = f"{username}:{password}".encode()
         self.ask, self.member, self.clock, self.poll = ask, member, clock, poll
+        self.writing = threading.BoundedSemaphore(PATRONI_WRITERS)
 
     def allows(self, header: str | None) -> bool:
         scheme, _, encoded = (header or "").partition(" ")
@@ -470,28 +477,35 @@ class PatroniWrites:
         412 when the arbiter refused (its reason), 503 when a switchover or
         failover did not complete within PATRONI_WAIT."""
         before = self.ask({"type": "status"}) if translated.wait_for_primary else None
-        reply: dict[str, Any] = {}
+        if before is not None and (before.get("type") != "status" or not isinstance(before.get("epoch"), int)):
+            return 503, {"error": "cannot read the cluster's state from the arbiter: nothing sent"}
+        replies: dict[str, Any] = {}
         for request in translated.requests:
             reply = self.ask(request)
             if reply.get("type") == "error":
                 return 412, {"error": str(reply.get("error"))}
+            replies.update(_plain(reply))
         if before is None:
-            return 200, {"message": "done", **_plain(reply)}
+            return translated.accepted, {"message": "done" if translated.accepted == 200 else "accepted", **replies}
         return self._wait_for_new_primary(before, translated.requests[-1].get("to"))
 
     def _wait_for_new_primary(self, before: dict[str, Any], target: str | None) -> tuple[int, dict[str, Any]]:
+        """Until the arbiter names a new primary at a newer epoch and that
+        member reports running as primary, in one status snapshot."""
         deadline = self.clock() + PATRONI_WAIT
         while self.clock() < deadline:
-            status = self.ask({"type": "status"})       # one snapshot per look
-            if status.get("epoch", 0) > before.get("epoch", 0) and status.get("primary") != before.get("primary"):
-                new = status.get("primary")
-                if target is None or new == target:
+            status = self.ask({"type": "status"})
+            new = status.get("primary")
+            report = (((status.get("nodes") or {}).get(new) or {}).get("report") or {}) if new else {}
+            if isinstance(status.get("epoch"), int) and status["epoch"] > before["epoch"] and new != before.get("primary"):
+                if target is not None and new != target:
+                    return 503, {"error": f"{new} was promoted, not {target}"}
+                if report.get("role") == "primary":
                     return 200, {"message": f"Successfully switched over to \"{new}\"", "epoch": status["epoch"]}
-                return 503, {"error": f"{new} was promoted, not {target}"}
-            if status.get("switchover_to") is None and status.get("failover_to") is None:
+            elif status.get("switchover_to") is None and status.get("failover_to") is None:
                 return 503, {"error": "the arbiter dropped the request (pgha-ctl history says why)"}
             time.sleep(self.poll)
-        return 503, {"error": f"no new primary within {PATRONI_WAIT:g}s"}
+        return 503, {"error": f"no new primary running within {PATRONI_WAIT:g}s"}
 
 
 def _plain(reply: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,8 @@ to its archive, recovery or TLS (matched by the name's shape, so a new
 parameter of that kind is refused too); and extensions' parameters. Those
 stay in each node's own settings file, which only that host's administrator
 can change, so an operator's key does not become a shell on every database
-host.
+host. A member also leaves out what PostgreSQL itself refuses
+(Postgres.refused_parameters, node_ops.apply_cluster_parameters).
 """
 from __future__ import annotations
 
@@ -40,9 +41,11 @@ MAX_NAME = 63
 
 # What the node writes itself (pgha.conf) and the guarantees rest on: replication, its timings
 # (the arbiter reads reply ages at wal_receiver_status_interval), roles and addresses.
+# fsync and full_page_writes too: off, an acknowledged commit can be lost in a crash and pg_rewind refuses.
 NODE_OWN = frozenset(MANAGED_PARAMETERS) | {
     "max_wal_senders", "max_replication_slots", "wal_sender_timeout", "wal_receiver_timeout",
-    "wal_receiver_status_interval", "wal_retrieve_retry_interval", "promote_trigger_file"}
+    "wal_receiver_status_interval", "wal_retrieve_retry_interval", "promote_trigger_file",
+    "fsync", "full_page_writes", "wal_sync_method"}
 # Host-local by nature: a program to run, code to load, a host's file or folder, the host's
 # archive and recovery, TLS files. Matched by their shape, so a parameter added in a later
 # PostgreSQL release is refused too.
@@ -81,11 +84,15 @@ def shape_problem(name: Any, value: Any, removing: bool = False) -> str | None:
     if isinstance(value, int):
         return None if -INT_LIMIT < value < INT_LIMIT else f"{name}: {clip(repr(value), 30)} is out of range"
     if isinstance(value, float):
-        return None if math.isfinite(value) else f"{name}: {value!r} is not a finite number"
+        return None if math.isfinite(value) and abs(value) < INT_LIMIT else f"{name}: {value!r} is out of range"
     if not isinstance(value, str):
         return f"{name}: the value must be a string, a number or true/false, got {clip(repr(value), 40)}"
     if len(value) > MAX_VALUE:
         return f"{name}: the value is longer than {MAX_VALUE} characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{name}: the value is not valid text (UTF-8)"
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         return f"{name}: the value holds a control character"
     return None
@@ -154,8 +161,18 @@ def _conf(value: Value) -> Value:
     return ("on" if value else "off") if isinstance(value, bool) else value
 
 
+def conf_text(value: Value) -> str:
+    """A value as PostgreSQL reads it (true/false as on/off)."""
+    return str(_conf(value))
+
+
 def describe_changes(before: Mapping[str, Value] | Parameters, after: Mapping[str, Value] | Parameters) -> str:
     """One line naming what changed between two sets of parameters."""
     old, new = dict(before), dict(after)
     return ", ".join(f"{name} removed" if name not in new else f"{name}={new[name]!r}"
                      for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)) or "no change"
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal as JSON: true is not 1 here, as it is in Python."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)

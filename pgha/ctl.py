@@ -997,7 +997,7 @@ def cmd_edit_config(args: argparse.Namespace, ask: Ask) -> int:
     current, read_version = config_of(status)
     changes = pg_changes(args.pg) if args.pg else edited_changes(current)
     wanted = cluster_config.changed(cluster_config.frozen(current), changes)
-    if same(wanted, current):
+    if cluster_config.same(wanted, current):
         print("no change")
         return OK
     problem = cluster_config.parameters_problem(wanted)
@@ -1076,13 +1076,8 @@ def edited_changes(current: dict[str, Any]) -> dict[str, Any]:
     if problem:
         raise Usage(f"{problem}: nothing sent")
     changes: dict[str, Any] = {name: None for name in current if name not in parameters}
-    changes.update({name: value for name, value in parameters.items() if not same(current.get(name), value)})
+    changes.update({name: value for name, value in parameters.items() if not cluster_config.same(current.get(name), value)})
     return changes
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal as JSON (true is not 1 here, as it is in Python)."""
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 # -- query: SQL on a member (patronictl query) ------------------------------------------

@@ -24,7 +24,7 @@ from dataclasses import replace
 
 from pgha import logs
 from pgha import sdnotify
-from pgha import arbiter_link, auth, clusters, node_ops, pg_facts, protocol, reaper, store, tls
+from pgha import arbiter_link, auth, cluster_config, clusters, node_ops, pg_facts, protocol, reaper, store, tls
 from pgha.arbiter_link import ArbiterLink, addresses_from_settings
 from pgha.callbacks import CallbackRunner
 from pgha.fencing import Fencer
@@ -103,7 +103,7 @@ class Node:
         self.renewer = None                 # the lease renewer, once run() starts it
         self.reloader = node_ops.NodeReloader(settings_loader)
         self.parameters_heard = None        # the cluster-wide parameters of the last instruction
-        self.parameters_unapplied = False   # taken, PostgreSQL not reloaded with them yet
+        self.parameters_applied = None      # the ones last applied (the same object once done)
         self.callbacks = CallbackRunner(settings.name, lambda: node_ops.callback_scripts(self.s))
 
     # -- life cycle ------------------------------------------------------------
@@ -321,13 +321,15 @@ class Node:
         self._apply_parameters()
 
     def _apply_parameters(self):
-        """Reload PostgreSQL with changed cluster-wide parameters, after the
-        heartbeat's action and its lease renewal; not while the follow-target
-        thread writes PostgreSQL's files (a later heartbeat does it)."""
-        if not self.parameters_unapplied or self.actions.starting_for_switchover():
+        """Changed cluster-wide parameters, checked and applied after the
+        heartbeat's action and its lease renewal (never on a role change's
+        path), on this thread alone; not while the follow-target thread writes
+        PostgreSQL's files (a later heartbeat does it)."""
+        if self.parameters_heard is None or self.parameters_heard is self.parameters_applied \
+                or self.actions.starting_for_switchover():
             return
-        self.parameters_unapplied = False
-        node_ops.reload_postgres(self.pg, self.written_for_role)
+        self.parameters_applied = self.parameters_heard
+        node_ops.apply_cluster_parameters(self.pg, self.parameters_heard, self.written_for_role)
 
     def written_for_role(self):
         """write_settings' arguments for the role PostgreSQL runs in, when it is
@@ -367,10 +369,9 @@ class Node:
         self.memory = m = replace(m, instruction=instruction, lease_time=instruction.lease_time or m.lease_time,
                                   heartbeat_interval=instruction.heartbeat_interval or m.heartbeat_interval)
         self.reloader.note_generation(instruction.reload_generation)
-        if instruction.parameters is not None and instruction.parameters != self.parameters_heard:
-            self.parameters_heard = dict(instruction.parameters)
-            # Kept now, so an action of this heartbeat writes them; the reload comes after it.
-            self.parameters_unapplied |= node_ops.take_cluster_parameters(self.pg, instruction.parameters)
+        if instruction.parameters is not None and not cluster_config.same(instruction.parameters,
+                                                                          self.parameters_heard):
+            self.parameters_heard = dict(instruction.parameters)    # checked and applied after the action
         if self._grant_lease_unknown_since is not None and instruction.lease_time:
             self.grants.assume_granted(instruction.lease_time, since=self._grant_lease_unknown_since)
             self._grant_lease_unknown_since = None

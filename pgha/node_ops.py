@@ -76,26 +76,34 @@ def apply(node: Any, new: Any) -> reload.Diff:
     return diff
 
 
-def take_cluster_parameters(pg: Any, parameters: Mapping[str, Any]) -> bool:
+def apply_cluster_parameters(pg: Any, parameters: Mapping[str, Any],
+                             written_for_role: Callable[[], Any] | None = None) -> None:
     """The cluster-wide parameters from an instruction (pgha-ctl edit-config),
-    kept for every later write of pgha.conf; True when what this node writes
-    changed (the HA loop then reloads PostgreSQL: reload_postgres). What this
-    release's policy refuses is left out, with an error line."""
+    on the HA loop after the heartbeat's action: what this release's policy
+    refuses and what PostgreSQL itself refuses (a misspelt name, a bad value:
+    fatal at a start) are left out, each named in an error line; the rest is
+    kept for every later write of pgha.conf and applied now with a reload."""
     new, refused = cluster_config.allowed(parameters)
     for line in refused:        # an arbiter of another release may allow what this node does not
         log.error("cluster configuration: left out: %s", line)
     for name, value in list(new.items()):
-        if name in pg.refused_values and pg.refused_values[name] == value:
-            del new[name]       # PostgreSQL refused this very value before (reload_postgres)
+        if name in pg.refused_values and cluster_config.same(pg.refused_values[name], value):
+            del new[name]       # PostgreSQL refused this very value before
+    fresh = {name: value for name, value in new.items()
+             if not cluster_config.same(pg.cluster_parameters.get(name, ()), value)}
+    for name, line in pg.refused_parameters(fresh).items():
+        log.error("cluster configuration: left out %s = %r: %s; fix it with pgha-ctl edit-config",
+                  name, new[name], line)
+        pg.refused_values[name] = new.pop(name)
     old = pg.cluster_parameters
-    if new == old:
-        return False
+    if cluster_config.same(new, old):
+        return
     pg.cluster_parameters = new
     log.info("cluster configuration: %s", cluster_config.describe_changes(old, new))
     overridden = sorted(set(new) & {name.lower() for name in pg.s.pg_parameters})
     if overridden:
         log.info("cluster configuration: this node's own pg_parameters keep %s", ", ".join(overridden))
-    return True
+    reload_postgres(pg, written_for_role)
 
 
 def pre_promote(settings: Any) -> str | None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from pgha import cluster_config
 from pgha.limits import clip
 
 
@@ -39,6 +40,7 @@ class Translated:
     requests: tuple[dict[str, Any], ...]    # ours, in order (unsigned)
     wait_for_primary: bool = False          # a switchover or failover now: answer once it is done (Patroni does)
     only_if_pending: bool = False           # restart_pending: nothing to do unless a restart is pending
+    accepted: int = 200                     # the HTTP code once the arbiter accepted (202: scheduled, as Patroni)
 
 
 def translate(method: str, path: str, body: Any, member: str) -> Translated:
@@ -84,15 +86,15 @@ def _time(value: Any) -> float:
 
 def _switchover(body: dict[str, Any], member: str) -> Translated:
     _known(body, ("leader", "candidate", "scheduled_at"), "switchover")
-    request: dict[str, Any] = {"type": "switchover"}
     leader, candidate = _name(body, "leader"), _name(body, "candidate")
-    if leader:
-        request["primary"] = leader
+    if not leader:      # as Patroni: the caller says whom it takes over from
+        raise BadRequest("switchover: 'leader' is required (the current primary)")
+    request: dict[str, Any] = {"type": "switchover", "primary": leader}
     if candidate:
         request["to"] = candidate
     if body.get("scheduled_at") is not None:
         request["at"] = _time(body["scheduled_at"])
-        return Translated((request,))
+        return Translated((request,), accepted=202)
     return Translated((request,), wait_for_primary=True)
 
 
@@ -127,11 +129,7 @@ def _reinitialize(body: dict[str, Any], member: str) -> Translated:
 def _config(body: dict[str, Any], member: str) -> Translated:
     _known(body, ("pause", "postgresql"), "config (timings are the arbiter's settings)")
     made: list[dict[str, Any]] = []
-    if "pause" in body:
-        if not isinstance(body["pause"], bool) and body["pause"] is not None:
-            raise BadRequest(f"'pause' must be true or false, got {clip(repr(body['pause']), 40)}")
-        made.append({"type": "pause" if body["pause"] else "resume"})
-    if "postgresql" in body:
+    if "postgresql" in body:    # first, and checked here: a refused change leaves the pause alone too
         section = body["postgresql"]
         if not isinstance(section, dict):
             raise BadRequest("'postgresql' must be an object holding 'parameters'")
@@ -139,7 +137,14 @@ def _config(body: dict[str, Any], member: str) -> Translated:
         parameters = section.get("parameters")
         if not isinstance(parameters, dict):
             raise BadRequest("'postgresql.parameters' must be an object of name: value (null removes)")
+        problem = cluster_config.parameters_problem(parameters, removing=True)
+        if problem:
+            raise BadRequest(f"config: {problem}")
         made.append({"type": "config", "parameters": parameters})
+    if "pause" in body:
+        if not isinstance(body["pause"], bool) and body["pause"] is not None:
+            raise BadRequest(f"'pause' must be true or false, got {clip(repr(body['pause']), 40)}")
+        made.append({"type": "pause" if body["pause"] else "resume"})
     if not made:
         raise BadRequest("config: nothing to change (served: pause, postgresql.parameters)")
     return Translated(tuple(made))
@@ -152,6 +157,6 @@ ROUTES = {
     ("POST", "/restart"): _restart,
     ("DELETE", "/restart"): lambda body, member: Translated(({"type": "flush", "what": "restart"},)),
     ("POST", "/reinitialize"): _reinitialize,
-    ("POST", "/reload"): lambda body, member: Translated(({"type": "reload"},)),
+    ("POST", "/reload"): lambda body, member: Translated(({"type": "reload"},), accepted=202),
     ("PATCH", "/config"): _config,
 }

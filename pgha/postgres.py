@@ -43,9 +43,10 @@ SELECT pg_is_in_recovery(),
        current_setting('synchronous_standby_names'),
        (SELECT status FROM pg_stat_wal_receiver),
        -- how long the WAL receiver has run: one the primary refuses (its WAL is
-       -- gone) reconnects every wal_retrieve_retry_interval, "streaming" for a moment each time
-       (SELECT extract(epoch FROM clock_timestamp() - a.backend_start)
-          FROM pg_stat_wal_receiver r JOIN pg_stat_activity a ON a.pid = r.pid),
+       -- gone) reconnects every wal_retrieve_retry_interval, "streaming" for a moment
+       -- each time (a standby's only: a primary's heartbeat skips pg_stat_activity here)
+       CASE WHEN pg_is_in_recovery() THEN (SELECT extract(epoch FROM clock_timestamp() - a.backend_start)
+          FROM pg_stat_wal_receiver r JOIN pg_stat_activity a ON a.pid = r.pid) END,
        (SELECT coalesce(max(extract(epoch FROM clock_timestamp() - query_start)), 0)
           FROM pg_stat_activity WHERE wait_event = 'SyncRep'),
        CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver)
@@ -205,8 +206,7 @@ class Postgres:
         # The cluster-wide parameters from the arbiter's last instruction (pgha.cluster_config);
         # set by the HA loop alone, read when pgha.conf is written.
         self.cluster_parameters = {}
-        self.refused_values = {}    # name -> the value PostgreSQL refused (not written again)
-        self._checked_parameters = {}   # the cluster_parameters last found acceptable (postgres -C)
+        self.refused_values = {}    # name -> the value PostgreSQL refused (not taken again); the HA loop's too
         self._control_cache = None  # (the control file's stat, pg_controldata's fields)
 
     # -- files and folders ---------------------------------------------------
@@ -274,43 +274,34 @@ class Postgres:
         self._ensure_include()
         self._strip_auto_conf()
         self._write_hba()
-        if self.cluster_parameters != self._checked_parameters:
-            self._check_cluster_parameters(role, primary_address, sync_standby)
 
-    def _check_cluster_parameters(self, *written):
-        """Leave out of pgha.conf a cluster-wide parameter PostgreSQL refuses
-        (a misspelt name, a bad value: fatal at the next start), naming it;
-        checked once per change of them, as a start would read the files
-        (`postgres -C`, also beside a running server), one refusal at a time."""
-        refusal = self._config_refusal()
-        name = refusal[0] if refusal else None
-        if name in self.cluster_parameters and name not in {n.lower() for n in self.s.pg_parameters}:
-            value = self.cluster_parameters[name]
-            log.error("cluster configuration: left out %s = %r: %s; fix it with pgha-ctl edit-config",
-                      name, value, refusal[1])
-            self.refused_values[name] = value
-            self.cluster_parameters = {k: v for k, v in self.cluster_parameters.items() if k != name}
-            self.write_settings(*written)       # and checked again without it
-            return
-        if refusal:
-            log.error("PostgreSQL refuses its configuration files: %s (check pg_parameters)", refusal[1])
-        self._checked_parameters = dict(self.cluster_parameters)
-
-    def _config_refusal(self):
-        """(parameter name, PostgreSQL's line) of the first thing PostgreSQL
-        refuses in its configuration files as they are now, ("", lines) when
-        it names no parameter, or None when it reads them."""
+    def refused_parameters(self, candidate):
+        """{name: PostgreSQL's line} for each of `candidate`'s parameters
+        PostgreSQL refuses on its own (a misspelt name, a value it rejects:
+        fatal at a start). `postgres -C` with an empty configuration file and
+        each parameter as -c, so neither the data directory nor this node's
+        own settings take part; one refusal per run, until none is left.
+        Empty when the check cannot run (logged)."""
+        empty = os.path.join(self.state_dir, "empty.conf")
+        refused: dict[str, str] = {}
+        left = dict(candidate)
         try:
-            result = self._run(["postgres", "-D", self.pgdata, "-C", "port"], quiet=True, timeout=20)
-        except PostgresError as exc:
-            return "", str(exc)
-        if result.returncode == 0:
-            return None
-        for line in result.stderr.splitlines():
-            found = re.search(r'parameter "([^"]+)"', line)
-            if found:
-                return found.group(1).lower(), line.split(":  ", 1)[-1].strip()
-        return "", _last_lines(result.stderr)
+            if not os.path.exists(empty):
+                self._write(empty, "")
+            while left:
+                args = ["postgres", f"--config-file={empty}", "-C", "port", "-c", "lc_messages=C"]
+                for name, value in left.items():
+                    args += ["-c", f"{name}={cluster_config.conf_text(value)}"]
+                result = self._run(args, quiet=True, timeout=20)
+                found = re.search(r'parameter "([^"]+)"', result.stderr) if result.returncode == 1 else None
+                name = found.group(1).lower() if found else None
+                if name is None or name not in left:
+                    return refused       # read them all (it then wants a data directory)
+                refused[name] = _last_lines(result.stderr, 1).split(":  ", 1)[-1]
+                del left[name]
+        except (OSError, PostgresError) as exc:
+            log.warning("cannot check the cluster-wide parameters with postgres -C: %s", exc)
+        return refused
 
     def set_recovery_signal(self, on):
         """Make the next start run in recovery (a standby) or not (a primary).
@@ -984,16 +975,18 @@ class Postgres:
                                   name="replica-method-output", daemon=True)
         reader.start()
         deadline = time.monotonic() + timeout
+        next_wait = time.monotonic() + every
         try:
-            while True:
-                try:
-                    proc.wait(timeout=max(0.0, min(every, deadline - time.monotonic())))
+            # Waited for without reaping (WNOWAIT), so its group id stays its own until the kill below.
+            while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                now = time.monotonic()
+                if now >= deadline:
+                    lines.append(f"killed after {timeout:g}s")
                     break
-                except subprocess.TimeoutExpired:
-                    if time.monotonic() >= deadline:
-                        lines.append(f"killed after {timeout:g}s")
-                        break
+                if now >= next_wait:
                     on_wait()
+                    next_wait = time.monotonic() + every
+                time.sleep(min(0.2, max(0.0, deadline - now)))
         finally:
             try:    # the whole group: a wrapper script's or pgBackRest's own workers too
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -70,15 +70,7 @@ def encode(message: dict[str, Any]) -> bytes:
 
 def decode(line: bytes) -> dict[str, Any]:
     """Parse one frame (without its newline) into a dict, or raise ProtocolError."""
-    if len(line) > MAX_FRAME:
-        raise ProtocolError(f"frame of {len(line)} bytes exceeds the {MAX_FRAME}-byte limit")
-    if nesting_depth(line) > limits.MAX_JSON_DEPTH:
-        # json.loads recurses once per level: refuse before it runs out of stack.
-        raise ProtocolError(f"JSON nested deeper than {limits.MAX_JSON_DEPTH} levels")
-    try:
-        message = json.loads(line.decode("utf-8"), parse_constant=_no_nan)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"not a JSON line: {clip(str(exc))}") from None
+    message = load_json(line)
     if not isinstance(message, dict):
         raise ProtocolError("a message must be a JSON object")
     if type(message.get("v")) is not int or message["v"] != VERSION:   # not True, not 1.0
@@ -86,6 +78,20 @@ def decode(line: bytes) -> dict[str, Any]:
     if not isinstance(message.get("type"), str):
         raise ProtocolError("a message needs a string 'type'")
     return message
+
+
+def load_json(text: bytes) -> Any:
+    """JSON as this protocol reads it (a frame's size, a bounded depth, UTF-8,
+    no NaN), or ProtocolError: also what the REST API reads in a body."""
+    if len(text) > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(text)} bytes exceeds the {MAX_FRAME}-byte limit")
+    if nesting_depth(text) > limits.MAX_JSON_DEPTH:
+        # json.loads recurses once per level: refuse before it runs out of stack.
+        raise ProtocolError(f"JSON nested deeper than {limits.MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text.decode("utf-8"), parse_constant=_no_nan)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"not a JSON line: {clip(str(exc))}") from None
 
 
 def _no_nan(constant: str) -> float:

@@ -20,6 +20,7 @@ command can fetch should the target still lack a segment.
 """
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ def size_mb(value: object, default_mb: float) -> float:
     if isinstance(value, bool):
         return default_mb
     if isinstance(value, (int, float)):
-        return float(value)
+        return float(value) if math.isfinite(value) else default_mb
     match = _SIZE.match(str(value))
     if not match:
         return default_mb
@@ -54,7 +55,14 @@ def wal_keep_size(pg_parameters: dict) -> str:
     (pg_parameters may set either; an explicit wal_keep_size wins, since
     pg_parameters is applied after this)."""
     max_wal = size_mb(pg_parameters.get("max_wal_size", DEFAULT_MAX_WAL_SIZE_MB), DEFAULT_MAX_WAL_SIZE_MB)
-    return f"{int(max_wal * KEEP_FACTOR)}MB"
+    return f"{_mb(max_wal * KEEP_FACTOR)}MB"
+
+
+MAX_MB = 2 ** 31 - 1    # PostgreSQL's largest MB setting: a derived size past it would be refused (fatal at a start)
+
+
+def _mb(value: float) -> int:
+    return int(min(max(value, 0.0), MAX_MB))
 
 
 # A replication slot keeps WAL for its standby while that standby is away;
@@ -72,7 +80,7 @@ def max_slot_wal_keep_size(pg_parameters: dict, wal_fs_bytes: int | None) -> str
     keep = pg_parameters.get("wal_keep_size", wal_keep_size(pg_parameters))
     floor_mb = size_mb(keep, DEFAULT_MAX_WAL_SIZE_MB * KEEP_FACTOR)
     share_mb = (wal_fs_bytes or 0) * SLOT_DISK_SHARE / (1024 * 1024)
-    return f"{int(max(floor_mb, share_mb))}MB"
+    return f"{_mb(max(floor_mb, share_mb))}MB"
 
 
 def pgpass_line(host: str, port: int, user: str, password: str) -> str:

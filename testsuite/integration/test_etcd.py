@@ -32,15 +32,23 @@ def failover_wait(cluster):
     return sum(float(cluster.arbiter_setting(s)) for s in ("lease_time", "failover_margin", "etcd_lease_ttl"))
 
 
-def both_heard(cluster):
-    """The leader has heard both nodes within the last second (they found it)."""
-    try:
-        status = cluster.status()
-    except OSError:
-        return False
+def both_heard(cluster, status=None):
+    """The leader has heard both nodes within the last second (they found it),
+    in `status` (a snapshot already taken) or a new one."""
+    if status is None:
+        try:
+            status = cluster.status()
+        except OSError:
+            return False
     nodes = status.get("nodes") or {}
     return (status.get("arbiter") or {}).get("leader") and all(
         (nodes.get(n) or {}).get("last_seen_ago") is not None and nodes[n]["last_seen_ago"] < 1 for n in NODES)
+
+
+def heard_and_healthy(cluster):
+    """Both nodes heard and the standby promotable, in one status snapshot."""
+    status = cluster.healthy_status()
+    return status is not None and both_heard(cluster, status)
 
 
 def acting_records(cluster):
@@ -98,7 +106,7 @@ def test_operator_commands_sent_to_the_follower_get_not_the_leader_never_a_stale
     cluster = etcd_cluster
     leader = wait_for(cluster.leading_arbiter, 10, "a leading arbiter")
     follower = next(key for key in cluster.arbiter_ports if key != leader)
-    wait_for(lambda: both_heard(cluster) and cluster.healthy(), 30, "both nodes heard, the standby promotable")
+    wait_for(lambda: heard_and_healthy(cluster), 30, "both nodes heard, the standby promotable")
 
     def ask_follower(message):
         return protocol.call("127.0.0.1", cluster.arbiter_ports[follower], message, timeout=5.0,
@@ -126,7 +134,7 @@ def test_a_scheduled_switchover_survives_a_change_of_leading_arbiter(etcd_cluste
     cluster = etcd_cluster
     leader = wait_for(cluster.leading_arbiter, 10, "a leading arbiter")
     follower = next(key for key in cluster.arbiter_ports if key != leader)
-    wait_for(lambda: both_heard(cluster) and cluster.healthy(), 30, "both nodes heard, the standby promotable")
+    wait_for(lambda: heard_and_healthy(cluster), 30, "both nodes heard, the standby promotable")
     both = ",".join(f"127.0.0.1:{cluster.arbiter_ports[key]}" for key in (follower, leader))
     asked_at = time.monotonic()
     assert ctl.main(["--arbiter", both, "--key-file", cluster.key_file("operator"), "switchover", "--to", "pgsql-2",

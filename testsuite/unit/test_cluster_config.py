@@ -4,11 +4,14 @@ the store, history), the instruction that carries it, a node's merge with
 its own pg_parameters, and pgha-ctl show-config / edit-config."""
 import json
 import os
+import pwd
 import stat
+import time
+from types import SimpleNamespace
 
 import pytest
 
-from pgha import cluster_config, ctl, decision, store
+from pgha import cluster_config, ctl, decision, postgres, store
 from pgha.cluster_state import ClusterState
 from pgha.errors import ProtocolError
 from pgha.messages import Instruction
@@ -36,7 +39,10 @@ from testsuite.unit.test_ctl import as_who, run, running  # noqa: F401 (fixtures
     ("x" * 64, "1", "not a parameter name"),
     ("work_mem", "8MB\nfsync = off", "control character"),
     ("work_mem", "8" * 300, "longer than"),
-    ("work_mem", float("nan"), "not a finite number"),
+    ("work_mem", float("nan"), "out of range"),
+    ("max_wal_size", 1e308, "out of range"),          # once made every member's write_settings raise
+    ("application_name", "\udcff", "not valid text"),  # a shell argument's non-UTF-8 byte
+    ("fsync", False, "managed by the node"),
     ("work_mem", {"a": 1}, "must be a string, a number or true/false"),
     ("work_mem", None, "must be a string, a number or true/false"),
 ])
@@ -212,3 +218,42 @@ def test_edit_config_in_the_editor(running, as_who, capsys, tmp_path, monkeypatc
         assert run(running, "edit-config", "--force") in (1, 2), broken
         assert "nothing sent" in capsys.readouterr().err
     assert running.arbiter.state.config_version == 3 and os.path.exists(editor)
+
+
+def test_postgres_itself_names_what_it_refuses(tmp_path):
+    """Postgres.refused_parameters against the real `postgres` binary (as
+    pg_os_user when run as root): a misspelt name and bad values found one
+    by one; good ones, postmaster-only ones among them, pass."""
+    if os.geteuid() == 0:
+        os.chown(tmp_path, pwd.getpwnam("postgres").pw_uid, -1)
+    pg = postgres.Postgres(SimpleNamespace(pg_bindir=None, pgdata=str(tmp_path / "data"), socket_dir=None,
+                                           state_dir=str(tmp_path), pg_os_user="postgres"))
+    refused = pg.refused_parameters({"work_mem": "8MB", "wrok_mem": "1MB", "temp_buffers": "lots",
+                                     "max_connections": 110, "jit": 1.5, "hot_standby_feedback": True,
+                                     "application_name": "it's \"quoted\" and spaced"})
+    assert set(refused) == {"wrok_mem", "temp_buffers", "jit"}, refused
+    assert "unrecognized configuration parameter" in refused["wrok_mem"]
+    assert 'invalid value for parameter "temp_buffers"' in refused["temp_buffers"]
+    assert pg.refused_parameters({}) == {} and pg.refused_parameters({"work_mem": "8MB"}) == {}
+
+
+def test_a_replica_method_is_waited_for_with_heartbeats_and_its_group_killed_at_the_timeout(tmp_path):
+    """Postgres._run_calling_back: on_wait at every `every`, the output's last
+    lines kept, and at the timeout the whole process group killed (a child of
+    the method's shell too)."""
+    if os.geteuid() == 0:       # the method runs as postgres: the marker's folder must be its to write
+        os.chown(tmp_path, pwd.getpwnam("postgres").pw_uid, -1)
+    pg = postgres.Postgres(SimpleNamespace(pg_bindir=None, pgdata=str(tmp_path / "data"), socket_dir=None,
+                                           state_dir=str(tmp_path), pg_os_user="postgres"))
+    beats = []
+    code, lines = pg._run_calling_back(["sh", "-c", "echo one; echo two >&2; exit 3"], {}, 10, lambda: beats.append(1),
+                                       0.1)
+    assert (code, lines) == (3, ["one", "two"])
+    marker = tmp_path / "child-alive"
+    started = time.monotonic()
+    code, lines = pg._run_calling_back(["sh", "-c", f"(sleep 2; touch {marker}) & sleep 30"], {}, 0.6,
+                                       lambda: beats.append(2), 0.15)
+    assert code == -9 and lines[-1] == "killed after 0.6s" and time.monotonic() - started < 5
+    assert beats.count(2) >= 2
+    time.sleep(2.5)
+    assert not marker.exists(), "the method's child outlived the kill"

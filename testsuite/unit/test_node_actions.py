@@ -46,6 +46,7 @@ class FakePostgres:
         self.pid = None
         self.cluster_parameters, self.refused_values = {}, {}
         self.role, self.sync_standby = None, None     # what status() says of a running server
+        self.refuses = {}       # parameters refused_parameters() names: name -> PostgreSQL's line
 
     def _call(self, name, *args, **kwargs):
         self.calls.append((name, *args, *sorted(kwargs.items())))
@@ -66,6 +67,10 @@ class FakePostgres:
     def rewrite_settings(self, written_for_role=None):
         self._call("rewrite_settings", written_for_role() if written_for_role else None)
         return True
+
+    def refused_parameters(self, candidate):
+        self._call("refused_parameters", dict(candidate))
+        return {name: line for name, line in self.refuses.items() if name in candidate}
 
     def pending_restart(self):
         self._call("pending_restart")
@@ -706,47 +711,53 @@ def test_an_order_carried_out_is_remembered_across_a_daemon_restart(node, tmp_pa
 
 # -- the cluster-wide parameters (pgha.cluster_config) --------------------------------------
 
-def test_cluster_parameters_are_kept_before_the_action_and_reloaded_once_after_it(node):
+def test_cluster_parameters_are_checked_and_applied_after_the_action_once(node):
     node.pg.pid, node.pg.role, node.pg.sync_standby = 4242, PRIMARY, "pgsql-2"
     instruction = Instruction(role=PRIMARY, epoch=3, parameters={"work_mem": "8MB", "jit": False})
     node._take(instruction, NOW)
-    assert node.pg.cluster_parameters == {"work_mem": "8MB", "jit": False} and node.pg.calls == []
+    assert node.pg.cluster_parameters == {} and node.pg.calls == []     # an action now writes the old ones
     node._apply_parameters()
+    assert node.pg.cluster_parameters == {"work_mem": "8MB", "jit": False}
     # This daemon wrote no pgha.conf yet (it took over a running primary): the running role's settings.
-    assert node.pg.names() == ["rewrite_settings", "reload", "pending_restart"]
-    assert node.pg.calls[0] == ("rewrite_settings", (PRIMARY, None, "pgsql-2"))
+    assert node.pg.names() == ["refused_parameters", "rewrite_settings", "reload", "pending_restart"]
+    assert node.pg.calls[1] == ("rewrite_settings", (PRIMARY, None, "pgsql-2"))
     node.pg.calls = []
     node._take(instruction, NOW)       # the same again: nothing to do
     node._apply_parameters()
     assert node.pg.calls == []
+    node._take(replace(instruction, parameters={"work_mem": "8MB", "jit": 0}), NOW)    # false -> 0 is a change
+    node._apply_parameters()
+    assert node.pg.cluster_parameters == {"work_mem": "8MB", "jit": 0}
 
 
-def test_what_this_release_refuses_is_left_out_once_not_every_heartbeat(node, caplog):
+def test_what_this_release_or_postgresql_refuses_is_left_out_once_not_every_heartbeat(node, caplog):
     node.pg.pid = 4242
-    instruction = Instruction(role=PRIMARY, epoch=3, parameters={"work_mem": "8MB", "archive_command": "sh"})
+    node.pg.refuses = {"wrok_mem": 'unrecognized configuration parameter "wrok_mem"'}
+    instruction = Instruction(role=PRIMARY, epoch=3, parameters={"work_mem": "8MB", "archive_command": "sh",
+                                                                 "wrok_mem": "1MB"})
     for _ in range(3):
         node._take(instruction, NOW)
         node._apply_parameters()
-    assert node.pg.cluster_parameters == {"work_mem": "8MB"}
+    assert node.pg.cluster_parameters == {"work_mem": "8MB"} and node.pg.refused_values == {"wrok_mem": "1MB"}
     assert node.pg.names().count("reload") == 1
     assert sum("left out: archive_command" in r.getMessage() for r in caplog.records) == 1
+    assert sum("left out wrok_mem" in r.getMessage() for r in caplog.records) == 1
+    node.pg.refuses = {}
+    node._take(replace(instruction, parameters={"work_mem": "8MB", "wrok_mem": "1MB", "jit": True}), NOW)
+    node._apply_parameters()
+    assert node.pg.cluster_parameters == {"work_mem": "8MB", "jit": True}     # the refused value stays out
+    node._take(replace(instruction, parameters={"work_mem": "8MB", "wrok_mem": "2MB"}), NOW)
+    node._apply_parameters()
+    assert node.pg.cluster_parameters == {"work_mem": "8MB", "wrok_mem": "2MB"}    # another value is tried
 
 
-def test_no_reload_while_the_follow_target_thread_writes_postgres_files(node):
+def test_no_parameters_applied_while_the_follow_target_thread_writes_postgres_files(node):
     node.pg.pid = 4242
     node.actions.launching = threading.Thread(target=time.sleep, args=(0.3,))
     node.actions.launching.start()
     node._take(Instruction(role=PRIMARY, epoch=3, parameters={"work_mem": "8MB"}), NOW)
     node._apply_parameters()
-    assert "reload" not in node.pg.names()
+    assert node.pg.calls == [] and node.pg.cluster_parameters == {}
     node.actions.launching.join()
     node._apply_parameters()            # the next heartbeat
-    assert node.pg.names().count("reload") == 1
-
-
-def test_a_value_postgresql_refused_is_not_taken_again(node):
-    node.pg.refused_values = {"wrok_mem": "8MB"}      # Postgres.write_settings found it refused
-    node._take(Instruction(role=PRIMARY, epoch=3, parameters={"wrok_mem": "8MB", "work_mem": "9MB"}), NOW)
-    assert node.pg.cluster_parameters == {"work_mem": "9MB"}
-    node._take(Instruction(role=PRIMARY, epoch=3, parameters={"wrok_mem": "16MB", "work_mem": "9MB"}), NOW)
-    assert node.pg.cluster_parameters == {"wrok_mem": "16MB", "work_mem": "9MB"}     # a new value is tried
+    assert node.pg.names().count("reload") == 1 and node.pg.cluster_parameters == {"work_mem": "8MB"}

@@ -30,7 +30,7 @@ GOOD = "Basic " + base64.b64encode(b"patroni:s3cret:with:colons").decode()
     ("POST", "/reinitialize", {"force": True}, [{"type": "reinit", "member": S}]),
     ("POST", "/reload", None, [{"type": "reload"}]),
     ("PATCH", "/config", {"pause": True, "postgresql": {"parameters": {"work_mem": "8MB", "jit": None}}},
-     [{"type": "pause"}, {"type": "config", "parameters": {"work_mem": "8MB", "jit": None}}]),
+     [{"type": "config", "parameters": {"work_mem": "8MB", "jit": None}}, {"type": "pause"}]),
     ("PATCH", "/config", {"pause": None}, [{"type": "resume"}]),
 ])
 def test_patronis_requests_as_ours(method, path, body, ours):
@@ -42,6 +42,9 @@ def test_patronis_requests_as_ours(method, path, body, ours):
     ("POST", "/switchover", {"leader": P, "scheduled_at": "2030-01-01T00:00:00"}, "time zone"),
     ("POST", "/switchover", {"leader": P, "scheduled_at": "tomorrow"}, "not an ISO 8601"),
     ("POST", "/switchover", {"leader": 7}, "member's name"),
+    ("POST", "/switchover", {}, "'leader' is required"),             # an empty or unread body: nothing done
+    ("POST", "/switchover", {"candidate": S}, "'leader' is required"),
+    ("PATCH", "/config", {"pause": True, "postgresql": {"parameters": {"archive_command": "x"}}}, "runs a program"),
     ("POST", "/switchover", {"leader": P, "member": S}, "'member' not served"),
     ("POST", "/failover", {}, "'candidate' is required"),
     ("POST", "/restart", {"schedule": "2030-01-01T00:00:00+00:00"}, "scheduled restart"),
@@ -92,7 +95,7 @@ def test_a_scheduled_switchover_config_and_pause_reach_the_arbiter(setup):
     arbiter, server, _ = setup
     status, reply, _ = send(server, "POST", "/switchover", {"leader": P, "candidate": S,
                                                             "scheduled_at": "2030-01-01T00:00:00+00:00"})
-    assert status == 200, reply
+    assert status == 202, reply     # scheduled, as Patroni answers
     assert (arbiter.arbiter.state.scheduled_at, arbiter.arbiter.state.scheduled_to) == (1893456000.0, S)
     assert send(server, "DELETE", "/switchover")[0] == 200 and not arbiter.arbiter.state.scheduled
     status, reply, _ = send(server, "PATCH", "/config", {"pause": True, "postgresql": {"parameters": {"work_mem": "8MB"}}})
@@ -104,15 +107,18 @@ def test_a_refusal_is_412_with_the_arbiters_reason_and_bad_input_400(setup):
     arbiter, server, _ = setup
     status, reply, _ = send(server, "POST", "/switchover", {"leader": S, "candidate": P})
     assert status == 412 and f"{S} is not the primary" in reply["error"], reply
-    status, reply, _ = send(server, "PATCH", "/config", {"postgresql": {"parameters": {"archive_command": "sh"}}})
-    assert status == 412 and "runs a program" in reply["error"]
+    status, reply, _ = send(server, "PATCH", "/config", {"pause": True,
+                                                        "postgresql": {"parameters": {"archive_command": "sh"}}})
+    assert status == 400 and "runs a program" in reply["error"] and not arbiter.arbiter.state.paused
+    status, reply, _ = send(server, "PATCH", "/config", {"postgresql": {"parameters": {"work_mem": "1MB"}}})
+    assert status == 200
     status, reply, _ = send(server, "POST", "/failover", {})
     assert status == 400 and "candidate" in reply["error"]
     conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
     conn.request("POST", "/switchover", body=b"{not json", headers={"Authorization": GOOD})
     assert conn.getresponse().status == 400
     conn.close()
-    assert arbiter.arbiter.state.parameters == () and not arbiter.arbiter.state.scheduled
+    assert dict(arbiter.arbiter.state.parameters) == {"work_mem": "1MB"} and not arbiter.arbiter.state.scheduled
 
 
 def test_restart_pending_asks_this_members_facts(setup):
@@ -137,9 +143,15 @@ def test_signed_bodies_are_still_relayed_without_credentials(setup):
     conn.close()
 
 
-def test_a_switchover_now_answers_once_the_new_primary_is_there():
-    epochs = iter([{"epoch": 1, "primary": P}, {"type": "ok"},
-                   {"epoch": 1, "primary": P, "switchover_to": S}, {"epoch": 2, "primary": S}])
+def running_as(node, role):
+    return {node: {"report": {"role": role}}}
+
+
+def test_a_switchover_now_answers_once_the_new_primary_runs_as_one():
+    epochs = iter([{"type": "status", "epoch": 1, "primary": P}, {"type": "ok"},
+                   {"type": "status", "epoch": 1, "primary": P, "switchover_to": S},
+                   {"type": "status", "epoch": 2, "primary": S, "nodes": running_as(S, "standby")},
+                   {"type": "status", "epoch": 2, "primary": S, "nodes": running_as(S, "primary")}])
     sent = []
 
     def ask(message):
@@ -148,8 +160,47 @@ def test_a_switchover_now_answers_once_the_new_primary_is_there():
     writes = api.PatroniWrites("u", "p", ask, S, poll=0)
     code, body = writes.carry_out(patroni_requests.translate("POST", "/switchover", {"leader": P}, S))
     assert (code, body["message"]) == (200, f'Successfully switched over to "{S}"')
-    assert sent == ["status", "switchover", "status", "status"]
-    dropped = iter([{"epoch": 1, "primary": P}, {"type": "ok"}, {"epoch": 1, "primary": P}])
+    assert sent == ["status", "switchover", "status", "status", "status"]
+    dropped = iter([{"type": "status", "epoch": 1, "primary": P}, {"type": "ok"},
+                    {"type": "status", "epoch": 1, "primary": P}])
     writes = api.PatroniWrites("u", "p", lambda message: next(dropped), S, poll=0)
     code, body = writes.carry_out(patroni_requests.translate("POST", "/switchover", {"leader": P}, S))
     assert code == 503 and "dropped" in body["error"]
+    # The arbiter's state unreadable first (a follower, an error): nothing is sent, no false success.
+    unread = iter([{"type": "error", "error": "not the leader"}])
+    writes = api.PatroniWrites("u", "p", lambda message: next(unread), S, poll=0)
+    code, body = writes.carry_out(patroni_requests.translate("POST", "/switchover", {"leader": P}, S))
+    assert code == 503 and "nothing sent" in body["error"]
+
+
+def test_hostile_bodies_get_400_not_a_dropped_connection(setup):
+    arbiter, server, _ = setup
+    for raw, headers in ((b"[" * 30000, {}), (b'{"leader": NaN}', {}), (b"\xff\xfe", {}),
+                         (b"[" * 30000, {"Authorization": GOOD})):
+        conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+        conn.request("POST", "/switchover", body=raw, headers={"Authorization": GOOD, **headers})
+        response = conn.getresponse()
+        assert response.status == 400, (raw[:20], response.status)
+        conn.close()
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+    conn.putrequest("POST", "/switchover")
+    conn.putheader("Authorization", GOOD)
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    conn.send(b"5\r\nhello\r\n0\r\n\r\n")
+    assert conn.getresponse().status == 411
+    conn.close()
+    assert arbiter.arbiter.memory.switchover_to is None
+
+
+def test_a_few_writes_at_a_time(setup):
+    arbiter, server, _ = setup
+    writes = server.patroni
+    for _ in range(api.PATRONI_WRITERS):
+        writes.writing.acquire()
+    try:
+        status, reply, _ = send(server, "PATCH", "/config", {"pause": True})
+        assert status == 503 and "under way" in reply["error"] and not arbiter.arbiter.state.paused
+    finally:
+        for _ in range(api.PATRONI_WRITERS):
+            writes.writing.release()

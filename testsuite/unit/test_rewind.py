@@ -32,6 +32,14 @@ def test_restore_command_carries_no_password_and_quotes_paths():
     assert command.endswith("--passfile /s/rewind.pgpass %f %p")
 
 
+def test_derived_sizes_stay_within_what_postgresql_reads():
+    # max_wal_size given in bytes by mistake (1 GB = 1073741824 "MB"): a wal_keep_size past 2^31-1 MB
+    # would be refused, fatal at the next start of every member.
+    assert rewind.wal_keep_size({"max_wal_size": 1073741824}) == f"{rewind.MAX_MB}MB"
+    assert rewind.wal_keep_size({"max_wal_size": float("inf")}) == "2048MB"
+    assert rewind.max_slot_wal_keep_size({}, 10 ** 30) == f"{rewind.MAX_MB}MB"
+
+
 def test_replica_method_command_as_patroni_builds_it():
     method = {"command": "/usr/local/bin/restore --from 'repo 2'", "threads": 4, "keep_data": True}
     assert rewind.replica_method_command(method, "main", "/d.restore", "host=h port=5 user=rep") == [
