@@ -117,7 +117,7 @@ class Bench:
         with open(log_path) as f:
             f.seek(log_start)
             text = f.read()
-        path = ("clone" if "pg_basebackup" in text else
+        path = ("clone" if "clone from" in text or "replica method" in text else
                 "rewind+fetched-wal" if "path rewind+fetched-wal" in text else
                 "rewind" if "path rewind" in text else "start")
         return {"streaming": streaming, "whole": whole, "path": path, "divergence": divergence}

@@ -391,7 +391,8 @@ class NodeActions:
         except PostgresError as exc:
             # Only when pg_rewind itself gave up: the WAL kept here and on the
             # new primary (wal_keep_size) did not reach back far enough.
-            log.warning("%s; rewinding is not possible: falling back to a fresh copy", exc)
+            log.warning("%s; rewinding is not possible: falling back to a fresh copy (%s)", exc,
+                        ", ".join(self.settings().create_replica_methods))
             self._make_replica(c, d)
         else:
             fetched = (f"{outcome.fetched_segments} missing WAL segment(s) fetched from {d.primary}"

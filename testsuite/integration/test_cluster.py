@@ -229,7 +229,7 @@ def test_planned_switchover_loses_nothing(local_cluster):
     status = local_cluster.wait_healthy(timeout=120)
     assert status["primary"] == "pgsql-2"
     # a clean hand-over: the old primary follows without a fresh clone
-    assert "pg_basebackup" not in log_text(local_cluster, "pgsql-1").split("running as primary", 1)[-1]
+    assert "a fresh copy" not in log_text(local_cluster, "pgsql-1").split("running as primary", 1)[-1]    # no clone
 
 
 def test_after_a_switchover_no_commit_is_acknowledged_without_the_standby(local_cluster):
@@ -307,7 +307,7 @@ def test_rejoin_falls_back_to_basebackup_when_rewind_cannot_work(local_cluster):
     status = local_cluster.wait_healthy(timeout=180)
     assert status["primary"] == "pgsql-2"
     log = log_text(local_cluster, "pgsql-1")
-    assert "falling back to a fresh pg_basebackup" in log
+    assert "falling back to a fresh copy (basebackup)" in log and "clone from pgsql-2 complete" in log
     assert not os.path.exists(local_cluster.pgdata("pgsql-1") + ".basebackup")
     with WriteRun(local_cluster) as run:
         assert run.wait_for_acks(10, timeout=30)
