@@ -537,13 +537,20 @@ def reader_verifier(key_file: str | None, own_name: str) -> auth.Verifier | None
     an OSError with one line when the file is missing or unsafe."""
     if not key_file:
         return None
+    from pgha import keys
+    ring = trusted_keys(key_file, "api_cluster_key_file", keys.reader_keys)
+    return auth.Verifier(own_name, lambda sender: (ring[sender], READ_TYPES) if sender in ring else None)
+
+
+def trusted_keys(key_file: str, setting: str, read: Callable[[str], Any]) -> Any:
+    """read(key_file) once the file is checked trusted (owner and mode); an
+    OSError with one line naming `setting` when it is missing or unsafe."""
     from pgha import files, keys
     try:
         files.check_trusted(key_file, "key file")
-        ring = keys.reader_keys(key_file)
+        return read(key_file)
     except keys.KeyFileError as exc:
-        raise OSError(f"api_cluster_key_file: {exc}") from None
-    return auth.Verifier(own_name, lambda sender: (ring[sender], READ_TYPES) if sender in ring else None)
+        raise OSError(f"{setting}: {exc}") from None
 
 
 def start(host: str | None, port: int, state: StatePublisher, relay: Relay | None = None,

@@ -576,12 +576,8 @@ class Node:
         credentials, key_file = getattr(self.s, "api_authentication", None), getattr(self.s, "api_operator_key_file", None)
         if not credentials or not key_file:
             return None
-        from pgha import files, keys
-        try:
-            files.check_trusted(key_file, "key file")
-            operator = keys.client_credential(key_file)
-        except keys.KeyFileError as exc:
-            raise OSError(f"api_operator_key_file: {exc}") from None
+        from pgha import keys
+        operator = api.trusted_keys(key_file, "api_operator_key_file", keys.client_credential)
         if operator.identity != keys.OPERATOR:
             raise OSError(f"api_operator_key_file: {key_file} holds no operator key (a reader's cannot sign writes)")
         return api.PatroniWrites(credentials["username"], credentials["password"], lambda message: arbiter_link.call(
