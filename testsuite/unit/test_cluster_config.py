@@ -254,6 +254,6 @@ def test_a_replica_method_is_waited_for_with_heartbeats_and_its_group_killed_at_
     code, lines = pg._run_calling_back(["sh", "-c", f"(sleep 2; touch {marker}) & sleep 30"], {}, 0.6,
                                        lambda: beats.append(2), 0.15)
     assert code == -9 and lines[-1] == "killed after 0.6s" and time.monotonic() - started < 5
-    assert beats.count(2) >= 2
+    assert beats.count(2) >= 1      # heartbeats go on meanwhile (how many depends on the machine)
     time.sleep(2.5)
     assert not marker.exists(), "the method's child outlived the kill"

@@ -753,11 +753,13 @@ def test_what_this_release_or_postgresql_refuses_is_left_out_once_not_every_hear
 
 def test_no_parameters_applied_while_the_follow_target_thread_writes_postgres_files(node):
     node.pg.pid = 4242
-    node.actions.launching = threading.Thread(target=time.sleep, args=(0.3,))
+    launched = threading.Event()    # the thread runs until the test says so: no race with a slow machine
+    node.actions.launching = threading.Thread(target=launched.wait, args=(30,))
     node.actions.launching.start()
     node._take(Instruction(role=PRIMARY, epoch=3, parameters={"work_mem": "8MB"}), NOW)
     node._apply_parameters()
     assert node.pg.calls == [] and node.pg.cluster_parameters == {}
+    launched.set()
     node.actions.launching.join()
     node._apply_parameters()            # the next heartbeat
     assert node.pg.names().count("reload") == 1 and node.pg.cluster_parameters == {"work_mem": "8MB"}
