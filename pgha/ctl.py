@@ -384,6 +384,7 @@ def list_rows(status: dict[str, Any]) -> list[dict[str, Any]]:
             "epoch": node.get("epoch"),
             "last_action": report.get("last_action"),
             "last_seen_ago": age,
+            "tags": (node.get("report") or {}).get("tags") or {},   # settings: still true when the report is old
         })
     return rows
 
@@ -435,15 +436,19 @@ def render_list(status: dict[str, Any], as_json: bool = False) -> str:
                            "switchover_to": status.get("switchover_to"),
                            "switchover_scheduled": status.get("switchover_scheduled"), "members": rows},
                           indent=1)
-    return header + "\n" + table(COLUMNS, list_cells(rows))
+    tagged = any(r["tags"] for r in rows)
+    return header + "\n" + table(COLUMNS + ("Tags",) * tagged, list_cells(rows, tagged))
 
 
-def list_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
+def list_cells(rows: list[dict[str, Any]], tagged: bool = False) -> list[list[str]]:
+    """The table's cells; with `tagged` a last column of each member's tags (as patronictl's)."""
     return [[r["member"], r["host"] or "-", r["role"], r["state"], _show(r["timeline"]),
              "-" if r["lag_bytes"] is None else f"{r['lag_bytes'] / MB:.1f}",
              "-" if r["lease_left"] is None else f"{r['lease_left']:.1f}s",
              "-" if not r["disk"] else disk_text(r["disk"]),
-             _show(r["epoch"]), r["last_action"] or "-"] for r in rows]
+             _show(r["epoch"]), r["last_action"] or "-",
+             *([", ".join(f"{k}: {json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(r["tags"].items()))
+                or "-"] if tagged else [])] for r in rows]
 
 
 def render_many(found: dict[str | None, dict[str, Any]]) -> str:

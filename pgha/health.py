@@ -67,24 +67,26 @@ def is_streaming_standby(s: NodeSnapshot) -> bool:
             and s.upstream == s.primary_address)
 
 
-def standby_lag(s: NodeSnapshot, view: ClusterView | None, now: float) -> int | None:
+def standby_lag(s: NodeSnapshot, view: ClusterView | None, now: float, replayed: bool = False) -> int | None:
     """Bytes this standby is behind the primary's last reported position,
-    from the arbiter's status (None when that is unknown or too old)."""
+    from the arbiter's status (None when that is unknown or too old): what it
+    has received (or replayed, if later), or with `replayed` what it has replayed."""
     current = fresh_view(view, now)
     if current is None or s.running_as != STANDBY or s.primary is None:
         return None
     member = current.member(s.primary)
     if member is None or member.report is None or member.report.running_as != PRIMARY:
         return None
-    return max(0, member.report.lsn - max(s.lsn, s.receive_lsn))
+    return max(0, member.report.lsn - (s.lsn if replayed else max(s.lsn, s.receive_lsn)))
 
 
-def replica_ok(s: NodeSnapshot, view: ClusterView | None, now: float, max_lag: int | None) -> bool:
+def replica_ok(s: NodeSnapshot, view: ClusterView | None, now: float, max_lag: int | None,
+               replayed: bool = False) -> bool:
     if not is_streaming_standby(s):
         return False
     if max_lag is None:
         return True
-    lag = standby_lag(s, view, now)
+    lag = standby_lag(s, view, now, replayed)
     return lag is not None and lag <= max_lag     # unknown lag is not "small enough"
 
 
@@ -140,20 +142,29 @@ def _truthy(value: Any) -> bool:
 
 # -- the checks, by path ---------------------------------------------------------
 
+READINESS_MODES = ("apply", "write")
+
+
 @dataclass(frozen=True)
 class Filters:
-    """A health check's query: ?lag=, ?replication_state=, ?tag_NAME=VALUE."""
+    """A health check's query: ?lag=, ?replication_state=, ?tag_NAME=VALUE,
+    and /readiness's ?mode=apply|write (the lag of replayed or of received WAL)."""
     lag: int | None = None
     replication_state: str | None = None
     tags: tuple[tuple[str, str], ...] = ()
+    mode: str = "apply"
 
     @classmethod
     def from_query(cls, query: Mapping[str, list[str]]) -> Filters:
-        """Raises ValueError on a bad ?lag=."""
+        """Raises ValueError on a bad ?lag= or ?mode=."""
         values = query.get("lag")
         state = query.get("replication_state")
+        mode = query.get("mode", ["apply"])[-1]
+        if mode not in READINESS_MODES:
+            raise ValueError(f"mode must be apply or write, got {mode[:40]!r}")
         return cls(lag=None if not values else parse_lag(values[-1]), replication_state=state[-1] if state else None,
-                   tags=tuple((k[len("tag_"):], v[0]) for k, v in sorted(query.items()) if k.startswith("tag_")))
+                   tags=tuple((k[len("tag_"):], v[0]) for k, v in sorted(query.items()) if k.startswith("tag_")),
+                   mode=mode)
 
 
 def replica_check(s: NodeSnapshot, v: ClusterView | None, now: float, f: Filters) -> bool:
@@ -173,7 +184,9 @@ def _async_replica(s: NodeSnapshot, v: ClusterView | None, now: float, f: Filter
 
 
 def _ready(s: NodeSnapshot, v: ClusterView | None, now: float, f: Filters) -> bool:
-    return is_primary(s, v, now) or (is_streaming_standby(s) and replica_ok(s, v, now, f.lag))
+    """Patroni's /readiness: the primary, or a streaming standby within ?lag= of
+    replayed WAL (?mode=write: of received WAL)."""
+    return is_primary(s, v, now) or replica_ok(s, v, now, f.lag, replayed=f.mode == "apply")
 
 
 Check = Callable[[NodeSnapshot, "ClusterView | None", float, Filters], bool]
@@ -367,8 +380,11 @@ def cluster_json(s: NodeSnapshot, view: ClusterView | None, now: float) -> dict[
             "last_seen_ago": m.last_seen_ago,
             "last_action": r.last_action if r else None,
         }
-        if m.name == s.name and s.tags:
-            entry["tags"] = dict(s.tags)      # the arbiter does not hold the others' tags
+        if r and r.api_url:
+            entry["api_url"] = r.api_url
+        tags = s.tags if m.name == s.name else r.tags if r else None     # ours as they are now
+        if tags:
+            entry["tags"] = dict(tags)
         if m.name != view.primary:
             if r and running_as == STANDBY and primary_lsn is not None:
                 entry["receive_lag"] = max(0, primary_lsn - r.receive_lsn)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from pgha import cluster_config, clusters
+from pgha.settings import tags_problem
 from pgha.errors import ProtocolError
 
 # PostgreSQL as the node sees it.
@@ -106,6 +107,8 @@ class Report(PgStatus):
     reinit_done: int = 0                    # the last reinit order (Instruction.reinit) this node carried out
     restart_done: int = 0                   # the last restart order (Instruction.restart) this node carried out
     pending_restart: bool = False           # a changed parameter waits for a restart (pg_settings, the facts)
+    api_url: str | None = None              # where its REST API answers (Patroni's member api_url)
+    tags: Mapping[str, Any] | None = None   # its Patroni-style tags (settings.tags), for /cluster and list
 
     def replication_row(self, standby: str) -> ReplicationRow | None:
         return next((row for row in self.replication if row.name == standby), None)
@@ -114,13 +117,14 @@ class Report(PgStatus):
     def from_status(cls, status: PgStatus, *, address: Address, relinquished: bool, grant_remaining: float,
                     last_action: str | None, clone_progress: Mapping[str, int] | None,
                     lease_remaining: Mapping[str, float] | None, disk: Mapping[str, int] | None = None,
-                    reinit_done: int = 0, restart_done: int = 0, pending_restart: bool = False) -> Report:
+                    reinit_done: int = 0, restart_done: int = 0, pending_restart: bool = False,
+                    api_url: str | None = None, tags: Mapping[str, Any] | None = None) -> Report:
         """The node's report: PostgreSQL's status and what the node adds."""
         return cls(**{f.name: getattr(status, f.name) for f in fields(PgStatus)},
                    address=address, relinquished=relinquished, grant_remaining=grant_remaining,
                    lease_remaining=lease_remaining, last_action=last_action, clone_progress=clone_progress,
                    disk=disk, reinit_done=reinit_done, restart_done=restart_done,
-                   pending_restart=pending_restart)
+                   pending_restart=pending_restart, api_url=api_url, tags=tags or None)
 
     @classmethod
     def from_wire(cls, wire: Any) -> Report:
@@ -164,6 +168,8 @@ class Report(PgStatus):
             reinit_done=_field(wire, "reinit_done", int, where, default=0),
             restart_done=_field(wire, "restart_done", int, where, default=0),
             pending_restart=_field(wire, "pending_restart", bool, where, default=False),
+            api_url=_field(wire, "api_url", OPTIONAL_STR, where),
+            tags=_tags(wire, where),
         )
 
     def to_wire(self) -> dict:
@@ -175,7 +181,7 @@ class Report(PgStatus):
                         syncrep_wait=self.syncrep_wait, replication=[r.to_wire() for r in self.replication])
         if self.address is not None:
             wire["address"] = self.address.to_wire()
-        for name in ("lease_remaining", "error", "last_action", "clone_progress", "disk"):
+        for name in ("lease_remaining", "error", "last_action", "clone_progress", "disk", "api_url", "tags"):
             value = getattr(self, name)
             if value is not None:
                 wire[name] = dict(value) if isinstance(value, Mapping) else value
@@ -298,6 +304,14 @@ OPTIONAL_STR = (str, type(None))
 MAX_STRING = 200
 MAX_REPLICATION_ROWS = 8
 MAX_LEASE_SOURCES = 8
+
+
+def _tags(wire: dict[str, Any], where: str) -> dict[str, Any] | None:
+    value = _field(wire, "tags", (dict, type(None)), where)
+    problem = None if value is None else tags_problem(value)
+    if problem:
+        raise ProtocolError(f"{where} field 'tags' {problem}")
+    return value
 
 
 def _small_int_map(wire: dict[str, Any], name: str, where: str) -> dict[str, int] | None:

@@ -47,6 +47,11 @@ SLOT_COPY_INTERVAL = 5.0    # s between a standby's copies of the permanent slot
 HURRY_INTERVAL = 0.02
 
 
+def api_url(host, port):
+    """Patroni's member api_url for a REST API on host:port (plain HTTP, as ours serves)."""
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/patroni"
+
+
 class Node:
     def __init__(self, settings, pg, keys, clock=time.monotonic, settings_loader=None):
         """keys: (auth.Credential towards the arbiter, pair keys of the lease
@@ -74,6 +79,8 @@ class Node:
         # Where the other members reach this node, in every report.
         self.address = Address(host=settings.host, pg_port=settings.pg_port,
                                peer_port=settings.peer_advertise_port or settings.peer_port, slot=settings.slot_name)
+        # Where its REST API answers (Patroni's member api_url), and its tags, for /cluster and list.
+        self.api_url = api_url(settings.host, settings.api_port) if settings.api_bind else None
         # The node's memory (pgha/node_memory.py): one frozen value, replaced by the HA loop alone.
         self.memory = NodeMemory()
         self._saved_state = None        # what the state file holds (acted_epoch, lease_time)
@@ -435,7 +442,7 @@ class Node:
             lease_remaining={source: round(self.leases.remaining(source), 3) for source in ("arbiter", "standby")}
             if m.acting_primary else None,
             disk=latest.disk_report, pending_restart=bool(latest.facts and latest.facts.pending_restart),
-            reinit_done=m.reinit_done, restart_done=m.restart_done)
+            reinit_done=m.reinit_done, restart_done=m.restart_done, api_url=self.api_url, tags=self.s.tags)
 
     def _clock_skews(self, acting_primary):
         """The arbiter's and the other node's wall clock minus ours, s (None: not

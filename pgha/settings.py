@@ -7,6 +7,7 @@ at start so that a typo stops the program with one line naming the setting,
 never a traceback half-way through a failover.
 """
 import ipaddress
+import json
 import os
 import runpy
 import shlex
@@ -170,13 +171,26 @@ def api_credentials(value):
     return None
 
 
-def tags(value):
-    """Patroni's tags: names to strings, numbers or booleans (the REST API's ?tag_NAME=VALUE)."""
-    for key, item in value.items():
-        if not isinstance(key, str) or not key or len(key) > 64:
-            return f"has a key {str(key)[:64]!r} that is not a tag name"
-        if not isinstance(item, (str, int, float, bool)) or len(str(item)) > 256:
-            return f"gives tag {key!r} a value that is not a short string, number or boolean"
+MAX_TAGS = 32
+MAX_TAG_NAME, MAX_TAG_VALUE = 64, 256
+MAX_TAGS_JSON = 2048        # bytes of JSON: every report carries them, and the status reply holds every report
+
+
+def tags_problem(value):
+    """What is wrong with Patroni-style tags (the node setting `tags`, a
+    report's), or None: at most MAX_TAGS short names to short strings,
+    64-bit integers, finite numbers or booleans."""
+    if len(value) > MAX_TAGS:
+        return f"has {len(value)} tags, at most {MAX_TAGS}"
+    for name, item in value.items():
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_TAG_NAME:
+            return f"has a key {str(name)[:MAX_TAG_NAME]!r} that is not a tag name"
+        if not isinstance(item, (str, int, float, bool)) or isinstance(item, str) and len(item) > MAX_TAG_VALUE \
+                or isinstance(item, int) and not -2 ** 63 <= item < 2 ** 63 \
+                or isinstance(item, float) and not abs(item) < float("inf"):
+            return f"gives tag {name!r} a value that is not a short string, number or boolean"
+    if len(json.dumps(value)) > MAX_TAGS_JSON:
+        return f"has tags taking more than {MAX_TAGS_JSON} bytes as JSON"
     return None
 
 
@@ -353,7 +367,7 @@ NODE_SPECS = {
     "log_file": Spec(str, non_empty, optional=True),
     "api_bind": Spec(str, optional=True),       # None or "": no REST API
     "api_port": Spec(int, port),
-    "tags": Spec(dict, tags),                   # Patroni's tags, in the REST API
+    "tags": Spec(dict, tags_problem),                   # Patroni's tags, in the REST API
     "disk_warning_percent": Spec(int, percent),  # a disk this full is logged and flagged (pgha/disk.py)
     # Patroni-style writes (POST /switchover with Patroni's body, ...): HTTP Basic credentials, and
     # the operator key the node signs them with. Both or neither.

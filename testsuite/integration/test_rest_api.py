@@ -114,7 +114,11 @@ def test_health_codes_and_metrics_follow_a_switchover(local_cluster):
     wait_for(lambda: json.loads(get(cluster, "pgsql-2", "/history")[1]), 10, "pgsql-2's /history")
     switches = json.loads(get(cluster, "pgsql-2", "/history")[1])
     assert [row[0] for row in switches] == [1] and switches[0][1] > 0 and switches[0][3], switches
-    wait_for(lambda: json.loads(get(cluster, "pgsql-1", "/cluster")[1]).get("epoch") == 2, 10,
-             "pgsql-1's /cluster at epoch 2")
-    members = {m["name"]: m for m in json.loads(get(cluster, "pgsql-1", "/cluster")[1])["members"]}
+    def cluster_at_epoch_2():
+        body = json.loads(get(cluster, "pgsql-1", "/cluster")[1] or b"{}")
+        return body if body.get("epoch") == 2 else None
+    members = {m["name"]: m for m in wait_for(cluster_at_epoch_2, 10, "pgsql-1's /cluster at epoch 2")["members"]}
     assert members["pgsql-2"]["role"] == "leader"
+    # Every member's api_url, from its own reports to the arbiter (Patroni's /cluster has them).
+    assert {name: m.get("api_url") for name, m in members.items()} == {
+        name: f"http://{cluster.hosts[name]}:{cluster.api_ports[name]}/patroni" for name in ("pgsql-1", "pgsql-2")}

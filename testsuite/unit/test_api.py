@@ -153,6 +153,13 @@ def test_bad_lag_is_a_400(server, text):
     assert status == 400 and b"lag" in body
 
 
+@pytest.mark.parametrize("mode", ["", "replay", "APPLY", "x" * 100])
+def test_bad_readiness_mode_is_a_400(server, mode):
+    show(server, STANDBY, VIEW)
+    status, _, body = get(server, "/readiness?lag=1MB&mode=" + mode)
+    assert status == 400 and b"mode must be apply or write" in body and len(body) < 200
+
+
 def test_lag_with_units_on_the_standby(server):
     show(server, STANDBY, VIEW)     # 500 bytes behind
     assert get(server, "/replica?lag=1kB")[0] == 200
@@ -414,6 +421,11 @@ PATRONI_PATHS = {   # path: codes on (primary, sync standby, async standby, stop
     "/readiness": (200, 200, 200, 503),
     "/readiness?lag=100": (200, 503, 503, 503),
     "/readiness?lag=1MB": (200, 200, 200, 503),
+    # the standby has received to 4500 and replayed to 4000 of the primary's 5000
+    "/readiness?lag=700": (200, 503, 503, 503),
+    "/readiness?lag=700&mode=apply": (200, 503, 503, 503),
+    "/readiness?lag=700&mode=write": (200, 200, 200, 503),
+    "/readiness?lag=1000&mode=apply": (200, 200, 200, 503),
     "/sync?lag=100": (503, 503, 503, 503),
     "/async?lag=1kB": (503, 503, 200, 503),
     "/replica?replication_state=streaming": (503, 200, 200, 503),
@@ -502,14 +514,19 @@ def test_patroni_fields_on_the_standby(server):
 
 def test_cluster_in_patroni_shape(server):
     scheduled = {"at": "2026-01-01T00:00:00+00:00", "in": 60.0, "to": "pgsql-2"}
+    primary = replace(VIEW.members[0], report=replace(VIEW.members[0].report, api_url="http://10.0.0.1:8008/patroni",
+                                                      tags={"nofailover": False, "dc": "west"}))
+    stale_ours = replace(VIEW.members[1], report=replace(VIEW.members[1].report, tags={"dc": "old"}))
     show(server, replace(STANDBY, scope="main", tags={"dc": "east"}),
-         replace(VIEW, scheduled_switchover=scheduled))
+         replace(VIEW, scheduled_switchover=scheduled, members=(primary, stale_ours)))
     cluster = json.loads(get(server, "/cluster")[2])
     assert cluster["scope"] == "main"
     assert cluster["scheduled_switchover"] == {"at": "2026-01-01T00:00:00+00:00", "from": "pgsql-1",
                                                "to": "pgsql-2"}
     members = {m["name"]: m for m in cluster["members"]}
-    assert "lag" not in members["pgsql-1"] and members["pgsql-2"]["tags"] == {"dc": "east"}
+    assert "lag" not in members["pgsql-1"] and members["pgsql-2"]["tags"] == {"dc": "east"}   # ours as they are now
+    assert members["pgsql-1"]["tags"] == {"nofailover": False, "dc": "west"}
+    assert members["pgsql-1"]["api_url"] == "http://10.0.0.1:8008/patroni" and "api_url" not in members["pgsql-2"]
     assert (members["pgsql-2"]["receive_lag"], members["pgsql-2"]["replay_lag"]) == (500, 1000)
     show(server, STANDBY, replace(VIEW, members=(VIEW.members[0], Member("pgsql-2", None, None))))
     members = {m["name"]: m for m in json.loads(get(server, "/cluster")[2])["members"]}

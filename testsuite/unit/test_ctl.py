@@ -413,6 +413,19 @@ def test_list_names_a_primary_left_unfenced_by_its_stopped_daemon():
     assert states == {"a": "running, daemon stopped, unfenced", "b": "streaming", "c": "unknown"}
 
 
+def test_list_shows_a_tags_column_only_when_a_member_has_tags():
+    status = {"primary": "a", "nodes": {
+        "a": {"report": {"pg": "running", "role": "primary"}},
+        "b": {"report": {"pg": "running", "role": "standby", "receiver": "streaming"}}}}
+    assert "Tags" not in ctl.render_list(status)
+    status["nodes"]["b"]["report"]["tags"] = {"nofailover": True, "dc": "east"}
+    lines = ctl.render_list(status).splitlines()
+    assert "Tags" in lines[2], lines
+    assert [line for line in lines if "| b " in line][0].endswith("| dc: east, nofailover: true |")
+    assert [line for line in lines if "| a " in line][0].split("|")[-2].strip() == "-"
+    assert json.loads(ctl.render_list(status, as_json=True))["members"][1]["tags"] == {"nofailover": True, "dc": "east"}
+
+
 def test_disk_use_from_the_report_in_list_and_status():
     """Issue 19: the disks under PostgreSQL, as the node reports them, in
     `list` (used share and pg_wal's size) and `status` (with the free space)."""

@@ -11,6 +11,7 @@ from pgha.arbiter import Arbiter, ArbiterServer
 from pgha.arbiter_service import ArbiterService
 from pgha.limits import RateLimitedLog, Slots, clip
 from pgha.messages import MAX_REPLICATION_ROWS, MAX_STRING, Address, Report, ReplicationRow
+from pgha.settings import MAX_TAGS, tags_problem
 from pgha.protocol import MAX_FRAME, ProtocolError, decode, nesting_depth
 from testsuite.helpers import FakeClock, primary_report, serving
 
@@ -169,6 +170,14 @@ def test_report_strings_and_rows_are_bounded():
         Report.from_wire({"lsn": 2 ** 64})
     with pytest.raises(ProtocolError, match="source"):
         Report.from_wire({"lease_remaining": {"x" * 1000: 1.0}})
+    with pytest.raises(ProtocolError, match="tags"):
+        Report.from_wire({"tags": {str(n): "v" * 200 for n in range(11)}})     # 2 KB of JSON at most
+    with pytest.raises(ProtocolError, match="tags"):
+        Report.from_wire({"tags": {str(n): n for n in range(MAX_TAGS + 1)}})
+    with pytest.raises(ProtocolError, match="tag 'x'"):
+        Report.from_wire({"tags": {"x": [1]}})
+    with pytest.raises(ProtocolError, match="api_url"):
+        Report.from_wire({"api_url": 8008})
     report = Report.from_wire({"error": "e" * 60000})
     assert report.error is not None and len(report.error) == MAX_STRING
 
@@ -180,7 +189,9 @@ def test_a_status_reply_of_maximal_reports_fits_the_frame():
     row = ReplicationRow(name=s, state=s, sync_state=s, flush_lsn=big, reply_age=float("inf"))
     report = Report(pg="running", role=s, lsn=big, receive_lsn=big, timeline=big, sync_standby=s, receiver=s,
                     syncrep_wait=1e308, replication=(row,) * MAX_REPLICATION_ROWS, address=address,
-                    lease_remaining={s[:-1] + str(n): 1e308 for n in range(8)}, error=s, last_action=s)
+                    lease_remaining={s[:-1] + str(n): 1e308 for n in range(8)}, error=s, last_action=s,
+                    api_url="\u20ac" * MAX_STRING, tags={"\u20ac" * 64: "\u20ac" * 85, "t" * 64: 2 ** 63 - 1})
+    assert tags_problem(report.tags) is None
     assert Report.from_wire(json.loads(json.dumps(report.to_wire()))) == report
     reply = {"type": "status", "epoch": big, "primary": s, "promotable": True, "switchover_to": s,
              "nodes": {f"{s[:-1]}{n}": {"last_seen_ago": 1e308, "report": report.to_wire()} for n in range(2)}}
