@@ -134,14 +134,7 @@ def main(argv=None):
 
 
 def _main(args, faults, hold, seed):
-    de.ensure_dockerd()
-    de.ensure_base_image()
-    cluster = de.suite_cluster()
-    if not args.reuse:
-        de.free_subnet()
-        cluster.compose("down", "-v", "--remove-orphans", check=False)
-        cluster.compose("up", "--build", "-d", timeout=900)
-    cluster.wait_healthy(timeout=300)
+    cluster = de.bench_cluster(args.reuse)
     print(f"soak: seed {seed}, {args.duration:g} s, faults {', '.join(faults or FAULTS)}", flush=True)
     started = time.monotonic()
     try:

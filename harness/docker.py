@@ -299,6 +299,20 @@ def suite_cluster():
     return ComposeCluster(COMPOSE_FILE, project=PROJECT, dsn=DSN)
 
 
+def bench_cluster(reuse=False):
+    """The suite's compose project up and healthy for a benchmark: started
+    afresh, or with `reuse` the one already running (call under exclusive())."""
+    ensure_dockerd()
+    ensure_base_image()
+    cluster = suite_cluster()
+    if not reuse:
+        free_subnet()
+        cluster.compose("down", "-v", "--remove-orphans", check=False)
+        cluster.compose("up", "--build", "-d", timeout=900)
+    cluster.wait_healthy(timeout=300)
+    return cluster
+
+
 def etcd_suite_cluster():
     """The fault suite's project of the arbiter on etcd (docker-compose.etcd.yml)."""
     return ComposeCluster([COMPOSE_FILE, ETCD_COMPOSE_FILE], project=ETCD_PROJECT, dsn=DSN,

@@ -74,13 +74,13 @@ class Outcome:
 
 class Run:
     def __init__(self, cluster, name, writers=2, interval=0.02, probe_interval=0.1,
-                 healthy_timeout=240, commit_timeout=5.0):
+                 healthy_timeout=240, commit_timeout=5.0, dsn=de.DSN):
         self.cluster = cluster
         self.name = name
         # A commit with no reply for commit_timeout s is abandoned (socket shut,
         # never cancelled) and counts as indeterminate, as an application with a
         # 5 s timeout would; a longer one only measures the frozen host's TCP.
-        self.writer = workload.Writer(de.DSN, writers=writers, interval=interval,
+        self.writer = workload.Writer(dsn, writers=writers, interval=interval,
                                       commit_timeout=commit_timeout, connect_timeout=2.0)
         self.probe = SplitBrainProbe(interval=probe_interval)
         self.healthy_timeout = healthy_timeout

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pgha import logs
 from pgha import auth, clusters, decision, protocol, rebuild, reload, requests, settings as settings_mod, store
 from pgha import cluster_config, limits, version
+from pgha.cluster_state import iso
 from pgha.limits import clip
 from pgha.topology import Topology
 
@@ -135,7 +136,7 @@ class Arbiter:
 
     def _heartbeat(self, request):
         node = self._member_of(request)
-        self._start_due_switchover()
+        self._start_due_orders()
         with self.lock:
             self.acted_epochs[node] = request.epoch
             before, memory_before = self.state, self.memory
@@ -177,7 +178,7 @@ class Arbiter:
             reason = next((text for level, text in outcome.events if level == "failover"), None)
             # A planned hand-over (switchover, or a failover --to with a live primary) is a switchover.
             planned = outcome.memory.handover_from == before.primary
-            dropped = {"scheduled_switchover_dropped": _iso(before.scheduled_at)} \
+            dropped = {"scheduled_switchover_dropped": iso(before.scheduled_at)} \
                 if before.scheduled and not after.scheduled else {}
             self._record("switchover" if planned else "failover", epoch=after.epoch, old_primary=before.primary,
                          new_primary=after.primary, reason=reason, **dropped,
@@ -214,7 +215,9 @@ class Arbiter:
             state = self.state
             scheduled = scheduled_view(state, self.wall())
             decided = {**{k: v for k, v in asdict(state).items()
-                          if k not in ("scheduled_at", "scheduled_to", "parameters", "config_version")},
+                          if k not in ("scheduled_at", "scheduled_to", "scheduled_restarts", "parameters",
+                                       "config_version")},
+                       "restarts_scheduled": [r.view(self.wall()) for r in state.scheduled_restarts],
                        **state.promotable_view(), **state.config_view()}
             return {"type": "status", **decided, "nodes": nodes,
                     "switchover_to": self.memory.switchover_to, "switchover_scheduled": scheduled,
@@ -259,61 +262,121 @@ class Arbiter:
                                                    expect_primary))
         if error:
             return {"type": "error", "error": f"switchover not scheduled: {error}"}
-        replaced = {"replaced": _iso(before.scheduled_at)} if before.scheduled else {}
-        self._record("switchover_scheduled", epoch=state.epoch, primary=state.primary, to=target, at=_iso(at),
+        replaced = {"replaced": iso(before.scheduled_at)} if before.scheduled else {}
+        self._record("switchover_scheduled", epoch=state.epoch, primary=state.primary, to=target, at=iso(at),
                      **replaced)
-        log.failover("switchover to %s scheduled at %s%s", target or "the standby", _iso(at),
+        log.failover("switchover to %s scheduled at %s%s", target or "the standby", iso(at),
                      f" (replacing the one at {replaced['replaced']})" if replaced else "")
-        return {"type": "ok", "switchover_to": target, "at": _iso(at), **replaced}
+        return {"type": "ok", "switchover_to": target, "at": iso(at), **replaced}
 
     def _flush(self, request):
         if request.what == "restart":
-            return self._cancel_restart()
+            return self._cancel_restarts()
         before, state, error = self._change_scheduled(decision.cancel_scheduled_switchover)
         if error:
             return {"type": "error", "error": f"flush refused: {error}"}
         self._record("switchover_cancelled", epoch=state.epoch, primary=state.primary, to=before.scheduled_to,
-                     at=_iso(before.scheduled_at))
-        log.failover("scheduled switchover at %s cancelled by the operator", _iso(before.scheduled_at))
-        return {"type": "ok", "cancelled": {"at": _iso(before.scheduled_at), "to": before.scheduled_to}}
+                     at=iso(before.scheduled_at))
+        log.failover("scheduled switchover at %s cancelled by the operator", iso(before.scheduled_at))
+        return {"type": "ok", "cancelled": {"at": iso(before.scheduled_at), "to": before.scheduled_to}}
 
-    def _cancel_restart(self):
+    def _cancel_restarts(self):
+        """pgha-ctl flush restart, DELETE /restart: the scheduled restarts and
+        an order not carried out, whichever there are."""
+        before, state, _ = self._change_scheduled(lambda s: (decision.without_scheduled_restart(s), None))
+        scheduled = [r.member for r in before.scheduled_restarts]
         with self.lock:
             pending = self.memory.restart
             memory, error = decision.cancel_restart(self.memory)
-            if error:
-                return {"type": "error", "error": f"flush refused: {error}"}
+            if error and not scheduled:
+                return {"type": "error", "error": f"flush refused: {error} and none is scheduled"}
             self.memory = memory
-            self._record("restart_cancelled", epoch=self.state.epoch, primary=self.state.primary,
-                         member=pending[0])
-        log.failover("restart of %s cancelled by the operator", pending[0])
-        return {"type": "ok", "cancelled": {"restart": pending[0]}}
+            self._record("restart_cancelled", epoch=state.epoch, primary=state.primary,
+                         member=pending[0] if pending else None, scheduled=scheduled)
+        log.failover("%s cancelled by the operator", "; ".join(
+            ([f"restart order for {pending[0]}"] if pending else []) +
+            ([f"scheduled restarts of {', '.join(scheduled)}"] if scheduled else [])))
+        return {"type": "ok", "cancelled": {"restart": pending[0] if pending else None, "scheduled": scheduled}}
 
     def _reinit(self, request):
         return self._operator_order("reinit", request.member, decision.request_reinit)
 
     def _restart(self, request):
+        if request.at is not None:
+            return self._schedule_restart(request.member, request.at, request.pending)
         return self._operator_order("restart", request.member, decision.request_restart)
+
+    def _schedule_restart(self, member, at, pending):
+        _, state, error = self._change_scheduled(
+            lambda s: decision.schedule_restart(s, self.topology, member, at, self.wall(), pending))
+        if error:
+            return {"type": "error", "error": f"restart not scheduled: {error}"}
+        self._record("restart_scheduled", epoch=state.epoch, primary=state.primary, member=member, at=iso(at),
+                     pending=pending)
+        log.failover("restart of %s scheduled at %s%s", member, iso(at),
+                     " (if a parameter then waits for a restart)" if pending else "")
+        return {"type": "ok", "member": member, "at": iso(at), "pending": pending}
 
     def _operator_order(self, kind, member, rule):
         """An order for one member (reinit, restart), carried out by that node;
         the member reports its id done (Report.reinit_done, restart_done)."""
         with self.lock:
-            order = secrets.randbelow(2 ** 31 - 1) + 1     # fresh across arbiter restarts: never taken as done
-            state, memory, error = rule(self.state, self.memory, self.topology, member, order)
-            if error:
-                return {"type": "error", "error": f"{kind} refused: {error}"}
-            if state != self.state:     # not promotable: durable before anyone hears of it (invariant 3)
-                self.store.save(state, expected_epoch=self.state.epoch)
-            self.state, self.memory = state, memory
-            self._record(f"{kind}_requested", epoch=state.epoch, primary=state.primary, member=member)
-        if member == state.primary:     # a reinit of the primary is refused by its rule
+            reply = self._place_order(kind, member, rule)
+        if reply["type"] == "ok":
+            self._log_order(kind, member)
+        return reply
+
+    def _place_order(self, kind, member, rule, scheduled_for=None):
+        """_operator_order's step under the lock (a due scheduled restart's too)."""
+        when = {"scheduled_for": scheduled_for} if scheduled_for else {}
+        order = secrets.randbelow(2 ** 31 - 1) + 1     # fresh across arbiter restarts: never taken as done
+        state, memory, error = rule(self.state, self.memory, self.topology, member, order)
+        if error:
+            if scheduled_for:
+                self._record(f"{kind}_refused", epoch=state.epoch, member=member, reason=error, **when)
+            return {"type": "error", "error": f"{kind} refused: {error}"}
+        if state != self.state:     # not promotable: durable before anyone hears of it (invariant 3)
+            self.store.save(state, expected_epoch=self.state.epoch)
+        self.state, self.memory = state, memory
+        self._record(f"{kind}_requested", epoch=state.epoch, primary=state.primary, member=member, **when)
+        return {"type": "ok", "member": member, "order": order}
+
+    def _log_order(self, kind, member):
+        if member == self.state.primary:     # a reinit of the primary is refused by its rule
             how = "the primary restarts PostgreSQL in place at once (writes stop meanwhile)"
         else:
             how = ("it is not promotable until it streams again; it starts once the primary has dropped it from "
                    "synchronous replication")
         log.failover("%s of %s ordered by the operator: %s", kind, member, how)
-        return {"type": "ok", "member": member, "order": order}
+
+    def _start_due_orders(self):
+        self._start_due_switchover()
+        self._start_due_restart()
+
+    def _start_due_restart(self):
+        """A scheduled restart whose time has come becomes an order (one at a
+        time, standbys first: decision.next_due_restart). Taken off the stored
+        state in the same step, so it fires once; with `pending`, skipped (with
+        a history event) unless the member reports a parameter waiting for a
+        restart. A refused order (a member no longer configured) is recorded."""
+        with self.lock:
+            due = decision.next_due_restart(self.state, self.memory, self.wall())
+            if due is None:
+                return
+            state = decision.without_scheduled_restart(self.state, due.member)
+            self.store.save(state, expected_epoch=self.state.epoch)
+            self.state = state
+            report = self.memory.reports.get(due.member)
+            if due.pending and not (report and report.pending_restart):
+                self._record("restart_skipped", epoch=state.epoch, primary=state.primary, member=due.member,
+                             scheduled_for=iso(due.at), reason="no parameter waits for a restart")
+                log.failover("scheduled restart of %s skipped: no parameter waits for a restart", due.member)
+                return
+            reply = self._place_order("restart", due.member, decision.request_restart, scheduled_for=iso(due.at))
+        if reply["type"] == "error":
+            log.warning("scheduled %s", reply["error"])
+        else:
+            self._log_order("restart", due.member)
 
     def _start_due_switchover(self):
         """A scheduled switchover whose time has come becomes a request (refused
@@ -326,7 +389,7 @@ class Arbiter:
             else (s, "not due"))
         if error:
             return
-        reply = self._switchover(before.scheduled_to, scheduled_for=_iso(before.scheduled_at))
+        reply = self._switchover(before.scheduled_to, scheduled_for=iso(before.scheduled_at))
         if reply["type"] == "error":
             log.warning("scheduled %s", reply["error"])
 
@@ -524,11 +587,7 @@ def scheduled_view(state, wall_now):
     """The state's scheduled switchover as status shows it ({"at", "in", "to"}), or None."""
     if state.scheduled_at is None:
         return None
-    return {"at": _iso(state.scheduled_at), "in": round(state.scheduled_at - wall_now, 1), "to": state.scheduled_to}
-
-
-def _iso(wall):
-    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {"at": iso(state.scheduled_at), "in": round(state.scheduled_at - wall_now, 1), "to": state.scheduled_to}
 
 
 def _standby_lsn(report):

@@ -113,7 +113,8 @@ class LeadingArbiter:
                 state = self.arbiter.store.load()
                 if state is not None:
                     reply.update(epoch=state.epoch, primary=state.primary, **state.promotable_view(),
-                                 **state.config_view(), switchover_scheduled=scheduled_view(state, self.arbiter.wall()))
+                                 **state.config_view(), switchover_scheduled=scheduled_view(state, self.arbiter.wall()),
+                                 restarts_scheduled=[r.view(self.arbiter.wall()) for r in state.scheduled_restarts])
             except store.StateStoreError as exc:
                 problem = str(exc)
         reply["arbiter"] = {"leader": leading, "term": term if leading else None,

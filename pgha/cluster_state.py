@@ -8,14 +8,32 @@ read and return. Its own module, so a store needs no rules to hold it.
     paused      maintenance mode (node_rules row M1)
     parameters  the cluster-wide PostgreSQL parameters (pgha.cluster_config),
                 config_version grows at each change of them
-    primary_unfenced, scheduled_at, scheduled_to: see below
+    primary_unfenced, scheduled_at, scheduled_to, scheduled_restarts: see below
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from pgha.cluster_config import Parameters, frozen
+
+
+@dataclass(frozen=True)
+class ScheduledRestart:
+    member: str
+    at: float               # wall-clock seconds
+    pending: bool = False   # only if a parameter then waits for a restart (Patroni's restart_pending)
+
+    def view(self, wall_now: float) -> dict[str, Any]:
+        """For status, list and /cluster."""
+        return {"member": self.member, "at": iso(self.at), "in": round(self.at - wall_now, 1),
+                "pending": self.pending}
+
+
+def iso(wall: float) -> str:
+    """A wall-clock time as the operator reads it: ISO 8601, UTC, to the second."""
+    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -32,6 +50,9 @@ class ClusterState:
     primary_unfenced: bool = False
     scheduled_at: float | None = None   # wall-clock seconds
     scheduled_to: str | None = None
+    # Restarts an operator scheduled (pgha-ctl restart --at): one per member,
+    # sorted by member; each becomes an order when due (decision.next_due_restart).
+    scheduled_restarts: tuple[ScheduledRestart, ...] = ()
     parameters: Parameters = ()         # sorted (name, value) pairs; a dict is taken too
     config_version: int = 0
 

@@ -14,7 +14,8 @@
         switchover and failover: [--force] (no question; needed without a terminal)
                                  [--wait SECONDS | --no-wait] (default: wait 60 s for the new primary
                                  and print it; exit 1 if it is not there)
-      flush switchover | restart           cancel the scheduled switchover, or a pending restart order
+      flush switchover | restart           cancel the scheduled switchover, or the scheduled restarts
+                                           and a pending restart order
       reinit MEMBER [--force] [--wait SECONDS | --no-wait]
                                            a standby makes a fresh copy of the primary (its old data
                                            kept until the copy is complete); waits until it streams
@@ -23,7 +24,9 @@
                                            a standby leaves synchronous replication first, so no
                                            commit waits; the primary's writes stop meanwhile (switch
                                            over first to avoid that); no MEMBER: every member,
-                                           standbys first, each waited for
+                                           standbys first, each waited for; --at TIME: scheduled
+                                           (kept by the arbiter; due ones run one at a time,
+                                           standbys first; --pending: only if one then waits)
       query [-m MEMBER | -r ROLE] -c SQL   run SQL on a member (password from PGPASSWORD or pgpass)
       show-config                          the cluster-wide PostgreSQL parameters (pgha.cluster_config)
       edit-config [-p NAME=VALUE ...] [--force]
@@ -158,10 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(standbys first)")
     restart.add_argument("member", nargs="?", help="the member to restart (default: every member, standbys first)")
     restart.add_argument("--pending", action="store_true",
-                         help="only the members whose PostgreSQL says a changed parameter waits for a restart")
+                         help="only the members whose PostgreSQL says a changed parameter waits for a restart "
+                              "(with --at: then)")
+    restart.add_argument("--at", "--scheduled", dest="at",
+                         help="when: ISO 8601 time or +30s, +5m, +1h; kept in the arbiter's state until then, "
+                              "due restarts run one after another, standbys first (cancel: flush restart)")
     confirm_and_wait(restart, RESTART_WAIT, "for each member to be back", "the order (one MEMBER only)")
     flush = sub.add_parser("flush", help="cancel something pending: `flush switchover` (a scheduled one), "
-                                         "`flush restart` (an order not carried out)")
+                                         "`flush restart` (scheduled restarts and an order not carried out)")
     flush.add_argument("what", choices=requests.FLUSHABLE)
     sub.add_parser("version", help="pgha-ctl's version and the arbiter's")
     sub.add_parser("topology", help="the members as a tree: who streams from whom")
@@ -434,7 +441,8 @@ def render_list(status: dict[str, Any], as_json: bool = False) -> str:
         return json.dumps({"epoch": status.get("epoch"), "primary": status.get("primary"),
                            "promotable": status.get("promotable"), "paused": bool(status.get("paused")),
                            "switchover_to": status.get("switchover_to"),
-                           "switchover_scheduled": status.get("switchover_scheduled"), "members": rows},
+                           "switchover_scheduled": status.get("switchover_scheduled"),
+                           "restarts_scheduled": status.get("restarts_scheduled") or [], "members": rows},
                           indent=1)
     tagged = any(r["tags"] for r in rows)
     return header + "\n" + table(COLUMNS + ("Tags",) * tagged, list_cells(rows, tagged))
@@ -473,7 +481,15 @@ def cluster_header(status: dict[str, Any], name: str | None = None) -> str:
     scheduled = status.get("switchover_scheduled")
     if scheduled:
         line += f", switchover to {scheduled.get('to') or 'the standby'} scheduled at {scheduled.get('at')}"
+    for restart in status.get("restarts_scheduled") or ():
+        line += f", {restart_text(restart)}"
     return line + " +"
+
+
+def restart_text(restart: dict[str, Any]) -> str:
+    """A scheduled restart from the status: "restart of pgsql-2 scheduled at T (if pending)"."""
+    return (f"restart of {restart.get('member')} scheduled at {restart.get('at')}"
+            f"{' (if pending)' if restart.get('pending') else ''}")
 
 
 def table(columns: tuple[str, ...], rows: list[list[str]]) -> str:
@@ -524,6 +540,8 @@ def show_status(args: argparse.Namespace, reply: dict[str, Any]) -> int:
     if scheduled:
         print(f"switchover to {scheduled.get('to') or 'the standby'} scheduled at {scheduled.get('at')} "
               f"(in {scheduled.get('in')}s; cancel: pgha-ctl flush switchover)")
+    for restart in reply.get("restarts_scheduled") or ():
+        print(f"{restart_text(restart)} (in {restart.get('in')}s; cancel: pgha-ctl flush restart)")
     for name, node in reply["nodes"].items():
         report = node.get("report") or {}
         seen = node.get("last_seen_ago")
@@ -745,6 +763,8 @@ def cmd_restart(args: argparse.Namespace, ask: Ask) -> int:
     primary = before.get("primary")
     nodes = before.get("nodes") or {}
     members = [args.member] if args.member else sorted(nodes, key=lambda name: (name == primary, name))  # standbys first
+    if args.at:
+        return schedule_restarts(args, ask, before, members)
     for member in members:
         checked({"type": "restart", "member": member})
     if args.pending:
@@ -761,6 +781,25 @@ def cmd_restart(args: argparse.Namespace, ask: Ask) -> int:
     confirm(args, f"Restart PostgreSQL on {which}{writes}?", before)
     for member in members:
         restart_one(args, ask, member)
+    return OK
+
+
+def schedule_restarts(args: argparse.Namespace, ask: Ask, before: dict[str, Any], members: list[str]) -> int:
+    """restart --at: one scheduled restart per member, kept by the arbiter;
+    with --pending each happens only if a parameter then waits for it."""
+    at = parse_at(args.at, time.time())
+    messages = [checked({"type": "restart", "member": m, "at": at, **({"pending": True} if args.pending else {})})
+                for m in members]
+    if not messages:
+        raise Refused("the arbiter names no members")
+    when = datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds")
+    confirm(args, f"Restart PostgreSQL on {', '.join(members)} at {when}"
+                  f"{' if a parameter then waits for a restart' if args.pending else ''}?", before)
+    for message in messages:
+        reply = ask(message)
+        print(f"restart of {reply.get('member')} scheduled at {reply.get('at')}"
+              f"{' (if a parameter then waits for it)' if reply.get('pending') else ''}: kept in the arbiter's "
+              "state; cancel with `pgha-ctl flush restart`")
     return OK
 
 
@@ -847,7 +886,10 @@ def cmd_flush(args: argparse.Namespace, ask: Ask) -> int:
     reply = ask({"type": "flush", "what": args.what})
     cancelled = reply.get("cancelled") or {}
     if args.what == "restart":
-        print(f"pending restart of {cancelled.get('restart')} cancelled")
+        if cancelled.get("restart"):
+            print(f"pending restart of {cancelled['restart']} cancelled")
+        if cancelled.get("scheduled"):
+            print(f"scheduled restarts of {', '.join(cancelled['scheduled'])} cancelled")
         return OK
     print(f"scheduled switchover to {cancelled.get('to') or 'the standby'} at {cancelled.get('at')} cancelled")
     return OK

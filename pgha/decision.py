@@ -1,4 +1,4 @@
-"""The arbiter's decision rules, as pure functions (see shared/ha-model.md).
+"""The arbiter's decision rules, as pure functions (see docs/ha-model.md).
 
 Nothing here does I/O or reads a clock: the server passes `now` (its
 monotonic time) and a parsed Report, and gets back the new durable state, the
@@ -17,6 +17,9 @@ Durable state (written before any instruction that depends on it is sent):
                 an operator's scheduled switchover (pgha-ctl switchover --at):
                 its wall-clock time and target (None: the standby); durable, so
                 it survives an arbiter restart and a change of leading arbiter
+    scheduled_restarts
+                operators' scheduled restarts (pgha-ctl restart --at), one per
+                member, each ordered when due (next_due_restart), durable likewise
 
 Observations (memory only, rebuilt conservatively after an arbiter restart):
     when each node was last heard, its last report, and the bookkeeping of
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from pgha import cluster_config
-from pgha.cluster_state import ClusterState
+from pgha.cluster_state import ClusterState, ScheduledRestart
 from pgha.messages import PRIMARY, STANDBY, WAIT, Instruction, Report, ReplicationRow
 from pgha.topology import Topology
 
@@ -582,3 +585,38 @@ def cancel_scheduled_switchover(state: ClusterState) -> tuple[ClusterState, str 
 def due_switchover(state: ClusterState, wall_now: float) -> bool:
     """The scheduled switchover's time has come."""
     return state.scheduled_at is not None and wall_now >= state.scheduled_at
+
+
+# -- scheduled restarts (durable: part of ClusterState) --------------------------------------
+
+def schedule_restart(state: ClusterState, topology: Topology, member: str, at: float, wall_now: float,
+                     pending: bool) -> tuple[ClusterState, str | None]:
+    """An operator's restart of `member` at wall-clock time `at` (pgha-ctl
+    restart --at, Patroni's scheduled restart): (new state, error). One per
+    member; refused for an unknown member or a time in the past."""
+    if member not in topology:
+        return state, f"unknown member {member!r} (members: {', '.join(topology.members)})"
+    if at < wall_now:
+        return state, f"the time is {wall_now - at:.0f}s in the past (by the arbiter's clock)"
+    if any(r.member == member for r in state.scheduled_restarts):
+        return state, f"a restart of {member} is already scheduled: cancel it with `pgha-ctl flush restart`"
+    restarts = sorted((*state.scheduled_restarts, ScheduledRestart(member, float(at), pending)),
+                      key=lambda r: r.member)
+    return replace(state, scheduled_restarts=tuple(restarts)), None
+
+
+def next_due_restart(state: ClusterState, memory: Memory, wall_now: float) -> ScheduledRestart | None:
+    """The scheduled restart to order now, or None. One order at a time (as
+    request_restart allows), never during a switchover, a reinit or another
+    restart, and standbys before the primary: restarts due together run one
+    after another with a standby ready to take over, not all at once."""
+    if memory.restart is not None or memory.reinit is not None or memory.switchover_to is not None:
+        return None
+    due = [r for r in state.scheduled_restarts if r.at <= wall_now]
+    return min(due, key=lambda r: (r.member == state.primary, r.at, r.member), default=None)
+
+
+def without_scheduled_restart(state: ClusterState, member: str | None = None) -> ClusterState:
+    """The state without `member`'s scheduled restart (None: without all of them)."""
+    return replace(state, scheduled_restarts=tuple(r for r in state.scheduled_restarts
+                                                   if member is not None and r.member != member))

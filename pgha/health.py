@@ -382,6 +382,9 @@ def cluster_json(s: NodeSnapshot, view: ClusterView | None, now: float) -> dict[
         }
         if r and r.api_url:
             entry["api_url"] = r.api_url
+        restart = view.scheduled_restarts.get(m.name)
+        if restart:     # Patroni's member scheduled_restart
+            entry["scheduled_restart"] = {"schedule": restart.get("at"), "restart_pending": restart.get("pending")}
         tags = s.tags if m.name == s.name else r.tags if r else None     # ours as they are now
         if tags:
             entry["tags"] = dict(tags)

@@ -102,6 +102,8 @@ class ClusterView:
     members: tuple[Member, ...] = ()
     paused: bool = False                    # maintenance mode (pgha.ctl pause)
     scheduled_switchover: Mapping[str, Any] | None = None   # the arbiter's {"at": ISO time, "to": name}
+    # member -> the arbiter's {"at": ISO time, "pending": bool}: its scheduled restart
+    scheduled_restarts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def member(self, name: str) -> Member | None:
         return next((m for m in self.members if m.name == name), None)
@@ -124,7 +126,9 @@ class ClusterView:
                    promotable=status.get("promotable") is True, members=tuple(members),
                    paused=status.get("paused") is True,
                    scheduled_switchover=scheduled if isinstance(scheduled := status.get("switchover_scheduled"), dict)
-                   else None)
+                   else None,
+                   scheduled_restarts={r["member"]: r for r in status.get("restarts_scheduled") or ()
+                                       if isinstance(r, dict) and isinstance(r.get("member"), str)})
 
 
 @dataclass(frozen=True)

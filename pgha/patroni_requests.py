@@ -11,14 +11,14 @@ BadRequest naming the problem, answered 400).
     POST /switchover {"leader", "candidate", "scheduled_at"}   switchover (--primary, --to, --at)
     POST /failover {"candidate", "leader"}                      failover --to
     DELETE /switchover                                          flush switchover
-    POST /restart {"restart_pending"}                           restart of this member (--pending)
+    POST /restart {"restart_pending", "schedule"}               restart of this member (--pending, --at)
     DELETE /restart                                             flush restart
     POST /reinitialize {"force"}                                reinit of this member
     POST /reload                                                reload (the arbiter, then every node)
     PATCH /config {"pause", "postgresql": {"parameters"}}       pause / resume, config (null removes)
 
-Not served (400, naming it): a scheduled restart (`schedule`), restart
-conditions on role or version, and /config keys beyond pause and
+Not served (400, naming it): restart conditions on role or version, and
+/config keys beyond pause and
 postgresql.parameters (our timings are the arbiter's settings).
 """
 from __future__ import annotations
@@ -71,16 +71,16 @@ def _name(body: dict[str, Any], key: str) -> str | None:
     return value or None
 
 
-def _time(value: Any) -> float:
-    """Patroni's scheduled_at: an ISO 8601 time with its offset (as Patroni requires)."""
+def _time(value: Any, key: str) -> float:
+    """Patroni's scheduled_at, schedule: an ISO 8601 time with its offset (as Patroni requires)."""
     if not isinstance(value, str):
-        raise BadRequest(f"'scheduled_at' must be an ISO 8601 time, got {clip(repr(value), 40)}")
+        raise BadRequest(f"{key!r} must be an ISO 8601 time, got {clip(repr(value), 40)}")
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise BadRequest(f"'scheduled_at' is not an ISO 8601 time: {clip(value, 60)}") from None
+        raise BadRequest(f"{key!r} is not an ISO 8601 time: {clip(value, 60)}") from None
     if when.tzinfo is None:
-        raise BadRequest("'scheduled_at' must name its time zone (e.g. 2026-12-07T10:00:00+00:00), as Patroni asks")
+        raise BadRequest(f"{key!r} must name its time zone (e.g. 2026-12-07T10:00:00+00:00), as Patroni asks")
     return when.astimezone(timezone.utc).timestamp()
 
 
@@ -93,7 +93,7 @@ def _switchover(body: dict[str, Any], member: str) -> Translated:
     if candidate:
         request["to"] = candidate
     if body.get("scheduled_at") is not None:
-        request["at"] = _time(body["scheduled_at"])
+        request["at"] = _time(body["scheduled_at"], "scheduled_at")
         return Translated((request,), accepted=202)
     return Translated((request,), wait_for_primary=True)
 
@@ -111,13 +111,15 @@ def _failover(body: dict[str, Any], member: str) -> Translated:
 
 
 def _restart(body: dict[str, Any], member: str) -> Translated:
-    if "schedule" in body:
-        raise BadRequest("restart: a scheduled restart ('schedule') is not served yet; restart now, or use "
-                         "pgha-ctl restart at the time")
-    _known(body, ("restart_pending", "timeout"), "restart")
+    _known(body, ("restart_pending", "timeout", "schedule"), "restart")
     pending = body.get("restart_pending", False)
     if not isinstance(pending, bool):
         raise BadRequest(f"'restart_pending' must be true or false, got {clip(repr(pending), 40)}")
+    if body.get("schedule") is not None:
+        # Kept by the arbiter; restart_pending is judged when it is due (Patroni's too).
+        request = {"type": "restart", "member": member, "at": _time(body["schedule"], "schedule"),
+                   **({"pending": True} if pending else {})}
+        return Translated((request,), accepted=202)
     return Translated(({"type": "restart", "member": member},), only_if_pending=pending)
 
 

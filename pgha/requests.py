@@ -123,9 +123,13 @@ class Reinit:
 @dataclass(frozen=True)
 class Restart:
     """An operator's order: this member restarts its PostgreSQL in place
-    (a changed parameter that needs a restart; pgha-ctl restart)."""
+    (a changed parameter that needs a restart; pgha-ctl restart), now or,
+    with `at`, when that wall-clock time comes (kept in the arbiter's state);
+    `pending`: only if a parameter then waits for a restart."""
     cluster: str | None
     member: str
+    at: float | None = None
+    pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,7 @@ class Config:
     version: int | None     # the config_version it was made against (None: whatever it is now)
 
 
-FLUSHABLE = ("switchover", "restart")     # what `flush` cancels: a scheduled switchover, a pending restart
+FLUSHABLE = ("switchover", "restart")     # what `flush` cancels: a scheduled switchover; scheduled and pending restarts
 
 
 @dataclass(frozen=True)
@@ -230,7 +234,11 @@ def _reinit(m: dict[str, Any]) -> Reinit:
 
 
 def _restart(m: dict[str, Any]) -> Restart:
-    return Restart(_cluster(m), str(member_name(m, "member")))
+    at, pending = m.get("at"), flag(m, "pending")
+    if pending and at is None:
+        raise ProtocolError("message field 'pending' goes with 'at' (a scheduled restart that only happens "
+                            "if a parameter then waits for one)")
+    return Restart(_cluster(m), str(member_name(m, "member")), None if at is None else wall_time(at), pending)
 
 
 def _config(m: dict[str, Any]) -> Config:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pgha.cluster_config import frozen, parameters_problem
-from pgha.cluster_state import ClusterState
+from pgha.cluster_state import ClusterState, ScheduledRestart
 from pgha.files import write_durably
 
 
@@ -137,16 +137,18 @@ def check_state(value: Any) -> ClusterState | None:
     scheduled = _check_scheduled(value.get("scheduled_switchover"))     # absent: none scheduled
     parameters = value.get("parameters", {})        # absent: no cluster-wide parameters
     config_version = value.get("config_version", 0)
+    restarts = _check_restarts(value.get("scheduled_restarts", []))     # absent: none scheduled
     if type(epoch) is int and epoch >= 1 and isinstance(primary, str) and primary \
             and type(promotable) is bool and type(paused) is bool and type(unfenced) is bool \
             and scheduled is not None and isinstance(parameters, dict) and parameters_problem(parameters, policy=False) is None \
-            and type(config_version) is int and config_version >= 0:
+            and type(config_version) is int and config_version >= 0 and restarts is not None:
         holders = _check_holders(value.get("promotable_members"), promotable, primary)
         if holders is None:
             return None
         return ClusterState(epoch=epoch, primary=primary, promotable=holders, paused=paused,
                             primary_unfenced=unfenced, scheduled_at=scheduled[0], scheduled_to=scheduled[1],
-                            parameters=frozen(parameters), config_version=config_version)
+                            parameters=frozen(parameters), config_version=config_version,
+                            scheduled_restarts=restarts)
     return None
 
 
@@ -166,12 +168,34 @@ def _check_scheduled(value: Any) -> tuple[float | None, str | None] | None:
         return None, None
     if not isinstance(value, dict) or set(value) - {"at", "to"}:
         return None
-    from pgha.requests import AT_RANGE     # what an operator may name: a time status can show
-    at, to = value.get("at"), value.get("to")
-    if not isinstance(at, (int, float)) or isinstance(at, bool) or not math.isfinite(at) \
-            or not AT_RANGE[0] <= at <= AT_RANGE[1] or not (to is None or isinstance(to, str) and to):
+    at, to = _wall_time(value.get("at")), value.get("to")
+    if at is None or not (to is None or isinstance(to, str) and to):
         return None
-    return float(at), to
+    return at, to
+
+
+def _wall_time(at: Any) -> float | None:
+    """A stored wall-clock time, or None when damaged."""
+    from pgha.requests import AT_RANGE     # what an operator may name: a time status can show
+    if isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at) \
+            and AT_RANGE[0] <= at <= AT_RANGE[1]:
+        return float(at)
+    return None
+
+
+def _check_restarts(value: Any) -> tuple[ScheduledRestart, ...] | None:
+    """The stored scheduled restarts (one per member, sorted), or None when damaged."""
+    if not isinstance(value, list):
+        return None
+    restarts = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"member", "at", "pending"} \
+                or not isinstance(item["member"], str) or not item["member"] or _wall_time(item["at"]) is None \
+                or type(item["pending"]) is not bool:
+            return None
+        restarts.append(ScheduledRestart(item["member"], float(item["at"]), item["pending"]))
+    members = [r.member for r in restarts]
+    return tuple(restarts) if members == sorted(set(members)) else None
 
 
 def state_to_stored(state: ClusterState) -> dict[str, Any]:
@@ -187,6 +211,9 @@ def state_to_stored(state: ClusterState) -> dict[str, Any]:
         stored["primary_unfenced"] = True
     if state.scheduled_at is not None:      # absent when none: files stay as they were before
         stored["scheduled_switchover"] = {"at": state.scheduled_at, "to": state.scheduled_to}
+    if state.scheduled_restarts:
+        stored["scheduled_restarts"] = [{"member": r.member, "at": r.at, "pending": r.pending}
+                                        for r in state.scheduled_restarts]
     if state.parameters or state.config_version:    # absent until the first edit-config
         stored.update(state.config_view())
     if check_state(stored) != state:

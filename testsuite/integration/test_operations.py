@@ -263,6 +263,24 @@ def test_restart_every_member_in_place_standby_first_without_a_failover(local_cl
     assert events.count("restart_requested") == 3 and "failover" not in events, events   # --pending: 1
     assert report.longest_gap.length < 15.0, report.longest_gap     # the primary's restart only
 
+    # Scheduled for both at the same time (restart --at): ordered one after another, standby first.
+    before = after
+    assert ctl_run(cluster, "restart", "--at", "+2s", "--force") == 0
+    assert capsys.readouterr().out.count("scheduled at") == 2
+    assert [r["member"] for r in cluster.status()["restarts_scheduled"]] == ["pgsql-1", "pgsql-2"]
+
+    def both_restarted_and_back():
+        status = cluster.status()
+        done = not status["restarts_scheduled"] and status["promotable"] and all(
+            (status["nodes"][n].get("report") or {}).get("pg") == "running" for n in before)
+        return done and {n: cluster.postmaster_pid(n) for n in before}
+    after = wait_for(both_restarted_and_back, 120, "both scheduled restarts carried out")
+    assert all(after[name] and after[name] != before[name] for name in after), (before, after)
+    events = cluster.arbiter_call({"type": "history", "limit": 20})["events"]
+    ordered = [e["member"] for e in events if e["event"] == "restart_requested" and e.get("scheduled_for")]
+    assert ordered == ["pgsql-2", "pgsql-1"], events
+    assert cluster.status()["epoch"] == 1, "a restart is no failover"
+
 
 def test_edit_config_reaches_every_member_and_restart_pending_applies_the_rest(local_cluster, capsys):
     """pgha-ctl edit-config (patronictl edit-config, issue 21 item 3): the

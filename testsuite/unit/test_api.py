@@ -340,6 +340,9 @@ def test_cluster_view_parses_the_arbiter_status():
     view = ClusterView.from_status(status, NOW)
     assert view.epoch == 4 and view.primary == "pgsql-2" and view.promotable is False
     assert view.member("pgsql-1").report is None and view.member("pgsql-2").report.lsn == 7
+    restart = {"member": "pgsql-1", "at": "2026-01-02T00:00:00Z", "in": 5.0, "pending": False}
+    view = ClusterView.from_status({**status, "restarts_scheduled": [restart, "junk", {"member": 7}]}, NOW)
+    assert view.scheduled_restarts == {"pgsql-1": restart}
     with pytest.raises(ValueError):
         ClusterView.from_status({"type": "error", "error": "no"}, NOW)
 
@@ -518,7 +521,8 @@ def test_cluster_in_patroni_shape(server):
                                                       tags={"nofailover": False, "dc": "west"}))
     stale_ours = replace(VIEW.members[1], report=replace(VIEW.members[1].report, tags={"dc": "old"}))
     show(server, replace(STANDBY, scope="main", tags={"dc": "east"}),
-         replace(VIEW, scheduled_switchover=scheduled, members=(primary, stale_ours)))
+         replace(VIEW, scheduled_switchover=scheduled, members=(primary, stale_ours),
+                 scheduled_restarts={"pgsql-2": {"member": "pgsql-2", "at": "2026-01-02T00:00:00Z", "pending": True}}))
     cluster = json.loads(get(server, "/cluster")[2])
     assert cluster["scope"] == "main"
     assert cluster["scheduled_switchover"] == {"at": "2026-01-01T00:00:00+00:00", "from": "pgsql-1",
@@ -527,6 +531,8 @@ def test_cluster_in_patroni_shape(server):
     assert "lag" not in members["pgsql-1"] and members["pgsql-2"]["tags"] == {"dc": "east"}   # ours as they are now
     assert members["pgsql-1"]["tags"] == {"nofailover": False, "dc": "west"}
     assert members["pgsql-1"]["api_url"] == "http://10.0.0.1:8008/patroni" and "api_url" not in members["pgsql-2"]
+    assert members["pgsql-2"]["scheduled_restart"] == {"schedule": "2026-01-02T00:00:00Z", "restart_pending": True}
+    assert "scheduled_restart" not in members["pgsql-1"]
     assert (members["pgsql-2"]["receive_lag"], members["pgsql-2"]["replay_lag"]) == (500, 1000)
     show(server, STANDBY, replace(VIEW, members=(VIEW.members[0], Member("pgsql-2", None, None))))
     members = {m["name"]: m for m in json.loads(get(server, "/cluster")[2])["members"]}

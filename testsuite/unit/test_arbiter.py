@@ -451,7 +451,8 @@ def test_a_restart_order_is_saved_first_one_at_a_time_and_flush_cancels_it(runni
     refused = c.ask({"type": "restart", "member": P})
     assert refused["type"] == "error" and "restart of pgsql-2 is still pending" in refused["error"]
     cancelled = c.ask({"type": "flush", "what": "restart"})
-    assert (cancelled["type"], cancelled["cancelled"]) == ("ok", {"restart": S})
-    assert c.ask({"type": "flush", "what": "restart"})["error"] == "flush refused: no restart is pending"
+    assert (cancelled["type"], cancelled["cancelled"]) == ("ok", {"restart": S, "scheduled": []})
+    assert c.ask({"type": "flush", "what": "restart"})["error"] == \
+        "flush refused: no restart is pending and none is scheduled"
     events = [e["event"] for e in c.ask({"type": "history", "limit": 10})["events"]]
     assert events[-2:] == ["restart_requested", "restart_cancelled"], events

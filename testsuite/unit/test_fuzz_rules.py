@@ -1,6 +1,6 @@
 """Property-based tests of the rules (hypothesis): arbitrary well-formed
 reports, times and switchover requests, in any interleaving of the two
-nodes, never make the arbiter break an invariant of shared/ha-model.md; no
+nodes, never make the arbiter break an invariant of docs/ha-model.md; no
 NodeView makes a node run PostgreSQL read-write without a current primary
 instruction."""
 from dataclasses import replace

@@ -26,6 +26,8 @@ GOOD = "Basic " + base64.b64encode(b"patroni:s3cret:with:colons").decode()
     ("POST", "/failover", {"candidate": S}, [{"type": "failover", "to": S}]),
     ("DELETE", "/switchover", None, [{"type": "flush", "what": "switchover"}]),
     ("POST", "/restart", {}, [{"type": "restart", "member": S}]),
+    ("POST", "/restart", {"schedule": "2030-01-01T00:00:00Z", "restart_pending": True},
+     [{"type": "restart", "member": S, "at": 1893456000.0, "pending": True}]),
     ("DELETE", "/restart/", None, [{"type": "flush", "what": "restart"}]),
     ("POST", "/reinitialize", {"force": True}, [{"type": "reinit", "member": S}]),
     ("POST", "/reload", None, [{"type": "reload"}]),
@@ -47,7 +49,8 @@ def test_patronis_requests_as_ours(method, path, body, ours):
     ("PATCH", "/config", {"pause": True, "postgresql": {"parameters": {"archive_command": "x"}}}, "runs a program"),
     ("POST", "/switchover", {"leader": P, "member": S}, "'member' not served"),
     ("POST", "/failover", {}, "'candidate' is required"),
-    ("POST", "/restart", {"schedule": "2030-01-01T00:00:00+00:00"}, "scheduled restart"),
+    ("POST", "/restart", {"schedule": "2030-01-01 00:00"}, "'schedule' must name its time zone"),
+    ("POST", "/restart", {"role": "primary"}, "'role' not served"),
     ("POST", "/restart", {"restart_pending": "yes"}, "true or false"),
     ("PATCH", "/config", {"ttl": 30}, "'ttl' not served"),
     ("PATCH", "/config", {"postgresql": {"parameters": ["x"]}}, "name: value"),
@@ -98,6 +101,11 @@ def test_a_scheduled_switchover_config_and_pause_reach_the_arbiter(setup):
     assert status == 202, reply     # scheduled, as Patroni answers
     assert (arbiter.arbiter.state.scheduled_at, arbiter.arbiter.state.scheduled_to) == (1893456000.0, S)
     assert send(server, "DELETE", "/switchover")[0] == 200 and not arbiter.arbiter.state.scheduled
+    status, reply, _ = send(server, "POST", "/restart", {"schedule": "2030-01-01T00:00:00+00:00",
+                                                         "restart_pending": True})
+    assert status == 202, reply
+    assert [(r.member, r.at, r.pending) for r in arbiter.arbiter.state.scheduled_restarts] == [(S, 1893456000.0, True)]
+    assert send(server, "DELETE", "/restart")[0] == 200 and not arbiter.arbiter.state.scheduled_restarts
     status, reply, _ = send(server, "PATCH", "/config", {"pause": True, "postgresql": {"parameters": {"work_mem": "8MB"}}})
     assert status == 200 and reply["config_version"] == 1, reply
     assert arbiter.arbiter.state.paused and dict(arbiter.arbiter.state.parameters) == {"work_mem": "8MB"}
