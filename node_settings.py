@@ -68,6 +68,12 @@ permanent_slots = {}
 # "no_params": True}} with create_replica_methods = ["pgbackrest", "basebackup"].
 create_replica_methods = ["basebackup"]
 replica_methods = {}
+# How the first primary of a new cluster gets its data (Patroni's custom bootstrap).
+# None: initdb. Or a backup: {"command": "pgbackrest --stanza=main --delta restore",
+# "no_params": True, "recovery_conf": {"restore_command": "pgbackrest --stanza=main
+# archive-get %f \"%p\"", "recovery_target_action": "promote"}} (README: Replicas from
+# a backup): restored into a folder beside the data directory, recovered, promoted.
+bootstrap_method = None
 # pg_hba.conf and pg_ident.conf as you write them (README: pg_hba and pg_ident).
 # None: the node's lines go on top of pg_hba.conf as it is. A list: pg_hba.conf
 # is the node's own lines (its users only), then exactly these, in order, e.g.

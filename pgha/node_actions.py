@@ -135,15 +135,43 @@ class NodeActions:
                                    "cluster over one that had data (restore it, or switch over to the standby)")
 
     def _bootstrap(self, c: Changes, d: Decision) -> None:
-        log.info("empty data directory: creating a new cluster in %s", self.pg.pgdata)
-        self.pg.initdb()
-        self.pg.write_settings(PRIMARY, sync_standby=None)
-        self.pg.set_recovery_signal(False)
-        self.pg.start()
+        method = self.settings().bootstrap_method
+        if method:
+            self._bootstrap_from_backup(c, method)
+        else:
+            log.info("empty data directory: creating a new cluster in %s", self.pg.pgdata)
+            self.pg.initdb()
+            self.pg.write_settings(PRIMARY, sync_standby=None)
+            self.pg.set_recovery_signal(False)
+            self.pg.start()
         self.pg.create_roles()
         c.acting(True)
         log.failover("new cluster created; running as primary (epoch %d)", d.remember_epoch)
         self.callback("on_role_change", "primary")
+
+    def _bootstrap_from_backup(self, c: Changes, method: dict) -> None:
+        """Patroni's custom bootstrap: the method restores a backup beside the
+        data directory (swapped in once complete), PostgreSQL recovers it
+        (the method's recovery_conf) and promotes itself; heartbeats go on
+        throughout. With keep_existing_recovery_conf the copy's own
+        recovery.signal (pgBackRest writes one) is used, not ours."""
+        started = self.clock()
+        log.info("empty data directory: creating the cluster from a backup (bootstrap_method) in %s",
+                 self.pg.pgdata)
+        every = c.memory.heartbeat_interval
+        self.pg.restore_bootstrap(method, self.cluster_name, on_wait=self.heartbeat_while_busy, every=every)
+        try:
+            self.pg.start_recovering(method.get("recovery_conf") or {},
+                                     own_signal=not method.get("keep_existing_recovery_conf"),
+                                     on_wait=self.heartbeat_while_busy, every=every)
+        except PostgresError:
+            # Never started as a primary again: set aside for the post-mortem, and the
+            # data directory is empty for the next try (it was empty before this one).
+            self.pg.stop("immediate")
+            log.error("bootstrap from a backup failed: the copy is set aside in %s",
+                      self.pg.set_aside(".bootstrap-failed"))
+            raise
+        log.failover("the backup is restored and recovered in %.1fs", self.clock() - started)
 
     def _hand_over(self, c: Changes, d: Decision) -> None:
         log.failover("handing over to the standby: %s", d.why)

@@ -22,6 +22,7 @@ import psycopg2
 from psycopg2 import sql
 
 from pgha import cluster_config, disk, files, hba, logs, reaper, rewind as rejoin
+from pgha.settings import RECOVERY_CONF_KEYS
 from pgha.reply_age import REPLY_INTERVAL, ReplyAges
 from pgha.messages import PG_RUNNING, PG_STARTING, PG_STOPPED, PRIMARY, STANDBY, PgStatus, ReplicationRow
 
@@ -242,13 +243,15 @@ class Postgres:
             return True
         return self.control_data().get("Database cluster state") in RECOVERY_STATES
 
-    def write_settings(self, role, primary_address=None, sync_standby=None):
+    def write_settings(self, role, primary_address=None, sync_standby=None, recovery=None):
         """(Re)write the managed settings for role "primary" (with its sync
         standby's name) or "standby" (following primary_address).
 
         A standby with no primary_address only replays the WAL it has (used
         to promote a stopped standby onto a new timeline). Whether PostgreSQL
-        starts in recovery is set apart, by set_recovery_signal.
+        starts in recovery is set apart, by set_recovery_signal. `recovery`:
+        a custom bootstrap's recovery parameters, for that start only (the
+        next write leaves them out).
         """
         standby = role == "standby"
         self._written = (role, primary_address, sync_standby)
@@ -267,6 +270,7 @@ class Postgres:
             "primary_conninfo": self._primary_conninfo(primary_address) if primary_address else "",
             "primary_slot_name": self.s.slot_name if standby else "",
             **chosen,
+            **(recovery or {}),
         }
         body = "".join(f"{k} = {quote_conf(v)}\n" for k, v in params.items())
         self._write(os.path.join(self.pgdata, CONF_FILE),
@@ -327,13 +331,14 @@ class Postgres:
         lines = [line for line in self._read(path).splitlines() if not line.startswith("include_if_exists = 'pgha.conf'")]
         self._write(path, "\n".join(lines + [INCLUDE_LINE]) + "\n")
 
-    def _strip_auto_conf(self):
-        path = os.path.join(self.pgdata, "postgresql.auto.conf")
+    def _strip_auto_conf(self, folder=None, drop=lambda name: name in MANAGED_KEYS):
+        """postgresql.auto.conf (it wins over our file) without the parameters we set."""
+        path = os.path.join(folder or self.pgdata, "postgresql.auto.conf")
         text = self._read(path, missing_ok=True)
         if text is None:
             return
         lines = text.splitlines()
-        kept = [line for line in lines if line.split("=", 1)[0].strip() not in MANAGED_KEYS]
+        kept = [line for line in lines if not drop(line.split("=", 1)[0].strip())]
         if kept != lines:
             self._write(path, "\n".join(kept) + "\n")
 
@@ -585,33 +590,59 @@ class Postgres:
         win over it). A restore's recovery.signal is removed: the node starts
         the copy as a standby (standby.signal) and keeps the restore_command
         it wrote, for the WAL since the backup."""
+        connstring = conninfo(host=address.host, port=address.pg_port, user=self.s.replication_user,
+                              dbname="postgres", connect_timeout=5)
+        tmp = self._restore_into(
+            f"replica method {name}", lambda folder: rejoin.replica_method_command(method, scope, folder, connstring),
+            {"PGPASSWORD": self.s.replication_password, "PGCONNECT_TIMEOUT": "5"}, timeout, on_wait, every,
+            check=lambda folder: self._restored_problem(folder, address))
+        self._remove_signal(tmp, "recovery.signal")
+        self._swap_in(tmp)
+
+    def restore_bootstrap(self, method, scope, on_wait, every, timeout=24 * 3600):
+        """The first primary's data from a backup (node setting
+        bootstrap_method, Patroni's custom bootstrap), made like a replica
+        method's copy (above: as pg_os_user, into a folder beside the data
+        directory, swapped in once complete) but of whatever cluster the
+        backup holds. Unless keep_existing_recovery_conf, the copy's signal
+        files are removed: the node starts it with its own recovery.signal and
+        the method's recovery_conf (start_recovering)."""
+        tmp = self._restore_into("bootstrap method", lambda folder: rejoin.bootstrap_method_command(method, scope, folder),
+                                 {}, timeout, on_wait, every, check=self._copy_problem)
+        if not method.get("keep_existing_recovery_conf"):
+            for name in ("recovery.signal", "standby.signal"):
+                self._remove_signal(tmp, name)
+            # A restore's own restore_command there would win over recovery_conf (Patroni drops it too).
+            self._strip_auto_conf(tmp, drop=lambda name: RECOVERY_CONF_KEYS.match(name) is not None)
+        self._swap_in(tmp)
+
+    def _restore_into(self, label, command, env, timeout, on_wait, every, check):
+        """Run a method's command(folder) into <pgdata>.restore (made afresh,
+        as pg_os_user); the folder once check(folder) finds no problem, else
+        PostgresError "<label> <problem>" (the folder removed)."""
         tmp = self.pgdata + ".restore"
         try:
             self._remove_tree(tmp)
         except OSError as exc:      # e.g. a link planted there: not ours to follow
-            raise PostgresError(f"replica method {name}: cannot clear {tmp}: {exc.strerror or exc}") from None
+            raise PostgresError(f"{label}: cannot clear {tmp}: {exc.strerror or exc}") from None
         self._run(["mkdir", "-m", "0700", tmp], check=True, program=True)     # as pg_os_user: its own folder
-        connstring = conninfo(host=address.host, port=address.pg_port, user=self.s.replication_user,
-                              dbname="postgres", connect_timeout=5)
-        args = rejoin.replica_method_command(method, scope, tmp, connstring)
-        env = {"PGDATA": tmp, "PGBACKREST_PG1_PATH": tmp, "PGPASSWORD": self.s.replication_password,
-               "PGCONNECT_TIMEOUT": "5"}
-        returncode, lines = self._run_calling_back(args, env, timeout, on_wait, every)
+        returncode, lines = self._run_calling_back(command(tmp), {"PGDATA": tmp, "PGBACKREST_PG1_PATH": tmp, **env},
+                                                   timeout, on_wait, every)
         problem = (f"failed (exit status {returncode}): {_last_lines(chr(10).join(lines))}" if returncode != 0
-                   else self._restored_problem(tmp, address))
+                   else check(tmp))
         if problem:
             self._remove_tree_quietly(tmp)
-            raise PostgresError(f"replica method {name} {problem}")
-        signal_file = os.path.join(tmp, "recovery.signal")
-        if os.path.lexists(signal_file):
-            os.unlink(signal_file)
-        self._swap_in(tmp)
+            raise PostgresError(f"{label} {problem}")
+        return tmp
 
-    def _restored_problem(self, folder, address):
-        """Why `folder` is not a copy to swap in, or None: it must be a real
-        folder of pg_os_user's (not a link) holding a data directory whose
-        system identifier is the primary's (a backup of an earlier cluster in
-        the same repository would never stream)."""
+    def _remove_signal(self, folder, name):
+        path = os.path.join(folder, name)
+        if os.path.lexists(path):
+            os.unlink(path)
+
+    def _copy_problem(self, folder):
+        """Why `folder` is not a data directory a method made, or None: a real
+        folder of pg_os_user's (not a link) with PG_VERSION and pg_control."""
         try:
             info = os.lstat(folder)
         except OSError as exc:
@@ -622,6 +653,15 @@ class Postgres:
         if not all(os.path.isfile(os.path.join(folder, part)) for part in ("PG_VERSION", "global/pg_control")):
             return (f"exited 0 but left no data directory in {folder} (a method must restore into the folder it "
                     "is given: --datadir, $PGDATA or $PGBACKREST_PG1_PATH)")
+        return None
+
+    def _restored_problem(self, folder, address):
+        """Why `folder` is not a copy to swap in, or None: a data directory
+        (_copy_problem) whose system identifier is the primary's (a backup of
+        an earlier cluster in the same repository would never stream)."""
+        problem = self._copy_problem(folder)
+        if problem:
+            return problem
         try:
             fields = dict(line.split(":", 1) for line in self._run(["pg_controldata", "-D", folder], check=True,
                                                                    quiet=True).stdout.splitlines() if ":" in line)
@@ -639,6 +679,41 @@ class Postgres:
             return (f"restored a backup of another cluster (system identifier {restored or 'unknown'}, the "
                     f"primary's is {primary}): is the repository's stanza older than this cluster?")
         return None
+
+    def start_recovering(self, recovery, own_signal, on_wait, every, timeout=24 * 3600):
+        """Start the restored first primary in targeted recovery (with
+        `own_signal` our recovery.signal, else the one the method left) with
+        the method's recovery parameters, and wait, calling on_wait() every
+        `every` s, until it has promoted itself (the end of the archive, or
+        recovery_target_action = promote). Its settings are then rewritten
+        without the recovery parameters. PostgresError when it stops (a target
+        it cannot reach) or pauses at its target, or at `timeout`."""
+        if self.recovery_signal_set():
+            raise PostgresError("the restored copy has a standby.signal: it would never promote (leave "
+                                "keep_existing_recovery_conf off)")
+        self.write_settings(PRIMARY, sync_standby=None, recovery=recovery)
+        if own_signal:
+            self._write(os.path.join(self.pgdata, "recovery.signal"), "")
+        self.launch()
+        deadline = time.monotonic() + timeout
+        while not self._promoted():
+            if self.postmaster_pid() is None:
+                raise PostgresError(f"the restored cluster stopped during its recovery: {self._tail_log()}")
+            if self._paused_at_target():
+                raise PostgresError("the restored cluster paused at its recovery target: set recovery_conf "
+                                    "recovery_target_action = 'promote'")
+            if time.monotonic() > deadline:
+                raise PostgresError(f"the restored cluster is still in recovery after {timeout:g}s")
+            on_wait()
+            time.sleep(every)
+        self.write_settings(PRIMARY, sync_standby=None)
+        self.reload()
+
+    def _paused_at_target(self):
+        try:
+            return self.query("SELECT pg_get_wal_replay_pause_state() = 'paused'")[0][0]
+        except PostgresError:
+            return False
 
     def _remove_tree_quietly(self, path):
         try:
@@ -697,6 +772,15 @@ class Postgres:
         os.rename(new_dir, self.pgdata)
         self._fsync_dir(os.path.dirname(self.pgdata))
         self._remove_tree(old)
+
+    def set_aside(self, suffix):
+        """Move the data directory to <pgdata><suffix> (an earlier one there
+        is replaced), leaving none: a copy that must not be started again."""
+        aside = self.pgdata + suffix
+        self._remove_tree(aside)
+        os.rename(self.pgdata, aside)
+        self._fsync_dir(os.path.dirname(self.pgdata))
+        return aside
 
     @staticmethod
     def _fsync_dir(path):

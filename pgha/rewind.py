@@ -28,6 +28,7 @@ from dataclasses import dataclass
 DEFAULT_MAX_WAL_SIZE_MB = 1024      # PostgreSQL's default
 # Keys of a replica method the node reads itself (settings.replica_methods); the rest become --KEY=VALUE.
 REPLICA_METHOD_KEYS = ("command", "no_params", "keep_data", "no_master", "no_leader")
+BOOTSTRAP_METHOD_KEYS = ("command", "no_params", "keep_existing_recovery_conf", "recovery_conf")
 KEEP_FACTOR = 2
 _UNITS_MB = {"kb": 1 / 1024, "mb": 1, "gb": 1024, "tb": 1024 * 1024}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT][bB])?\s*$")
@@ -142,8 +143,19 @@ def replica_method_command(method: dict, scope: str, datadir: str, connstring: s
     (the primary, without a password), then the method's other keys as
     --KEY=VALUE (in the process's arguments: never a secret there).
     Patroni's no_master / no_leader are read, not passed."""
+    return _method_command(method, REPLICA_METHOD_KEYS, [f"--scope={scope}", f"--datadir={datadir}", "--role=replica",
+                                                         f"--connstring={connstring}"])
+
+
+def bootstrap_method_command(method: dict, scope: str, datadir: str) -> list[str]:
+    """The command line of a custom bootstrap (node setting bootstrap_method),
+    as Patroni builds it: the command, then, unless no_params, --scope and
+    --datadir, then the method's other keys as --KEY=VALUE."""
+    return _method_command(method, BOOTSTRAP_METHOD_KEYS, [f"--scope={scope}", f"--datadir={datadir}"])
+
+
+def _method_command(method: dict, own_keys: tuple[str, ...], params: list[str]) -> list[str]:
     args = shlex.split(method["command"])
     if method.get("no_params"):
         return args
-    extra = [f"--{key}={value}" for key, value in method.items() if key not in REPLICA_METHOD_KEYS]
-    return args + [f"--scope={scope}", f"--datadir={datadir}", "--role=replica", f"--connstring={connstring}"] + extra
+    return args + params + [f"--{key}={value}" for key, value in method.items() if key not in own_keys]

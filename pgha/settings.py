@@ -9,6 +9,7 @@ never a traceback half-way through a failover.
 import ipaddress
 import json
 import os
+import re
 import runpy
 import shlex
 import stat
@@ -139,18 +140,47 @@ def replica_methods(value):
     for name, spec in value.items():
         if not isinstance(name, str) or identifier(name) or name == BASEBACKUP:
             return f"names a method {str(name)[:64]!r}: a method is a name (letters, digits, '_'), not {BASEBACKUP!r}"
-        if not isinstance(spec, dict) or not isinstance(spec.get("command"), str) or not spec["command"].strip():
-            return f"gives method {name!r} no \"command\" (a command line, as a string)"
-        try:
-            shlex.split(spec["command"])
-        except ValueError as exc:
-            return f"gives method {name!r} a command that cannot be split into words: {exc}"
-        for key, item in spec.items():
-            if key in ("no_params", "keep_data", "no_master", "no_leader") and not isinstance(item, bool):
-                return f"gives method {name!r} {key} = {item!r}: it must be True or False"
-            if not isinstance(key, str) or identifier(key) or \
-                    not isinstance(item, (str, int, float, bool)):
-                return f"gives method {name!r} {str(key)[:64]!r} = {str(item)[:64]!r}: a name and a plain value"
+        problem = _method_problem(f"method {name!r}", spec, ("no_params", "keep_data", "no_master", "no_leader"))
+        if problem:
+            return f"gives {problem}"
+    return None
+
+
+RECOVERY_CONF_KEYS = re.compile(r"(restore_command|recovery_end_command|recovery_target(_[a-z]+)?)$")
+
+
+def bootstrap_method(value):
+    """Patroni's custom bootstrap: {"command": "...", "recovery_conf": {...},
+    "keep_existing_recovery_conf": bool, "no_params": bool, KEY: VALUE, ...}."""
+    conf = value.get("recovery_conf", {})
+    rest = {k: v for k, v in value.items() if k != "recovery_conf"}
+    problem = _method_problem("the method", rest, ("no_params", "keep_existing_recovery_conf"))
+    if problem:
+        return f"gives {problem}"
+    if not isinstance(conf, dict):
+        return "gives recovery_conf that is not a dict of recovery parameters"
+    for key, item in conf.items():
+        if not isinstance(key, str) or not RECOVERY_CONF_KEYS.match(key):
+            return (f"gives recovery_conf {str(key)[:64]!r}: only restore_command, recovery_end_command and "
+                    "recovery_target* parameters")
+        if not isinstance(item, (str, int, bool)) or "\n" in str(item):
+            return f"gives recovery_conf {key} = {str(item)[:64]!r}: a one-line string, number or boolean"
+    return None
+
+
+def _method_problem(label, spec, flags):
+    """What is wrong with a replica or bootstrap method's {"command", flags, KEY: VALUE}, or None."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("command"), str) or not spec["command"].strip():
+        return f"{label} no \"command\" (a command line, as a string)"
+    try:
+        shlex.split(spec["command"])
+    except ValueError as exc:
+        return f"{label} a command that cannot be split into words: {exc}"
+    for key, item in spec.items():
+        if key in flags and not isinstance(item, bool):
+            return f"{label} {key} = {item!r}: it must be True or False"
+        if not isinstance(key, str) or identifier(key) or not isinstance(item, (str, int, float, bool)):
+            return f"{label} {str(key)[:64]!r} = {str(item)[:64]!r}: a name and a plain value"
     return None
 
 
@@ -362,6 +392,7 @@ NODE_SPECS = {
     "permanent_slots": Spec(dict, permanent_slots),
     "create_replica_methods": Spec(list, replica_method_names),
     "replica_methods": Spec(dict, replica_methods),
+    "bootstrap_method": Spec(dict, bootstrap_method, optional=True),    # None: initdb
     "key_file": Spec(str, non_empty),
     "log_level": Spec(str, log_level),
     "log_file": Spec(str, non_empty, optional=True),

@@ -59,15 +59,17 @@ def script_problems(settings: Any, events: Iterable[str] = CALLBACKS) -> list[st
 
 
 def replica_method_problems(settings: Any) -> list[str]:
-    """One line per replica method whose program is not found (on PATH, or at its path)."""
+    """One line per replica or bootstrap method whose program is not found (on PATH, or at its path)."""
+    methods = [(f"replica_methods: method {name}", (getattr(settings, "replica_methods", None) or {}).get(name))
+               for name in getattr(settings, "create_replica_methods", ())]
+    methods.append(("bootstrap_method", getattr(settings, "bootstrap_method", None)))
     problems = []
-    for name in getattr(settings, "create_replica_methods", ()):
-        method = (getattr(settings, "replica_methods", None) or {}).get(name)
+    for label, method in methods:
         if method is None:
             continue
         program = shlex.split(method["command"])[0]
         if shutil.which(program) is None:
-            problems.append(f"replica_methods: method {name}: {program} is not an executable found on PATH")
+            problems.append(f"{label}: {program} is not an executable found on PATH")
     return problems
 
 

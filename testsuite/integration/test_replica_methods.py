@@ -7,7 +7,12 @@ Before any backup exists the method fails and the standby falls back to
 pg_basebackup (the next method); after a full backup, `pgha-ctl reinit`
 makes the standby's copy from the repository, restored into a folder beside
 its data directory (not over it), and the copy catches up from the archive
-and the primary: synchronous and promotable again, no acknowledged write lost."""
+and the primary: synchronous and promotable again, no acknowledged write lost.
+
+Then a new cluster is bootstrapped from that backup (the node setting
+bootstrap_method, Patroni's custom bootstrap): its first primary restores
+the backup beside its empty data directory, recovers the archive to its end
+and promotes itself, and its standby clones from it."""
 import os
 import shutil
 import subprocess
@@ -60,7 +65,7 @@ def cluster(request):
                                per_node_overrides=archive)
 
 
-def test_a_standby_made_from_a_pgbackrest_backup_streams_and_is_promotable(cluster):
+def test_a_standby_and_a_new_cluster_made_from_a_pgbackrest_backup(cluster, request):
     # No stanza yet: the first method failed and pg_basebackup made the copy.
     log = log_text(cluster, "pgsql-2")
     assert "replica method pgbackrest failed" in log and "trying the next replica method, basebackup" in log, log
@@ -81,3 +86,36 @@ def test_a_standby_made_from_a_pgbackrest_backup_streams_and_is_promotable(clust
     wait_for(lambda: sql(cluster, "pgsql-2", "SELECT v FROM after_backup") == [(42,)], 30,
              "the row written after the backup on the restored standby")
     assert not os.path.exists(cluster.pgdata("pgsql-2") + ".restore")
+
+    # A new cluster from the backup and the archive: the row written after the backup is there.
+    superuser(cluster, "pgsql-1", "SELECT pg_switch_wal()")
+    wait_for(lambda: sql(cluster, "pgsql-1", "SELECT last_archived_wal IS NOT NULL AND last_archived_wal >= "
+                                             "pg_walfile_name(pg_current_wal_lsn() - 1) FROM pg_stat_archiver")
+             == [(True,)], 60, "the WAL with the row archived")
+    conf = conf_path(cluster)
+    # pgBackRest's archive-get checks that it runs in pg1-path: the new cluster's data directory.
+    pgdata = os.path.join(os.path.dirname(cluster.dir), "bootstrap-from-backup", "pgsql-1", "data")
+    restore = {"command": f"{PGBACKREST} --config={conf} --stanza=main --delta restore", "no_params": True,
+               "recovery_conf": {"restore_command": f"{PGBACKREST} --config={conf} --stanza=main "
+                                                    f'--pg1-path={pgdata} archive-get %f "%p"',
+                                 "recovery_target_action": "promote"}}
+    # Its first primary connects as the backup's superuser: the same passwords.
+    made = running_cluster(request, "bootstrap-from-backup", passwords=cluster.passwords,
+                           per_node_overrides={"pgsql-1": {"bootstrap_method": restore}})
+    fresh = next(made)
+    assert fresh.pgdata("pgsql-1") == pgdata
+    try:
+        log = log_text(fresh, "pgsql-1")
+        assert "creating the cluster from a backup" in log and "the backup is restored and recovered" in log, log
+        assert "creating a new cluster in" not in log       # no initdb
+        assert sql(fresh, "pgsql-1", "SELECT v FROM after_backup") == [(42,)]
+        assert sql(fresh, "pgsql-1", "SELECT pg_is_in_recovery()") == [(False,)]
+        status = fresh.wait_healthy(timeout=60)
+        assert (status["primary"], status["promotable_members"]) == ("pgsql-1", ["pgsql-2"])
+        wait_for(lambda: sql(fresh, "pgsql-2", "SELECT v FROM after_backup") == [(42,)], 30,
+                 "the new cluster's standby streaming the restored data")
+        conf_text = open(os.path.join(fresh.pgdata("pgsql-1"), "pgha.conf")).read()
+        assert "recovery_target_action" not in conf_text, "the recovery parameters stay for that start only"
+        assert not os.path.exists(fresh.pgdata("pgsql-1") + ".restore")
+    finally:
+        next(made, None)

@@ -188,6 +188,29 @@ def test_bootstrap(node):
     assert node.callbacks.fired == [("on_role_change", "primary")]
 
 
+BACKUP = {"command": "pgbackrest --stanza=main --delta restore", "no_params": True,
+          "recovery_conf": {"recovery_target_action": "promote"}}
+
+
+def test_bootstrap_from_a_backup_restores_recovers_then_makes_the_roles(node):
+    node.s = replace_settings(node.s, bootstrap_method=BACKUP)
+    act(node, Action.BOOTSTRAP)
+    assert node.pg.names() == ["restore_bootstrap", "start_recovering", "create_roles"]
+    assert node.pg.calls[0][1:3] == (BACKUP, node.cluster)
+    assert node.pg.calls[1][1] == {"recovery_target_action": "promote"} and ("own_signal", True) in node.pg.calls[1]
+    assert node.memory.acting_primary and node.callbacks.fired == [("on_role_change", "primary")]
+
+
+def test_a_bootstrap_whose_recovery_fails_sets_the_copy_aside_and_is_not_primary(node):
+    node.s = replace_settings(node.s, bootstrap_method={**BACKUP, "keep_existing_recovery_conf": True})
+    node.pg.fail = {"start_recovering"}
+    with pytest.raises(PostgresError, match="start_recovering failed"):
+        act(node, Action.BOOTSTRAP)
+    assert node.pg.names() == ["restore_bootstrap", "start_recovering", "stop", "set_aside"]
+    assert ("own_signal", False) in node.pg.calls[1] and node.pg.calls[3][1] == ".bootstrap-failed"
+    assert not node.memory.acting_primary and node.callbacks.fired == []
+
+
 def test_hand_over(node):
     node.memory = node.memory.acting(True)
     act(node, Action.HAND_OVER, why="crashed again")

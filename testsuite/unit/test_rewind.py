@@ -49,6 +49,14 @@ def test_replica_method_command_as_patroni_builds_it():
                                          "main", "/d", "c") == ["pgbackrest", "--stanza=main", "restore"]
 
 
+def test_bootstrap_method_command_as_patroni_builds_it():
+    method = {"command": "restore-it --fast", "recovery_conf": {"restore_command": "x"},
+              "keep_existing_recovery_conf": True, "threads": 2}
+    assert rewind.bootstrap_method_command(method, "main", "/d.restore") == [
+        "restore-it", "--fast", "--scope=main", "--datadir=/d.restore", "--threads=2"]
+    assert rewind.bootstrap_method_command({**method, "no_params": True}, "main", "/d") == ["restore-it", "--fast"]
+
+
 def test_progress_lines():
     p = rewind.parse_progress("   20480/409600 kB (5%), 0/1 tablespace")
     assert p == rewind.CloneProgress(20480 * 1024, 409600 * 1024, 5)
