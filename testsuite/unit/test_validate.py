@@ -106,3 +106,16 @@ def test_arbiter_validate_names_a_missing_key_file_and_state_folder(tmp_path):
     assert result.stderr.splitlines() == [f"arbiter: key_file: {tmp_path / 'none.keys'} does not exist",
                                           f"arbiter: state_file: the folder {tmp_path / 'no'} that holds it "
                                           "does not exist"]
+
+
+def test_a_replica_or_bootstrap_method_whose_program_is_missing_is_named():
+    from types import SimpleNamespace
+    settings = SimpleNamespace(create_replica_methods=["pgbackrest", "basebackup"],
+                               replica_methods={"pgbackrest": {"command": "no-such-restorer --stanza=main"}},
+                               bootstrap_method={"command": "/no/such/bootstrapper restore"})
+    assert validate.replica_method_problems(settings) == [
+        "replica_methods: method pgbackrest: no-such-restorer is not an executable found on PATH",
+        "bootstrap_method: /no/such/bootstrapper is not an executable found on PATH"]
+    settings.replica_methods["pgbackrest"]["command"] = "sh -c true"
+    settings.bootstrap_method = None
+    assert validate.replica_method_problems(settings) == []
