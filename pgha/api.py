@@ -400,7 +400,7 @@ class _Handler(BaseHTTPRequestHandler):
         if check is None:
             return self._json(404, {"error": f"no such path: {path[:80]}"}, head)
         try:
-            filters = health.Filters.from_query(query)
+            filters = health.Filters.from_query(query, readiness=path.strip("/") == "readiness")
         except ValueError as exc:
             return self._json(400, {"error": str(exc)}, head)
         ok = check(snapshot, view, now, filters)

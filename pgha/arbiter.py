@@ -271,7 +271,7 @@ class Arbiter:
 
     def _flush(self, request):
         if request.what == "restart":
-            return self._cancel_restarts()
+            return self._cancel_restarts(request.member)
         before, state, error = self._change_scheduled(decision.cancel_scheduled_switchover)
         if error:
             return {"type": "error", "error": f"flush refused: {error}"}
@@ -280,16 +280,19 @@ class Arbiter:
         log.failover("scheduled switchover at %s cancelled by the operator", iso(before.scheduled_at))
         return {"type": "ok", "cancelled": {"at": iso(before.scheduled_at), "to": before.scheduled_to}}
 
-    def _cancel_restarts(self):
-        """pgha-ctl flush restart, DELETE /restart: the scheduled restarts and
-        an order not carried out, whichever there are."""
-        before, state, _ = self._change_scheduled(lambda s: (decision.without_scheduled_restart(s), None))
-        scheduled = [r.member for r in before.scheduled_restarts]
+    def _cancel_restarts(self, member=None):
+        """pgha-ctl flush restart [MEMBER], DELETE /restart (its node's member):
+        the scheduled restarts and an order not carried out, whichever there
+        are (of `member` alone when named)."""
+        before, state, _ = self._change_scheduled(lambda s: (decision.without_scheduled_restart(s, member), None))
+        scheduled = [r.member for r in before.scheduled_restarts if member in (None, r.member)]
         with self.lock:
-            pending = self.memory.restart
-            memory, error = decision.cancel_restart(self.memory)
+            pending = self.memory.restart if self.memory.restart and member in (None, self.memory.restart[0]) \
+                else None
+            memory, error = decision.cancel_restart(self.memory) if pending else (self.memory, "no restart is pending")
             if error and not scheduled:
-                return {"type": "error", "error": f"flush refused: {error} and none is scheduled"}
+                return {"type": "error", "error": f"flush refused: {error} and none is scheduled"
+                                                  f"{f' for {member}' if member else ''}"}
             self.memory = memory
             self._record("restart_cancelled", epoch=state.epoch, primary=state.primary,
                          member=pending[0] if pending else None, scheduled=scheduled)

@@ -14,8 +14,8 @@
         switchover and failover: [--force] (no question; needed without a terminal)
                                  [--wait SECONDS | --no-wait] (default: wait 60 s for the new primary
                                  and print it; exit 1 if it is not there)
-      flush switchover | restart           cancel the scheduled switchover, or the scheduled restarts
-                                           and a pending restart order
+      flush switchover | restart [MEMBER]  cancel the scheduled switchover, or the scheduled restarts
+                                           and a pending restart order (of MEMBER alone if named)
       reinit MEMBER [--force] [--wait SECONDS | --no-wait]
                                            a standby makes a fresh copy of the primary (its old data
                                            kept until the copy is complete); waits until it streams
@@ -168,8 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "due restarts run one after another, standbys first (cancel: flush restart)")
     confirm_and_wait(restart, RESTART_WAIT, "for each member to be back", "the order (one MEMBER only)")
     flush = sub.add_parser("flush", help="cancel something pending: `flush switchover` (a scheduled one), "
-                                         "`flush restart` (scheduled restarts and an order not carried out)")
+                                         "`flush restart [MEMBER]` (scheduled restarts and an order not carried "
+                                         "out; of MEMBER alone if named)")
     flush.add_argument("what", choices=requests.FLUSHABLE)
+    flush.add_argument("member", nargs="?", help="with restart: only this member's")
     sub.add_parser("version", help="pgha-ctl's version and the arbiter's")
     sub.add_parser("topology", help="the members as a tree: who streams from whom")
     add_query_command(sub)
@@ -883,7 +885,9 @@ def cmd_failover(args: argparse.Namespace, ask: Ask) -> int:
 
 
 def cmd_flush(args: argparse.Namespace, ask: Ask) -> int:
-    reply = ask({"type": "flush", "what": args.what})
+    if args.member and args.what != "restart":
+        raise Usage("a MEMBER goes with `flush restart` (that member's restarts)")
+    reply = ask({"type": "flush", "what": args.what, **({"member": args.member} if args.member else {})})
     cancelled = reply.get("cancelled") or {}
     if args.what == "restart":
         if cancelled.get("restart"):

@@ -308,8 +308,11 @@ def failover_blocker(state: ClusterState, memory: Memory, standby: str, now: flo
 
 def _failover(state: ClusterState, memory: Memory, new_primary: str, now: float,
               why: str) -> tuple[ClusterState, Memory, Events]:
+    # Kept: pause, the cluster-wide parameters, scheduled restarts; dropped: the
+    # promotable marks and a scheduled switchover (it named the old primary's standby).
     new_state = ClusterState(epoch=state.epoch + 1, primary=new_primary, paused=state.paused,
-                             parameters=state.parameters, config_version=state.config_version)
+                             parameters=state.parameters, config_version=state.config_version,
+                             scheduled_restarts=state.scheduled_restarts)
     # The new primary's lease starts now; the old primary is the standby-to-be,
     # about which nothing is known yet.
     new_memory = replace(memory, primary_seen_at=now, sync_since={}, sync_dropped_at=None,
@@ -609,10 +612,13 @@ def next_due_restart(state: ClusterState, memory: Memory, wall_now: float) -> Sc
     """The scheduled restart to order now, or None. One order at a time (as
     request_restart allows), never during a switchover, a reinit or another
     restart, and standbys before the primary: restarts due together run one
-    after another with a standby ready to take over, not all at once."""
+    after another with a standby ready to take over, not all at once. One
+    with `pending` waits until its member has reported since this arbiter
+    started (a restarted or new leading arbiter knows no report yet: it
+    must not skip it as having nothing pending)."""
     if memory.restart is not None or memory.reinit is not None or memory.switchover_to is not None:
         return None
-    due = [r for r in state.scheduled_restarts if r.at <= wall_now]
+    due = [r for r in state.scheduled_restarts if r.at <= wall_now and (not r.pending or r.member in memory.reports)]
     return min(due, key=lambda r: (r.member == state.primary, r.at, r.member), default=None)
 
 

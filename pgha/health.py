@@ -155,11 +155,11 @@ class Filters:
     mode: str = "apply"
 
     @classmethod
-    def from_query(cls, query: Mapping[str, list[str]]) -> Filters:
-        """Raises ValueError on a bad ?lag= or ?mode=."""
+    def from_query(cls, query: Mapping[str, list[str]], readiness: bool = False) -> Filters:
+        """Raises ValueError on a bad ?lag=, or a bad ?mode= on /readiness (read there alone, as Patroni does)."""
         values = query.get("lag")
         state = query.get("replication_state")
-        mode = query.get("mode", ["apply"])[-1]
+        mode = query.get("mode", ["apply"])[-1] if readiness else "apply"
         if mode not in READINESS_MODES:
             raise ValueError(f"mode must be apply or write, got {mode[:40]!r}")
         return cls(lag=None if not values else parse_lag(values[-1]), replication_state=state[-1] if state else None,

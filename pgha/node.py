@@ -408,7 +408,8 @@ class Node:
             restart_done=m.restart_done,
             upstream=m.upstream, streaming=status.streams_steadily,
             not_streaming_since=m.standby_since, slot_ensured=m.slot_ensured,
-            slots_due=self._slots_due(status.running_as), sync_standby=status.sync_standby)
+            slots_due=self._slots_due(status.running_as), sync_standby=status.sync_standby,
+            bootstrap_unfinished=self.pg.bootstrap_unfinished())
 
     def _slots_due(self, running_as):
         """Permanent slots to make (running as primary: once per start, and again

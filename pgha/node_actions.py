@@ -47,6 +47,8 @@ HAND_OVER_CHECKPOINT = 1.0
 STARTS_READ_WRITE = frozenset({Action.RESTART_AFTER_CRASH, Action.PROMOTE_STOPPED_STANDBY,
                                Action.START_PRIMARY, Action.PROMOTE_RUNNING_STANDBY, Action.RESTART_PRIMARY})
 PROMOTIONS = frozenset({Action.PROMOTE_STOPPED_STANDBY, Action.PROMOTE_RUNNING_STANDBY})    # pre_promote first
+# A failure of these is counted and the next try waits (node rules S7, B2: rejoin_backoff).
+BACKS_OFF = REJOINS | {Action.BOOTSTRAP}
 
 
 class NodeActions:
@@ -84,7 +86,7 @@ class NodeActions:
             # Armed before the start; the watchdog keeps it so (Watchdog.starting_read_write,
             # set by the HA loop around the action) until the loop's memory says acting.
             self.fencer.follow(self.lease_end)
-        if action not in REJOINS:
+        if action not in BACKS_OFF:
             self._methods[action](c, d)
             return
         try:
@@ -94,7 +96,8 @@ class NodeActions:
         except PostgresError:
             failed = c.memory.failed_rejoins + 1
             c.set(failed_rejoins=failed, last_rejoin_failure=self.clock())
-            log.warning("rejoin failed (%d in a row): the next try in %.1fs", failed, rejoin_backoff(failed))
+            log.warning("%s failed (%d in a row): the next try in %.1fs",
+                        "bootstrap" if action is Action.BOOTSTRAP else "rejoin", failed, rejoin_backoff(failed))
             raise
         c.set(failed_rejoins=0)
 
@@ -135,6 +138,8 @@ class NodeActions:
                                    "cluster over one that had data (restore it, or switch over to the standby)")
 
     def _bootstrap(self, c: Changes, d: Decision) -> None:
+        if self.pg.bootstrap_unfinished():      # node rule B1: a daemon stopped or crashed mid-way
+            self._set_aside_bootstrap("an earlier bootstrap from a backup did not finish")
         method = self.settings().bootstrap_method
         if method:
             self._bootstrap_from_backup(c, method)
@@ -145,6 +150,7 @@ class NodeActions:
             self.pg.set_recovery_signal(False)
             self.pg.start()
         self.pg.create_roles()
+        self.pg.bootstrap_finished()
         c.acting(True)
         log.failover("new cluster created; running as primary (epoch %d)", d.remember_epoch)
         self.callback("on_role_change", "primary")
@@ -160,18 +166,24 @@ class NodeActions:
                  self.pg.pgdata)
         every = c.memory.heartbeat_interval
         self.pg.restore_bootstrap(method, self.cluster_name, on_wait=self.heartbeat_while_busy, every=every)
+        recovery = method.get("recovery_conf") or {}
         try:
-            self.pg.start_recovering(method.get("recovery_conf") or {},
-                                     own_signal=not method.get("keep_existing_recovery_conf"),
+            # As Patroni: our recovery.signal only with a recovery_conf, and never over the restore's own.
+            self.pg.start_recovering(recovery, own_signal=bool(recovery) and not method.get("keep_existing_recovery_conf"),
                                      on_wait=self.heartbeat_while_busy, every=every)
-        except PostgresError:
-            # Never started as a primary again: set aside for the post-mortem, and the
-            # data directory is empty for the next try (it was empty before this one).
-            self.pg.stop("immediate")
-            log.error("bootstrap from a backup failed: the copy is set aside in %s",
-                      self.pg.set_aside(".bootstrap-failed"))
+        except PostgresError as exc:
+            self._set_aside_bootstrap(f"bootstrap from a backup failed ({exc})")
             raise
         log.failover("the backup is restored and recovered in %.1fs", self.clock() - started)
+
+    def _set_aside_bootstrap(self, why: str) -> None:
+        """A restored copy that did not finish its recovery is never started as
+        a primary: set aside (the last one kept, for the post-mortem), so the
+        next try starts from an empty data directory as this one did."""
+        self.pg.stop("immediate")
+        aside = self.pg.set_aside(".bootstrap-failed") if not self.pg.data_is_empty() else None
+        self.pg.bootstrap_finished()
+        log.error("%s: %s", why, f"the copy is set aside in {aside}" if aside else "no copy was left")
 
     def _hand_over(self, c: Changes, d: Decision) -> None:
         log.failover("handing over to the standby: %s", d.why)

@@ -15,8 +15,12 @@ matches wins.
                                                         keep reporting; leases and fencing run on)
 
   Primary at epoch E (a hand-over ends: the arbiter kept this node, so it starts again)
+    B1  a bootstrap from a backup left unfinished ..... BOOTSTRAP (its copy set aside first: never
+                                                        promoted short of its recovery's end)
     P1  PostgreSQL starting ........................... AWAIT_START
     P2  stopped, data empty, not the first epoch ...... REFUSE_EMPTY (never a new cluster over an old one)
+    B2  stopped, data empty, the last bootstrap failed
+        moments ago ................................... REJOIN_BACKOFF (S7's wait)
     P3  stopped, data empty ........................... BOOTSTRAP
     P4  stopped under us, restarted within the window . HAND_OVER
     P5  stopped under us .............................. RESTART_AFTER_CRASH, then P6-P8's start
@@ -229,6 +233,7 @@ class NodeView:
     slot_ensured: str | None = None         # the standby's slot made on this primary
     slots_due: bool = False                 # permanent slots to make (primary) or copy (standby) now
     sync_standby: str | None = None         # the name synchronous_standby_names holds now
+    bootstrap_unfinished: bool = False      # a bootstrap from a backup started and did not end
 
 
 @dataclass(frozen=True)
@@ -277,12 +282,16 @@ def _as_primary(view: NodeView, ins: AsPrimary) -> Decision:
         return Decision(action, name, remember_epoch=epoch if remember else None, then=then,
                         sync_standby=sync, slot=slot, why=why, primary=follow, address=address)
 
+    if view.bootstrap_unfinished and epoch == 1:
+        return row("B1", Action.BOOTSTRAP)
     if view.pg == PG_STARTING:
         return row("P1", Action.AWAIT_START, remember=False)
     if view.pg != PG_RUNNING:
         if view.data is DataDir.EMPTY:
             if epoch != 1 or view.acted_epoch > 1:
                 return row("P2", Action.REFUSE_EMPTY, remember=False)
+            if _backing_off(view):
+                return row("B2", Action.REJOIN_BACKOFF, remember=False)
             return row("P3", Action.BOOTSTRAP)
         if view.acting_primary:     # PostgreSQL died under us: one quick restart, else hand over
             if view.now - view.last_crash_restart < CRASH_RESTART_WINDOW:
@@ -334,7 +343,7 @@ def _as_standby(view: NodeView, ins: AsStandby) -> Decision:
         # A clean hand-over is remembered until PostgreSQL is started as a standby.
         return row("S2", Action.AWAIT_START, hand_over=view.hand_over)
     if ins.reinit and ins.reinit != view.reinit_done:
-        if view.failed_rejoins and view.now - view.last_rejoin_failure < rejoin_backoff(view.failed_rejoins):
+        if _backing_off(view):
             return row("S7", Action.REJOIN_BACKOFF)
         return replace(row("R1", Action.REINIT), reinit=ins.reinit)
     if view.pg == PG_RUNNING:
@@ -348,7 +357,7 @@ def _as_standby(view: NodeView, ins: AsStandby) -> Decision:
                 view.now - view.not_streaming_since > STANDBY_STREAM_DEADLINE:
             return row("S5", Action.RESTART_REJOIN)
         return row("S6", Action.AWAIT_STREAMING)
-    if view.failed_rejoins and view.now - view.last_rejoin_failure < rejoin_backoff(view.failed_rejoins):
+    if _backing_off(view):
         return row("S7", Action.REJOIN_BACKOFF)
     if view.data is DataDir.EMPTY:
         return row("S8", Action.CLONE, why="empty")
@@ -365,6 +374,11 @@ def _as_standby(view: NodeView, ins: AsStandby) -> Decision:
     return row("S13", Action.START_STANDBY)
 
 
+def _backing_off(view: NodeView) -> bool:
+    """A rejoin or bootstrap failed moments ago: the next try waits (rejoin_backoff)."""
+    return bool(view.failed_rejoins) and view.now - view.last_rejoin_failure < rejoin_backoff(view.failed_rejoins)
+
+
 def rejoin_backoff(failed_in_a_row: int) -> float:
-    """Seconds a standby waits after its `failed_in_a_row`-th failed rejoin."""
+    """Seconds a standby waits after its `failed_in_a_row`-th failed rejoin (or a primary after a failed bootstrap)."""
     return min(REJOIN_BACKOFF_MAX, REJOIN_BACKOFF_FIRST * 2 ** max(0, failed_in_a_row - 1))

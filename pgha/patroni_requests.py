@@ -12,7 +12,7 @@ BadRequest naming the problem, answered 400).
     POST /failover {"candidate", "leader"}                      failover --to
     DELETE /switchover                                          flush switchover
     POST /restart {"restart_pending", "schedule"}               restart of this member (--pending, --at)
-    DELETE /restart                                             flush restart
+    DELETE /restart                                             flush restart (this member's)
     POST /reinitialize {"force"}                                reinit of this member
     POST /reload                                                reload (the arbiter, then every node)
     PATCH /config {"pause", "postgresql": {"parameters"}}       pause / resume, config (null removes)
@@ -157,7 +157,8 @@ ROUTES = {
     ("POST", "/failover"): _failover,
     ("DELETE", "/switchover"): lambda body, member: Translated(({"type": "flush", "what": "switchover"},)),
     ("POST", "/restart"): _restart,
-    ("DELETE", "/restart"): lambda body, member: Translated(({"type": "flush", "what": "restart"},)),
+    # This member's scheduled restart (and its order not carried out), as Patroni's.
+    ("DELETE", "/restart"): lambda body, member: Translated(({"type": "flush", "what": "restart", "member": member},)),
     ("POST", "/reinitialize"): _reinitialize,
     ("POST", "/reload"): lambda body, member: Translated(({"type": "reload"},), accepted=202),
     ("PATCH", "/config"): _config,

@@ -478,10 +478,16 @@ class Postgres:
         if not wait_until(self._promoted, timeout, 0.01):
             raise PostgresError(f"PostgreSQL still in recovery {timeout}s after pg_promote()")
 
-    def _promoted(self):
+    def _promoted(self, refuse_login=False):
+        """Out of recovery; False while it cannot be asked. With refuse_login a
+        refused login (a restored backup whose superuser or password is not
+        admin_user's) is an error at once, not a wait."""
         try:
             return not self.query("SELECT pg_is_in_recovery()")[0][0]
-        except PostgresError:
+        except PostgresError as exc:
+            if refuse_login and ("authentication failed" in str(exc) or "does not exist" in str(exc)):
+                raise PostgresError(f"cannot log in to the restored cluster as admin_user (its superuser and "
+                                    f"password must be the backup's): {str(exc)[:200]}") from None
             return False
 
     def reload(self):
@@ -614,7 +620,22 @@ class Postgres:
                 self._remove_signal(tmp, name)
             # A restore's own restore_command there would win over recovery_conf (Patroni drops it too).
             self._strip_auto_conf(tmp, drop=lambda name: RECOVERY_CONF_KEYS.match(name) is not None)
+        # Durable before the copy is in place: a daemon stopped before the end
+        # sets the copy aside (node rule B1), never promotes it short of its target.
+        self._write(self._bootstrap_marker, "a bootstrap from a backup is under way\n")
         self._swap_in(tmp)
+
+    @property
+    def _bootstrap_marker(self):
+        return os.path.join(self.state_dir, "bootstrap-unfinished")
+
+    def bootstrap_unfinished(self):
+        return os.path.lexists(self._bootstrap_marker)
+
+    def bootstrap_finished(self):
+        if os.path.lexists(self._bootstrap_marker):
+            os.unlink(self._bootstrap_marker)
+            self._fsync_dir(self.state_dir)
 
     def _restore_into(self, label, command, env, timeout, on_wait, every, check):
         """Run a method's command(folder) into <pgdata>.restore (made afresh,
@@ -696,7 +717,7 @@ class Postgres:
             self._write(os.path.join(self.pgdata, "recovery.signal"), "")
         self.launch()
         deadline = time.monotonic() + timeout
-        while not self._promoted():
+        while not self._promoted(refuse_login=True):
             if self.postmaster_pid() is None:
                 raise PostgresError(f"the restored cluster stopped during its recovery: {self._tail_log()}")
             if self._paused_at_target():

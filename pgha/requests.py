@@ -146,9 +146,11 @@ FLUSHABLE = ("switchover", "restart")     # what `flush` cancels: a scheduled sw
 
 @dataclass(frozen=True)
 class Flush:
-    """Cancel something scheduled (pgha-ctl flush switchover), as patronictl flush."""
+    """Cancel something scheduled (pgha-ctl flush switchover), as patronictl
+    flush; for restarts, those of `member` alone when it is named."""
     cluster: str | None
     what: str
+    member: str | None = None
 
 
 Request = Union[Heartbeat, Lease, Status, History, Switchover, Failover, Pause, Resume, Rebuild, Reload, Clusters,
@@ -226,7 +228,10 @@ def _flush(m: dict[str, Any]) -> Flush:
     what = m.get("what")
     if what not in FLUSHABLE:
         raise ProtocolError(f"message field 'what' must be one of {', '.join(FLUSHABLE)}, got {clip(repr(what), 40)}")
-    return Flush(_cluster(m), what)
+    member = member_name(m, "member", required=False)
+    if member is not None and what != "restart":
+        raise ProtocolError("message field 'member' goes with what = restart (a member's restarts)")
+    return Flush(_cluster(m), what, member)
 
 
 def _reinit(m: dict[str, Any]) -> Reinit:

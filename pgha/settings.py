@@ -213,9 +213,10 @@ def tags_problem(value):
     if len(value) > MAX_TAGS:
         return f"has {len(value)} tags, at most {MAX_TAGS}"
     for name, item in value.items():
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_TAG_NAME:
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_TAG_NAME or not name.isprintable():
             return f"has a key {str(name)[:MAX_TAG_NAME]!r} that is not a tag name"
         if not isinstance(item, (str, int, float, bool)) or isinstance(item, str) and len(item) > MAX_TAG_VALUE \
+                or isinstance(item, str) and not item.isprintable() \
                 or isinstance(item, int) and not -2 ** 63 <= item < 2 ** 63 \
                 or isinstance(item, float) and not abs(item) < float("inf"):
             return f"gives tag {name!r} a value that is not a short string, number or boolean"

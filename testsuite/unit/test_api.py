@@ -158,6 +158,7 @@ def test_bad_readiness_mode_is_a_400(server, mode):
     show(server, STANDBY, VIEW)
     status, _, body = get(server, "/readiness?lag=1MB&mode=" + mode)
     assert status == 400 and b"mode must be apply or write" in body and len(body) < 200
+    assert get(server, "/replica?mode=" + mode)[0] == 200      # read on /readiness alone, as Patroni
 
 
 def test_lag_with_units_on_the_standby(server):

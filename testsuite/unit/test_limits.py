@@ -176,6 +176,10 @@ def test_report_strings_and_rows_are_bounded():
         Report.from_wire({"tags": {str(n): n for n in range(MAX_TAGS + 1)}})
     with pytest.raises(ProtocolError, match="tag 'x'"):
         Report.from_wire({"tags": {"x": [1]}})
+    with pytest.raises(ProtocolError, match="tag 'x'"):
+        Report.from_wire({"tags": {"x": "\x1b[31mred"}})       # never printed into an operator's terminal
+    with pytest.raises(ProtocolError, match="not a tag name"):
+        Report.from_wire({"tags": {"a\nb": 1}})
     with pytest.raises(ProtocolError, match="api_url"):
         Report.from_wire({"api_url": 8008})
     report = Report.from_wire({"error": "e" * 60000})

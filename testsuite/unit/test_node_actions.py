@@ -47,6 +47,7 @@ class FakePostgres:
         self.cluster_parameters, self.refused_values = {}, {}
         self.role, self.sync_standby = None, None     # what status() says of a running server
         self.refuses = {}       # parameters refused_parameters() names: name -> PostgreSQL's line
+        self.unfinished, self.has_data = False, False   # a bootstrap's marker; what data_is_empty() says
 
     def _call(self, name, *args, **kwargs):
         self.calls.append((name, *args, *sorted(kwargs.items())))
@@ -92,6 +93,12 @@ class FakePostgres:
 
     def basebackup(self, address, on_progress=None):
         self._call("basebackup", address)
+
+    def bootstrap_unfinished(self):     # a question, not an action: not recorded
+        return self.unfinished
+
+    def data_is_empty(self):
+        return not self.has_data
 
     def __getattr__(self, name):    # write_settings, reload, promote, initdb, ensure_slot, ...
         if name.startswith("__"):
@@ -183,7 +190,7 @@ def test_bootstrap(node):
     before = memory(node)
     act(node, Action.BOOTSTRAP)
     assert node.pg.calls == [("initdb",), ("write_settings", PRIMARY, ("sync_standby", None)),
-                             ("set_recovery_signal", False), ("start",), ("create_roles",)]
+                             ("set_recovery_signal", False), ("start",), ("create_roles",), ("bootstrap_finished",)]
     assert changed(node, before) == {"acting_primary": True}
     assert node.callbacks.fired == [("on_role_change", "primary")]
 
@@ -195,20 +202,33 @@ BACKUP = {"command": "pgbackrest --stanza=main --delta restore", "no_params": Tr
 def test_bootstrap_from_a_backup_restores_recovers_then_makes_the_roles(node):
     node.s = replace_settings(node.s, bootstrap_method=BACKUP)
     act(node, Action.BOOTSTRAP)
-    assert node.pg.names() == ["restore_bootstrap", "start_recovering", "create_roles"]
+    assert node.pg.names() == ["restore_bootstrap", "start_recovering", "create_roles", "bootstrap_finished"]
     assert node.pg.calls[0][1:3] == (BACKUP, node.cluster)
     assert node.pg.calls[1][1] == {"recovery_target_action": "promote"} and ("own_signal", True) in node.pg.calls[1]
     assert node.memory.acting_primary and node.callbacks.fired == [("on_role_change", "primary")]
+    node.pg.calls = []
+    node.s = replace_settings(node.s, bootstrap_method={"command": "restore"})     # no recovery_conf: no signal
+    act(node, Action.BOOTSTRAP)
+    assert node.pg.calls[1][1] == {} and ("own_signal", False) in node.pg.calls[1]
+
+
+def test_an_unfinished_bootstrap_is_set_aside_before_it_starts_afresh(node):
+    """Node rule B1: a daemon stopped mid-way left the marker; the copy it left is never promoted."""
+    node.pg.unfinished, node.pg.has_data = True, True
+    act(node, Action.BOOTSTRAP)
+    assert node.pg.names()[:4] == ["stop", "set_aside", "bootstrap_finished", "initdb"]
+    assert node.pg.calls[0][1] == "immediate" and node.pg.calls[1][1] == ".bootstrap-failed"
 
 
 def test_a_bootstrap_whose_recovery_fails_sets_the_copy_aside_and_is_not_primary(node):
     node.s = replace_settings(node.s, bootstrap_method={**BACKUP, "keep_existing_recovery_conf": True})
-    node.pg.fail = {"start_recovering"}
+    node.pg.fail, node.pg.has_data = {"start_recovering"}, True
     with pytest.raises(PostgresError, match="start_recovering failed"):
         act(node, Action.BOOTSTRAP)
-    assert node.pg.names() == ["restore_bootstrap", "start_recovering", "stop", "set_aside"]
+    assert node.pg.names() == ["restore_bootstrap", "start_recovering", "stop", "set_aside", "bootstrap_finished"]
     assert ("own_signal", False) in node.pg.calls[1] and node.pg.calls[3][1] == ".bootstrap-failed"
     assert not node.memory.acting_primary and node.callbacks.fired == []
+    assert node.memory.failed_rejoins == 1      # the next try waits (node rule B2)
 
 
 def test_hand_over(node):

@@ -50,6 +50,13 @@ TABLE = [
     ("P2", view(primary(epoch=2), acted_epoch=0, data=DataDir.EMPTY, acting_primary=True),
      Action.REFUSE_EMPTY, None),
     ("P3", view(primary(epoch=1), acted_epoch=0, data=DataDir.EMPTY), Action.BOOTSTRAP, 1),
+    # An unfinished bootstrap from a backup: never P9's promotion of its half-recovered copy.
+    ("B1", view(primary(epoch=1), acted_epoch=1, bootstrap_unfinished=True, **RUNNING_STANDBY),
+     Action.BOOTSTRAP, 1),
+    ("B1", view(primary(epoch=1), acted_epoch=1, bootstrap_unfinished=True, data=DataDir.WAS_STANDBY),
+     Action.BOOTSTRAP, 1),
+    ("B2", view(primary(epoch=1), acted_epoch=1, data=DataDir.EMPTY, failed_rejoins=2,
+                last_rejoin_failure=NOW - 0.5), Action.REJOIN_BACKOFF, None),
     ("P3", view(primary(epoch=1), acted_epoch=1, data=DataDir.EMPTY, acting_primary=True),
      Action.BOOTSTRAP, 1),
     ("P4", view(primary(), data=DataDir.WAS_PRIMARY, acting_primary=True,

@@ -28,7 +28,7 @@ GOOD = "Basic " + base64.b64encode(b"patroni:s3cret:with:colons").decode()
     ("POST", "/restart", {}, [{"type": "restart", "member": S}]),
     ("POST", "/restart", {"schedule": "2030-01-01T00:00:00Z", "restart_pending": True},
      [{"type": "restart", "member": S, "at": 1893456000.0, "pending": True}]),
-    ("DELETE", "/restart/", None, [{"type": "flush", "what": "restart"}]),
+    ("DELETE", "/restart/", None, [{"type": "flush", "what": "restart", "member": S}]),   # this member's, as Patroni
     ("POST", "/reinitialize", {"force": True}, [{"type": "reinit", "member": S}]),
     ("POST", "/reload", None, [{"type": "reload"}]),
     ("PATCH", "/config", {"pause": True, "postgresql": {"parameters": {"work_mem": "8MB", "jit": None}}},

@@ -50,6 +50,21 @@ def test_due_restarts_go_one_at_a_time_standbys_first():
     assert decision.without_scheduled_restart(both).scheduled_restarts == ()
 
 
+def test_a_pending_only_restart_waits_for_a_report_from_its_member():
+    """A restarted (or newly leading) arbiter knows no report yet: it must
+    not skip the restart as having nothing pending."""
+    state = ClusterState(3, P, scheduled_restarts=(ScheduledRestart(S, WALL, pending=True),))
+    assert decision.next_due_restart(state, decision.Memory(), WALL + 1) is None
+    heard = decision.Memory(reports={S: decision.Report()})
+    assert decision.next_due_restart(state, heard, WALL + 1).member == S
+
+
+def test_a_failover_keeps_the_scheduled_restarts():
+    state = ClusterState(3, P, {S}, scheduled_restarts=(ScheduledRestart(P, WALL), ScheduledRestart(S, WALL)))
+    new_state, _, _ = decision._failover(state, decision.Memory(), S, 100.0, "test")
+    assert new_state.epoch == 4 and new_state.scheduled_restarts == state.scheduled_restarts
+
+
 # -- the request and the stored form -------------------------------------------------------------
 
 def test_the_request_checks_its_fields():
@@ -127,7 +142,14 @@ def test_a_scheduled_restart_is_durable_shown_ordered_when_due_and_flushed(runni
     assert events[-2:] == [("restart_requested", S, "2023-11-14T22:14:20Z"),
                            ("restart_requested", P, "2023-11-14T22:14:20Z")]
 
-    # Flush cancels scheduled ones and a pending order; then nothing is left.
+    # Flush cancels scheduled ones and a pending order (a member's alone when named); then nothing is left.
+    running.arbiter.state = decision.schedule_restart(running.arbiter.state, TOPOLOGY, S, running.wall[0] + 5,
+                                                      running.wall[0], False)[0]
+    assert run(running, "flush", "restart", S) == 0
+    assert f"scheduled restarts of {S} cancelled" in capsys.readouterr().out
+    assert [r.member for r in running.arbiter.state.scheduled_restarts] == [P]
+    assert run(running, "flush", "restart", S) == 1
+    assert f"none is scheduled for {S}" in capsys.readouterr().err
     running.arbiter.state = decision.schedule_restart(running.arbiter.state, TOPOLOGY, S, running.wall[0] + 5,
                                                       running.wall[0], False)[0]
     assert run(running, "flush", "restart") == 0
