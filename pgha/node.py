@@ -96,7 +96,7 @@ class Node:
                                    clone_progress=self._clone_progress,
                                    heartbeat_while_busy=lambda: self._heartbeat(self._report(PgStatus(pg=PG_STOPPED))),
                                    lease_end=self.leases.deadline, pre_promote=lambda: node_ops.pre_promote(self.s),
-                                   scope=self.cluster)
+                                   scope=self.cluster, renew_lease=self._renew_lease)
         # What the REST API serves beyond the report, read by a thread of its own (never the HA loop).
         self.facts = FactsWatcher(lambda: self.s, lambda: pg.new_connection(statement_timeout=FACTS_TIMEOUT),
                                   clock=clock)
@@ -369,6 +369,17 @@ class Node:
             self.memory = changes.memory
             if starting:    # after the memory: the watchdog sees acting (or not) from here on
                 self.watchdog.starting_read_write(False)
+
+    def _renew_lease(self):
+        """A heartbeat from inside an action (the HA loop's thread): the
+        arbiter's lease renewed from its sending when the reply still names
+        this node primary at the instruction's epoch (as _take renews it)."""
+        sent_at = self.clock()
+        instruction = self._heartbeat(self._report(self.pg.status()))
+        current = self.memory.instruction
+        if instruction is not None and current is not None and instruction.role == PRIMARY \
+                and instruction.epoch == current.epoch:
+            self.leases.renew("arbiter", sent_at, self.memory.lease_time)
 
     def _take(self, instruction, sent_at):
         """Adopt a current instruction: its timings, and the leases and grants its role calls for."""

@@ -56,18 +56,20 @@ class NodeActions:
                  inbox: Inbox, callback: Callable[[str, str], None], say: Callable[[str, str, str], None],
                  clone_progress: Callable[[Any], None], heartbeat_while_busy: Callable[[], None],
                  lease_end: Callable[[], float | None], pre_promote: Callable[[], str | None],
-                 scope: str = "") -> None:
+                 scope: str = "", renew_lease: Callable[[], None] = lambda: None) -> None:
         """settings: the node's current settings (a reload replaces them).
         lease_end: when the primary's leases run out (monotonic), armed in
         the fencer before PostgreSQL is made read-write.
         clone_progress: told a rewind.CloneProgress while pg_basebackup runs
         (None when it ends), for the report; heartbeat_while_busy: report to
         the arbiter from inside a long action (a clone). Both run on the loop's thread.
-        scope: the cluster's name (a replica method's --scope)."""
+        scope: the cluster's name (a replica method's --scope). renew_lease: a
+        heartbeat whose confirmation renews the primary's arbiter lease, after
+        a bootstrap that outlasted the lease it started with."""
         self.pg, self.fencer, self.settings, self.clock = pg, fencer, settings, clock
         self.inbox, self.callback, self.say = inbox, callback, say
         self.clone_progress, self.heartbeat_while_busy = clone_progress, heartbeat_while_busy
-        self.lease_end = lease_end
+        self.lease_end, self.renew_lease = lease_end, renew_lease
         self.cluster_name = scope
         self.pre_promote = pre_promote      # None: go on; else why the promotion must wait
         self._pre_promote_refused: tuple[float, str] | None = None     # (when, why) of the last refusal
@@ -151,6 +153,10 @@ class NodeActions:
             self.pg.start()
         self.pg.create_roles()
         self.pg.bootstrap_finished()
+        # initdb or a restore takes seconds, longer than the lease the last
+        # heartbeat gave: a fresh one first, else the watchdog fences the new
+        # primary at once and it starts again (a standby's first clone fails).
+        self.renew_lease()
         c.acting(True)
         log.failover("new cluster created; running as primary (epoch %d)", d.remember_epoch)
         self.callback("on_role_change", "primary")

@@ -195,6 +195,22 @@ def test_bootstrap(node):
     assert node.callbacks.fired == [("on_role_change", "primary")]
 
 
+@pytest.mark.parametrize("reply, renewed", [(Instruction(role=PRIMARY, epoch=3), True),
+                                            (Instruction(role=PRIMARY, epoch=4), False),
+                                            (Instruction(role=STANDBY, epoch=3, primary="pgsql-2"), False),
+                                            (None, False)])
+def test_a_bootstrap_renews_the_arbiter_lease_before_the_node_acts_as_primary(node, reply, renewed):
+    """initdb or a restore outlasts the lease the last heartbeat gave: without a
+    fresh one the watchdog fenced the new primary at once (seen in every
+    local cluster's start), and a standby's first clone failed."""
+    sent = []
+    node._heartbeat = lambda report: sent.append(report) or reply
+    assert node.leases.remaining("arbiter") == 0
+    act(node, Action.BOOTSTRAP)
+    assert len(sent) == 1
+    assert (node.leases.remaining("arbiter") > 0) == renewed
+
+
 BACKUP = {"command": "pgbackrest --stanza=main --delta restore", "no_params": True,
           "recovery_conf": {"recovery_target_action": "promote"}}
 
