@@ -76,7 +76,7 @@ READ_TYPES = frozenset({"status"})
 
 # Paths that always answer 200 with JSON (GET / is a health check: /primary, as Patroni's).
 PLAIN_ANSWERS = {"/patroni": health.node_json, "/cluster": health.cluster_json,
-                 "/config": health.config_json, "/history": lambda s, v, now: health.history_json(s)}
+                 "/config": health.config_json, "/history": lambda s, v, now: health.history_json(s, v)}
 
 # Sends one already-signed request to the arbiter and returns its reply.
 Relay = Callable[[dict[str, Any]], dict[str, Any]]

@@ -79,6 +79,7 @@ class Arbiter:
         else:
             self.state = self._load_or_create(self.cluster.initial_primary, init)
         self.memory = decision.Memory.at_start(clock())
+        self.timelines = self.timelines_from_history()     # timeline -> the member that made it (/history)
         # One handler per kind of pgha.requests about this cluster's decision.
         self._answers = {
             requests.Heartbeat: self._heartbeat,
@@ -153,6 +154,7 @@ class Arbiter:
                 # The state is saved and adopted first: a history that cannot be
                 # written fails this reply, never the next compare-and-set.
                 self._record_change(before, outcome, memory_before)
+            self._note_timeline(node, request.report)
         for level, text in outcome.events:
             if level == "error":
                 # A refusal repeats with every heartbeat (a lost or re-created
@@ -194,6 +196,30 @@ class Arbiter:
             self._record("switchover_failed", epoch=after.epoch, primary=after.primary,
                          to=memory_before.switchover_to, reason=reason)
 
+    def _note_timeline(self, node, report):
+        """The primary's first report on a new timeline is a history event: who
+        made each timeline (Patroni's new_leader in /history)."""
+        timeline = report.timeline
+        if node != self.state.primary or report.running_as != "primary" or not timeline \
+                or self.timelines.get(timeline) == node:
+            return
+        self._record("timeline", epoch=self.state.epoch, timeline=timeline, primary=node)
+        self.timelines[timeline] = node
+        for old in sorted(self.timelines)[:-TIMELINES_KEPT]:
+            del self.timelines[old]
+
+    def timelines_from_history(self):
+        """timeline -> member, from the durable history's "timeline" events
+        (a restarted arbiter or a new leader knows them again)."""
+        try:
+            events = self.store.history()
+        except store.StateStoreError as exc:
+            log.warning("history unreadable: the timelines' leaders are not known yet (%s)", exc)
+            return {}
+        found = {e["timeline"]: e["primary"] for e in events if e.get("event") == "timeline"
+                 and type(e.get("timeline")) is int and isinstance(e.get("primary"), str)}
+        return dict(sorted(found.items())[-TIMELINES_KEPT:])
+
     def _history(self, request):
         limit = HISTORY_DEFAULT if request.limit is None else request.limit     # 1..HISTORY_MAX (requests)
         events = self.store.history(limit)
@@ -222,6 +248,7 @@ class Arbiter:
             return {"type": "status", **decided, "nodes": nodes,
                     "switchover_to": self.memory.switchover_to, "switchover_scheduled": scheduled,
                     "failover_to": self.memory.failover_to,
+                    "timelines": {str(t): name for t, name in self.timelines.items()},
                     "heartbeat_interval": self.timings.heartbeat_interval, "arbiter_version": version.VERSION}
 
     def _switchover_or_schedule(self, request):
@@ -584,6 +611,7 @@ class Arbiter:
 HISTORY_DEFAULT = 20
 HISTORY_MAX = requests.HISTORY_MAX
 HISTORY_REPLY_BYTES = protocol.MAX_FRAME - 4096   # room for the envelope and signature
+TIMELINES_KEPT = 32     # the newest timelines whose leaders status names (/history's new_leader)
 
 
 def scheduled_view(state, wall_now):

@@ -89,6 +89,7 @@ class LeadingArbiter:
                                          f"'nodes' {list(arbiter.topology.members)}")
                 arbiter.state = state
             arbiter.memory = decision.Memory.at_start(arbiter.clock())
+            arbiter.timelines = arbiter.timelines_from_history()
         self.term = term
         log.warning("acting as leader from term %d: epoch %s, primary %s; the primary is assumed to have "
                     "just renewed its lease", term, getattr(arbiter.state, "epoch", None),

@@ -345,12 +345,16 @@ def config_json(s: NodeSnapshot, view: ClusterView | None, now: float) -> dict[s
     return body
 
 
-def history_json(s: NodeSnapshot) -> list[list[Any]]:
-    """GET /history in Patroni's shape: [timeline, lsn, reason, timestamp]
-    per timeline switch, from PostgreSQL's timeline history files (dated by
-    the next timeline's file)."""
+def history_json(s: NodeSnapshot, view: ClusterView | None = None) -> list[list[Any]]:
+    """GET /history in Patroni's shape: [timeline, lsn, reason, timestamp,
+    new_leader] per timeline switch, from PostgreSQL's timeline history files
+    (dated by the next timeline's file); new_leader, the member that made the
+    next timeline, from the arbiter's status (left out when not known, as
+    Patroni leaves it out)."""
     switches = s.facts.history if s.facts else ()
-    return [[t.timeline, t.lsn, t.reason, _iso(t.at)] for t in switches]
+    leaders = view.timelines if view is not None else {}
+    return [[t.timeline, t.lsn, t.reason, _iso(t.at)] + ([leaders[t.timeline + 1]] if t.timeline + 1 in leaders else [])
+            for t in switches]
 
 
 def cluster_json(s: NodeSnapshot, view: ClusterView | None, now: float) -> dict[str, Any]:

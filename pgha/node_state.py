@@ -104,6 +104,7 @@ class ClusterView:
     scheduled_switchover: Mapping[str, Any] | None = None   # the arbiter's {"at": ISO time, "to": name}
     # member -> the arbiter's {"at": ISO time, "pending": bool}: its scheduled restart
     scheduled_restarts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    timelines: Mapping[int, str] = field(default_factory=dict)     # timeline -> the member that made it
 
     def member(self, name: str) -> Member | None:
         return next((m for m in self.members if m.name == name), None)
@@ -128,7 +129,9 @@ class ClusterView:
                    scheduled_switchover=scheduled if isinstance(scheduled := status.get("switchover_scheduled"), dict)
                    else None,
                    scheduled_restarts={r["member"]: r for r in status.get("restarts_scheduled") or ()
-                                       if isinstance(r, dict) and isinstance(r.get("member"), str)})
+                                       if isinstance(r, dict) and isinstance(r.get("member"), str)},
+                   timelines={int(t): name for t, name in (status.get("timelines") or {}).items()
+                              if isinstance(t, str) and t.isdigit() and isinstance(name, str)})
 
 
 @dataclass(frozen=True)

@@ -111,9 +111,11 @@ def test_health_codes_and_metrics_follow_a_switchover(local_cluster):
     history = json.loads(get(cluster, "pgsql-2", "/pgha/history")[1])
     assert any(e["from"] == "standby" and e["to"] == "primary" and e["epoch"] == 2 for e in history), history
     # Patroni's /history: the timeline switch the promotion made, from PostgreSQL's history file.
-    wait_for(lambda: json.loads(get(cluster, "pgsql-2", "/history")[1]), 10, "pgsql-2's /history")
-    switches = json.loads(get(cluster, "pgsql-2", "/history")[1])
+    # Its new_leader (the member that made timeline 2) comes from the arbiter's status.
+    switches = wait_for(lambda: (lambda rows: rows if rows and len(rows[0]) == 5 else None)(
+        json.loads(get(cluster, "pgsql-2", "/history")[1])), 10, "pgsql-2's /history with its new leader")
     assert [row[0] for row in switches] == [1] and switches[0][1] > 0 and switches[0][3], switches
+    assert switches[0][4] == "pgsql-2", switches
     def cluster_at_epoch_2():
         body = json.loads(get(cluster, "pgsql-1", "/cluster")[1] or b"{}")
         return body if body.get("epoch") == 2 else None

@@ -342,8 +342,9 @@ def test_cluster_view_parses_the_arbiter_status():
     assert view.epoch == 4 and view.primary == "pgsql-2" and view.promotable is False
     assert view.member("pgsql-1").report is None and view.member("pgsql-2").report.lsn == 7
     restart = {"member": "pgsql-1", "at": "2026-01-02T00:00:00Z", "in": 5.0, "pending": False}
-    view = ClusterView.from_status({**status, "restarts_scheduled": [restart, "junk", {"member": 7}]}, NOW)
-    assert view.scheduled_restarts == {"pgsql-1": restart}
+    view = ClusterView.from_status({**status, "restarts_scheduled": [restart, "junk", {"member": 7}],
+                                    "timelines": {"2": "pgsql-2", "x": "pgsql-1", "3": 5}}, NOW)
+    assert view.scheduled_restarts == {"pgsql-1": restart} and view.timelines == {2: "pgsql-2"}
     with pytest.raises(ValueError):
         ClusterView.from_status({"type": "error", "error": "no"}, NOW)
 
@@ -501,6 +502,10 @@ def test_patroni_fields_on_the_primary(server):
     assert "sync_standby" not in node and node["pgha"]["sync_standby"] == "pgsql-2"
     assert json.loads(get(server, "/history")[2]) == [
         [1, 25623960, "no recovery target specified", "2023-11-14T22:14:10+00:00"]]
+    # Patroni's new_leader: the member that made timeline 2, from the arbiter's status.
+    show(server, replace(PRIMARY, facts=FACTS), replace(VIEW, timelines={2: "pgsql-1", 3: "pgsql-2"}))
+    assert json.loads(get(server, "/history")[2]) == [
+        [1, 25623960, "no recovery target specified", "2023-11-14T22:14:10+00:00", "pgsql-1"]]
 
 
 def test_patroni_fields_on_the_standby(server):

@@ -456,3 +456,17 @@ def test_a_restart_order_is_saved_first_one_at_a_time_and_flush_cancels_it(runni
         "flush refused: no restart is pending and none is scheduled"
     events = [e["event"] for e in c.ask({"type": "history", "limit": 10})["events"]]
     assert events[-2:] == ["restart_requested", "restart_cancelled"], events
+
+
+def test_who_made_each_timeline_is_recorded_once_and_known_after_a_restart(running):
+    """Patroni's /history names the new leader of each timeline: the primary's
+    first report on a timeline is a durable history event, and status names
+    it (also after the arbiter restarts, from that history)."""
+    c = running.client()
+    for _ in range(3):
+        c.ask(heartbeat(P, 1, {**primary_report(), "timeline": 1}))
+    c.ask(heartbeat(S, 1, {**standby_report(), "timeline": 1}))       # a standby makes no timeline
+    events = [e for e in c.ask({"type": "history", "limit": 50})["events"] if e["event"] == "timeline"]
+    assert [(e["timeline"], e["primary"], e["epoch"]) for e in events] == [(1, P, 1)]
+    assert c.ask({"type": "status"})["timelines"] == {"1": P}
+    assert Arbiter(running.settings, clock=running.clock).timelines == {1: P}
