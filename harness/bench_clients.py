@@ -47,6 +47,7 @@ def trial(cluster, fault, setting, hold, index, log=print):
         while cluster.primary() != FIRST and time.monotonic() < deadline:
             time.sleep(0.5)
         cluster.wait_healthy(timeout=120)
+        assert cluster.primary() == FIRST, f"the switchover back to {FIRST} did not happen"
     run = Run(cluster, f"clients-{fault}-{setting}-{index}", dsn=SETTINGS[setting],
               commit_timeout=APP_COMMIT_TIMEOUT)
     with run:

@@ -203,7 +203,13 @@ class Arbiter:
         if node != self.state.primary or report.running_as != "primary" or not timeline \
                 or self.timelines.get(timeline) == node:
             return
-        self._record("timeline", epoch=self.state.epoch, timeline=timeline, primary=node)
+        try:
+            self._record("timeline", epoch=self.state.epoch, timeline=timeline, primary=node)
+        except store.StateStoreError as exc:
+            # Only /history's new_leader waits for it: never the heartbeat's reply (a
+            # new primary without its standby's lease yet would be fenced). Retried next heartbeat.
+            self.refusals.log(logging.WARNING, node, "timeline", f"cannot record timeline {timeline}: {exc}")
+            return
         self.timelines[timeline] = node
         for old in sorted(self.timelines)[:-TIMELINES_KEPT]:
             del self.timelines[old]

@@ -266,7 +266,7 @@ class Node:
                         "until this daemon reports again")
             return
         if confirmed:
-            self.leases.renew("arbiter", sent_at, self.memory.lease_time)
+            self.leases.renew("arbiter", sent_at, instruction.lease_time or self.memory.lease_time)
         self.fencer.follow(self.watchdog.fence_deadline)
         left = max(0.0, self.leases.deadline() - self.clock())
         log.warning("PostgreSQL left running as primary: its fencer stops it in %.1fs (the lease's end) unless "
@@ -379,7 +379,8 @@ class Node:
         current = self.memory.instruction
         if instruction is not None and current is not None and instruction.role == PRIMARY \
                 and instruction.epoch == current.epoch:
-            self.leases.renew("arbiter", sent_at, self.memory.lease_time)
+            # The reply's length: a reload may have shortened it meanwhile (reload.LeaseTransition).
+            self.leases.renew("arbiter", sent_at, instruction.lease_time or self.memory.lease_time)
 
     def _take(self, instruction, sent_at):
         """Adopt a current instruction: its timings, and the leases and grants its role calls for."""

@@ -130,8 +130,15 @@ class ClusterView:
                    else None,
                    scheduled_restarts={r["member"]: r for r in status.get("restarts_scheduled") or ()
                                        if isinstance(r, dict) and isinstance(r.get("member"), str)},
-                   timelines={int(t): name for t, name in (status.get("timelines") or {}).items()
-                              if isinstance(t, str) and t.isdigit() and isinstance(name, str)})
+                   timelines=_timelines(status.get("timelines")))
+
+
+def _timelines(value: Any) -> dict[int, str]:
+    """The status's {"2": "pgsql-1"}: timeline -> the member that made it; anything malformed left out."""
+    if not isinstance(value, dict):
+        return {}
+    return {int(t): name for t, name in value.items()
+            if isinstance(t, str) and t.isascii() and t.isdigit() and len(t) < 12 and isinstance(name, str)}
 
 
 @dataclass(frozen=True)

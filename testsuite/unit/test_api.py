@@ -345,6 +345,8 @@ def test_cluster_view_parses_the_arbiter_status():
     view = ClusterView.from_status({**status, "restarts_scheduled": [restart, "junk", {"member": 7}],
                                     "timelines": {"2": "pgsql-2", "x": "pgsql-1", "3": 5}}, NOW)
     assert view.scheduled_restarts == {"pgsql-1": restart} and view.timelines == {2: "pgsql-2"}
+    for junk in (["2"], "2", {"\u00b2": "pgsql-1"}, {"9" * 40: "pgsql-1"}):
+        assert ClusterView.from_status({**status, "timelines": junk}, NOW).timelines == {}
     with pytest.raises(ValueError):
         ClusterView.from_status({"type": "error", "error": "no"}, NOW)
 

@@ -470,3 +470,21 @@ def test_who_made_each_timeline_is_recorded_once_and_known_after_a_restart(runni
     assert [(e["timeline"], e["primary"], e["epoch"]) for e in events] == [(1, P, 1)]
     assert c.ask({"type": "status"})["timelines"] == {"1": P}
     assert Arbiter(running.settings, clock=running.clock).timelines == {1: P}
+
+
+def test_a_timeline_the_history_cannot_take_never_fails_the_heartbeat(running, monkeypatch):
+    """Only /history's new_leader waits for it: a new primary's heartbeat is
+    answered (it may hold no standby lease yet), and a later one records it."""
+    c = running.client()
+    append = running.arbiter.store.append_event
+
+    def failing(event):
+        if event["event"] == "timeline":
+            raise store.StateStoreError("disk full")
+        append(event)
+    monkeypatch.setattr(running.arbiter.store, "append_event", failing)
+    assert c.ask(heartbeat(P, 1, {**primary_report(), "timeline": 1}))["role"] == "primary"
+    assert running.arbiter.timelines == {}
+    monkeypatch.setattr(running.arbiter.store, "append_event", append)
+    c.ask(heartbeat(P, 1, {**primary_report(), "timeline": 1}))
+    assert running.arbiter.timelines == {1: P}

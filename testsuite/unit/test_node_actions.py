@@ -211,6 +211,15 @@ def test_a_bootstrap_renews_the_arbiter_lease_before_the_node_acts_as_primary(no
     assert (node.leases.remaining("arbiter") > 0) == renewed
 
 
+def test_the_renewed_lease_is_as_long_as_the_reply_says(node):
+    """A reload may shorten lease_time during a long restore: the reply's
+    length holds, never the one the bootstrap started with."""
+    node.memory = replace(node.memory, lease_time=30.0)
+    node._heartbeat = lambda report: Instruction(role=PRIMARY, epoch=3, lease_time=2.0)
+    act(node, Action.BOOTSTRAP)
+    assert 0 < node.leases.remaining("arbiter") <= 2.0
+
+
 BACKUP = {"command": "pgbackrest --stanza=main --delta restore", "no_params": True,
           "recovery_conf": {"recovery_target_action": "promote"}}
 

@@ -21,7 +21,7 @@ def verdicts():
     pan is one CPU-bound process: two at a time halve the module's time on
     the 2-core CI machines); a test waits for its own."""
     with tempfile.TemporaryDirectory(prefix="pgha-spin-") as tmp, \
-            ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0)) or 1) as pool:
         futures = {}
         for i, check in enumerate(spin_check.CHECKS):
             folder = Path(tmp) / str(i)
