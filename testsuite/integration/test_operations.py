@@ -265,16 +265,19 @@ def test_restart_every_member_in_place_standby_first_without_a_failover(local_cl
 
     # Scheduled for both at the same time (restart --at): ordered one after another, standby first.
     before = after
+    done_before = {n: r["report"].get("restart_done") for n, r in cluster.status()["nodes"].items()}
     assert ctl_run(cluster, "restart", "--at", "+2s", "--force") == 0
     assert capsys.readouterr().out.count("scheduled at") == 2
     assert [r["member"] for r in cluster.status()["restarts_scheduled"]] == ["pgsql-1", "pgsql-2"]
 
-    def both_restarted_and_back():
+    def both_restarted_and_back():      # one status: each member reports a new order done and runs again
         status = cluster.status()
-        done = not status["restarts_scheduled"] and status["promotable"] and all(
-            (status["nodes"][n].get("report") or {}).get("pg") == "running" for n in before)
-        return done and {n: cluster.postmaster_pid(n) for n in before}
-    after = wait_for(both_restarted_and_back, 120, "both scheduled restarts carried out")
+        reports = {n: status["nodes"][n].get("report") or {} for n in before}
+        return not status["restarts_scheduled"] and status["promotable"] and all(
+            r.get("pg") == "running" and r.get("restart_done") not in (None, done_before[n])
+            for n, r in reports.items())
+    wait_for(both_restarted_and_back, 120, "both scheduled restarts carried out")
+    after = {n: cluster.postmaster_pid(n) for n in before}
     assert all(after[name] and after[name] != before[name] for name in after), (before, after)
     events = cluster.arbiter_call({"type": "history", "limit": 20})["events"]
     ordered = [e["member"] for e in events if e["event"] == "restart_requested" and e.get("scheduled_for")]
