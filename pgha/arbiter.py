@@ -320,9 +320,8 @@ class Arbiter:
         before, state, _ = self._change_scheduled(lambda s: (decision.without_scheduled_restart(s, member), None))
         scheduled = [r.member for r in before.scheduled_restarts if member in (None, r.member)]
         with self.lock:
-            pending = self.memory.restart if self.memory.restart and member in (None, self.memory.restart[0]) \
-                else None
-            memory, error = decision.cancel_restart(self.memory) if pending else (self.memory, "no restart is pending")
+            memory, error = decision.cancel_restart(self.memory, member)
+            pending = None if error else self.memory.restart
             if error and not scheduled:
                 return {"type": "error", "error": f"flush refused: {error} and none is scheduled"
                                                   f"{f' for {member}' if member else ''}"}

@@ -472,12 +472,12 @@ def request_restart(state: ClusterState, memory: Memory, topology: Topology, mem
             replace(memory, sync_since=_without(memory.sync_since, member)), None)
 
 
-def cancel_restart(memory: Memory) -> tuple[Memory, str | None]:
+def cancel_restart(memory: Memory, member: str | None = None) -> tuple[Memory, str | None]:
     """pgha-ctl flush restart: a restart order that is not carried out (its
     node away, or older than the order) would keep a standby out of
     synchronous replication for ever. Cancelled, that standby becomes
-    promotable again by the usual hand-shake."""
-    if memory.restart is None:
+    promotable again by the usual hand-shake. `member`: only its order."""
+    if memory.restart is None or member not in (None, memory.restart[0]):
         return memory, "no restart is pending"
     return replace(memory, restart=None), None
 

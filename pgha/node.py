@@ -257,8 +257,7 @@ class Node:
         except PostgresError as exc:
             self._say("postgres", "error", str(exc))
             instruction = None
-        confirmed = instruction is not None and instruction.role == PRIMARY \
-            and instruction.epoch == self.memory.acted_epoch
+        confirmed = self._names_primary(instruction, self.memory.acted_epoch)
         if confirmed and paused and instruction.paused:
             self.memory = self.memory.acting(False)
             self.fencer.disarm()
@@ -266,7 +265,7 @@ class Node:
                         "until this daemon reports again")
             return
         if confirmed:
-            self.leases.renew("arbiter", sent_at, instruction.lease_time or self.memory.lease_time)
+            self._renew_arbiter_lease(instruction, sent_at)
         self.fencer.follow(self.watchdog.fence_deadline)
         left = max(0.0, self.leases.deadline() - self.clock())
         log.warning("PostgreSQL left running as primary: its fencer stops it in %.1fs (the lease's end) unless "
@@ -377,10 +376,18 @@ class Node:
         sent_at = self.clock()
         instruction = self._heartbeat(self._report(self.pg.status()))
         current = self.memory.instruction
-        if instruction is not None and current is not None and instruction.role == PRIMARY \
-                and instruction.epoch == current.epoch:
-            # The reply's length: a reload may have shortened it meanwhile (reload.LeaseTransition).
-            self.leases.renew("arbiter", sent_at, instruction.lease_time or self.memory.lease_time)
+        if current is not None and self._names_primary(instruction, current.epoch):
+            self._renew_arbiter_lease(instruction, sent_at)
+
+    @staticmethod
+    def _names_primary(instruction, epoch):
+        return instruction is not None and instruction.role == PRIMARY and instruction.epoch == epoch
+
+    def _renew_arbiter_lease(self, instruction, sent_at):
+        """The arbiter's lease from a reply naming this node primary, from when
+        its heartbeat was sent, as long as the reply says (a reload may have
+        shortened it: reload.LeaseTransition)."""
+        self.leases.renew("arbiter", sent_at, instruction.lease_time or self.memory.lease_time)
 
     def _take(self, instruction, sent_at):
         """Adopt a current instruction: its timings, and the leases and grants its role calls for."""
@@ -399,7 +406,7 @@ class Node:
                   + (f" of {instruction.primary}" if role == STANDBY else "")
                   + (f" ({instruction.reason})" if role == WAIT else ""))
         if role == PRIMARY:
-            self.leases.renew("arbiter", sent_at, m.lease_time)
+            self._renew_arbiter_lease(instruction, sent_at)
             self.grants.stop()
         elif role == STANDBY:
             self.grants.follow(instruction.primary, instruction.epoch)
