@@ -25,7 +25,8 @@
  *
  * Switches (-D...): N, K (2 members k=1 is today's protocol), LIVE (the
  * liveness run), planted bugs: BUG_NO_PROMOTABLE, BUG_FENCE_LATE,
- * BUG_FORGET_EPOCH, BUG_NONMEMBER_GRANT, BUG_NO_FAILOVER (liveness); STALE_ARBITER (compile pan with
+ * BUG_FORGET_EPOCH, BUG_NONMEMBER_GRANT, BUG_NO_FAILOVER (liveness),
+ * BUG_SHRINK_AT_ONCE, BUG_STALE_POSITIONS (N=3); STALE_ARBITER (compile pan with
  * -DNOCLAIM: the epoch property only); TODAY_GRANTS_AT_RESTART (the node
  * daemon's grant memory as the code has it today, see GRANTS_AT_RESTART).
  */
@@ -61,13 +62,18 @@
 byte a_ep = 1;              /* arbiter state file: epoch, primary, sync set */
 byte a_prim = 0;
 byte a_prev_prim;            /* ghost: for the stale-copy fault */
-byte inset;                 /* the durable synchronous set ("promotable") */
+byte inset;                 /* the durable synchronous set U ("promotable"): counted for promotion */
+byte leaving;               /* members of U on their way out: no longer named, still counted */
+byte acks;                  /* the fewest copies in U an acknowledged commit may have */
 byte acted[N];              /* each node's epoch file */
 byte has[N];                /* each node's WAL: the commits it holds (bitmask) */
 /* -- arbiter memory --------------------------------------------------------- */
 bool a_up = 1;
 byte silence;               /* ticks since the primary was heard (capped) */
 byte nogrant;               /* set members heard with no grant, primary silent */
+bool qdone;                 /* nogrant is a promotion quorum: the primary can no longer write */
+byte fresh;                 /* of nogrant, those whose report was sent after qdone */
+byte a_round;               /* the arbiter's round id (unique: kept across its restarts) */
 /* -- nodes -------------------------------------------------------------------- */
 bool up[N];                 /* node daemon */
 byte pg[N];                 /* PostgreSQL: DOWN | RW | RO */
@@ -87,6 +93,7 @@ byte hb_age[N];
 byte r_ep[N]; byte r_pg[N]; bool r_grant[N]; byte r_has[N]; byte r_str[N];
 byte r_names[N];
 byte p_role[N]; byte p_ep[N]; byte p_prim[N]; byte p_names[N]; bool p_hold[N];
+byte p_round[N]; byte r_round[N]; byte round[N];   /* the round a standby last heard, echoed */
 /* -- ghosts ------------------------------------------------------------------- */
 byte acked;                 /* commits acknowledged to a client */
 byte ncommit;
@@ -138,6 +145,56 @@ inline no_leases(i) {
 /* a standby stops granting (grants.stop) */
 inline stop_granting(i) { gallow[i] = NONE; gpaused[i] = 1 }
 
+/* The synchronous set U (inset), at a report of the primary n running
+   read-write (pgha/quorum.py next_sync_set). The primary's names are always
+   within U while U is not empty; acks is the fewest copies in U an
+   acknowledged commit may have, so any |U|-acks+1 members of U hold it.
+   - no member of U streams: U is emptied at once (nobody is promotable: safe
+     whatever names the primary still uses; today's two-member rule);
+   - a member of U not streaming and caught up is leaving: dropped from the
+     names first, still counted, and out of U only once the primary reports
+     names without it while the rest of U holds every commit (caught up in
+     this report: the code's sync_since hand-shake);
+   - a streaming, caught-up member joins U at once while U is not empty
+     (durable before it is named: a larger U only needs a larger quorum);
+   - into an empty U the members the primary names come all together, once
+     every one of them is caught up (commits acknowledged by the primary
+     alone are on them too).
+   - acks falls at once to k of the names the primary uses or is told, and
+     rises to it only once that many members of U are caught up.
+   BUG_SHRINK_AT_ONCE: the first design (a member out of U as soon as it
+   does not stream, before the primary's names lack it; acks = k of U).
+   Here every member that counts is caught up at the report, which hides
+   the hazard of raising acks early; test_quorum.py's walks, where a
+   member of U may stream behind, catch it. */
+inline sync_set(n) {
+    elig = r_str[n] & ~NOSYNC & ~bit(n);
+#ifdef BUG_SHRINK_AT_ONCE
+    inset = (inset & elig) | (elig & r_names[n]); leaving = 0;
+    if :: inset != 0 -> acks = kq(inset) :: else -> acks = 0 fi
+#else
+    if
+    :: inset == 0 ->
+        if :: r_names[n] != 0 && (r_names[n] & ~elig) == 0 -> inset = r_names[n]; acks = kq(r_names[n]) :: else fi
+    :: inset != 0 && (inset & elig) == 0 -> inset = 0; leaving = 0; acks = 0
+    :: else ->
+        leaving = inset & ~elig;
+        if :: leaving != 0 && (r_names[n] & leaving) == 0 -> inset = inset & ~leaving; leaving = 0 :: else fi;
+        inset = inset | elig;
+        /* fewer copies count at once; more once that many members of U hold
+           every commit (caught up in this report) */
+        tgt = (kq(inset & ~leaving) < kq(r_names[n]) -> kq(inset & ~leaving) : kq(r_names[n]));
+        if
+        :: tgt < acks -> acks = tgt
+        :: tgt > acks && pop(inset & elig) >= tgt -> acks = tgt
+        :: else
+        fi
+    fi
+#endif
+}
+byte tgt;
+byte elig;
+
 /* The arbiter answers node n's heartbeat (decision.on_heartbeat). */
 inline arbiter_answers(n) {
     if
@@ -145,30 +202,46 @@ inline arbiter_answers(n) {
     :: else ->
         if
         :: n == a_prim ->
-            silence = 0; nogrant = 0;
+            silence = 0; nogrant = 0; qdone = 0; fresh = 0;
             if
-            :: r_pg[n] == RW ->
-                /* _manage_sync: a member not streaming leaves the set
-                   (durable before the primary may drop it from its names);
-                   a named member streaming and caught up joins it. */
-                inset = ((inset & r_str[n]) | (r_str[n] & r_names[n])) & ~NOSYNC & ~bit(n)
+            :: r_pg[n] == RW -> sync_set(n)
             :: else -> skip
             fi;
             p_role[n] = PRIMARY; p_ep[n] = a_ep;
-            /* desired_sync_standby: the set, and a streaming non-member to
-               catch up (N=2: the standby whenever it streams) */
-            p_names[n] = (inset | r_str[n]) & ~NOSYNC & ~bit(n)
+            /* the names the primary must use: the set but its leaving
+               members; with no set, the streaming members, to catch up
+               (N=2: the standby whenever it streams) */
+            if
+            :: inset != 0 -> p_names[n] = inset & ~leaving
+            :: else -> p_names[n] = r_str[n] & ~NOSYNC & ~bit(n)
+            fi
         :: else ->
             if
             :: r_pg[n] == RO && !r_grant[n] && silence >= L + MARGIN && COUNTS(n) -> nogrant = nogrant | bit(n)
-            :: else -> nogrant = nogrant & ~bit(n)
+            :: else -> nogrant = nogrant & ~bit(n); fresh = fresh & ~bit(n)
             fi;
-            /* failover_blocker: promotable, the primary silent for lease +
-               margin, |set|-k+1 members of the set heard with no grant;
-               the most advanced of them is promoted. */
+            /* failover_blocker: the primary silent for lease + margin and
+               |U|-acks+1 members of U heard with no grant (they pause their
+               grants): from then on the primary cannot write. The most
+               advanced of them is promoted, judged on reports sent after
+               that moment (a new round), its own excepted: an earlier
+               report may predate a commit it acknowledged. */
+            if
+            :: inset != 0 && acks != 0 && pop(nogrant & inset) + acks >= pop(inset) + 1 ->
+                if :: !qdone -> qdone = 1; fresh = 0; a_round = (a_round + 1) % 4 :: else fi
+            :: else -> qdone = 0; fresh = 0
+            fi;
+#if N > 2 && !defined(BUG_STALE_POSITIONS)
+            if :: qdone && in(nogrant, n) && r_round[n] == a_round -> fresh = fresh | bit(n) :: else fi;
+#else
+            fresh = nogrant;     /* N=2: the quorum is the candidate alone */
+#endif
             best = n;
             for (j3 : 0 .. N-1) {
-                if :: in(nogrant, j3) && pop(r_has[j3]) > pop(r_has[best]) -> best = j3 :: else fi
+                if
+                :: in(nogrant, j3) && j3 != n && (!in(fresh, j3) || pop(r_has[j3]) > pop(r_has[n])) -> best = j3
+                :: else
+                fi
             }
             if
 #ifdef BUG_NO_PROMOTABLE
@@ -186,13 +259,13 @@ inline arbiter_answers(n) {
             :: r_pg[n] == RO && !r_grant[n] && in(inset, n) && best == n ->
 #endif
 #else
-            :: in(nogrant, n) && best == n && inset != 0 && pop(nogrant & inset) >= pop(inset) - kq(inset) + 1 ->
+            :: in(nogrant, n) && best == n && qdone ->
 #endif
                 INV1(n);     /* invariant 1, at the decision */
-                a_prev_prim = a_prim; a_ep++; a_prim = n; inset = 0; silence = 0; nogrant = 0;
+                a_prev_prim = a_prim; a_ep++; a_prim = n; inset = 0; leaving = 0; acks = 0; silence = 0; nogrant = 0; qdone = 0; fresh = 0;
                 p_role[n] = PRIMARY; p_ep[n] = a_ep; p_names[n] = 0
             :: else ->
-                p_role[n] = STANDBY; p_ep[n] = a_ep; p_prim[n] = a_prim;
+                p_role[n] = STANDBY; p_ep[n] = a_ep; p_prim[n] = a_prim; p_round[n] = a_round;
 #if N > 2
                 /* N members: a member heard with no grant stays silent
                    (grants paused) while the quorum is being gathered */
@@ -236,7 +309,8 @@ inline node_takes(i) {
             if
             :: !p_hold[i] -> gallow[i] = p_prim[i]; gallow_ep[i] = p_ep[i]; gpaused[i] = 0  /* grants.follow */
             :: else
-            fi
+            fi;
+            round[i] = p_round[i]
         fi
     fi
 }
@@ -293,7 +367,7 @@ inline hb_send(i) {
         up[i] && hb[i] == 0 && !beat[i] ->
         d_step {
             beat[i] = 1; hb_age[i] = 0;
-            r_ep[i] = acted[i]; r_pg[i] = pg[i]; r_has[i] = has[i]; r_names[i] = names[i];
+            r_ep[i] = acted[i]; r_pg[i] = pg[i]; r_has[i] = has[i]; r_names[i] = names[i]; r_round[i] = round[i];
             r_grant[i] = (gr[i] > 0);
             if :: !r_grant[i] -> gpaused[i] = 1 :: else fi;   /* pause before saying "no grant" */
             r_str[i] = 0;
@@ -338,7 +412,7 @@ inline stream(i, j) {
 inline crashes(i) {
     if
     :: atomic { faults < FAULTS && pg[i] != DOWN && !quiet -> faults++; pg[i] = DOWN; no_leases(i) }
-    :: atomic { faults < FAULTS && up[i] && !quiet -> faults++; up[i] = 0; clear_links(i); stop_granting(i);
+    :: atomic { faults < FAULTS && up[i] && !quiet -> faults++; up[i] = 0; clear_links(i); stop_granting(i); round[i] = 9;
 #ifdef TODAY_GRANTS_AT_RESTART
         gr[i] = 0               /* Grants() starts empty: "no grant" at once */
 #endif
@@ -386,7 +460,7 @@ init {
             fi
         }
         inset = ((1 << N) - 2) & ~NOSYNC;     /* every standby synchronous and caught up */
-        names[0] = inset
+        names[0] = inset; acks = kq(inset)
     }
     do
     NODE_STEPS(0)
@@ -398,11 +472,11 @@ init {
     :: stream(0, 2) :: stream(2, 0) :: stream(1, 2) :: stream(2, 1)
 #endif
     :: atomic { faults < FAULTS && a_up && !quiet -> faults++; a_up = 0 }
-    :: d_step { !a_up -> a_up = 1; silence = 0; nogrant = 0 }       /* Memory.at_start */
+    :: d_step { !a_up -> a_up = 1; silence = 0; nogrant = 0; qdone = 0; fresh = 0 }       /* Memory.at_start */
 #ifdef STALE_ARBITER
     /* the arbiter restored from a copy one decision old (operator error):
        checked for the epoch property only, see docs/ha-model.md */
-    :: d_step { faults < FAULTS && a_ep > 1 && !quiet -> faults++; a_ep--; a_prim = a_prev_prim; inset = 0; silence = 0; nogrant = 0 }
+    :: d_step { faults < FAULTS && a_ep > 1 && !quiet -> faults++; a_ep--; a_prim = a_prev_prim; inset = 0; leaving = 0; acks = 0; silence = 0; nogrant = 0; qdone = 0; fresh = 0 }
 #endif
     /* -- time ------------------------------------------------------------------------------ */
     :: d_step {
