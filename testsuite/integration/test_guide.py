@@ -175,7 +175,7 @@ class Cluster:
         self.files = {}             # (host, path) -> the text written
 
     def start(self):
-        de.run(["docker", "network", "create", "--subnet", str(self.subnet), self.network], timeout=60)
+        """The containers, on the network the fixture made."""
         with concurrent.futures.ThreadPoolExecutor(len(HOSTS)) as pool:
             list(pool.map(self._start_one, HOSTS))
 
@@ -229,7 +229,14 @@ class Cluster:
 @pytest.fixture
 def cluster(built, tmp_path):
     packaging.docker_ready("guide")
-    cluster = Cluster(packaging.unique("t"), free_subnet(), built[1], tmp_path)
+    for attempt in range(5):    # another run may take the same subnet between the look and the create
+        cluster = Cluster(packaging.unique("t"), free_subnet(), built[1], tmp_path)
+        made = de.run(["docker", "network", "create", "--subnet", str(cluster.subnet), cluster.network],
+                      check=False, timeout=60)
+        if made.returncode == 0:
+            break
+        assert attempt < 4 and "overlap" in made.stderr, f"docker network create: {made.stderr}"
+        time.sleep(1)
     try:
         cluster.start()
         yield cluster
