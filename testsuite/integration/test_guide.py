@@ -410,6 +410,10 @@ def test_the_guide_makes_a_cluster_that_fails_over(cluster):
                    {"pgsql-1": ("Leader", "running"), "pgsql-2": ("Sync Standby", "streaming")},
                    120, "the cluster after the guide", HOSTS)
     print(f"[guide] healthy {time.monotonic() - started:.1f} s after the last step")
+    for host in ("pgsql-1", "pgsql-2"):     # PostgreSQL as the node's user, never root
+        owner = cluster.exec(host, "stat -c %U /proc/$(head -n 1 /var/lib/postgresql/pgha/data/postmaster.pid)",
+                             check=False)
+        assert owner.stdout == "postgres\n", f"{host}'s postmaster runs as {owner.stdout!r} {owner.stderr}"
 
     token = secrets.token_hex(8)
     _, error = client_call(dsn, app_password, lambda cur: cur.execute(
