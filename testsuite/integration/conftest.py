@@ -15,7 +15,7 @@ from harness import workload
 from harness.exposure import ExposureMonitor
 from harness.localcluster import LocalCluster
 from harness.cluster import FaultError
-from testsuite import helpers
+from testsuite import helpers, packaging
 
 BASE = os.environ.get("PGHA_TEST_DIR", "/var/tmp/pgha-test")
 _ports = itertools.count(int(os.environ.get("PGHA_TEST_PORT_BASE", "7430")), 40)
@@ -37,6 +37,13 @@ def _free(port):
             return True
         except OSError:
             return False
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """(wheel, .deb) built once from a copy of the checkout, for every test
+    that installs them (test_package.py, test_guide.py)."""
+    return packaging.build(tmp_path_factory.mktemp("package"))
 
 
 @pytest.fixture

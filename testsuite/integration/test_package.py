@@ -12,68 +12,19 @@ new file is pgha's, and the arbiter writes on into it) and PostgreSQL's own
 log (copied and truncated: its writer goes on at the start of the file).
 """
 import ast
-import os
 import re
-import shutil
-import subprocess
 import time
 import tomllib
-from pathlib import Path
 
 import pytest
 
 from harness import docker as de
+from testsuite import packaging
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = packaging.ROOT
 LAUNCHER = ROOT / "debian" / "launcher"
 COMMANDS = ("pgha-node", "pgha-arbiter", "pgha-ctl", "pgha-keys")
-# Not part of a build: VCS data, caches, earlier build output.
-NOT_SOURCE = {".git", ".venv", "out", "local-cluster", "__pycache__", ".pytest_cache", ".mypy_cache",
-              "build", "dist"}
-DEB_OUTPUT = {"pgha", ".debhelper", "files", "debhelper-build-stamp"}   # in debian/, from a build there
-
-
-def source_copy(dest):
-    """The checkout's files, copied where a build may write (dpkg-buildpackage
-    puts the .deb beside the source folder)."""
-    def ignore(folder, names):
-        skip = {n for n in names if n in NOT_SOURCE or n.endswith((".pyc", ".egg-info"))}
-        if Path(folder) == ROOT / "debian":
-            skip |= {n for n in names if n in DEB_OUTPUT or n.endswith((".substvars", ".debhelper.log"))}
-        return skip
-    shutil.copytree(ROOT, dest, ignore=ignore, symlinks=True)
-    return dest
-
-
-def run(cmd, cwd=None, timeout=300, env=None):
-    """A build or install step; its output is in the failure's message."""
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert proc.returncode == 0, f"`{' '.join(map(str, cmd))}` exited {proc.returncode}:\n" \
-                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
-def need(*commands):
-    missing = [c for c in commands if shutil.which(c) is None]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} missing (bin/setup installs them)")
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """(wheel, .deb) built from a copy of the checkout."""
-    need("dpkg-buildpackage", "dh", "dh_python3")
-    work = tmp_path_factory.mktemp("package")
-    src = source_copy(work / "pgha")
-    # The wheel: the pyproject.toml build, with Debian's setuptools and wheel (no PyPI).
-    run(["/usr/bin/python3", "-m", "build", "--wheel", "--no-isolation", "--outdir", str(work), "."], cwd=src)
-    # The .deb: its Build-Depends checked without build-essential (no compiler
-    # is needed for an Architecture: all package), then built.
-    run(["dpkg-checkbuilddeps", "-I"], cwd=src)
-    run(["dpkg-buildpackage", "-us", "-uc", "-b", "-d"], cwd=src)
-    wheels, debs = list(work.glob("pgha-*.whl")), list(work.glob("pgha_*_all.deb"))
-    assert len(wheels) == 1 and len(debs) == 1, sorted(p.name for p in work.iterdir())
-    return wheels[0], debs[0]
+run = packaging.run
 
 
 # -- the wheel -----------------------------------------------------------------
@@ -112,50 +63,15 @@ def test_deb_holds_the_commands_units_and_logrotate_file(built):
     assert "python3-etcd3gw" in fields, fields
 
 
-class Container:
-    """One clean Debian container; sh() runs a shell script in it as root."""
-
-    def __init__(self, name):
-        self.name = name
-
-    def sh(self, script, check=True, timeout=120, user=None):
-        cmd = ["docker", "exec"] + (["-u", user] if user else []) + [self.name, "sh", "-c", script]
-        proc = de.run(cmd, check=False, timeout=timeout)
-        assert not check or proc.returncode == 0, f"in {self.name}: `{script}` exited {proc.returncode}:\n" \
-                                                  f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        return proc.stdout
-
-    def wait_for(self, script, timeout=30):
-        """Wait until `script` exits 0; return its output."""
-        deadline = time.monotonic() + timeout
-        while True:
-            proc = de.run(["docker", "exec", self.name, "sh", "-c", script], check=False, timeout=30)
-            if proc.returncode == 0:
-                return proc.stdout
-            if time.monotonic() >= deadline:
-                pytest.fail(f"in {self.name}: `{script}` did not succeed within {timeout} s: "
-                            f"{proc.stdout[-2000:]} {proc.stderr[-2000:]}")
-            time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def container(built):
     """A container of the base image with the .deb copied in (nothing installed)."""
-    if not de.have_docker():
-        pytest.skip("docker is not installed (bin/setup installs docker.io)")
-    de.ensure_dockerd()
-    if not de.image_exists(de.BASE_IMAGE):
-        with de.exclusive(log=lambda m: print(f"\n[package] {m}", flush=True)):
-            de.ensure_base_image()
-    name = f"pgha-package-test-{os.getpid()}"
-    de.run(["docker", "rm", "-f", name], check=False, timeout=60)
-    de.run(["docker", "run", "-d", "--name", name, "--hostname", "arbiter", de.BASE_IMAGE,
-            "sleep", "infinity"], timeout=120)
+    packaging.docker_ready("package")
+    name = packaging.unique("pgha-package-test")
     try:
-        de.run(["docker", "cp", str(built[1]), f"{name}:/tmp/"], timeout=60)
-        yield Container(name)
+        yield packaging.start_container(name, "arbiter", built[1])
     finally:
-        de.run(["docker", "rm", "-f", name], check=False, timeout=60)
+        packaging.remove_container(name)
 
 
 ARBITER_SETTINGS = """\
@@ -183,7 +99,7 @@ def test_deb_on_a_clean_debian(container):
     c.sh("useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres")
     started = time.monotonic()
     c.sh("apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
-         "/tmp/pgha_*_all.deb logrotate", timeout=600)
+         "/root/pgha_*_all.deb logrotate", timeout=600)
     print(f"\n[package] apt-get update + install: {time.monotonic() - started:.1f} s")
 
     for command in COMMANDS:
