@@ -10,7 +10,7 @@ node's memory (Node.memory, pgha/node_memory.py) alone: the actions return
 their Changes, the other threads hand results to its inbox
 (pgha/node_inbox.py). The other threads: the watchdog (pgha/node_watchdog.py),
 the lease renewer and the peer server (pgha/lease.py), the follow-target
-thread (pgha/node_actions.py), the callbacks runner (pgha/callbacks.py), and
+thread and the upstream-wait thread (pgha/node_actions.py), the callbacks runner (pgha/callbacks.py), and
 with a REST API its server and the cluster watcher (pgha/api.py,
 pgha/node_state.py). They read Node.memory (one attribute: one consistent
 value) and the published snapshot; none writes either. Also written by the
@@ -96,7 +96,8 @@ class Node:
                                    clone_progress=self._clone_progress,
                                    heartbeat_while_busy=lambda: self._heartbeat(self._report(PgStatus(pg=PG_STOPPED))),
                                    lease_end=self.leases.deadline, pre_promote=lambda: node_ops.pre_promote(self.s),
-                                   scope=self.cluster, renew_lease=self._renew_lease)
+                                   scope=self.cluster, renew_lease=self._renew_lease,
+                                   report_while_waiting=lambda: self._heartbeat(self._report(pg.status())))
         # What the REST API serves beyond the report, read by a thread of its own (never the HA loop).
         self.facts = FactsWatcher(lambda: self.s, lambda: pg.new_connection(statement_timeout=FACTS_TIMEOUT),
                                   clock=clock)

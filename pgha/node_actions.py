@@ -14,6 +14,12 @@ reporting (HandOverPrepared); once that is in, the next RELINQUISH stops
 PostgreSQL, and "follow-target" (_follow_target) starts it again in recovery
 as a standby of the target (FollowingTarget). The follow-target thread owns
 PostgreSQL while it runs: the loop reports "starting" and leaves it alone.
+
+A standby's call that waits on the primary over the network (making its
+slot there, reading the permanent slots' positions) runs on an
+"upstream-wait" thread while the loop goes on reporting (_off_loop): a dead
+primary's host holds a connection for connect_timeout, and reports late by
+that long made the standby look silent to the arbiter.
 """
 from __future__ import annotations
 
@@ -56,7 +62,8 @@ class NodeActions:
                  inbox: Inbox, callback: Callable[[str, str], None], say: Callable[[str, str, str], None],
                  clone_progress: Callable[[Any], None], heartbeat_while_busy: Callable[[], None],
                  lease_end: Callable[[], float | None], pre_promote: Callable[[], str | None],
-                 scope: str = "", renew_lease: Callable[[], None] = lambda: None) -> None:
+                 scope: str = "", renew_lease: Callable[[], None] = lambda: None,
+                 report_while_waiting: Callable[[], Any] = lambda: None) -> None:
         """settings: the node's current settings (a reload replaces them).
         lease_end: when the primary's leases run out (monotonic), armed in
         the fencer before PostgreSQL is made read-write.
@@ -65,11 +72,15 @@ class NodeActions:
         the arbiter from inside a long action (a clone). Both run on the loop's thread.
         scope: the cluster's name (a replica method's --scope). renew_lease: a
         heartbeat whose confirmation renews the primary's arbiter lease, after
-        a bootstrap that outlasted the lease it started with."""
+        a bootstrap that outlasted the lease it started with.
+        report_while_waiting: a heartbeat with PostgreSQL's status as it is,
+        returning the arbiter's Instruction or None, sent every heartbeat
+        interval while an action waits on the primary (_off_loop)."""
         self.pg, self.fencer, self.settings, self.clock = pg, fencer, settings, clock
         self.inbox, self.callback, self.say = inbox, callback, say
         self.clone_progress, self.heartbeat_while_busy = clone_progress, heartbeat_while_busy
         self.lease_end, self.renew_lease = lease_end, renew_lease
+        self.report_while_waiting = report_while_waiting
         self.cluster_name = scope
         self.pre_promote = pre_promote      # None: go on; else why the promotion must wait
         self._pre_promote_refused: tuple[float, str] | None = None     # (when, why) of the last refusal
@@ -102,6 +113,40 @@ class NodeActions:
                         "bootstrap" if action is Action.BOOTSTRAP else "rejoin", failed, rejoin_backoff(failed))
             raise
         c.set(failed_rejoins=0)
+
+    def _off_loop(self, c: Changes, d: Decision, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """call(*args, **kwargs), a call that waits on the primary over the
+        network (a connection to it: connect_timeout, a wait for its promotion,
+        a CHECKPOINT there), on a thread of its own, while this thread (the HA
+        loop's) goes on reporting every heartbeat interval: a primary whose
+        host is gone (packets dropped, no RST) must not make this node's
+        reports late, or the arbiter sees it as silent too. The call touches
+        only its own connection to the primary, never PostgreSQL here or the
+        node's memory. If a report meanwhile gets an instruction other than
+        this standby's (a failover: promote; another primary), the wait is
+        given up (UpstreamNotReady; the thread ends on its own, its result
+        unused) so that the next heartbeat acts on it at once."""
+        done = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = call(*args, **kwargs)
+            except BaseException as exc:    # handed to the loop's thread as it is
+                outcome["error"] = exc
+            finally:
+                done.set()
+        threading.Thread(target=run, daemon=True, name="upstream-wait").start()
+        while not done.wait(c.memory.heartbeat_interval):
+            instruction = self.report_while_waiting()
+            if instruction is not None and (instruction.role != STANDBY or instruction.primary != d.primary
+                                            or instruction.epoch != d.remember_epoch):
+                self.inbox.wake()
+                raise UpstreamNotReady(f"the arbiter's instruction changed (now {instruction.role} at epoch "
+                                       f"{instruction.epoch}) while waiting for {d.primary}: acting on it next")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("result")
 
     def starting_for_switchover(self) -> bool:
         """The follow-target thread is starting PostgreSQL."""
@@ -366,7 +411,8 @@ class NodeActions:
                 self.pg.ensure_permanent_slots(slots)
                 c.set(permanent_ensured=frozenset(slots))
             else:
-                self.pg.copy_permanent_slots(d.address, slots)
+                positions = self._off_loop(c, d, self.pg.primary_slot_positions, d.address, slots)
+                self.pg.copy_permanent_slots(slots, positions)
         except PostgresError as exc:     # UpstreamNotReady too: the next try will do
             self.say("slots", "warning", f"permanent slots: {exc}")
             return
@@ -415,7 +461,7 @@ class NodeActions:
         else:
             log.failover("rejoining as standby of %s: a fresh copy (%s; earlier attempt could not "
                          "follow it)", d.primary, methods)
-        self.pg.prepare_upstream(d.address, self.settings().slot_name)
+        self._off_loop(c, d, self.pg.prepare_upstream, d.address, self.settings().slot_name)
         self._make_replica(c, d)
         self._run_as_standby(c, d)
 
@@ -424,14 +470,14 @@ class NodeActions:
                      "copy is complete)", d.primary)
         if self.pg.postmaster_pid():
             self.pg.stop("fast")
-        self.pg.prepare_upstream(d.address, self.settings().slot_name)
+        self._off_loop(c, d, self.pg.prepare_upstream, d.address, self.settings().slot_name)
         self._make_replica(c, d)
         self._run_as_standby(c, d)
         c.set(reinit_done=d.reinit, rejoin_failures=0)
 
     def _rewind(self, c: Changes, d: Decision) -> None:
         log.failover("rejoining as standby of %s: pg_rewind", d.primary)
-        self.pg.prepare_upstream(d.address, self.settings().slot_name, checkpoint=True)
+        self._off_loop(c, d, self.pg.prepare_upstream, d.address, self.settings().slot_name, checkpoint=True)
         try:
             outcome = self.pg.rewind(d.address)
         except PostgresError as exc:
@@ -502,7 +548,8 @@ class NodeActions:
         if switchover:
             log.failover("following %s from the hand-over point (clean switchover: no rewind)", d.primary)
         if not (switchover and c.memory.prepared_upstream == d.address):
-            self.pg.prepare_upstream(d.address, self.settings().slot_name, wait_promoted=not switchover)
+            self._off_loop(c, d, self.pg.prepare_upstream, d.address, self.settings().slot_name,
+                           wait_promoted=not switchover)
         c.set(prepared_upstream=None)
         self._run_as_standby(c, d)
 

@@ -963,26 +963,34 @@ class Postgres:
             finally:
                 conn.close()
 
-    def copy_permanent_slots(self, address, slots):
-        """On a standby: its copies of the permanent physical slots, each moved up
-        to where the primary's stands (so after a promotion here a consumer
-        finds the WAL it still needs); logical ones, which a standby cannot
-        serve (PostgreSQL before 16) but which would hold back its catalog,
-        dropped."""
+    def primary_slot_positions(self, address, slots):
+        """The primary's restart positions of the permanent physical slots
+        (setting permanent_slots): {name: LSN as int}. Only a connection to
+        the primary, none to the local server: it may run on a thread of its
+        own while the HA loop goes on reporting (a dead primary's host holds
+        it for connect_timeout)."""
         physical = sorted(name for name, spec in slots.items() if spec["type"] == "physical")
-        for name in sorted(set(slots) - set(physical)):
-            self.execute(DROP_INACTIVE_SLOT_SQL, (name,))
         if not physical:
-            return
+            return {}
         conn = self._upstream_connection(address)
         try:
             with conn.cursor() as cur:
                 cur.execute(PRIMARY_SLOT_POSITIONS_SQL, (physical,))
-                positions = dict(cur.fetchall())
+                return dict(cur.fetchall())
         except psycopg2.Error as exc:
             raise PostgresError(f"cannot read the primary's permanent slots: {_first_line(exc)}") from None
         finally:
             conn.close()
+
+    def copy_permanent_slots(self, slots, positions):
+        """On a standby: its copies of the permanent physical slots, each moved up
+        to where the primary's stands (`positions`, primary_slot_positions: so
+        after a promotion here a consumer finds the WAL it still needs);
+        logical ones, which a standby cannot serve (PostgreSQL before 16) but
+        which would hold back its catalog, dropped."""
+        physical = sorted(name for name, spec in slots.items() if spec["type"] == "physical")
+        for name in sorted(set(slots) - set(physical)):
+            self.execute(DROP_INACTIVE_SLOT_SQL, (name,))
         for name in physical:
             self.execute(ENSURE_SLOT_SQL, (name, name))
             if name in positions:

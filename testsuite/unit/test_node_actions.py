@@ -449,9 +449,9 @@ def test_sync_slots_makes_the_permanent_slots_on_the_primary_once(node):
 
 def test_sync_slots_copies_them_on_a_standby_and_a_failure_waits_its_turn(node):
     node.s.permanent_slots = SLOTS
-    node.pg.unready = {"copy_permanent_slots"}
+    node.pg.unready = {"primary_slot_positions"}
     act(node, Action.SYNC_SLOTS, primary="pgsql-2", address=TARGET)      # the primary unreachable: no raise
-    assert node.pg.calls == [("copy_permanent_slots", TARGET, SLOTS)]
+    assert node.pg.calls == [("primary_slot_positions", TARGET, SLOTS)]
     assert node.memory.slots_synced_at == NOW and node.memory.permanent_ensured == frozenset()
     assert not node._slots_due("standby")
     node.memory = replace(node.memory, slots_synced_at=NOW - 60)
@@ -459,6 +459,58 @@ def test_sync_slots_copies_them_on_a_standby_and_a_failure_waits_its_turn(node):
     remember(node, upstream=None)
     act(node, Action.FOLLOW, primary="pgsql-2", address=TARGET)
     assert node.pg.calls[-1] == ("drop_inactive_slots", ("keep", frozenset({"archive"})))   # its copies stay
+
+
+def test_sync_slots_copies_the_positions_read_from_the_primary(node):
+    node.s.permanent_slots = SLOTS
+    node.pg.primary_slot_positions = lambda address, slots: node.pg._call("primary_slot_positions") or {"archive": 7}
+    act(node, Action.SYNC_SLOTS, primary="pgsql-2", address=TARGET)
+    assert node.pg.calls == [("primary_slot_positions",), ("copy_permanent_slots", SLOTS, {"archive": 7})]
+
+
+def blocked_upstream(node, seconds):
+    """prepare_upstream and primary_slot_positions held `seconds`, as a
+    connection to a dead primary's host (packets dropped) is, for its
+    connect_timeout; the reports sent meanwhile (their send times) recorded."""
+    def hung(*args, **kwargs):
+        time.sleep(seconds)
+        raise UpstreamNotReady("cannot connect to primary: timeout expired")
+    node.pg.prepare_upstream = node.pg.primary_slot_positions = hung
+    sent = []
+    node._heartbeat = lambda report: sent.append(time.monotonic()) or Instruction(
+        role=STANDBY, epoch=3, primary="pgsql-2", primary_address=TARGET)
+    remember(node, heartbeat_interval=0.05)
+    return sent
+
+
+@pytest.mark.parametrize("action", [Action.START_STANDBY, Action.CLONE, Action.REWIND, Action.REINIT,
+                                    Action.SYNC_SLOTS])
+def test_a_wait_on_an_unreachable_primary_keeps_the_reports_coming(node, action):
+    """Seen in test_guide: pgsql-1's host killed (no RST) while pgsql-2 was not
+    promotable; 30 s later pgsql-2 stopped to rejoin and every heartbeat's
+    connection to the dead primary held the HA loop for connect_timeout (3 s),
+    so it reported every 3-3.5 s, not every 0.5 s, and showed as unknown."""
+    node.s.permanent_slots = SLOTS
+    sent = blocked_upstream(node, 0.6)
+    started = time.monotonic()
+    try:
+        act(node, action, primary="pgsql-2", address=TARGET)
+    except UpstreamNotReady:
+        pass
+    gaps = [b - a for a, b in zip([started] + sent, sent + [time.monotonic()])]
+    assert len(sent) >= 5 and max(gaps) < 0.3, gaps
+
+
+def test_a_failover_decided_meanwhile_ends_the_wait_at_once(node):
+    """A report sent while waiting gets another instruction (the arbiter promotes
+    this standby): the wait is given up, the loop acts on it next."""
+    sent = blocked_upstream(node, 3.0)
+    node._heartbeat = lambda report: sent.append(time.monotonic()) or Instruction(role=PRIMARY, epoch=4)
+    started = time.monotonic()
+    with pytest.raises(UpstreamNotReady, match="instruction changed"):
+        act(node, Action.START_STANDBY, primary="pgsql-2", address=TARGET)
+    assert time.monotonic() - started < 1.0 and len(sent) == 1
+    assert node.memory.failed_rejoins == 0      # no backoff before acting on the new instruction
 
 
 def test_stay_standby(node):
