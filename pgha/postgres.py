@@ -171,6 +171,13 @@ def quote_conf(value):
     return "'" + "".join(_CONF_ESCAPES.get(char, char) for char in text) + "'"
 
 
+# Every connection to the primary finds its host gone (packets dropped, no
+# RST) within about 5 s of silence, as the WAL receiver does: a clone, a
+# rewind or a query waiting on a dead primary would otherwise wait for the
+# kernel's two hours.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1, "keepalives_count": 3}
+
+
 def conninfo(**parts):
     """A libpq connection string; values quoted so spaces, quotes and backslashes survive."""
     def q(v):
@@ -323,8 +330,7 @@ class Postgres:
     def _primary_conninfo(self, address):
         return conninfo(host=address.host, port=address.pg_port, user=self.s.replication_user,
                         password=self.s.replication_password, application_name=self.s.name,
-                        connect_timeout=2, keepalives=1, keepalives_idle=2, keepalives_interval=1,
-                        keepalives_count=3)
+                        connect_timeout=2, **KEEPALIVES)
 
     def _ensure_include(self):
         path = os.path.join(self.pgdata, "postgresql.conf")
@@ -561,8 +567,8 @@ class Postgres:
         """
         tmp = self.pgdata + ".basebackup"
         self._remove_tree(tmp)
-        args = ["pg_basebackup", "-h", address.host, "-p", str(address.pg_port),
-                "-U", self.s.replication_user, "-D", tmp, "-X", "stream", "-c", "fast",
+        source = conninfo(host=address.host, port=address.pg_port, user=self.s.replication_user, **KEEPALIVES)
+        args = ["pg_basebackup", "-d", source, "-D", tmp, "-X", "stream", "-c", "fast",
                 "-S", self.s.slot_name, "--no-password", "--progress"]
 
         def progress_line(line):
@@ -597,7 +603,7 @@ class Postgres:
         the copy as a standby (standby.signal) and keeps the restore_command
         it wrote, for the WAL since the backup."""
         connstring = conninfo(host=address.host, port=address.pg_port, user=self.s.replication_user,
-                              dbname="postgres", connect_timeout=5)
+                              dbname="postgres", connect_timeout=5, **KEEPALIVES)
         tmp = self._restore_into(
             f"replica method {name}", lambda folder: rejoin.replica_method_command(method, scope, folder, connstring),
             {"PGPASSWORD": self.s.replication_password, "PGCONNECT_TIMEOUT": "5"}, timeout, on_wait, every,
@@ -758,7 +764,7 @@ class Postgres:
         set as restore_command for this run only (write_settings drops it).
         """
         source = conninfo(host=address.host, port=address.pg_port, user=self.s.admin_user,
-                          dbname="postgres", connect_timeout=5)
+                          dbname="postgres", connect_timeout=5, **KEEPALIVES)
         self._wait_postmaster_gone()
         passfile = os.path.join(self.state_dir, "rewind.pgpass")
         self._write(passfile, rejoin.pgpass_line(address.host, address.pg_port, self.s.admin_user,
@@ -912,7 +918,7 @@ class Postgres:
             conn = psycopg2.connect(host=address.host, port=address.pg_port, user=self.s.admin_user,
                                     password=self.s.admin_password, dbname="postgres", connect_timeout=3,
                                     # no GSSAPI here (pg_hba: passwords): trying it maps Kerberos' libraries
-                                    application_name="pgha-node", gssencmode="disable")
+                                    application_name="pgha-node", gssencmode="disable", **KEEPALIVES)
         except psycopg2.Error as exc:
             raise UpstreamNotReady(f"cannot connect to primary {address.host}:{address.pg_port}: "
                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from None
