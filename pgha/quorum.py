@@ -1,5 +1,5 @@
 """The synchronous set and the promotion quorum for any number of members:
-rules S1-S4 and P2-P3 of docs/ha-model.md ("Any number of members"), as
+rules S1-S5 and P2-P3 of docs/ha-model.md ("Any number of members"), as
 pure functions over member names and WAL positions.
 
 The primary's synchronous_standby_names is ANY k (names). The arbiter keeps
@@ -41,11 +41,14 @@ class SyncSet:
         return len(self.members) - self.acks + 1
 
 
-def next_sync_set(current: SyncSet, k: int, *, reported: Iterable[str], ready: Iterable[str],
+def next_sync_set(current: SyncSet, k: int, *, reported: Iterable[str], reported_k: int, ready: Iterable[str],
                   flushed: Mapping[str, int], primary_lsn: int) -> SyncSet:
     """The set after a report of the primary running read-write.
 
-    reported: the names it uses now; ready: the members that may count
+    k: the count the cluster asks for now (what the names sent will carry);
+    reported, reported_k: the names and the count the primary uses now (a
+    changed k reaches it with the next names, so the copies are counted by
+    the smaller of the two until it reports the new one); ready: the members that may count
     (streaming, not nosync; outside U also flushed past the primary's
     position when the names it reports were first seen: the sync_since
     hand-shake); flushed: each standby's flush position in that report;
@@ -54,10 +57,12 @@ def next_sync_set(current: SyncSet, k: int, *, reported: Iterable[str], ready: I
     members, acks = current.members, current.acks
     if not members:
         # S4: into an empty set the named members come together, once every
-        # one holds what the primary acknowledged alone; until then the
-        # ready members are named, to catch up.
-        if reported and reported <= ready:
-            return SyncSet(members=reported, names=reported, acks=k_eff(k, reported), reported=reported)
+        # one holds what the primary acknowledged alone, and only those it
+        # was told (a report that predates them is no confirmation); until
+        # then the ready members are named, to catch up.
+        if reported and reported <= ready and reported == current.names:
+            return SyncSet(members=reported, names=reported, acks=min(k_eff(k, reported), k_eff(reported_k, reported)),
+                           reported=reported)
         return SyncSet(names=ready, reported=reported)
     if not members & ready:
         return SyncSet(names=ready, reported=reported)      # S2: nobody is promotable, so this is safe at once
@@ -78,7 +83,7 @@ def next_sync_set(current: SyncSet, k: int, *, reported: Iterable[str], ready: I
     names = members - leaving
     # Fewer copies count at once (durable before the names are sent); more
     # only once that many members of U hold every commit so far.
-    target = min(k_eff(k, names), k_eff(k, reported))
+    target = min(k_eff(k, names), k_eff(reported_k, reported))
     acks, raising = min(acks, target), None
     if target > acks:
         if current.raising is None or current.raising[0] != target:
