@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 
-import psycopg2
 import pytest
 from conftest import WriteRun, running_cluster, superuser, wait_for
 from test_cluster import log_text, sql
@@ -92,14 +91,7 @@ def test_a_standby_and_a_new_cluster_made_from_a_pgbackrest_backup(cluster, requ
     # The segment the switch completed, read once: the current position moves
     # on (a checkpoint after the switch starts the next segment, which is not
     # archived until it too is complete).
-    conn = psycopg2.connect(**cluster.superuser_params("pgsql-1"), connect_timeout=3)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_walfile_name(pg_switch_wal() - 1)")
-            segment = cur.fetchone()[0]
-    finally:
-        conn.close()
+    [(segment,)] = sql(cluster, "pgsql-1", "SELECT pg_walfile_name(pg_switch_wal() - 1)")
     wait_for(lambda: sql(cluster, "pgsql-1", "SELECT last_archived_wal IS NOT NULL AND last_archived_wal >= "
                                              f"'{segment}' FROM pg_stat_archiver")
              == [(True,)], 60, "the WAL with the row archived")
