@@ -30,7 +30,6 @@ class SyncSet:
     leaving: frozenset[str] = frozenset()       # of U: no longer named, still counted (S3)
     leaving_at: int | None = None               # the primary's LSN when its names first lacked them
     raising: tuple[int, int] | None = None      # (acks to come, the primary's LSN when its names first gave it)
-    reported: frozenset[str] = frozenset()      # the names the primary last reported using
 
     def quorum(self) -> int | None:
         """P2: how many members of U must report no grant before a
@@ -61,11 +60,10 @@ def next_sync_set(current: SyncSet, k: int, *, reported: Iterable[str], reported
         # was told (a report that predates them is no confirmation); until
         # then the ready members are named, to catch up.
         if reported and reported <= ready and reported == current.names:
-            return SyncSet(members=reported, names=reported, acks=min(k_eff(k, reported), k_eff(reported_k, reported)),
-                           reported=reported)
-        return SyncSet(names=ready, reported=reported)
+            return SyncSet(members=reported, names=reported, acks=min(k_eff(k, reported), k_eff(reported_k, reported)))
+        return SyncSet(names=ready)
     if not members & ready:
-        return SyncSet(names=ready, reported=reported)      # S2: nobody is promotable, so this is safe at once
+        return SyncSet(names=ready)      # S2: nobody is promotable, so this is safe at once
     leaving, leaving_at = members - ready, None
     if leaving and not reported & leaving:
         # S3: the primary no longer names them. They stop counting once the
@@ -93,7 +91,7 @@ def next_sync_set(current: SyncSet, k: int, *, reported: Iterable[str], reported
         else:
             raising = current.raising
     return SyncSet(members=members, names=names, acks=acks, leaving=leaving, leaving_at=leaving_at,
-                   raising=raising, reported=reported)
+                   raising=raising)
 
 
 def _flushed_past(flushed: Mapping[str, int], members: Iterable[str], lsn: int) -> int:

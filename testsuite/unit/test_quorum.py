@@ -11,7 +11,7 @@ from pgha import quorum
 from pgha.quorum import Standing, SyncSet, candidate, k_eff, next_sync_set, quorum_complete
 
 AB = frozenset({"a", "b"})
-U3 = SyncSet(members=frozenset("abc"), names=frozenset("abc"), acks=1, reported=frozenset("abc"))
+U3 = SyncSet(members=frozenset("abc"), names=frozenset("abc"), acks=1)
 
 
 # -- the set (S1-S4) ---------------------------------------------------------------
@@ -48,7 +48,7 @@ def test_leaving_ends_once_the_rest_holds_what_was_acknowledged():
 
 
 def test_a_ready_member_joins_a_non_empty_set_before_it_is_named():
-    u = SyncSet(members=frozenset({"a"}), names=frozenset({"a"}), acks=1, reported=frozenset({"a"}))
+    u = SyncSet(members=frozenset({"a"}), names=frozenset({"a"}), acks=1)
     after = next_sync_set(u, 1, reported_k=1, reported={"a"}, ready={"a", "c"}, flushed={"a": 3, "c": 3}, primary_lsn=3)
     assert after.members == {"a", "c"} and after.names == {"a", "c"} and after.quorum() == 2
 
@@ -57,7 +57,7 @@ def test_more_copies_count_only_once_that_many_members_hold_every_commit():
     """k=2: a named alone (ANY 1) while c came back; named both (ANY 2), a
     commit acknowledged by a alone before must still be found: the quorum
     stays at 2 of {a, c} until both have flushed past the switch."""
-    u = SyncSet(members=frozenset({"a", "c"}), names=frozenset({"a"}), acks=1, reported=frozenset({"a"}))
+    u = SyncSet(members=frozenset({"a", "c"}), names=frozenset({"a"}), acks=1)
     told = next_sync_set(u, 2, reported_k=2, reported={"a"}, ready={"a", "c"}, flushed={"a": 8, "c": 6}, primary_lsn=8)
     assert told.names == {"a", "c"} and told.acks == 1 and told.quorum() == 2
     using = next_sync_set(told, 2, reported_k=2, reported={"a", "c"}, ready={"a", "c"}, flushed={"a": 9, "c": 6}, primary_lsn=9)
@@ -69,7 +69,7 @@ def test_more_copies_count_only_once_that_many_members_hold_every_commit():
 
 
 def test_fewer_copies_count_at_once():
-    u = SyncSet(members=frozenset("abc"), names=frozenset("abc"), acks=2, reported=frozenset("abc"))
+    u = SyncSet(members=frozenset("abc"), names=frozenset("abc"), acks=2)
     after = next_sync_set(u, 2, reported_k=2, reported="abc", ready={"a"}, flushed={"a": 5}, primary_lsn=5)
     assert after.names == {"a"} and after.acks == 1 and after.quorum() == 3
 
@@ -88,7 +88,7 @@ def test_into_an_empty_set_the_named_members_come_together():
 def test_a_raised_k_counts_only_once_the_primary_uses_it():
     """k raised from 1 to 2: the names go out with ANY 2, but until the
     primary reports it, commits may still have one copy."""
-    u = SyncSet(members=frozenset("abc"), names=frozenset("abc"), acks=1, reported=frozenset("abc"))
+    u = SyncSet(members=frozenset("abc"), names=frozenset("abc"), acks=1)
     told = next_sync_set(u, 2, reported_k=1, reported="abc", ready="abc", flushed=dict.fromkeys("abc", 5),
                          primary_lsn=5)
     assert told.acks == 1 and told.raising is None and told.quorum() == 3
@@ -153,7 +153,7 @@ class World:
         self.streaming = {s: True for s in self.standbys}
         self.names, self.pending = everyone, None     # synchronous_standby_names; an instruction not yet taken
         self.applied_k = k                            # the k in the primary's ANY k (names)
-        self.sset = SyncSet(members=everyone, names=everyone, acks=k_eff(k, everyone), reported=everyone)
+        self.sset = SyncSet(members=everyone, names=everyone, acks=k_eff(k, everyone))
         self.acked = 0                                # the newest acknowledged commit
         self.silent = self.lease_out = False          # cut off from the arbiter; its arbiter lease over
         self.granting = {s: True for s in self.standbys}
@@ -285,7 +285,7 @@ def join_unnamed(current, k, *, reported, reported_k, ready, flushed, primary_ls
     if current.members:
         return REAL_NEXT(current, k, reported=reported, reported_k=reported_k, ready=ready, flushed=flushed,
                          primary_lsn=primary_lsn)
-    return SyncSet(members=frozenset(ready), names=frozenset(ready), acks=k_eff(k, ready), reported=frozenset(reported))
+    return SyncSet(members=frozenset(ready), names=frozenset(ready), acks=k_eff(k, ready))
 
 
 def leave_on_confirmation(current, k, *, reported, reported_k, ready, flushed, primary_lsn):
