@@ -94,10 +94,10 @@ class Node:
                                  on_fenced=lambda: self._callback("on_role_change", "fenced"))
         self.actions = NodeActions(pg, self.fencer, lambda: self.s, clock, self.inbox, self._callback, self._say,
                                    clone_progress=self._clone_progress,
-                                   heartbeat_while_busy=lambda: self._heartbeat(self._report(PgStatus(pg=PG_STOPPED))),
+                                   heartbeat_while_busy=lambda status=None: self._heartbeat(
+                                       self._report(status or PgStatus(pg=PG_STOPPED))),
                                    lease_end=self.leases.deadline, pre_promote=lambda: node_ops.pre_promote(self.s),
-                                   scope=self.cluster, renew_lease=self._renew_lease,
-                                   report_while_waiting=lambda: self._heartbeat(self._report(pg.status())))
+                                   scope=self.cluster, renew_lease=self._renew_lease)
         # What the REST API serves beyond the report, read by a thread of its own (never the HA loop).
         self.facts = FactsWatcher(lambda: self.s, lambda: pg.new_connection(statement_timeout=FACTS_TIMEOUT),
                                   clock=clock)

@@ -34,7 +34,7 @@ from pgha.node_inbox import FollowingTarget, HandOverPrepared, Inbox
 from pgha.node_memory import Changes
 from pgha.node_rules import REJOINS, STANDBY_STREAM_DEADLINE, Action, Decision, HandOver, rejoin_backoff
 from pgha.node_ops import PRE_PROMOTE_RETRY
-from pgha.postgres import PostgresError, UpstreamNotReady
+from pgha.postgres import PostgresError, UpstreamNotReady, physical_slots
 from pgha.settings import BASEBACKUP
 
 log = logs.get("node")
@@ -60,27 +60,25 @@ BACKS_OFF = REJOINS | {Action.BOOTSTRAP}
 class NodeActions:
     def __init__(self, pg: Any, fencer: Fencer, settings: Callable[[], Any], clock: Callable[[], float],
                  inbox: Inbox, callback: Callable[[str, str], None], say: Callable[[str, str, str], None],
-                 clone_progress: Callable[[Any], None], heartbeat_while_busy: Callable[[], None],
+                 clone_progress: Callable[[Any], None], heartbeat_while_busy: Callable[..., Any],
                  lease_end: Callable[[], float | None], pre_promote: Callable[[], str | None],
-                 scope: str = "", renew_lease: Callable[[], None] = lambda: None,
-                 report_while_waiting: Callable[[], Any] = lambda: None) -> None:
+                 scope: str = "", renew_lease: Callable[[], None] = lambda: None) -> None:
         """settings: the node's current settings (a reload replaces them).
         lease_end: when the primary's leases run out (monotonic), armed in
         the fencer before PostgreSQL is made read-write.
         clone_progress: told a rewind.CloneProgress while pg_basebackup runs
-        (None when it ends), for the report; heartbeat_while_busy: report to
-        the arbiter from inside a long action (a clone). Both run on the loop's thread.
+        (None when it ends), for the report; heartbeat_while_busy(status=None):
+        report to the arbiter from inside a long action (a clone: PostgreSQL
+        reported stopped; a wait on the primary, _off_loop: its status as it
+        is) and return the arbiter's Instruction or None. Both run on the
+        loop's thread.
         scope: the cluster's name (a replica method's --scope). renew_lease: a
         heartbeat whose confirmation renews the primary's arbiter lease, after
-        a bootstrap that outlasted the lease it started with.
-        report_while_waiting: a heartbeat with PostgreSQL's status as it is,
-        returning the arbiter's Instruction or None, sent every heartbeat
-        interval while an action waits on the primary (_off_loop)."""
+        a bootstrap that outlasted the lease it started with."""
         self.pg, self.fencer, self.settings, self.clock = pg, fencer, settings, clock
         self.inbox, self.callback, self.say = inbox, callback, say
         self.clone_progress, self.heartbeat_while_busy = clone_progress, heartbeat_while_busy
         self.lease_end, self.renew_lease = lease_end, renew_lease
-        self.report_while_waiting = report_while_waiting
         self.cluster_name = scope
         self.pre_promote = pre_promote      # None: go on; else why the promotion must wait
         self._pre_promote_refused: tuple[float, str] | None = None     # (when, why) of the last refusal
@@ -138,7 +136,7 @@ class NodeActions:
                 done.set()
         threading.Thread(target=run, daemon=True, name="upstream-wait").start()
         while not done.wait(c.memory.heartbeat_interval):
-            instruction = self.report_while_waiting()
+            instruction = self.heartbeat_while_busy(self.pg.status())
             if instruction is not None and (instruction.role != STANDBY or instruction.primary != d.primary
                                             or instruction.epoch != d.remember_epoch):
                 self.inbox.wake()
@@ -443,7 +441,7 @@ class NodeActions:
     def permanent_physical(self) -> frozenset[str]:
         """The permanent physical slots: a standby keeps its copies of them."""
         slots = getattr(self.settings(), "permanent_slots", None) or {}
-        return frozenset(name for name, spec in slots.items() if spec["type"] == "physical")
+        return frozenset(physical_slots(slots))
 
     def _restart_rejoin(self, c: Changes, d: Decision) -> None:
         log.warning("not streaming from the primary for %.0fs (diverged timeline?): stopping to "

@@ -178,6 +178,11 @@ def quote_conf(value):
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1, "keepalives_count": 3}
 
 
+def physical_slots(slots):
+    """The names of the physical ones among permanent slots (setting permanent_slots), sorted."""
+    return sorted(name for name, spec in slots.items() if spec["type"] == "physical")
+
+
 def conninfo(**parts):
     """A libpq connection string; values quoted so spaces, quotes and backslashes survive."""
     def q(v):
@@ -975,7 +980,7 @@ class Postgres:
         the primary, none to the local server: it may run on a thread of its
         own while the HA loop goes on reporting (a dead primary's host holds
         it for connect_timeout)."""
-        physical = sorted(name for name, spec in slots.items() if spec["type"] == "physical")
+        physical = physical_slots(slots)
         if not physical:
             return {}
         conn = self._upstream_connection(address)
@@ -994,7 +999,7 @@ class Postgres:
         after a promotion here a consumer finds the WAL it still needs);
         logical ones, which a standby cannot serve (PostgreSQL before 16) but
         which would hold back its catalog, dropped."""
-        physical = sorted(name for name, spec in slots.items() if spec["type"] == "physical")
+        physical = physical_slots(slots)
         for name in sorted(set(slots) - set(physical)):
             self.execute(DROP_INACTIVE_SLOT_SQL, (name,))
         for name in physical:
