@@ -252,15 +252,23 @@ def ensure_base_image(log=print):
     return "debootstrap", time.monotonic() - started
 
 
+def networks():
+    """Every docker network, as `docker network inspect` describes it."""
+    return [json.loads(run(["docker", "network", "inspect", net], timeout=30).stdout)[0]
+            for net in run(["docker", "network", "ls", "-q"], timeout=30).stdout.split()]
+
+
+def subnets(info):
+    """The subnets of one network (networks())."""
+    return [c.get("Subnet") for c in (info.get("IPAM") or {}).get("Config") or []]
+
+
 def free_subnet(project=PROJECT, log=print):
     """Another compose project of this repository (e.g. a cluster brought up by
     hand) holds 172.28.0.0/24: take it down so ours can be made. A network on
     that subnet that is not ours is reported, never touched."""
-    ids = run(["docker", "network", "ls", "-q"], timeout=30).stdout.split()
-    for net in ids:
-        info = json.loads(run(["docker", "network", "inspect", net], timeout=30).stdout)[0]
-        subnets = [c.get("Subnet") for c in (info.get("IPAM") or {}).get("Config") or []]
-        if SUBNET not in subnets:
+    for info in networks():
+        if SUBNET not in subnets(info):
             continue
         labels = info.get("Labels") or {}
         other = labels.get("com.docker.compose.project")

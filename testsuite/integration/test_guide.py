@@ -36,7 +36,6 @@ written before is there and a new write commits.
 """
 import concurrent.futures
 import ipaddress
-import json
 import re
 import secrets
 import shlex
@@ -146,13 +145,10 @@ def test_every_block_of_the_guide_is_marked_and_known():
 
 # -- the containers --------------------------------------------------------------------------
 
-def free_subnet():
+def unused_subnet():
     """A /24 no docker network overlaps (and not the compose suite's)."""
-    used = [ipaddress.ip_network(de.SUBNET)]
-    for net in de.run(["docker", "network", "ls", "-q"], timeout=30).stdout.split():
-        info = json.loads(de.run(["docker", "network", "inspect", net], timeout=30).stdout)[0]
-        used += [ipaddress.ip_network(c["Subnet"]) for c in (info.get("IPAM") or {}).get("Config") or []
-                 if ":" not in c.get("Subnet", ":")]
+    used = [ipaddress.ip_network(de.SUBNET)] + [ipaddress.ip_network(subnet) for info in de.networks()
+                                                for subnet in de.subnets(info) if subnet and ":" not in subnet]
     for third in range(200, 250):
         candidate = ipaddress.ip_network(f"172.30.{third}.0/24")
         if not any(candidate.overlaps(u) for u in used):
@@ -230,7 +226,7 @@ class Cluster:
 def cluster(built, tmp_path):
     packaging.docker_ready("guide")
     for attempt in range(5):    # another run may take the same subnet between the look and the create
-        cluster = Cluster(packaging.unique("t"), free_subnet(), built[1], tmp_path)
+        cluster = Cluster(packaging.unique("t"), unused_subnet(), built[1], tmp_path)
         made = de.run(["docker", "network", "create", "--subnet", str(cluster.subnet), cluster.network],
                       check=False, timeout=60)
         if made.returncode == 0:
