@@ -375,14 +375,17 @@ def client_call(dsn, password, work, timeout=30):
             result = work(cur)
         conn.close()
         return result
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        future = pool.submit(call)
-        try:
-            return future.result(timeout=timeout), None
-        except concurrent.futures.TimeoutError:
-            return None, f"no answer within {timeout} s"
-        except psycopg2.Error as exc:
-            return None, f"{type(exc).__name__}: {exc}"
+    # Not `with`: leaving it would wait for a call that hangs, past `timeout`.
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    future = pool.submit(call)
+    try:
+        return future.result(timeout=timeout), None
+    except concurrent.futures.TimeoutError:
+        return None, f"no answer within {timeout} s"
+    except psycopg2.Error as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    finally:
+        pool.shutdown(wait=False)
 
 
 def test_the_guide_makes_a_cluster_that_fails_over(cluster):
